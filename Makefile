@@ -1,0 +1,54 @@
+# make run: set up and serve on :8000     make test: set up and run the test suite
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+export FLASK_APP := app.py
+SHELL := /bin/bash
+
+.PHONY: setup run test clean loadtest locust-ui bench
+
+$(BIN)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+setup: $(BIN)/.installed
+
+# The web server and the scheduler together; Ctrl-C (or either one exiting) stops both.
+# Redis: with no REDIS_URL set and nothing on :6379, a redis-server of its own that writes every
+# claim to instance/redis/ before the answer (appendfsync always: see README, Faults and durability).
+run: setup
+	$(BIN)/flask db init
+	@trap 'kill $$web $$jobs $$redis 2>/dev/null; wait' INT TERM EXIT; \
+	if [ -z "$$REDIS_URL" ] && ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then \
+		mkdir -p instance/redis; \
+		redis-server --bind 127.0.0.1 --port 6379 --dir instance/redis --appendonly yes \
+			--appendfsync always --save '' --logfile redis.log & redis=$$!; \
+	elif redis-cli -u "$${REDIS_URL:-redis://127.0.0.1:6379/0}" config get appendonly 2>/dev/null | grep -qx no; then \
+		echo "warning: this Redis keeps no append-only file: a restart loses the claims not yet flushed"; \
+	fi; \
+	PROMETHEUS_MULTIPROC_DIR=instance/prometheus $(BIN)/flask jobs run & jobs=$$!; \
+	$(BIN)/gunicorn -c config/gunicorn.conf.py app:app & web=$$!; \
+	wait -n
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Load tests against the running service (make run): SCENARIO=rush|ramp [USERS= STOCK= DURATION= HOST=]
+SCENARIO ?= rush
+LOADTEST_ARGS = --scenario $(SCENARIO) $(if $(USERS),--users $(USERS)) $(if $(STOCK),--stock $(STOCK)) \
+	$(if $(DURATION),--duration $(DURATION)) $(if $(HOST),--host $(HOST))
+
+loadtest: setup
+	$(BIN)/python -m loadtest.run $(LOADTEST_ARGS)
+
+locust-ui: setup
+	$(BIN)/python -m loadtest.run --ui $(LOADTEST_ARGS)
+
+# wrk benchmark (a) ceiling (b) new tickets (c) sold out (d) flood; its own servers; writes BENCHMARKS.md
+bench: setup
+	$(BIN)/python -m loadtest.bench $(if $(DURATION),--duration $(DURATION))
+
+clean:
+	rm -rf $(VENV) instance/*.db instance/*.log .pytest_cache

@@ -1,0 +1,3 @@
+from coupon import create_app
+
+app = create_app()

@@ -1,0 +1,1 @@
+"""Settings: class defaults < optional settings file < environment variables."""

@@ -1,0 +1,251 @@
+"""Campaign operations: create, open, close, status, tickets. Plain values in, plain values out."""
+import datetime as dt
+import os
+import socket
+import time
+
+from redis.exceptions import RedisError
+from sqlalchemy import insert, select, update
+
+from coupon import db
+from coupon.errors import CampaignNotFound, InvalidCampaign, NoTicket, ReconcileMismatch, Unavailable
+from coupon.keys import ACTIVE, CampaignKeys
+from coupon.outbox import Flusher, outbox_stats
+from coupon.reconcile import Report, mysql_tickets, reconcile
+
+MAX_STOCK = 10_000_000
+UTC = dt.timezone.utc
+
+
+def utcnow():
+    return dt.datetime.now(UTC).replace(tzinfo=None)
+
+
+def parse_time(text):
+    """Parse an ISO 8601 time; a time without offset is UTC. Returns a naive UTC datetime."""
+    try:
+        value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidCampaign(f"not an ISO 8601 time: {text!r}") from None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+def to_ms(value):
+    return int(value.replace(tzinfo=UTC).timestamp() * 1000) if value else 0
+
+
+def iso(value):
+    return value.replace(tzinfo=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z") if value else None
+
+
+def iso_ms(ms):
+    return iso(dt.datetime.fromtimestamp(ms / 1000, UTC).replace(tzinfo=None))
+
+
+def _row(engine, campaign_id):
+    with engine.connect() as conn:
+        row = conn.execute(select(db.campaigns).where(db.campaigns.c.id == campaign_id)).first()
+    if row is None:
+        raise CampaignNotFound(f"no campaign {campaign_id}")
+    return row
+
+
+def create_campaign(svc, name, stock, opens_at=None, closes_at=None):
+    """Create a campaign and preload its Redis state; return its id.
+
+    Without opens_at it waits for `open`; with one it opens by itself at that moment.
+    """
+    name = (name or "").strip()
+    if not 1 <= len(name) <= 200:
+        raise InvalidCampaign("the name must be 1-200 characters")
+    if not isinstance(stock, int) or not 1 <= stock <= MAX_STOCK:
+        raise InvalidCampaign(f"the stock must be a whole number from 1 to {MAX_STOCK}")
+    if opens_at and closes_at and closes_at <= opens_at:
+        raise InvalidCampaign("closes_at must come after opens_at")
+    if closes_at and closes_at <= utcnow():
+        raise InvalidCampaign("closes_at is in the past")
+    status = "scheduled" if opens_at else "pending"
+    with svc.engine.begin() as conn:
+        campaign_id = conn.execute(
+            insert(db.campaigns).values(
+                name=name, total=stock, status=status, opens_at=opens_at, closes_at=closes_at,
+                issued=0, created_at=utcnow(),
+            )
+        ).inserted_primary_key[0]
+    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    # a new id has no Redis state; anything there is left from a database since dropped
+    svc.redis.delete(*keys.home_keys(), *(k for s in keys.all_shards() for k in s.all()))
+    preload(svc, campaign_id, stock, status, opens_at, closes_at)
+    return campaign_id
+
+
+def preload(svc, campaign_id, total, status, opens_at, closes_at):
+    """Write a campaign's window and stock into Redis; keep the cursor if it is there already."""
+    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    pipe = svc.redis.pipeline(transaction=False)
+    pipe.hset(keys.meta, mapping={
+        "total": total, "status": status,
+        "opens_at": to_ms(opens_at), "closes_at": to_ms(closes_at),
+    })
+    pipe.hsetnx(keys.meta, "cursor", 0)
+    for shard in keys.all_shards():
+        pipe.hsetnx(shard.state, "issued", 0)  # the shard is live while its state exists
+        if closes_at:
+            pipe.hset(shard.state, "closes_at", to_ms(closes_at))
+        else:
+            pipe.hdel(shard.state, "closes_at")
+    pipe.sadd(ACTIVE, campaign_id)
+    pipe.execute()
+
+
+def open_campaign(svc, campaign_id):
+    """Open a campaign now (or keep it open)."""
+    row = _row(svc.engine, campaign_id)
+    if row.status == "closed":
+        raise InvalidCampaign(f"campaign {campaign_id} is closed; it cannot open again")
+    now = utcnow()
+    if row.closes_at and row.closes_at <= now:
+        raise InvalidCampaign(f"campaign {campaign_id} ended at {iso(row.closes_at)}")
+    opens_at = row.opens_at if row.opens_at and row.opens_at <= now else now
+    with svc.engine.begin() as conn:
+        conn.execute(
+            update(db.campaigns).where(db.campaigns.c.id == campaign_id)
+            .values(status="open", opens_at=opens_at)
+        )
+    preload(svc, campaign_id, row.total, "open", opens_at, row.closes_at)
+
+
+def stop_issuing(svc, campaign_id):
+    """Stop issuing at once: every claim shard refuses from now on, every worker within a second."""
+    row = _row(svc.engine, campaign_id)
+    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    if svc.redis.exists(keys.meta):
+        pipe = svc.redis.pipeline(transaction=False)
+        for shard in keys.all_shards():
+            pipe.hset(shard.state, "closes_at", 0)  # 0: closed since ever, whatever the clock
+        pipe.hset(keys.meta, "status", "closed")
+        pipe.execute()
+    if row.status != "closed":
+        with svc.engine.begin() as conn:
+            conn.execute(
+                update(db.campaigns).where(db.campaigns.c.id == campaign_id)
+                .values(status="closed", closed_at=utcnow())
+            )
+
+
+def close_campaign(svc, campaign_id, progress=None):
+    """Close a campaign: stop issuing, drain its outbox into the database, reconcile, release.
+
+    Returns the reconciliation report. Redis keys are released only when Redis and the database
+    agree; otherwise ReconcileMismatch is raised and the keys stay for inspection. Safe to repeat.
+    progress, if given, is called with the number of rows moved by each drain round.
+    """
+    stop_issuing(svc, campaign_id)  # from here on every claim script refuses: the set is final
+    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    if not svc.redis.exists(keys.meta):  # released by an earlier close
+        rows = len(mysql_tickets(svc.engine, campaign_id))
+        return Report(campaign_id, rows, rows, rows)
+    drainer = Flusher(svc, consumer=f"close:{socket.gethostname()}:{os.getpid()}", claim_idle=0)
+    stalled = 0
+    while outbox_stats(svc.redis, keys)[0] > 0:
+        moved = drainer.flush([campaign_id])
+        if progress:
+            progress(moved)
+        stalled = 0 if moved else stalled + 1
+        if stalled > 50:
+            raise Unavailable("the outbox does not drain; is another flusher stuck?")
+        time.sleep(0 if moved else 0.1)
+    report = reconcile(svc.redis, svc.engine, keys)
+    if not report.agree:
+        raise ReconcileMismatch("\n".join(report.lines()))
+    with svc.engine.begin() as conn:
+        conn.execute(
+            update(db.campaigns).where(db.campaigns.c.id == campaign_id).values(issued=report.mysql_rows)
+        )
+    release(svc, keys)
+    return report
+
+
+def release(svc, keys):
+    """Delete a closed campaign's Redis keys; from now on it is read from the database."""
+    pipe = svc.redis.pipeline(transaction=False)
+    pipe.srem(ACTIVE, keys.campaign_id)
+    pipe.delete(*keys.home_keys(), *(k for shard in keys.all_shards() for k in shard.all()))
+    pipe.execute()
+
+
+def issued_in_redis(svc, keys):
+    """Sum the issued counters of a campaign's claim shards; None if Redis does not hold it."""
+    pipe = svc.redis.pipeline(transaction=False)
+    pipe.exists(keys.meta)
+    for shard in keys.all_shards():
+        pipe.hget(shard.state, "issued")
+    present, *counts = pipe.execute()
+    return sum(int(c or 0) for c in counts) if present else None
+
+
+def campaign_status(svc, campaign_id):
+    """Public status of a campaign: from Redis while it is live, from MySQL after close."""
+    row = _row(svc.engine, campaign_id)
+    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    try:
+        issued = issued_in_redis(svc, keys)
+    except RedisError:
+        issued = None
+    if issued is None:
+        issued = row.issued
+    now = utcnow()
+    status = row.status
+    if status != "closed" and row.closes_at and now >= row.closes_at:
+        status = "closed"
+    elif status == "scheduled" and row.opens_at <= now:
+        status = "open"
+    if status == "open" and issued >= row.total:
+        status = "sold_out"
+    return {
+        "id": row.id, "name": row.name, "total": row.total, "issued": issued,
+        "remaining": row.total - issued, "status": status,
+        "opens_at": iso(row.opens_at), "closes_at": iso(row.closes_at),
+    }
+
+
+def list_campaigns(svc):
+    with svc.engine.connect() as conn:
+        ids = conn.execute(select(db.campaigns.c.id).order_by(db.campaigns.c.id)).scalars().all()
+    return [campaign_status(svc, i) for i in ids]
+
+
+def find_ticket(svc, campaign_id, user_id):
+    """Return the user's ticket as a dict: from Redis while the campaign is live, else MySQL."""
+    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    try:
+        pipe = svc.redis.pipeline(transaction=False)
+        pipe.exists(keys.meta)
+        pipe.hget(keys.shard(keys.shard_of(user_id)).claims, user_id)
+        live, held = pipe.execute()
+    except RedisError:
+        raise Unavailable() from None
+    if held:
+        serial, code, issued_at = held.split("|")
+        return ticket_dict(campaign_id, user_id, int(serial), code, int(issued_at))
+    if live:
+        raise NoTicket()
+    _row(svc.engine, campaign_id)
+    with svc.engine.connect() as conn:
+        row = conn.execute(
+            select(db.coupons).where(
+                db.coupons.c.campaign_id == campaign_id, db.coupons.c.user_id == user_id
+            )
+        ).first()
+    if row is None:
+        raise NoTicket()
+    return ticket_dict(campaign_id, user_id, row.serial, row.code, to_ms(row.issued_at))
+
+
+def ticket_dict(campaign_id, user_id, serial, code, issued_at_ms):
+    return {
+        "campaign_id": campaign_id, "user_id": user_id, "serial": serial, "code": code,
+        "issued_at": iso_ms(issued_at_ms),
+    }

@@ -1,0 +1,150 @@
+"""Operator commands: flask db ..., flask campaign ..., flask token ..., flask jobs ...
+
+Each command is a thin layer over a service function; errors print a message and exit 1.
+"""
+import functools
+import json
+import logging
+import sys
+
+import click
+from flask import current_app
+from flask.cli import AppGroup, with_appcontext
+
+from coupon import campaigns as ops
+from coupon.db import init_db
+from coupon.errors import CouponError
+from coupon.extensions import services
+from coupon.keys import CampaignKeys
+from coupon.outbox import outbox_stats
+from jobs.scheduler import run_scheduler
+
+db_cli = AppGroup("db", help="Database schema.")
+campaign_cli = AppGroup("campaign", help="Create, open, close and inspect campaigns.")
+jobs_cli = AppGroup("jobs", help="The scheduler of the batch jobs.")
+
+
+def operator_errors(f):
+    """Turn domain errors into a one-line message and exit status 1."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except CouponError as e:
+            raise click.ClickException(f"{e.code}: {e.message}") from None
+
+    return wrapper
+
+
+def svc():
+    return services(current_app)
+
+
+class IsoTime(click.ParamType):
+    name = "ISO-8601 time"
+
+    def convert(self, value, param, ctx):
+        try:
+            return ops.parse_time(value)
+        except CouponError as e:
+            self.fail(e.message, param, ctx)
+
+
+@db_cli.command("init")
+def db_init():
+    """Create the tables (safe to run again)."""
+    init_db(svc().engine)
+    click.echo("tables ready")
+
+
+@campaign_cli.command("create")
+@click.option("--name", required=True, help="Shown to users.")
+@click.option("--stock", required=True, type=click.IntRange(1, ops.MAX_STOCK), help="Coupons.")
+@click.option("--opens-at", type=IsoTime(), help="Opens by itself then (UTC if no offset).")
+@click.option("--closes-at", type=IsoTime(), help="Stops issuing then (UTC if no offset).")
+@operator_errors
+def campaign_create(name, stock, opens_at, closes_at):
+    """Create a campaign and print its id."""
+    click.echo(ops.create_campaign(svc(), name, stock, opens_at, closes_at))
+
+
+@campaign_cli.command("open")
+@click.argument("campaign_id", type=int)
+@operator_errors
+def campaign_open(campaign_id):
+    """Open a campaign now."""
+    ops.open_campaign(svc(), campaign_id)
+    click.echo(f"campaign {campaign_id} is open")
+
+
+@campaign_cli.command("close")
+@click.argument("campaign_id", type=int)
+@operator_errors
+def campaign_close(campaign_id):
+    """Stop issuing, drain the outbox into the database, reconcile, release the Redis keys.
+
+    Exits 1 and keeps the keys if Redis and the database differ. Safe to run again.
+    """
+    service = svc()
+    keys = CampaignKeys(campaign_id, service.config["CLAIM_SHARDS"])
+    backlog = outbox_stats(service.redis, keys)[0]
+    with click.progressbar(length=backlog, label="draining outbox", file=sys.stderr) as bar:
+        report = ops.close_campaign(service, campaign_id, progress=bar.update)
+    click.echo("\n".join(report.lines()))
+    click.echo(f"campaign {campaign_id} is closed")
+
+
+@campaign_cli.command("status")
+@click.argument("campaign_id", type=int)
+@operator_errors
+def campaign_status(campaign_id):
+    """Print a campaign's status as JSON, with the outbox backlog and flush lag."""
+    service = svc()
+    status = ops.campaign_status(service, campaign_id)
+    backlog, lag = outbox_stats(service.redis, CampaignKeys(campaign_id, service.config["CLAIM_SHARDS"]))
+    status["outbox"] = {"backlog": backlog, "flush_lag_seconds": lag}
+    click.echo(json.dumps(status, indent=2))
+
+
+@campaign_cli.command("list")
+@operator_errors
+def campaign_list():
+    """List every campaign, one line each."""
+    for c in ops.list_campaigns(svc()):
+        click.echo(f"{c['id']}\t{c['status']}\t{c['issued']}/{c['total']}\t{c['name']}")
+
+
+@click.command("token")
+@click.argument("user_id")
+@click.option("--count", type=click.IntRange(1, 10_000_000), help="With `bulk`: how many tokens.")
+@click.option("--prefix", default="user-", show_default=True, help="With `bulk`: user id prefix.")
+@click.option("--ttl", type=click.IntRange(1), help="Seconds the token stays valid [TOKEN_TTL].")
+@with_appcontext
+@operator_errors
+def token(user_id, count, prefix, ttl):
+    """Print a bearer token for USER_ID; `token bulk --count N` prints N lines `user_id<TAB>token`."""
+    signer = svc().signer
+    if user_id != "bulk":
+        click.echo(signer.mint(user_id, ttl))
+        return
+    if not count:
+        raise click.UsageError("token bulk needs --count N")
+    width = len(str(count))
+    for i in range(1, count + 1):
+        uid = f"{prefix}{i:0{width}d}"
+        click.echo(f"{uid}\t{signer.mint(uid, ttl)}")
+
+
+@jobs_cli.command("run")
+def jobs_run():
+    """Run the scheduler in the foreground (flush, stock sync, lifecycle, reclaim)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_scheduler(current_app._get_current_object())
+
+
+def register(app):
+    app.cli.add_command(jobs_cli)
+    app.cli.add_command(db_cli)
+    app.cli.add_command(campaign_cli)
+    app.cli.add_command(token)

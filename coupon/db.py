@@ -1,0 +1,62 @@
+"""The MySQL schema (SQLite for a first run) and the engine."""
+import os
+
+from sqlalchemy import (
+    BigInteger, Column, DateTime, Integer, MetaData, String, Table, UniqueConstraint,
+    create_engine, event,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import make_url
+
+metadata = MetaData()
+MILLIS = DateTime().with_variant(mysql.DATETIME(fsp=3), "mysql", "mariadb")  # ticket times in ms
+
+campaigns = Table(
+    "campaigns",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("total", Integer, nullable=False),
+    # pending (waits for `open`), scheduled (opens at opens_at), open, closed
+    Column("status", String(16), nullable=False),
+    Column("opens_at", DateTime),
+    Column("closes_at", DateTime),
+    Column("issued", Integer, nullable=False, default=0),  # written by the stock sync job
+    Column("created_at", DateTime, nullable=False),
+    Column("closed_at", DateTime),
+)
+
+coupons = Table(
+    "coupons",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("campaign_id", Integer, nullable=False),
+    Column("user_id", String(64), nullable=False),
+    Column("serial", Integer, nullable=False),
+    Column("code", String(32), nullable=False),
+    Column("issued_at", MILLIS, nullable=False),
+    UniqueConstraint("campaign_id", "user_id", name="uq_coupon_user"),
+    UniqueConstraint("campaign_id", "serial", name="uq_coupon_serial"),
+    mysql_engine="InnoDB",
+)
+
+
+def make_engine(url):
+    """Create the engine; for SQLite, create the file's folder and let threads share it."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _wal(dbapi_conn, _):
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_recycle=3600, pool_size=5, max_overflow=10)
+
+
+def init_db(engine):
+    """Create the tables that do not exist yet (idempotent)."""
+    metadata.create_all(engine)

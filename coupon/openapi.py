@@ -1,0 +1,128 @@
+"""The OpenAPI 3 document of the public HTTP API, served at /openapi.json.
+
+Kept by hand and small; tests/test_fuzz.py checks that every route of the app is in it and
+drives generated requests from it.
+"""
+
+ERROR_CODES = {
+    400: "BAD_REQUEST", 401: "UNAUTHORIZED", 404: "CAMPAIGN_NOT_FOUND, NO_TICKET or NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED", 409: "SOLD_OUT, NOT_OPEN or CLOSED", 413: "PAYLOAD_TOO_LARGE",
+    429: "RATE_LIMITED (see the Retry-After header)", 503: "UNAVAILABLE",
+}
+
+
+def _json(schema):
+    return {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/" + schema}}}}
+
+
+def _errors(*statuses):
+    return {str(s): {"description": ERROR_CODES[s], **_json("Error")} for s in statuses}
+
+
+CAMPAIGN_ID = {
+    "name": "campaign_id", "in": "path", "required": True,
+    "description": "Anything but a whole number from 1 to 2147483647 answers 404 CAMPAIGN_NOT_FOUND.",
+    "schema": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+}
+BEARER = [{"bearer": []}]
+
+SPEC = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "coupon",
+        "version": "1",
+        "description": "First-come-first-served coupon issuing. Campaigns are managed with the "
+                       "`flask campaign` CLI only; there is no admin operation over HTTP.",
+    },
+    "paths": {
+        "/api/v1/campaigns/{campaign_id}/issue": {
+            "post": {
+                "summary": "Get the caller's coupon of a campaign (idempotent per user)",
+                "parameters": [CAMPAIGN_ID],
+                "security": BEARER,
+                "requestBody": {
+                    "required": False,
+                    "description": "Empty, or a JSON object whose fields are ignored "
+                                   "(the user comes from the token only).",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": {
+                    "201": {"description": "a new ticket", **_json("Ticket")},
+                    "200": {"description": "the ticket the caller already holds", **_json("Ticket")},
+                    **_errors(400, 401, 404, 409, 413, 429, 503),
+                },
+            },
+        },
+        "/api/v1/campaigns/{campaign_id}": {
+            "get": {
+                "summary": "Public status of a campaign",
+                "parameters": [CAMPAIGN_ID],
+                "responses": {"200": {"description": "status", **_json("CampaignStatus")},
+                              **_errors(404, 503)},
+            },
+        },
+        "/api/v1/campaigns/{campaign_id}/ticket": {
+            "get": {
+                "summary": "The caller's ticket of a campaign",
+                "parameters": [CAMPAIGN_ID],
+                "security": BEARER,
+                "responses": {"200": {"description": "the ticket", **_json("Ticket")},
+                              **_errors(401, 404, 503)},
+            },
+        },
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: Redis and the database reachable",
+                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+            },
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {"200": {"description": "Prometheus text format",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            },
+        },
+        "/openapi.json": {
+            "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}},
+        },
+    },
+    "components": {
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "A user token minted by `flask token USER_ID`."},
+        },
+        "schemas": {
+            "Error": {
+                "type": "object", "required": ["error"],
+                "properties": {"error": {
+                    "type": "object", "required": ["code", "message"],
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                }},
+            },
+            "Ticket": {
+                "type": "object",
+                "required": ["campaign_id", "user_id", "serial", "code", "issued_at"],
+                "properties": {
+                    "campaign_id": {"type": "integer"}, "user_id": {"type": "string"},
+                    "serial": {"type": "integer"}, "code": {"type": "string"},
+                    "issued_at": {"type": "string", "format": "date-time"},
+                },
+            },
+            "CampaignStatus": {
+                "type": "object",
+                "required": ["id", "name", "total", "issued", "remaining", "status"],
+                "properties": {
+                    "id": {"type": "integer"}, "name": {"type": "string"},
+                    "total": {"type": "integer"}, "issued": {"type": "integer"},
+                    "remaining": {"type": "integer"},
+                    "status": {"type": "string",
+                               "enum": ["pending", "scheduled", "open", "sold_out", "closed"]},
+                    "opens_at": {"type": "string", "format": "date-time", "nullable": True},
+                    "closes_at": {"type": "string", "format": "date-time", "nullable": True},
+                },
+            },
+        },
+    },
+}

@@ -1,0 +1,128 @@
+"""Write-behind: move claims from the Redis outbox streams into the database, exactly once.
+
+Each claim shard has an outbox stream, written by claim.lua together with the claim. A flusher
+reads it through a consumer group, inserts the rows (a duplicate on the unique keys is ignored,
+so a replay is harmless; any other error propagates), commits, and only then acknowledges and
+deletes the entries. Entries a dead flusher left unacknowledged are taken over (XAUTOCLAIM).
+"""
+import datetime as dt
+import time
+
+from redis.exceptions import ResponseError
+from sqlalchemy.dialects import mysql, sqlite
+
+from coupon import db
+from coupon.keys import ACTIVE, CampaignKeys
+
+GROUP = "flusher"
+
+
+def insert_ignoring_duplicates(dialect_name):
+    """INSERT that skips rows clashing with a unique key and fails on anything else."""
+    if dialect_name in ("mysql", "mariadb"):
+        stmt = mysql.insert(db.coupons)
+        return stmt.on_duplicate_key_update(id=stmt.inserted.id)  # a no-op update: keep the row
+    if dialect_name == "sqlite":
+        return sqlite.insert(db.coupons).on_conflict_do_nothing()
+    raise NotImplementedError(f"no duplicate-ignoring insert for {dialect_name}")
+
+
+def entry_row(fields):
+    return {
+        "campaign_id": int(fields["c"]), "user_id": fields["u"], "serial": int(fields["s"]),
+        "code": fields["k"],
+        "issued_at": dt.datetime.fromtimestamp(int(fields["t"]) / 1000, dt.timezone.utc).replace(tzinfo=None),
+    }
+
+
+class Flusher:
+    def __init__(self, svc, consumer, batch=None, claim_idle=None):
+        self.redis = svc.redis
+        self.engine = svc.engine
+        self.shards = svc.config["CLAIM_SHARDS"]
+        self.consumer = consumer
+        self.batch = batch or svc.config["FLUSH_BATCH"]
+        idle = svc.config["FLUSH_CLAIM_IDLE"] if claim_idle is None else claim_idle
+        self.claim_idle_ms = int(idle * 1000)
+        self.insert = insert_ignoring_duplicates(self.engine.dialect.name)
+        self._grouped = set()
+
+    def streams(self, campaign_ids=None):
+        ids = campaign_ids if campaign_ids is not None else sorted(int(c) for c in self.redis.smembers(ACTIVE))
+        return [s.outbox for c in ids for s in CampaignKeys(c, self.shards).all_shards()]
+
+    def flush(self, campaign_ids=None, until=None, before_ack=None):
+        """Flush rounds until the streams are empty or `until` (monotonic) passes; return rows moved.
+
+        before_ack, if given, runs between commit and acknowledgement (tests crash there).
+        """
+        streams = self.streams(campaign_ids)
+        moved = 0
+        while True:
+            entries = self._read(streams)
+            if not entries:
+                return moved
+            rows = [entry_row(f) for _, _, f in entries if f]
+            if rows:
+                with self.engine.begin() as conn:
+                    conn.execute(self.insert, rows)
+            if before_ack:
+                before_ack()
+            self._ack(entries)
+            moved += len(rows)
+            if until is not None and time.monotonic() > until:
+                return moved
+
+    def _ensure_groups(self, streams):
+        for stream in streams:
+            if stream in self._grouped:
+                continue
+            try:
+                self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+            self._grouped.add(stream)
+
+    def _read(self, streams):
+        """One round trip: per stream, what this consumer left pending, what dead ones left
+        pending, then new entries. Returns [(stream, id, fields or None)]."""
+        self._ensure_groups(streams)
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xreadgroup(GROUP, self.consumer, {stream: "0"}, count=self.batch)
+            pipe.xautoclaim(stream, GROUP, self.consumer, self.claim_idle_ms, "0-0", count=self.batch)
+            pipe.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.batch)
+        replies = pipe.execute()
+        entries, seen = [], set()
+        for i, stream in enumerate(streams):
+            own, claimed, new = replies[3 * i: 3 * i + 3]
+            found = [e for _, es in (own or []) for e in es] + list(claimed[1]) + [e for _, es in (new or []) for e in es]
+            for entry_id, fields in found:
+                if (stream, entry_id) not in seen:
+                    seen.add((stream, entry_id))
+                    entries.append((stream, entry_id, fields or None))
+        return entries
+
+    def _ack(self, entries):
+        by_stream = {}
+        for stream, entry_id, _ in entries:
+            by_stream.setdefault(stream, []).append(entry_id)
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, GROUP, *ids)
+            pipe.xdel(stream, *ids)  # flushed entries do not pile up in Redis
+        pipe.execute()
+
+
+def outbox_stats(redis, keys):
+    """Return (backlog, lag in seconds): entries not yet in the database, age of the oldest."""
+    pipe = redis.pipeline(transaction=False)
+    for shard in keys.all_shards():
+        pipe.xlen(shard.outbox)
+        pipe.xrange(shard.outbox, count=1)
+    replies = pipe.execute()
+    backlog = sum(replies[0::2])
+    oldest = [int(first[0][0].split("-")[0]) for first in replies[1::2] if first]
+    lag = max(0.0, time.time() - min(oldest) / 1000) if oldest else 0.0
+    return backlog, round(lag, 3)

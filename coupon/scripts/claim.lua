@@ -1,0 +1,49 @@
+-- Claim serials for users: one batch of one claim shard, in one round trip.
+-- KEYS[1] - claims hash: user id -> "serial|code|issued_at_ms"
+-- KEYS[2] - claimed-serials bitmap of the shard
+-- KEYS[3] - outbox stream of the shard (read by the flush job)
+-- KEYS[4] - shard state hash: issued (count), closes_at (epoch ms); gone once the campaign is
+--           closed and released, which refuses every claim too
+-- KEYS[5] - rate hash of the current window: user id -> requests (see keys.ShardKeys.rate)
+-- ARGV[1] - campaign id
+-- ARGV[2] - requests a user may make per window; 0: no limit
+-- ARGV[3] - seconds of the window (the rate hash expires that long after its last write)
+-- ARGV[4..] - triplets: user id, serial, code
+-- Returns one reply per triplet, in order:
+--   {1, serial, code, issued_at_ms}  new ticket (claim and outbox entry written together)
+--   {2, serial, code, issued_at_ms}  the user already held this ticket; the offered serial is unused
+--   {3}                              the offered serial was claimed before; offer another
+--   {4}                              the campaign is closed
+--   {5}                              the user is over the rate limit; the offered serial is unused
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local shard = redis.call('HMGET', KEYS[4], 'issued', 'closes_at')
+local closes_at = tonumber(shard[2])
+if not shard[1] then closes_at = 0 end
+local limit = tonumber(ARGV[2])
+local replies = {}
+for i = 4, #ARGV, 3 do
+  local user, serial, code = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  -- the limit comes first: a user who already holds a ticket may not hammer either
+  local limited = limit > 0 and redis.call('HINCRBY', KEYS[5], user, 1) > limit
+  local held = not limited and redis.call('HGET', KEYS[1], user)
+  if limited then
+    replies[#replies + 1] = {5}
+  elseif held then
+    local s, c, at = string.match(held, '^(%d+)|([^|]+)|(%d+)$')
+    replies[#replies + 1] = {2, s, c, at}
+  elseif closes_at and now >= closes_at then
+    replies[#replies + 1] = {4}
+  elseif redis.call('SETBIT', KEYS[2], serial, 1) == 1 then
+    -- the caller retries with another serial: that is the same request, not a new one
+    if limit > 0 then redis.call('HINCRBY', KEYS[5], user, -1) end
+    replies[#replies + 1] = {3}
+  else
+    redis.call('HSET', KEYS[1], user, serial .. '|' .. code .. '|' .. now)
+    redis.call('HINCRBY', KEYS[4], 'issued', 1)
+    redis.call('XADD', KEYS[3], '*', 'c', ARGV[1], 'u', user, 's', serial, 'k', code, 't', now)
+    replies[#replies + 1] = {1, serial, code, tostring(now)}
+  end
+end
+if limit > 0 then redis.call('EXPIRE', KEYS[5], ARGV[3]) end
+return replies

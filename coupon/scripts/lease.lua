@@ -1,0 +1,53 @@
+-- Lease the next block of serials to a worker (its local queue).
+-- KEYS[1] - campaign meta hash: total, cursor, status, opens_at, closes_at (epoch ms)
+-- KEYS[2] - leases zset: lease id -> expiry (epoch ms)
+-- KEYS[3] - lease serials hash: lease id -> "start-end[,serial...]"
+-- KEYS[4] - returned serials list (handed out again before the cursor moves)
+-- ARGV[1] - new lease id
+-- ARGV[2] - most serials to lease (BLOCK_SIZE)
+-- ARGV[3] - lease time to live (ms)
+-- ARGV[4] - the last this many serials are leased one at a time (SINGLE_LEASE_TAIL)
+-- Returns {1, start, end, serial...}: serials start..end (none if start > end) and the listed ones;
+--   {0, 0} sold out; {0, 1} none left here but other workers hold some (they are asked for them);
+--   {-1} unknown campaign; {-2} not open yet; {-3} closed.
+-- As stock runs low a lease takes only a fair share of what is left, and the very last serials
+-- go one to a lease, so no worker sits on the tail.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local m = redis.call('HMGET', KEYS[1], 'status', 'total', 'cursor', 'opens_at', 'closes_at')
+local status, total, cursor = m[1], tonumber(m[2]), tonumber(m[3])
+local opens_at, closes_at = tonumber(m[4]), tonumber(m[5])
+if not status then return {-1} end
+if status == 'closed' or (closes_at and closes_at > 0 and now >= closes_at) then return {-3} end
+if status == 'pending' or (opens_at and now < opens_at) then return {-2} end
+local returned = redis.call('LLEN', KEYS[4])
+local remaining = total - cursor + returned
+local live = redis.call('ZCOUNT', KEYS[2], now, '+inf')
+if remaining <= 0 then
+  if live == 0 then return {0, 0} end
+  -- other workers hold serials: ask them (through meta, read every STATE_REFRESH) to give back
+  -- the ones they have not handed out, so no one sits on the tail while this one is dry
+  redis.call('HSET', KEYS[1], 'wanted', now)
+  return {0, 1}
+end
+local want = math.min(tonumber(ARGV[2]), math.max(1, math.ceil(remaining / (4 * (live + 1)))))
+if remaining <= tonumber(ARGV[4]) then want = 1 end
+local reply = {1, 0, -1}
+local parts = {}
+if returned > 0 then
+  local back = redis.call('LPOP', KEYS[4], want)
+  for _, s in ipairs(back) do
+    reply[#reply + 1] = tonumber(s)
+    parts[#parts + 1] = s
+  end
+  want = want - #back
+end
+local n = math.min(want, total - cursor)
+if n > 0 then
+  reply[2], reply[3] = cursor + 1, cursor + n
+  redis.call('HINCRBY', KEYS[1], 'cursor', n)
+  table.insert(parts, 1, (cursor + 1) .. '-' .. (cursor + n))
+end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], table.concat(parts, ','))
+return reply

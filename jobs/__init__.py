@@ -1,0 +1,1 @@
+"""The batch jobs, run by one scheduler process (`flask jobs run`), never by web workers."""

@@ -1,0 +1,41 @@
+"""Flush job: move outbox entries into the database; back off while the database is down."""
+import logging
+import os
+import socket
+import time
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from coupon import metrics
+from coupon.outbox import Flusher
+
+log = logging.getLogger(__name__)
+MAX_BACKOFF = 30.0
+
+
+class FlushJob:
+    def __init__(self, svc, interval):
+        self.flusher = Flusher(svc, consumer=f"jobs:{socket.gethostname()}:{os.getpid()}")
+        self.interval = interval
+        self.failures = 0
+        self.retry_at = 0.0
+        self.outage_since = None
+
+    def __call__(self):
+        if time.monotonic() < self.retry_at:
+            return
+        try:
+            # stop after a while so that the other jobs and the leader lease keep their turn
+            moved = self.flusher.flush(until=time.monotonic() + 5 * self.interval + 1)
+        except SQLAlchemyError as e:
+            self.failures += 1
+            self.retry_at = time.monotonic() + min(MAX_BACKOFF, self.interval * 2 ** self.failures)
+            if self.outage_since is None:  # once per outage, not once per try
+                self.outage_since = time.monotonic()
+                log.error("database unreachable, outbox entries wait in Redis: %s", e.__class__.__name__)
+            return
+        if self.outage_since is not None:
+            log.warning("database back after %.1f s", time.monotonic() - self.outage_since)
+            self.outage_since = None
+        self.failures = 0
+        metrics.record_flushed(moved)

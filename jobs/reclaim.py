@@ -1,0 +1,40 @@
+"""Reclaim job: serials of expired leases (a worker died holding them) that were never claimed
+go back to the campaign's returned list, which refills take from first."""
+from coupon.keys import ACTIVE, CampaignKeys
+
+
+def decode_serials(encoded):
+    """'1-5,9,12' -> [1, 2, 3, 4, 5, 9, 12] (the format lease.lua records)."""
+    serials = []
+    for part in filter(None, encoded.split(",")):
+        start, _, end = part.partition("-")
+        serials.extend(range(int(start), int(end or start) + 1))
+    return serials
+
+
+def claimed_serials(redis, keys, serials):
+    """The serials among `serials` that any claim shard has marked claimed."""
+    pipe = redis.pipeline(transaction=False)
+    for shard in keys.all_shards():
+        for serial in serials:
+            pipe.getbit(shard.claimed, serial)
+    bits = pipe.execute()
+    n = len(serials)
+    return {s for k in range(keys.shards) for s, bit in zip(serials, bits[k * n:(k + 1) * n]) if bit}
+
+
+def reclaim_expired(svc, grace):
+    """Return unclaimed serials of leases expired more than `grace` seconds ago; return the count."""
+    now_ms = int(float("%d.%06d" % svc.redis.time()) * 1000)
+    returned = 0
+    for campaign_id in sorted(int(c) for c in svc.redis.smembers(ACTIVE)):
+        keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+        for lease_id in svc.redis.zrangebyscore(keys.leases, "-inf", now_ms - int(grace * 1000)):
+            serials = decode_serials(svc.redis.hget(keys.lease_serials, lease_id) or "")
+            claimed = claimed_serials(svc.redis, keys, serials)
+            unclaimed = [s for s in serials if s not in claimed]
+            given = svc.scripts.give_back(
+                keys=[keys.leases, keys.lease_serials, keys.returned], args=[lease_id, *unclaimed]
+            )
+            returned += max(given, 0)
+    return returned

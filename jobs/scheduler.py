@@ -1,0 +1,119 @@
+"""The scheduler process: one APScheduler BlockingScheduler running the jobs, leader-only.
+
+Several may run (one per host, say); a leader lease in Redis lets exactly one act at a time.
+The others stand by and take over within one lease period after the leader dies.
+"""
+import datetime as dt
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+
+from apscheduler.schedulers.blocking import BlockingScheduler
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+
+from coupon.extensions import services
+from coupon.keys import SCHEDULER_LEADER
+from jobs.flush import FlushJob
+from jobs.lifecycle import open_and_close_due
+from jobs.reclaim import reclaim_expired
+from jobs.stock_sync import sync_stock
+
+log = logging.getLogger(__name__)
+
+
+class LeaderLease:
+    def __init__(self, scripts, ttl):
+        self.scripts = scripts
+        self.ttl = ttl
+        self.ident = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.valid_until = 0.0  # monotonic; acting after it could overlap the next leader
+
+    def keep(self):
+        """Take the lease if it is free, renew it if it is ours."""
+        sent = time.monotonic()
+        try:
+            leads = self.scripts.leader(keys=[SCHEDULER_LEADER], args=[self.ident, int(self.ttl * 1000)])
+        except RedisError as e:
+            log.warning("cannot reach Redis to keep the leader lease: %s", e)
+            return
+        was_leader = self.leads()
+        self.valid_until = sent + self.ttl * 0.8 if leads else 0.0
+        if leads and not was_leader:
+            log.info("scheduler %s leads", self.ident)
+        elif was_leader and not leads:
+            log.warning("scheduler %s lost the lead", self.ident)
+
+    def leads(self):
+        return time.monotonic() < self.valid_until
+
+    def resign(self):
+        self.valid_until = 0.0
+        try:
+            self.scripts.resign(keys=[SCHEDULER_LEADER], args=[self.ident])
+        except RedisError:
+            pass
+
+
+def run_scheduler(app):
+    """Run the jobs until SIGTERM or Ctrl-C."""
+    svc = services(app)
+    config = svc.config
+    lease = LeaderLease(svc.scripts, config["SCHEDULER_LEASE"])
+    scheduler = BlockingScheduler(
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60}
+    )
+
+    def leader_only(name, job):
+        failing = []  # the error of the current outage, logged once
+
+        def run():
+            if not lease.leads():
+                return
+            with app.app_context():
+                try:
+                    job()
+                except (RedisError, SQLAlchemyError) as e:  # an outage: once, not every run
+                    if not failing:
+                        log.error("job %s failed, retrying every run: %s", name, e.__class__.__name__)
+                    failing[:] = [e]
+                    return
+                except Exception:  # a bug: log it in full, and try again at the next run
+                    log.exception("job %s failed", name)
+                    return
+            if failing:
+                log.warning("job %s works again", name)
+                failing.clear()
+
+        return run
+
+    now = dt.datetime.now()
+    scheduler.add_job(lease.keep, "interval", seconds=config["SCHEDULER_LEASE"] / 5,
+                      next_run_time=now, id="leader")
+    jobs = {
+        "flush": (FlushJob(svc, config["FLUSH_INTERVAL"]), config["FLUSH_INTERVAL"]),
+        "stock_sync": (lambda: sync_stock(svc), config["STOCK_SYNC_INTERVAL"]),
+        "lifecycle": (lambda: open_and_close_due(svc), config["LIFECYCLE_INTERVAL"]),
+        "reclaim": (lambda: reclaim_expired(svc, grace=2 * config["REDIS_TIMEOUT"]), config["RECLAIM_INTERVAL"]),
+    }
+    for name, (job, interval) in jobs.items():
+        scheduler.add_job(leader_only(name, job), "interval", seconds=interval, id=name,
+                          next_run_time=now + dt.timedelta(seconds=interval))
+
+    def stop(signum, frame):
+        scheduler.shutdown(wait=False)
+
+    signal.signal(signal.SIGTERM, stop)
+    # it logs every run at INFO, and a skipped overlapping run (a long flush) at WARNING
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    log.info("scheduler %s started; jobs: %s", lease.ident, ", ".join(jobs))
+    try:
+        scheduler.start()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        lease.resign()  # a standby takes over at once instead of after the lease
+        log.info("scheduler %s stopped", lease.ident)

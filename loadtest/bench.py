@@ -1,0 +1,305 @@
+"""Benchmark with wrk, in one run, with the product's gunicorn config (-k gevent -w 2):
+
+  (a) ceiling:     a bare Flask endpoint returning small JSON (loadtest/ceiling_app.py)
+  (b) new tickets: a campaign too large to sell out, a distinct user per request
+  (c) sold-out:    a sold-out campaign
+  (d) flood:       1000 coupons, 20,000 distinct users
+
+Every phase uses the same wrk script (pre-minted tokens, one per request), so the load generator
+costs the same in each. It starts its own servers on free loopback ports, against Redis db 14 and
+the MariaDB database `coupon_bench` (made anew), stops them by pid, and writes the figures with the
+machine's description into BENCHMARKS.md (between the bench markers) and reports/bench-*.json.
+
+    python -m loadtest.bench [--duration 10] [--connections 100] [--no-write]
+"""
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/coupon_bench")
+SECRET = "bench-secret-not-for-production"
+WRK_THREADS = 2
+ACCEPTED = ("NEW", "HELD", "SOLD_OUT")  # 201, 200, 409 SOLD_OUT; anything else is a fault
+MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def need_wrk():
+    if shutil.which("wrk"):
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("wrk is missing: installing it with apt-get", flush=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False)
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed: sudo apt-get install wrk")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url, timeout=5):
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return resp.status, resp.read().decode()
+
+
+class Server:
+    """A gunicorn master with the product's config on a free loopback port, stopped by pid."""
+
+    def __init__(self, module, env, log_path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.metrics_dir = tempfile.mkdtemp(prefix="bench-prom-")
+        env = dict(env, BIND=f"127.0.0.1:{self.port}", WEB_WORKERS="2", LOG_LEVEL="warning",
+                   PROMETHEUS_MULTIPROC_DIR=self.metrics_dir)
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
+             "--no-control-socket", module],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn {module} exited; see {log_path}")
+            try:
+                if http_get(self.url + "/healthz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"gunicorn {module} did not come up; see {log_path}")
+            time.sleep(0.1)
+
+    def outcomes(self):
+        """Issue outcomes counted by the server so far ({} if it has no /metrics)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            status, text = http_get(self.url + "/metrics")
+        except OSError:
+            return {}
+        counts = {}
+        for family in text_string_to_metric_families(text):
+            if family.name == "coupon_issue":
+                for s in family.samples:
+                    if s.name == "coupon_issue_total":
+                        counts[s.labels["outcome"]] = counts.get(s.labels["outcome"], 0) + int(s.value)
+        return counts
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+
+def wrk(url, path, tokens_file, seconds, connections):
+    cmd = ["wrk", "-t", str(WRK_THREADS), "-c", str(connections), "-d", f"{seconds}s",
+           "--timeout", "5s", "-s", os.path.join(ROOT, "loadtest", "tokens.lua"), url + path,
+           "--", tokens_file, str(WRK_THREADS)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    line = [l for l in out.splitlines() if l.startswith("{")][-1]
+    r = json.loads(line)
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    return r
+
+
+def write_tokens(signer, prefix, count, folder):
+    path = os.path.join(folder, f"{prefix}.tokens")
+    with open(path, "w") as f:
+        for i in range(count):
+            f.write(signer.mint(f"{prefix}{i}", 6 * 3600) + "\n")
+    return path
+
+
+def fresh_database():
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    url = make_url(DATABASE_URL)
+    if url.get_backend_name() != "sqlite":
+        server = create_engine(url.set(database=""))
+        with server.begin() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{url.database}`"))
+            conn.execute(text(f"CREATE DATABASE `{url.database}` CHARACTER SET utf8mb4"))
+        server.dispose()
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            mem = int(f.readline().split()[1]) // 1024 // 1024
+    except (OSError, ValueError, IndexError):
+        mem = "?"
+    return (f"{os.cpu_count()} cores ({cpu}), {mem} GiB RAM, shared by wrk, gunicorn, Redis and "
+            f"MariaDB; Python {platform.python_version()}, {platform.system()} {platform.release()}")
+
+
+def delta(after, before):
+    return {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
+
+
+def run(seconds, connections, only="abcd"):
+    from redis import Redis
+
+    from coupon import campaigns as ops, create_app
+    from coupon.db import init_db
+    from coupon.keys import CampaignKeys
+
+    need_wrk()
+    os.makedirs(os.path.join(ROOT, "reports"), exist_ok=True)
+    Redis.from_url(REDIS_URL).flushdb()
+    fresh_database()
+    app = create_app(dict(SECRET_KEY=SECRET, DATABASE_URL=DATABASE_URL, REDIS_URL=REDIS_URL))
+    svc = app.extensions["coupon"]
+    init_db(svc.engine)
+    env = dict(os.environ, DATABASE_URL=DATABASE_URL, REDIS_URL=REDIS_URL, SECRET_KEY=SECRET,
+               COUPON_SETTINGS=os.path.join(ROOT, "loadtest", "no-settings-file.py"), PYTHONPATH=ROOT)
+
+    def campaign(stock, name):
+        campaign_id = ops.create_campaign(svc, name, stock)
+        ops.open_campaign(svc, campaign_id)
+        return campaign_id
+
+    # enough distinct users that (b) never wraps around at this machine's speed
+    new_users = max(60_000, 8_000 * seconds)
+    tmp = tempfile.mkdtemp(prefix="bench-")
+    results = {}
+    try:
+        tokens = {name: write_tokens(svc.signer, name, count, tmp) for name, count in
+                  (("warm", 20_000), ("new", new_users), ("soldout", 20_000), ("flood", 20_000))}
+        ids = {"b": campaign(2_000_000, "bench new tickets"), "c": campaign(1, "bench sold out"),
+               "d": campaign(1000, "bench flood")}
+        phases = [
+            ("a", "ceiling: bare Flask endpoint", "loadtest.ceiling_app:app", "/api/v1/campaigns/1/issue", "warm", "new"),
+            ("b", "new tickets (too large to sell out)", "app:app", f"/api/v1/campaigns/{ids['b']}/issue", "warm", "new"),
+            ("c", "sold out", "app:app", f"/api/v1/campaigns/{ids['c']}/issue", "soldout", "soldout"),
+            ("d", "flood: 1000 coupons, 20,000 users", "app:app", f"/api/v1/campaigns/{ids['d']}/issue", None, "flood"),
+        ]
+        server = None
+        for key, title, module, path, warm, users in phases:
+            if key not in only:
+                continue
+            if server is None or server.module != module:
+                if server:
+                    server.stop()
+                log = os.path.join(ROOT, "reports", f"bench-{module.split('.')[-1].split(':')[0]}.log")
+                server = Server(module, env, log)
+                server.module = module
+            if warm:  # the first requests load state and fill pools; not measured
+                wrk(server.url, path, tokens[warm], 2, connections)
+            print(f"({key}) {title}: {seconds} s, {connections} connections ...", flush=True)
+            before = server.outcomes()
+            r = wrk(server.url, path, tokens[users], seconds, connections)
+            time.sleep(0.5)  # answers in flight when wrk stopped reach the counters
+            r["outcomes"] = delta(server.outcomes(), before)
+            r["title"] = title
+            if module == "app:app":
+                r["other_answers"] = sum(v for k, v in r["outcomes"].items() if k not in ACCEPTED)
+            results[key] = r
+        server.stop()
+        for key in "bd":
+            if key in results:
+                keys = CampaignKeys(ids[key], svc.config["CLAIM_SHARDS"])
+                results[key]["issued"] = ops.issued_in_redis(svc, keys)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        svc.engine.dispose()
+    return results
+
+
+def table(results, seconds, connections):
+    a = results["a"]["rps"] if "a" in results else float("nan")
+    lines = [
+        f"Measured {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} with `make bench` "
+        f"(wrk -t{WRK_THREADS} -c{connections} -d{seconds}s, gunicorn -k gevent -w 2).",
+        "",
+        f"Machine: {machine()}.",
+        "",
+        "| phase | req/s | p50 ms | p99 ms | max ms | vs (a) | answers (server side) | socket errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for key in sorted(results):
+        r = results[key]
+        answers = ", ".join(f"{k} {v}" for k, v in sorted(r.get("outcomes", {}).items())) or "200 JSON"
+        if "issued" in r:
+            answers += f"; issued in Redis {r['issued']}"
+        errors = r["connect"] + r["read"] + r["write"] + r["timeout"]
+        lines.append(
+            f"| ({key}) {r['title']} | {r['rps']:,.0f} | {r['p50_us'] / 1000:.1f} | "
+            f"{r['p99_us'] / 1000:.1f} | {r['max_us'] / 1000:.0f} | {r['rps'] / a:.2f} | {answers} | {errors} |"
+        )
+    if not all(k in results for k in "abcd"):
+        return "\n".join(lines)
+    b, c = results["b"], results["c"]
+    other = sum(results[k].get("other_answers", 0) for k in "bcd")
+    lines += [
+        "",
+        f"Ratios: b/a = {b['rps'] / a:.2f} (goal >= 0.8), c/a = {c['rps'] / a:.2f} (goal >= 0.95); "
+        f"p99 (b) {b['p99_us'] / 1000:.1f} ms, (c) {c['p99_us'] / 1000:.1f} ms (goal <= 100); "
+        f"answers other than 201/200/409 SOLD_OUT: {other} (goal 0).",
+    ]
+    return "\n".join(lines)
+
+
+def write_benchmarks(text):
+    path = os.path.join(ROOT, "BENCHMARKS.md")
+    doc = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
+    block = f"{MARK_START}\n{text}\n{MARK_END}"
+    if MARK_START in doc and MARK_END in doc:
+        head, rest = doc.split(MARK_START, 1)
+        doc = head + block + rest.split(MARK_END, 1)[1]
+    else:
+        doc = doc.rstrip("\n") + "\n\n## Latest run\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(doc)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measured phase")
+    parser.add_argument("--connections", type=int, default=100)
+    parser.add_argument("--only", default="abcd", help="phases to run, e.g. ac (implies --no-write)")
+    parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    args = parser.parse_args()
+    os.chdir(ROOT)
+    results = run(args.duration, args.connections, args.only)
+    text = table(results, args.duration, args.connections)
+    print("\n" + text)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    with open(os.path.join(ROOT, "reports", f"bench-{stamp}.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    if not args.no_write and args.only == "abcd":
+        write_benchmarks(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""A load test the way operators run one: `make loadtest SCENARIO=rush|ramp [USERS= STOCK= DURATION=]`.
+
+Creates and opens a fresh campaign, runs Locust headless against the running service (`make run`),
+writes Locust's HTML report and CSVs under reports/, closes the campaign, checks the invariants
+against Redis and the database, and prints a one-screen summary. With --ui it serves Locust's web
+UI on http://localhost:8089 instead, and closes and checks when you stop it (Ctrl-C).
+
+Settings (SECRET_KEY, REDIS_URL, DATABASE_URL) are the service's: config.settings, as `make run`.
+"""
+import argparse
+import csv
+import datetime as dt
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from sqlalchemy import select  # noqa: E402
+
+from coupon import campaigns as ops, create_app, db  # noqa: E402
+from coupon.errors import CouponError  # noqa: E402
+from coupon.keys import CampaignKeys  # noqa: E402
+
+RAMP_STAGES = 4  # loadtest/locustfile.py OpeningRamp
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description="Run a Locust scenario against the running service.")
+    p.add_argument("--scenario", choices=("rush", "ramp"), default="rush")
+    p.add_argument("--users", type=int, help="virtual users (ramp: the peak) [rush 500, ramp 1000]")
+    p.add_argument("--stock", type=int,
+                   help="coupons of the fresh campaign [rush 5000: every request is a new user, so "
+                        "it sells out within seconds; ramp: half the users]")
+    p.add_argument("--duration", type=int, default=30,
+                   help="seconds (rush: the run; ramp: the whole ramp, 4 stages)")
+    p.add_argument("--host", default=os.environ.get("LOADTEST_HOST", "http://127.0.0.1:8000"))
+    p.add_argument("--ui", action="store_true", help="serve Locust's web UI on :8089 instead")
+    args = p.parse_args()
+    args.users = args.users or (500 if args.scenario == "rush" else 1000)
+    args.stock = args.stock or (5000 if args.scenario == "rush" else max(1, args.users // 2))
+    return args
+
+
+def wait_for_service(host):
+    try:
+        with urllib.request.urlopen(host + "/healthz", timeout=5) as resp:
+            if resp.status == 200:
+                return
+    except OSError as e:
+        sys.exit(f"the service does not answer at {host} ({e}); start it with `make run`")
+
+
+def run_locust(args, campaign_id, name, timeline_dir):
+    users = args.users
+    env = dict(os.environ, CAMPAIGN_ID=str(campaign_id), SCENARIO=args.scenario,
+               PEAK_USERS=str(users), RAMP_STAGE=str(args.duration / RAMP_STAGES),
+               USER_PREFIX=f"{name}-", TIMELINE_DIR=timeline_dir, PYTHONPATH=ROOT)
+    cmd = [os.path.join(os.path.dirname(sys.executable), "locust"),
+           "-f", os.path.join(ROOT, "loadtest", "locustfile.py"), "--host", args.host,
+           "--html", f"reports/{name}.html", "--csv", f"reports/{name}", "--loglevel", "WARNING"]
+    if args.ui:
+        cmd += ["--web-host", "127.0.0.1", "--web-port", "8089", "-u", str(users), "-r", str(users)]
+        print(f"Locust UI on http://localhost:8089 (host {args.host}, campaign {campaign_id}, "
+              f"scenario {args.scenario}); Ctrl-C to stop, close the campaign and check.", flush=True)
+        try:
+            subprocess.run(cmd, cwd=ROOT, env=env)
+        except KeyboardInterrupt:
+            pass
+        return
+    if args.scenario == "rush":  # every user at once, for --duration seconds
+        cmd += ["--headless", "-u", str(users), "-r", str(users), "-t", f"{args.duration}s"]
+    else:  # the shape drives users and time
+        cmd += ["--headless"]
+    cmd += ["--only-summary", "--stop-timeout", "5"]
+    print(f"locust {args.scenario}: {users} users, {args.duration} s, campaign {campaign_id} ...", flush=True)
+    # exit status 1 only says there were failures; the summary shows them
+    subprocess.run(cmd, cwd=ROOT, env=env, timeout=args.duration + 120,
+                   stdout=subprocess.DEVNULL, stderr=open(f"reports/{name}.log", "w"))
+
+
+def read_timeline(folder):
+    rows = []
+    for path in glob.glob(os.path.join(folder, "timeline-*.csv")):
+        with open(path) as f:
+            rows += [(float(t), user, outcome, serial) for t, user, outcome, serial in csv.reader(f)]
+    return sorted(rows)
+
+
+def locust_totals(name):
+    """The Aggregated row of Locust's stats CSV."""
+    with open(f"reports/{name}_stats.csv") as f:
+        return next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
+
+
+def redis_claims(svc, campaign_id):
+    """user id -> serial, as the claim shards hold them (before close releases the keys)."""
+    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    claims = {}
+    for shard in keys.all_shards():
+        for user, held in svc.redis.hgetall(shard.claims).items():
+            claims[user] = int(held.split("|")[0])
+    return claims
+
+
+def database_tickets(svc, campaign_id):
+    with svc.engine.connect() as conn:
+        rows = conn.execute(select(db.coupons.c.user_id, db.coupons.c.serial)
+                            .where(db.coupons.c.campaign_id == campaign_id)).all()
+    return rows
+
+
+def close(svc, campaign_id):
+    """Close the campaign (stop, drain, reconcile, release) and say what happened."""
+    try:
+        report = ops.close_campaign(svc, campaign_id)
+    except CouponError as e:
+        return f"close failed: {e.code}: {e.message}"
+    return "closed: " + "; ".join(report.lines())
+
+
+def check(stock, timeline, claims, rows):
+    """The invariants, as (ok, text) lines."""
+    answers = Counter(outcome for _, _, outcome, _ in timeline)
+    asked = {user for _, user, _, _ in timeline}
+    new = {user: int(serial) for _, user, outcome, serial in timeline if outcome == "NEW"}
+    expected = min(stock, len(asked))
+    serials = list(claims.values())
+    db_users = [u for u, _ in rows]
+    db_serials = [s for _, s in rows]
+    return [
+        (len(claims) == expected,
+         f"issued in Redis {len(claims)} = min(stock {stock}, users who asked {len(asked)}) = {expected}"),
+        (len(set(serials)) == len(serials) and all(1 <= s <= stock for s in serials),
+         f"distinct serials in Redis, all in 1..{stock}: {len(set(serials))} of {len(serials)}"),
+        (answers["NEW"] == len(new) and all(claims.get(u) == s for u, s in new.items()),
+         f"201 answers {answers['NEW']}, one per user, each matching its Redis claim"),
+        (len(rows) == answers["NEW"] and dict(rows) == new,
+         f"rows in the database {len(rows)} = 201 answers {answers['NEW']}, same users and serials"
+         + ("" if rows else " (none yet: is the flush job running, `flask jobs run`?)")),
+        (len(set(db_users)) == len(db_users) and len(set(db_serials)) == len(db_serials),
+         "no duplicate user or serial in the database"),
+    ]
+
+
+def summary(args, name, campaign_id, timeline, checks, closed):
+    totals = locust_totals(name)
+    answers = Counter(outcome for _, _, outcome, _ in timeline)
+    last_new = max((t for t, _, outcome, _ in timeline if outcome == "NEW"), default=None)
+    early = sum(1 for t, _, o, _ in timeline if o == "SOLD_OUT" and last_new and t < last_new)
+    first_sold_out = min((t for t, _, o, _ in timeline if o == "SOLD_OUT"), default=None)
+    first = timeline[0][0] if timeline else 0
+    lines = [
+        f"== loadtest {args.scenario}: campaign {campaign_id}, stock {args.stock}, host {args.host}",
+        f"requests {totals['Request Count']}  failures {totals['Failure Count']}  "
+        f"req/s {float(totals['Requests/s']):.0f}",
+        f"latency ms  p50 {totals['50%']}  p95 {totals['95%']}  p99 {totals['99%']}  "
+        f"max {float(totals['Max Response Time']):.0f}",
+        "answers     " + "  ".join(f"{k} {v}" for k, v in sorted(answers.items())),
+        f"issued      {sum(1 for o in answers.elements() if o == 'NEW')} "
+        + (f"(last at +{last_new - first:.2f} s)" if last_new else ""),
+        f"SOLD_OUT answers received before the last coupon was handed out: {early}"
+        + (f" (from +{first_sold_out - first:.2f} s, {last_new - first_sold_out:.3f} s before it)"
+           if early else ""),
+        f"close       {closed}",
+        "checks",
+    ]
+    lines += [f"  {'ok  ' if ok else 'FAIL'} {text}" for ok, text in checks]
+    lines.append(f"report      reports/{name}.html, reports/{name}_*.csv")
+    return "\n".join(lines)
+
+
+def main():
+    args = parse_args()
+    os.chdir(ROOT)
+    os.makedirs("reports", exist_ok=True)
+    wait_for_service(args.host)
+    app = create_app()
+    svc = app.extensions["coupon"]
+    name = f"{args.scenario}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    campaign_id = ops.create_campaign(svc, f"loadtest {name}", args.stock)
+    ops.open_campaign(svc, campaign_id)
+    timeline_dir = os.path.join("reports", f"{name}-timeline")
+    try:
+        run_locust(args, campaign_id, name, timeline_dir)
+        time.sleep(0.5)  # let answers in flight land before the set is read
+        claims = redis_claims(svc, campaign_id)
+    finally:
+        closed = close(svc, campaign_id)
+    timeline = read_timeline(timeline_dir)
+    checks = check(args.stock, timeline, claims, database_tickets(svc, campaign_id))
+    print(summary(args, name, campaign_id, timeline, checks, closed))
+    shutil.rmtree(timeline_dir, ignore_errors=True)
+    svc.engine.dispose()
+    sys.exit(0 if all(ok for ok, _ in checks) else 1)
+
+
+if __name__ == "__main__":
+    main()

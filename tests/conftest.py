@@ -1,0 +1,115 @@
+"""Fixtures: a real MariaDB database the suite creates, a Redis db flushed around each test,
+the app, its test client and CLI runner, and real gunicorn servers."""
+import os
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from coupon import create_app
+from coupon.db import init_db, make_engine
+from coupon.signing import Signer
+from tests.support import SECRET, Gunicorn, Scheduler, service_env
+
+MYSQL_URL = os.environ.get("TEST_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/coupon_test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture(scope="session")
+def mysql_url():
+    """Create the suite's own database (dropped and made anew each run) with the tables."""
+    url = make_url(MYSQL_URL)
+    server = create_engine(url.set(database=""))
+    with server.begin() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS `{url.database}`"))
+        conn.execute(text(f"CREATE DATABASE `{url.database}` CHARACTER SET utf8mb4"))
+    server.dispose()
+    engine = make_engine(MYSQL_URL)
+    init_db(engine)
+    engine.dispose()
+    return MYSQL_URL
+
+
+@pytest.fixture
+def redis_url():
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def app_config(database_url, redis_url, **extra):
+    return dict(
+        TESTING=True, SECRET_KEY=SECRET, DATABASE_URL=database_url, REDIS_URL=redis_url, **extra
+    )
+
+
+@pytest.fixture
+def app(mysql_url, redis_url):
+    app = create_app(app_config(mysql_url, redis_url))
+    yield app
+    app.extensions["coupon"].engine.dispose()
+
+
+@pytest.fixture
+def svc(app):
+    return app.extensions["coupon"]
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def signer():
+    return Signer(SECRET, 3600)
+
+
+@pytest.fixture
+def env(mysql_url, redis_url):
+    return service_env(mysql_url, redis_url)
+
+
+@pytest.fixture
+def gunicorn(env):
+    """Start real gunicorn masters (`gunicorn(workers=4)`); all are stopped after the test."""
+    started = []
+
+    def start(workers=2, **settings):
+        server = Gunicorn(env, workers=workers, **settings)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def scheduler(env):
+    """Start real `flask jobs run` processes (`scheduler(LEASE_TTL=2)`); all stopped after the test."""
+    started = []
+
+    def start(**settings):
+        process = Scheduler(env, **settings)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

@@ -1,0 +1,160 @@
+"""Every error code of the HTTP contract, as JSON with a stable code, and nothing half-written."""
+import datetime as dt
+
+import pytest
+
+from coupon import campaigns as ops
+from coupon import create_app
+from coupon.keys import CampaignKeys
+from coupon.signing import Signer
+from tests.conftest import app_config
+from tests.support import free_port
+
+
+def issue(client, campaign_id, token=None, **kwargs):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return client.post(f"/api/v1/campaigns/{campaign_id}/issue", headers=headers, **kwargs)
+
+
+def assert_error(response, status, code):
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.is_json
+    assert response.json["error"]["code"] == code
+    assert response.json["error"]["message"]
+    assert "Traceback" not in response.get_data(as_text=True)
+
+
+@pytest.fixture
+def open_id(svc):
+    campaign_id = ops.create_campaign(svc, "contract", 2)
+    ops.open_campaign(svc, campaign_id)
+    return campaign_id
+
+
+def test_issue_then_repeat_then_ticket(client, signer, open_id):
+    token = signer.mint("alice")
+    first = issue(client, open_id, token)
+    assert first.status_code == 201
+    body = first.json
+    assert set(body) == {"campaign_id", "user_id", "serial", "code", "issued_at"}
+    assert body["user_id"] == "alice" and body["campaign_id"] == open_id
+    again = issue(client, open_id, token)
+    assert again.status_code == 200 and again.json == body
+    ticket = client.get(f"/api/v1/campaigns/{open_id}/ticket", headers={"Authorization": f"Bearer {token}"})
+    assert ticket.status_code == 200 and ticket.json == body
+
+
+def test_identity_comes_from_the_token_only(client, signer, open_id):
+    response = issue(client, open_id, signer.mint("alice"), json={"user_id": "mallory"},
+                     query_string={"user_id": "mallory"})
+    assert response.status_code == 201 and response.json["user_id"] == "alice"
+
+
+def test_sold_out(client, signer, open_id):
+    for user in ("a", "b"):
+        assert issue(client, open_id, signer.mint(user)).status_code == 201
+    assert_error(issue(client, open_id, signer.mint("c")), 409, "SOLD_OUT")
+    status = client.get(f"/api/v1/campaigns/{open_id}").json
+    assert (status["issued"], status["remaining"], status["status"]) == (2, 0, "sold_out")
+
+
+def test_unauthorized(client, open_id):
+    other = Signer("another-secret", 3600).mint("alice")
+    expired = Signer("test-secret-not-for-production", -10).mint("alice")
+    for token in (None, "garbage", other, expired, other[:-2] + "xx"):
+        assert_error(issue(client, open_id, token), 401, "UNAUTHORIZED")
+    response = client.post(f"/api/v1/campaigns/{open_id}/issue", headers={"Authorization": "Basic abc"})
+    assert_error(response, 401, "UNAUTHORIZED")
+    assert_error(client.get(f"/api/v1/campaigns/{open_id}/ticket"), 401, "UNAUTHORIZED")
+
+
+def test_not_found_ids(client, signer, redis_client):
+    token = signer.mint("alice")
+    for raw in ("abc", "-1", "0", "99999999999999999999", "2147483648", "424242"):
+        assert_error(issue(client, raw, token), 404, "CAMPAIGN_NOT_FOUND")
+        assert_error(client.get(f"/api/v1/campaigns/{raw}"), 404, "CAMPAIGN_NOT_FOUND")
+    assert redis_client.keys("*424242*") == []  # unknown ids never become Redis keys
+
+
+def test_bad_request_body(client, signer, open_id):
+    token = signer.mint("alice")
+    for body in (b"{not json", b"[1, 2]"):
+        response = issue(client, open_id, token, data=body, content_type="application/json")
+        assert_error(response, 400, "BAD_REQUEST")
+    assert client.get(f"/api/v1/campaigns/{open_id}").json["issued"] == 0
+
+
+def test_not_open_before_opens_at_and_pending(client, svc, signer):
+    soon = ops.utcnow() + dt.timedelta(hours=1)
+    scheduled = ops.create_campaign(svc, "later", 10, opens_at=soon)
+    pending = ops.create_campaign(svc, "pending", 10)
+    for campaign_id in (scheduled, pending):
+        assert_error(issue(client, campaign_id, signer.mint("alice")), 409, "NOT_OPEN")
+
+
+def test_scheduled_campaign_opens_by_itself(client, svc, signer):
+    opens_at = ops.utcnow() + dt.timedelta(seconds=1.5)
+    campaign_id = ops.create_campaign(svc, "at the minute", 10, opens_at=opens_at)
+    assert_error(issue(client, campaign_id, signer.mint("alice")), 409, "NOT_OPEN")
+    while ops.utcnow() < opens_at:
+        pass
+    assert issue(client, campaign_id, signer.mint("alice")).status_code == 201
+
+
+def test_closed_after_close_and_after_closes_at(client, svc, signer, open_id):
+    assert issue(client, open_id, signer.mint("alice")).status_code == 201
+    ops.stop_issuing(svc, open_id)
+    assert_error(issue(client, open_id, signer.mint("bob")), 409, "CLOSED")
+    ended = ops.create_campaign(svc, "short", 10, closes_at=ops.utcnow() + dt.timedelta(seconds=1))
+    ops.open_campaign(svc, ended)
+    assert issue(client, ended, signer.mint("carol")).status_code == 201
+    while client.get(f"/api/v1/campaigns/{ended}").json["status"] != "closed":
+        pass
+    assert_error(issue(client, ended, signer.mint("dave")), 409, "CLOSED")
+
+
+def test_no_ticket(client, signer, open_id):
+    response = client.get(f"/api/v1/campaigns/{open_id}/ticket",
+                          headers={"Authorization": f"Bearer {signer.mint('nobody')}"})
+    assert_error(response, 404, "NO_TICKET")
+
+
+def test_http_errors_are_json(client, signer, open_id):
+    assert_error(client.get("/no/such/route"), 404, "NOT_FOUND")
+    assert_error(client.get(f"/api/v1/campaigns/{open_id}/issue"), 405, "METHOD_NOT_ALLOWED")
+    big = issue(client, open_id, signer.mint("alice"), data=b"{" + b" " * 10_000 + b"}",
+                content_type="application/json")
+    assert_error(big, 413, "PAYLOAD_TOO_LARGE")
+
+
+def test_unexpected_error_is_500_json_without_trace(app, client):
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("secret internals")
+
+    response = client.get("/boom")
+    assert_error(response, 500, "INTERNAL")
+    assert "secret internals" not in response.get_data(as_text=True)
+
+
+def test_redis_down_is_503(mysql_url, svc, signer, open_id):
+    dead = create_app(app_config(mysql_url, f"redis://127.0.0.1:{free_port()}/0", REDIS_TIMEOUT=0.5))
+    response = issue(dead.test_client(), open_id, signer.mint("alice"))
+    assert_error(response, 503, "UNAVAILABLE")
+    assert dead.test_client().get("/readyz").status_code == 503
+
+
+def test_status_and_health(client, open_id):
+    status = client.get(f"/api/v1/campaigns/{open_id}").json
+    assert status == {
+        "id": open_id, "name": "contract", "total": 2, "issued": 0, "remaining": 2,
+        "status": "open", "opens_at": status["opens_at"], "closes_at": None,
+    }
+    assert client.get("/healthz").json == {"status": "ok"}
+    assert client.get("/readyz").json["status"] == "ready"
+
+
+def test_create_clears_stale_redis_state(svc, redis_client):
+    campaign_id = ops.create_campaign(svc, "x", 5)
+    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    assert redis_client.hget(keys.meta, "cursor") == "0"

@@ -1,0 +1,164 @@
+"""Hostile input: a clear JSON error with a stable code, never a 500, and nothing written."""
+import re
+import time
+
+import pytest
+from itsdangerous import URLSafeSerializer
+
+from coupon import campaigns as ops
+from coupon.signing import Signer
+from tests.support import SECRET
+from tests.test_api_contract import assert_error, issue
+
+CAMPAIGN_TAG = re.compile(r"\{c:(\d+)")
+
+
+@pytest.fixture
+def open_id(svc):
+    campaign_id = ops.create_campaign(svc, "bad input", 5)
+    ops.open_campaign(svc, campaign_id)
+    return campaign_id
+
+
+def redis_snapshot(redis_client):
+    """Every key with its type and size: enough to see that a request wrote nothing."""
+    snapshot = {}
+    for key in redis_client.scan_iter(count=1000):
+        kind = redis_client.type(key)
+        size = {"hash": redis_client.hlen, "stream": redis_client.xlen, "set": redis_client.scard,
+                "list": redis_client.llen, "zset": redis_client.zcard}.get(kind, redis_client.strlen)
+        snapshot[key] = (kind, size(key))
+    return snapshot
+
+
+def campaign_ids_in_redis(redis_client):
+    return {int(m.group(1)) for key in redis_client.scan_iter(count=1000)
+            for m in [CAMPAIGN_TAG.match(key)] if m}
+
+
+def forged(payload, secret=SECRET):
+    """A token signed like a real one, carrying any payload."""
+    return URLSafeSerializer(secret, salt="coupon-user-token").dumps(payload)
+
+
+def test_bad_tokens_are_401_and_write_nothing(client, signer, open_id, redis_client):
+    good = signer.mint("alice")
+    payload, _, signature = good.rpartition(".")
+    bad_tokens = {
+        "garbage": "garbage",
+        "empty payload": "." + signature,
+        "tampered payload": payload[:-1] + ("A" if payload[-1] != "A" else "B") + "." + signature,
+        "tampered signature": payload + "." + signature[::-1],
+        "no signature": payload,
+        "other secret": Signer("another-secret", 3600).mint("alice"),
+        "expired": Signer(SECRET, -10).mint("alice"),
+        "bad user id": forged(["mallory!", int(time.time()) + 60]),
+        "no expiry": forged(["alice", None]),
+        "not a pair": forged({"user_id": "alice"}),
+        "very long": "x" * 3000,
+    }
+    before = redis_snapshot(redis_client)
+    for token in bad_tokens.values():
+        assert_error(issue(client, open_id, token), 401, "UNAUTHORIZED")
+        response = client.get(f"/api/v1/campaigns/{open_id}/ticket",
+                              headers={"Authorization": f"Bearer {token}"})
+        assert_error(response, 401, "UNAUTHORIZED")
+    for header in ("", "Bearer", "Bearer    ", f"Basic {good}", f"Token {good}", good):
+        response = client.post(f"/api/v1/campaigns/{open_id}/issue", headers={"Authorization": header})
+        assert_error(response, 401, "UNAUTHORIZED")
+    assert redis_snapshot(redis_client) == before
+    assert client.get(f"/api/v1/campaigns/{open_id}").json["issued"] == 0
+    assert issue(client, open_id, good).status_code == 201  # and the real token still works
+
+
+def test_cli_token_ttl_expires(runner, client, open_id):
+    token = runner.invoke(args=["token", "alice", "--ttl", "1"]).output.strip()
+    assert issue(client, open_id, token).status_code == 201
+    time.sleep(2.05)  # expiry is a whole second: past it whatever the rounding
+    assert_error(issue(client, open_id, token), 401, "UNAUTHORIZED")
+    response = client.get(f"/api/v1/campaigns/{open_id}/ticket", headers={"Authorization": f"Bearer {token}"})
+    assert_error(response, 401, "UNAUTHORIZED")
+
+
+def test_identity_ignores_user_id_in_body_and_query(client, signer, open_id, redis_client):
+    token = signer.mint("alice")
+    response = issue(client, open_id, token, json={"user_id": "mallory", "serial": 1},
+                     query_string={"user_id": "mallory"})
+    assert response.status_code == 201 and response.json["user_id"] == "alice"
+    mallory = client.get(f"/api/v1/campaigns/{open_id}/ticket", query_string={"user_id": "alice"},
+                         headers={"Authorization": f"Bearer {signer.mint('mallory')}"})
+    assert_error(mallory, 404, "NO_TICKET")  # asking for alice's ticket by query gets nothing
+    assert client.get(f"/api/v1/campaigns/{open_id}").json["issued"] == 1
+
+
+BOGUS_IDS = [
+    "abc", "-1", "0", "00", "01", "1.5", "1e3", "+1", " 1", "1 ", "0x10", "%20", "%00", "NaN",
+    "\u0661",  # ARABIC-INDIC DIGIT ONE: str.isdigit() says yes, the API must say no
+    "2147483648", "99999999999999999999", "9" * 400, "424242", "2147483647",
+]
+
+
+@pytest.mark.parametrize("route", ["issue", "status", "ticket"])
+def test_bogus_campaign_ids_are_404_and_never_become_keys(route, client, signer, open_id, redis_client):
+    token = signer.mint("alice")
+    auth = {"Authorization": f"Bearer {token}"}
+    before = redis_snapshot(redis_client)
+    for raw in BOGUS_IDS:
+        if route == "issue":
+            response = issue(client, raw, token)
+        elif route == "status":
+            response = client.get(f"/api/v1/campaigns/{raw}")
+        else:
+            response = client.get(f"/api/v1/campaigns/{raw}/ticket", headers=auth)
+        assert_error(response, 404, "CAMPAIGN_NOT_FOUND")
+    assert redis_snapshot(redis_client) == before
+    assert campaign_ids_in_redis(redis_client) == {open_id}
+
+
+def test_bodies_over_the_limit_are_413(client, signer, open_id, svc):
+    limit = svc.config["MAX_CONTENT_LENGTH"]
+    token = signer.mint("alice")
+    for body in (b"{" + b" " * limit + b"}", b"x" * (limit + 1), b"\x00" * 100_000):
+        for content_type in ("application/json", "application/octet-stream"):
+            response = issue(client, open_id, token, data=body, content_type=content_type)
+            assert_error(response, 413, "PAYLOAD_TOO_LARGE")
+    at_limit = b"{" + b" " * (limit - 2) + b"}"
+    assert issue(client, open_id, token, data=at_limit, content_type="application/json").status_code == 201
+
+
+def test_bad_bodies_are_400_and_write_nothing(client, signer, open_id, redis_client):
+    token = signer.mint("alice")
+    before = redis_snapshot(redis_client)
+    for body in (b"{", b"null", b"1", b'"x"', b"[]", b"\xff\xfe", b"user_id=mallory", b"{}{}"):
+        response = issue(client, open_id, token, data=body, content_type="application/json")
+        assert_error(response, 400, "BAD_REQUEST")
+    response = issue(client, open_id, token, data={"user_id": "mallory"})  # a form
+    assert_error(response, 400, "BAD_REQUEST")
+    assert redis_snapshot(redis_client) == before
+
+
+def test_wrong_methods_are_405_with_allow(client, open_id):
+    routes = {
+        f"/api/v1/campaigns/{open_id}/issue": {"POST"},
+        f"/api/v1/campaigns/{open_id}": {"GET", "HEAD", "OPTIONS"},
+        f"/api/v1/campaigns/{open_id}/ticket": {"GET", "HEAD", "OPTIONS"},
+        "/healthz": {"GET", "HEAD", "OPTIONS"},
+        "/openapi.json": {"GET", "HEAD", "OPTIONS"},
+    }
+    for path, allowed in routes.items():
+        for method in {"GET", "POST", "PUT", "PATCH", "DELETE"} - allowed:
+            response = client.open(path, method=method)
+            assert_error(response, 405, "METHOD_NOT_ALLOWED")
+            assert method not in response.headers["Allow"]
+
+
+def test_no_admin_operation_over_http(client, open_id):
+    """Campaigns are managed with the CLI only: nothing that changes one answers over HTTP."""
+    paths = ["/api/v1/campaigns", f"/api/v1/campaigns/{open_id}/open", f"/api/v1/campaigns/{open_id}/close",
+             "/admin", "/api/v1/admin/campaigns"]
+    for path in paths:
+        for method in ("POST", "PUT", "DELETE"):
+            assert client.open(path, method=method, json={"name": "x", "stock": 1}).status_code in (404, 405)
+    for method in ("PUT", "PATCH", "DELETE"):
+        assert_error(client.open(f"/api/v1/campaigns/{open_id}", method=method), 405, "METHOD_NOT_ALLOWED")
+    assert client.get(f"/api/v1/campaigns/{open_id}").json["status"] == "open"

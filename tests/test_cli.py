@@ -1,0 +1,71 @@
+"""The operator CLI through Flask's test runner, against the real database and Redis."""
+import json
+
+import pytest
+
+from config.settings import DEV_SECRET_KEY
+from coupon import create_app
+from coupon.signing import Signer
+from tests.conftest import app_config
+from tests.support import SECRET
+
+
+def test_db_init_is_idempotent(runner):
+    for _ in range(2):
+        result = runner.invoke(args=["db", "init"])
+        assert result.exit_code == 0 and "tables ready" in result.output
+
+
+def test_campaign_lifecycle(runner, client):
+    created = runner.invoke(args=["campaign", "create", "--name", "Black Friday", "--stock", "3"])
+    assert created.exit_code == 0, created.output
+    campaign_id = int(created.output.strip())
+
+    status = json.loads(runner.invoke(args=["campaign", "status", str(campaign_id)]).output)
+    assert (status["status"], status["total"], status["issued"]) == ("pending", 3, 0)
+
+    assert runner.invoke(args=["campaign", "open", str(campaign_id)]).exit_code == 0
+    token = runner.invoke(args=["token", "alice"]).output.strip()
+    response = client.post(f"/api/v1/campaigns/{campaign_id}/issue", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 201
+
+    listed = runner.invoke(args=["campaign", "list"]).output
+    assert f"{campaign_id}\topen\t1/3\tBlack Friday" in listed
+
+    assert runner.invoke(args=["campaign", "close", str(campaign_id)]).exit_code == 0
+    status = json.loads(runner.invoke(args=["campaign", "status", str(campaign_id)]).output)
+    assert status["status"] == "closed"
+    reopened = runner.invoke(args=["campaign", "open", str(campaign_id)])
+    assert reopened.exit_code == 1 and "INVALID_CAMPAIGN" in reopened.output
+
+
+def test_campaign_create_rejects_bad_input(runner):
+    for args in (["--name", "x", "--stock", "0"], ["--name", "x", "--stock", "abc"],
+                 ["--name", "x", "--stock", "5", "--opens-at", "tomorrow"],
+                 ["--name", "x", "--stock", "5", "--opens-at", "2030-01-02", "--closes-at", "2030-01-01"],
+                 ["--name", " ", "--stock", "5"]):
+        result = runner.invoke(args=["campaign", "create", *args])
+        assert result.exit_code != 0, args
+        assert "Traceback" not in result.output
+    assert runner.invoke(args=["campaign", "status", "987654"]).exit_code == 1
+
+
+def test_tokens(runner):
+    signer = Signer(SECRET, 3600)
+    assert signer.user_of(runner.invoke(args=["token", "alice"]).output.strip()) == "alice"
+    bulk = runner.invoke(args=["token", "bulk", "--count", "12", "--prefix", "load-"])
+    lines = bulk.output.splitlines()
+    assert len(lines) == 12
+    pairs = [line.split("\t") for line in lines]
+    assert len({uid for uid, _ in pairs}) == 12
+    assert all(signer.user_of(token) == uid and uid.startswith("load-") for uid, token in pairs)
+    assert runner.invoke(args=["token", "bad id!"]).exit_code == 1
+    assert runner.invoke(args=["token", "bulk"]).exit_code == 2
+
+
+def test_production_refuses_the_development_secret(mysql_url, redis_url):
+    for secret in (DEV_SECRET_KEY, ""):
+        with pytest.raises(RuntimeError, match="SECRET_KEY"):
+            create_app(dict(app_config(mysql_url, redis_url), ENV="production", SECRET_KEY=secret))
+    app = create_app(dict(app_config(mysql_url, redis_url), ENV="production", SECRET_KEY="a-real-secret"))
+    assert app.config["ENV"] == "production"

@@ -1,0 +1,476 @@
+"""Fault tests: break something on purpose in the middle of a flood through real gunicorn workers
+with the scheduler running, close the campaign, and check the invariants exactly: issued = N,
+every 2xx answer has its MySQL row with the same serial and code, no row that nobody was told of,
+no user or serial twice. Each test prints what it injected and what it saw (`pytest -s`)."""
+import http.client
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pytest
+from redis.exceptions import RedisError, ResponseError
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from coupon import campaigns as ops
+from coupon import create_app, db
+from coupon.keys import SCHEDULER_LEADER, CampaignKeys
+from coupon.outbox import GROUP, outbox_stats
+from coupon.reconcile import mysql_tickets
+from jobs.reclaim import claimed_serials, decode_serials
+from tests.conftest import app_config
+from tests.support import Gunicorn, RedisServer, Scheduler, TcpProxy, flood, request, service_env, wait_until
+from tests.test_issue_flood import open_campaign
+from tests.test_jobs import FAST_JOBS
+
+pytestmark = pytest.mark.fault
+
+STOCK = 1000
+USERS = 5000  # distinct users; a fifth of each wave are earlier users asking again
+
+
+@dataclass
+class Answer:
+    user: str
+    status: object  # the HTTP status; "dropped": connection reset or refused; "timeout"
+    body: object
+    started: float  # time.monotonic()
+    took: float
+
+
+def ask(url, campaign_id, user, token):
+    def call():
+        started = time.monotonic()
+        try:
+            status, body, _ = request(url, "POST", f"/api/v1/campaigns/{campaign_id}/issue", token, timeout=10)
+        except TimeoutError:
+            status, body = "timeout", None
+        except (OSError, http.client.HTTPException) as e:  # the worker died under the request
+            status, body = "dropped", type(e).__name__
+        return Answer(user, status, body, started, time.monotonic() - started)
+
+    return call
+
+
+def issued_counter(svc, campaign_id):
+    """issued() -> the campaign's issued counters summed in Redis; 0 while Redis is unreachable."""
+    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+
+    def issued():
+        try:
+            return ops.issued_in_redis(svc, keys) or 0
+        except RedisError:
+            return 0
+
+    return issued
+
+
+def demand(url, campaign_id, signer, issued, seconds, wave=100, pause=0.3, concurrency=50, busy=None):
+    """Send the USERS in waves, each with a fifth of earlier users asking again; paced while stock
+    remains, then at full speed. Past USERS, go on with fresh users until issued() reaches STOCK
+    (serials of dead workers come back late) or `seconds` pass. `busy`, an Event, is set while a
+    wave is in flight. Returns (answers, tokens)."""
+    rnd = random.Random(5)
+    deadline = time.monotonic() + seconds
+    tokens, answers, sent = {}, [], 0
+    while time.monotonic() < deadline:
+        sold = issued() >= STOCK
+        if sold and sent >= USERS:
+            break
+        size = min(5 * wave, USERS - sent) if sold else wave
+        fresh = [f"u{i}" for i in range(sent, sent + size)]
+        tokens.update((u, signer.mint(u)) for u in fresh)
+        batch = fresh + rnd.sample(sorted(tokens), k=min(sent, size // 5))
+        sent += size
+        rnd.shuffle(batch)
+        if busy:
+            busy.set()
+        answers += flood([ask(url, campaign_id, u, tokens[u]) for u in batch], concurrency)
+        if busy:
+            busy.clear()
+        if not sold:
+            time.sleep(pause)
+    return answers, tokens
+
+
+@contextmanager
+def every(interval, action):
+    """Run action() every `interval` seconds in a thread while the block runs."""
+    stop, errors = threading.Event(), []
+
+    def loop():
+        while not stop.wait(interval):
+            try:
+                action()
+            except Exception as e:
+                errors.append(e)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+@contextmanager
+def once(condition, action, poll=0.005):
+    """Run action() once, in a thread, as soon as condition() holds while the block runs; the
+    block's end waits for the action to finish. Yields a list that holds the firing time."""
+    stop, fired, errors = threading.Event(), [], []
+
+    def watch():
+        while not stop.is_set():
+            if condition():
+                fired.append(time.monotonic())
+                try:
+                    action()
+                except Exception as e:
+                    errors.append(e)
+                return
+            time.sleep(poll)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield fired
+    finally:
+        stop.set()
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def ticket_of(url, campaign_id, token):
+    """(status, body) of GET /ticket: 200 or 404; asked again while the service is recovering."""
+    def get_it():
+        try:
+            status, body, _ = request(url, "GET", f"/api/v1/campaigns/{campaign_id}/ticket", token, timeout=10)
+        except (OSError, http.client.HTTPException):
+            return None
+        return (status, body) if status in (200, 404) else None
+
+    return wait_until(get_it, timeout=10, what="GET /ticket to answer")
+
+
+def tickets_told(url, campaign_id, answers, tokens):
+    """{user: (serial, code)} of every user told they hold a ticket: the 2xx answers, and for users
+    whose request ended without one (dropped, 503), what GET /ticket says. Checks that the answers
+    of one user agree and that nobody got two 201s. Returns (told, unsure users, of them holding)."""
+    told, new = {}, Counter()
+    for a in answers:
+        if a.status in (200, 201):
+            ticket = (a.body["serial"], a.body["code"])
+            assert told.setdefault(a.user, ticket) == ticket, a
+            new[a.user] += a.status == 201
+    assert max(new.values()) == 1, new.most_common(3)
+    unsure = {a.user for a in answers if a.status not in (200, 201, 409)} - set(told)
+    holding = 0
+    for user in sorted(unsure):
+        status, body = ticket_of(url, campaign_id, tokens[user])
+        if status == 200:
+            told[user] = (body["serial"], body["code"])
+            holding += 1
+        else:
+            assert body["error"]["code"] == "NO_TICKET", body
+    return told, len(unsure), holding
+
+
+def close_and_check(svc, signer, campaign_id, told):
+    """Close (stop, drain, reconcile, release), then: the rows are exactly the tickets users were
+    told of, STOCK of them, serials 1..STOCK once each, every code the ticket's."""
+    report = ops.close_campaign(svc, campaign_id)  # raises unless Redis and MySQL agree
+    assert report.mysql_rows == report.redis_claims == report.redis_counter == STOCK
+    rows = mysql_tickets(svc.engine, campaign_id)
+    lost = sorted((u, t, rows.get(u)) for u, t in told.items() if rows.get(u) != t)
+    untold = sorted(set(rows) - set(told))
+    assert not lost and not untold, (len(lost), lost[:5], len(untold), untold[:5])
+    assert sorted(serial for serial, _ in rows.values()) == list(range(1, STOCK + 1))
+    assert all(code == signer.ticket_code(campaign_id, serial) for serial, code in rows.values())
+    return rows
+
+
+def outcomes(answers):
+    """Counter of statuses, 409s by error code: {201: 1000, 'SOLD_OUT': 4000, ...}."""
+    return Counter(a.body["error"]["code"] if a.status == 409 else a.status for a in answers)
+
+
+def say(test, **numbers):
+    print(f"\n[{test}] " + "; ".join(f"{k}: {v}" for k, v in numbers.items()))
+
+
+def unclaimed_serials_of(svc, keys, pid):
+    """The serials leased to worker `pid` that no claim has taken (yet)."""
+    serials = []
+    for lease_id, encoded in svc.redis.hgetall(keys.lease_serials).items():
+        if lease_id.split(":")[1] == str(pid):
+            serials += decode_serials(encoded)
+    return sorted(set(serials) - claimed_serials(svc.redis, keys, serials))
+
+
+def test_web_worker_killed_every_2s(svc, signer, gunicorn, scheduler):
+    short = dict(LEASE_TTL=2)  # a dead worker's lease expires 2 s after its last renewal ...
+    server = gunicorn(workers=2, **short)
+    scheduler(**FAST_JOBS, **short, REDIS_TIMEOUT=0.5)  # ... and is reclaimed 1 s later
+    campaign_id = open_campaign(svc, STOCK)
+    issued = issued_counter(svc, campaign_id)
+    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    kills, busy = [], threading.Event()  # issued at each kill; set while requests are in flight
+    stranded = []  # unclaimed serials the killed workers held: only the reclaim job frees them
+
+    def kill_a_worker():
+        busy.wait(1.0)  # kill under load, not between two waves
+        time.sleep(0.01)
+        workers = server.worker_pids()
+        if workers:  # none while all are being respawned
+            victim = random.choice(workers)
+            os.kill(victim, signal.SIGKILL)
+            kills.append(issued())
+            stranded.extend(unclaimed_serials_of(svc, keys, victim))
+
+    started = time.monotonic()
+    with every(2.0, kill_a_worker):  # smaller waves: selling takes long enough for several kills
+        answers, tokens = demand(server.url, campaign_id, signer, issued, seconds=30, wave=50, busy=busy)
+    flood_s = time.monotonic() - started
+
+    seen = outcomes(answers)
+    assert set(seen) <= {200, 201, "SOLD_OUT", "dropped"}, seen  # never a 5xx or a hang
+    assert len(kills) >= 3 and sum(k < STOCK for k in kills) >= 2, kills
+    # requests in flight on a killed worker are "dropped" (how many is up to timing: reported);
+    # the kills left serials that only the reclaim job could give back
+    assert stranded
+    told, unsure, holding = tickets_told(server.url, campaign_id, answers, tokens)
+    close_and_check(svc, signer, campaign_id, told)
+    say("worker kill -9", kills=len(kills), issued_at_kills=kills, requests=len(answers),
+        stranded_serials=len(stranded), users=len(tokens), outcomes=dict(seen),
+        dropped_users=unsure, of_them_holding=holding,
+        rows=STOCK, flood_s=round(flood_s, 1))
+
+
+def test_workers_recycled_by_max_requests_and_reloaded(svc, signer, gunicorn, scheduler):
+    # the default 30 s lease: serials come back within the test only if exiting workers return them
+    server = gunicorn(workers=2, MAX_REQUESTS=150, MAX_REQUESTS_JITTER=50)
+    scheduler(**FAST_JOBS)
+    campaign_id = open_campaign(svc, STOCK)
+    issued = issued_counter(svc, campaign_id)
+    born = dict.fromkeys(server.worker_pids(), 0)  # worker pid -> issued when first seen
+    before_hup = []
+
+    def watch_workers():
+        for pid in server.worker_pids():
+            born.setdefault(pid, issued())
+
+    def reload():
+        before_hup.extend(server.worker_pids())
+        os.kill(server.proc.pid, signal.SIGHUP)
+
+    started = time.monotonic()
+    with every(0.05, watch_workers), once(lambda: issued() >= 400, reload):
+        answers, tokens = demand(server.url, campaign_id, signer, issued, seconds=30)
+    flood_s = time.monotonic() - started
+
+    seen = outcomes(answers)
+    assert set(seen) <= {200, 201, "SOLD_OUT"}, seen  # graceful: not one request lost
+    assert before_hup
+    wait_until(lambda: not set(before_hup) & set(server.worker_pids()), timeout=25,
+               what="the workers of before the reload to exit")
+    assert sum(0 < at < STOCK for at in born.values()) >= 3, born  # replaced while selling
+    # every worker that exited gave its lease back (none left to expire): the leases standing
+    # are those of live workers
+    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    owners = {int(lease.split(":")[1]) for lease in svc.redis.zrange(keys.leases, 0, -1)}
+    assert owners <= set(server.worker_pids()), (owners, server.worker_pids())
+    told, _, _ = tickets_told(server.url, campaign_id, answers, tokens)
+    close_and_check(svc, signer, campaign_id, told)
+    say("recycle + SIGHUP", workers_born=len(born),
+        born_at_issued=sorted(born.values()), slowest_s=round(max(a.took for a in answers), 2),
+        requests=len(answers), users=len(tokens),
+        outcomes=dict(seen), rows=STOCK, flood_s=round(flood_s, 1))
+
+
+REDIS_TIMEOUT = 2.0  # the web workers'; a Redis call slower than this answers 503
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    server = RedisServer(tmp_path, appendfsync="always")
+    yield server
+    server.stop()
+
+
+def test_redis_killed_and_restarted_from_its_append_only_file(mysql_url, signer, private_redis):
+    env = service_env(mysql_url, private_redis.url)
+    app = create_app(app_config(mysql_url, private_redis.url))
+    svc = app.extensions["coupon"]
+    web = jobs = None
+    try:
+        # While Redis is down each request burns a serial of its worker's block (the claim's
+        # outcome is unknown). The default 30 s lease: the worker marks that block expired at
+        # its first refill once Redis is back, and the reclaim job returns what was never
+        # claimed after its grace (2 x the scheduler's REDIS_TIMEOUT), not after LEASE_TTL.
+        web = Gunicorn(env, workers=2, REDIS_TIMEOUT=REDIS_TIMEOUT)
+        jobs = Scheduler(env, **FAST_JOBS, REDIS_TIMEOUT=0.5)
+        campaign_id = open_campaign(svc, STOCK)
+        issued = issued_counter(svc, campaign_id)
+        keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+        outage = {}
+
+        def crash_and_restart():
+            outage["issued"] = issued()
+            outage["down"] = time.monotonic()
+            private_redis.kill()
+            time.sleep(2.0)
+            outage["restart"] = time.monotonic()
+            private_redis.start()  # from the append-only file
+            outage["up"] = time.monotonic()
+
+        with once(lambda: issued() >= 400, crash_and_restart):
+            answers, tokens = demand(web.url, campaign_id, signer, issued, seconds=30)
+
+        seen = outcomes(answers)
+        assert set(seen) <= {200, 201, "SOLD_OUT", 503}, seen  # never a 500, never a hang
+        down = [a for a in answers if outage["down"] <= a.started and a.started + a.took <= outage["restart"]]
+        assert {a.status for a in down} <= {503, 409} and sum(a.status == 503 for a in down) > 50
+        assert all(a.body["error"]["code"] == "UNAVAILABLE" for a in answers if a.status == 503)
+        took = sorted(a.took for a in down)  # refused at once, not waited for; never a hang
+        assert took[len(took) // 2] < REDIS_TIMEOUT / 4 and took[-1] < REDIS_TIMEOUT + 1, took
+        # every ticket acknowledged before the crash came back with Redis
+        before = {a.user: (a.body["serial"], a.body["code"]) for a in answers
+                  if a.status in (200, 201) and a.started + a.took < outage["down"]}
+        pipe = svc.redis.pipeline(transaction=False)
+        for user in before:
+            pipe.hget(keys.shard(keys.shard_of(user)).claims, user)
+        kept = {u: (int(v.split("|")[0]), v.split("|")[1]) for u, v in zip(before, pipe.execute()) if v}
+        assert kept == before
+        recovered = sum(a.status == 201 and a.started > outage["up"] for a in answers)
+        assert recovered > 0  # it sold on by itself, scripts loaded again after NOSCRIPT
+
+        told, unsure, holding = tickets_told(web.url, campaign_id, answers, tokens)
+        close_and_check(svc, signer, campaign_id, told)
+        say("redis kill -9 + AOF restart", issued_at_crash=outage["issued"],
+            outage_s=round(outage["up"] - outage["down"], 2), requests=len(answers), users=len(tokens),
+            outcomes=dict(seen), answers_while_down=dict(outcomes(down)),
+            latency_503_ms_p50_max=(round(took[len(took) // 2] * 1000, 1), round(took[-1] * 1000, 1)),
+            acknowledged_before_crash=len(before), kept=len(kept), new_after_restart=recovered,
+            unanswered_users=unsure, of_them_holding=holding, rows=STOCK)
+    finally:
+        for process in (web, jobs):
+            if process is not None:
+                process.stop()
+        svc.engine.dispose()
+
+
+def rows_of(svc, campaign_id):
+    with svc.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(db.coupons)
+                            .where(db.coupons.c.campaign_id == campaign_id)).scalar()
+
+
+def test_database_cut_during_the_flood(svc, signer, gunicorn, scheduler, mysql_url):
+    url = make_url(mysql_url)
+    proxy = TcpProxy(url.port or 3306, url.host)
+    try:
+        server = gunicorn(workers=2)
+        through_proxy = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        jobs = scheduler(**FAST_JOBS, DATABASE_URL=through_proxy)
+        campaign_id = open_campaign(svc, STOCK)
+        issued = issued_counter(svc, campaign_id)
+        keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+        cut = {}
+
+        def cut_for_a_while():
+            cut["issued"] = issued()
+            cut["at"] = time.monotonic()
+            proxy.cut()
+            time.sleep(0.5)  # a flush caught in flight has failed (or committed) by now
+            cut["rows"], cut["backlog"] = rows_of(svc, campaign_id), outbox_stats(svc.redis, keys)[0]
+            # at least 3 s, and 100 more coupons issued meanwhile (the machine may be busy)
+            time.sleep(2.5)
+            wait_until(lambda: issued() >= cut["issued"] + 100, timeout=10, what="issuing during the cut")
+            cut["rows_end"], cut["backlog_end"] = rows_of(svc, campaign_id), outbox_stats(svc.redis, keys)[0]
+            cut["issued_end"] = issued()
+            proxy.restore()
+            cut["restored"] = time.monotonic()
+
+        # cut once the flush job is writing through the proxy
+        with once(lambda: rows_of(svc, campaign_id) >= 100, cut_for_a_while, poll=0.02):
+            answers, tokens = demand(server.url, campaign_id, signer, issued, seconds=30)
+        seen = outcomes(answers)
+        assert set(seen) <= {200, 201, "SOLD_OUT"}, seen  # issuing is unaffected
+        assert cut["rows_end"] == cut["rows"]  # nothing reached MySQL while cut ...
+        assert cut["backlog_end"] > cut["backlog"] > 0  # ... and the backlog grew in Redis
+        wait_until(lambda: outbox_stats(svc.redis, keys)[0] == 0, timeout=30, what="the backlog to drain")
+        drained_s = time.monotonic() - cut["restored"]
+        assert jobs.output().count("database unreachable") == 1  # logged once per outage
+        assert "database back" in jobs.output()
+
+        told, _, _ = tickets_told(server.url, campaign_id, answers, tokens)
+        close_and_check(svc, signer, campaign_id, told)
+        say("mysql cut", cut_s=round(cut["restored"] - cut["at"], 1), issued_at_cut=cut["issued"], issued_during_cut=cut["issued_end"] - cut["issued"],
+            rows_during_cut=cut["rows"], backlog_during_cut=(cut["backlog"], cut["backlog_end"]),
+            drained_s_after_restore=round(drained_s, 1), requests=len(answers), users=len(tokens),
+            outcomes=dict(seen), rows=STOCK)
+    finally:
+        proxy.cut()
+
+
+def test_scheduler_leader_killed_during_a_flush(svc, signer, gunicorn, scheduler, redis_client):
+    server = gunicorn(workers=2)
+    pair = [scheduler(**FAST_JOBS), scheduler(**FAST_JOBS)]
+    ident = wait_until(lambda: redis_client.get(SCHEDULER_LEADER), what="a leader")
+    leader = next(p for p in pair if p.proc.pid == int(ident.split(":")[1]))
+    standby = next(p for p in pair if p is not leader)
+    consumer = f"jobs:{socket.gethostname()}:{leader.proc.pid}"  # the leader's flusher
+    campaign_id = open_campaign(svc, STOCK)
+    issued = issued_counter(svc, campaign_id)
+    outboxes = [shard.outbox for shard in CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"]).all_shards()]
+
+    def pending_of_leader():
+        """Outbox entries the leader has read and not acknowledged: (stream, id, user) each."""
+        pipe = redis_client.pipeline(transaction=False)
+        for stream in outboxes:
+            pipe.xpending_range(stream, GROUP, "-", "+", 100_000, consumername=consumer)
+        try:
+            replies = pipe.execute()
+        except ResponseError:  # no consumer group yet
+            return []
+        return [(stream, p["message_id"]) for stream, ps in zip(outboxes, replies) for p in ps]
+
+    killed = {}
+
+    def kill_leader():
+        leader.kill()
+        killed["at"] = time.monotonic()
+        pending = pending_of_leader()
+        users = [redis_client.xrange(s, i, i)[0][1]["u"] for s, i in pending]
+        rows = mysql_tickets(svc.engine, campaign_id)
+        killed["pending"], killed["committed"] = len(pending), sum(u in rows for u in users)
+        wait_until(lambda: str(standby.proc.pid) in (redis_client.get(SCHEDULER_LEADER) or ""),
+                   timeout=5, interval=0.01, what="the standby to take over")
+        killed["takeover_s"] = time.monotonic() - killed["at"]
+
+    with once(lambda: issued() >= 300 and pending_of_leader(), kill_leader, poll=0.001):
+        answers, tokens = demand(server.url, campaign_id, signer, issued, seconds=30)
+    seen = outcomes(answers)
+    assert set(seen) <= {200, 201, "SOLD_OUT"}, seen
+    assert killed["pending"] > 0  # it died holding entries read and not acknowledged
+    assert killed["takeover_s"] <= FAST_JOBS["SCHEDULER_LEASE"] + 1  # one lease period and a poll
+    # the standby takes the dead flusher's entries over and drains everything before any close
+    wait_until(lambda: not pending_of_leader() and outbox_stats(
+        svc.redis, CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"]))[0] == 0,
+        timeout=15, what="the standby to drain the outbox")
+
+    told, _, _ = tickets_told(server.url, campaign_id, answers, tokens)
+    close_and_check(svc, signer, campaign_id, told)
+    say("scheduler leader kill -9", pending_at_kill=killed["pending"],
+        of_them_committed_not_acked=killed["committed"], takeover_s=round(killed["takeover_s"], 2),
+        requests=len(answers), users=len(tokens), outcomes=dict(seen), rows=STOCK)

@@ -1,0 +1,101 @@
+"""The hot path under real concurrency, against real gunicorn gevent workers."""
+from collections import Counter
+
+from coupon import campaigns as ops
+from coupon.keys import CampaignKeys
+from tests.support import flood, issue_call
+
+
+def open_campaign(svc, stock, name="flood"):
+    campaign_id = ops.create_campaign(svc, name, stock)
+    ops.open_campaign(svc, campaign_id)
+    return campaign_id
+
+
+def users(signer, count, prefix="u"):
+    return [(f"{prefix}{i}", signer.mint(f"{prefix}{i}")) for i in range(count)]
+
+
+def assert_exact_tickets(results, signer, campaign_id, stock):
+    """201s are one per user with distinct serials in 1..stock and valid codes; return them."""
+    new = [body for _, status, body in results if status == 201]
+    assert len({t["user_id"] for t in new}) == len(new)
+    assert len({t["serial"] for t in new}) == len(new)
+    assert all(1 <= t["serial"] <= stock for t in new)
+    assert all(t["code"] == signer.ticket_code(campaign_id, t["serial"]) for t in new)
+    return new
+
+
+def redis_issued(svc, campaign_id):
+    return ops.issued_in_redis(svc, CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"]))
+
+
+def test_flood_issues_exactly_the_stock(svc, signer, gunicorn):
+    server = gunicorn(workers=2)
+    campaign_id = open_campaign(svc, 1000)
+    results = flood([issue_call(server.url, campaign_id, u, t) for u, t in users(signer, 1500)])
+
+    statuses = Counter(status for _, status, _ in results)
+    assert statuses == {201: 1000, 409: 500}
+    assert {body["error"]["code"] for _, s, body in results if s == 409} == {"SOLD_OUT"}
+    assert len(assert_exact_tickets(results, signer, campaign_id, 1000)) == 1000
+    assert redis_issued(svc, campaign_id) == 1000
+
+
+def test_repeated_requests_get_one_ticket_each(svc, signer, gunicorn):
+    server = gunicorn(workers=2)
+    campaign_id = open_campaign(svc, 5000)
+    calls = [issue_call(server.url, campaign_id, u, t) for u, t in users(signer, 200) for _ in range(10)]
+    results = flood(calls, concurrency=200)
+
+    by_user = {}
+    for user_id, status, body in results:
+        assert status in (200, 201), body
+        by_user.setdefault(user_id, []).append((status, body["serial"], body["code"]))
+    assert len(by_user) == 200
+    for answers in by_user.values():
+        assert [s for s, _, _ in answers].count(201) == 1
+        assert len({(serial, code) for _, serial, code in answers}) == 1
+    assert len({answers[0][1] for answers in by_user.values()}) == 200
+    assert redis_issued(svc, campaign_id) == 200
+
+
+def test_two_instances_sharing_redis_stay_exact(svc, signer, gunicorn):
+    servers = [gunicorn(workers=2), gunicorn(workers=2)]
+    campaign_id = open_campaign(svc, 700)
+    calls = [issue_call(servers[i % 2].url, campaign_id, u, t)
+             for i, (u, t) in enumerate(users(signer, 1200))]
+    results = flood(calls)
+
+    assert Counter(status for _, status, _ in results) == {201: 700, 409: 500}
+    assert len(assert_exact_tickets(results, signer, campaign_id, 700)) == 700
+
+
+def test_small_campaign_sells_out_over_all_workers(svc, signer, gunicorn, redis_client):
+    server = gunicorn(workers=4)
+    campaign_id = open_campaign(svc, 50)
+    results = flood([issue_call(server.url, campaign_id, u, t) for u, t in users(signer, 400)])
+
+    assert Counter(status for _, status, _ in results) == {201: 50, 409: 350}
+    assert_exact_tickets(results, signer, campaign_id, 50)
+    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    assert redis_client.hget(keys.meta, "cursor") == "50"
+    assert redis_client.llen(keys.returned) == 0  # no serial left waiting in Redis either
+
+
+def test_clean_shutdown_gives_unused_serials_back(svc, signer, gunicorn, redis_client):
+    server = gunicorn(workers=2)
+    campaign_id = open_campaign(svc, 100_000)
+    results = flood([issue_call(server.url, campaign_id, u, t) for u, t in users(signer, 100)])
+    assert Counter(status for _, status, _ in results) == {201: 100}
+    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    leased = int(redis_client.hget(keys.meta, "cursor"))
+    assert leased > 100  # the workers hold unused serials in their blocks
+
+    server.stop()
+
+    assert redis_client.zcard(keys.leases) == 0
+    returned = [int(s) for s in redis_client.lrange(keys.returned, 0, -1)]
+    issued = {body["serial"] for _, _, body in results}
+    assert len(returned) == leased - 100
+    assert set(returned) | issued == set(range(1, leased + 1))

@@ -1,0 +1,192 @@
+"""Write-behind and the scheduled jobs, with real gunicorn workers and real scheduler processes."""
+import datetime as dt
+import os
+import signal
+import time
+from collections import Counter
+
+import pytest
+from sqlalchemy import select
+
+from coupon import campaigns as ops
+from coupon import db
+from coupon.keys import SCHEDULER_LEADER, CampaignKeys
+from coupon.outbox import Flusher, outbox_stats
+from coupon.reconcile import mysql_tickets, reconcile
+from jobs.lifecycle import open_and_close_due
+from jobs.stock_sync import sync_stock
+from tests.support import flood, free_port, issue_call, request, wait_until
+from tests.test_issue_flood import assert_exact_tickets, open_campaign, users
+
+FAST_JOBS = dict(FLUSH_INTERVAL=0.2, STOCK_SYNC_INTERVAL=0.5, LIFECYCLE_INTERVAL=0.5,
+                 RECLAIM_INTERVAL=0.5, SCHEDULER_LEASE=2, FLUSH_CLAIM_IDLE=1)
+
+
+def answered(results):
+    """{user: (serial, code)} of every 2xx answer."""
+    return {u: (b["serial"], b["code"]) for u, status, b in results if status in (200, 201)}
+
+
+def keys_of(svc, campaign_id):
+    return CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+
+
+def backlog(svc, campaign_id):
+    return outbox_stats(svc.redis, keys_of(svc, campaign_id))[0]
+
+
+def test_flood_then_close_puts_every_answer_in_mysql(svc, signer, gunicorn, scheduler, runner, redis_client):
+    server = gunicorn(workers=2)
+    scheduler(**FAST_JOBS)
+    campaign_id = open_campaign(svc, 1000)
+    results = flood([issue_call(server.url, campaign_id, u, t) for u, t in users(signer, 1500)])
+    assert Counter(s for _, s, _ in results) == {201: 1000, 409: 500}
+    wait_until(lambda: backlog(svc, campaign_id) == 0, what="the flush job to drain the outbox")
+
+    closed = runner.invoke(args=["campaign", "close", str(campaign_id)])
+    assert closed.exit_code == 0, closed.output
+    assert "AGREE" in closed.output
+    assert mysql_tickets(svc.engine, campaign_id) == answered(results)
+    left = redis_client.keys(f"*c:{campaign_id}*")
+    assert all(redis_client.ttl(k) > 0 for k in left)  # released; only rate windows expire later
+    status, body = request(server.url, "GET", f"/api/v1/campaigns/{campaign_id}")[:2]
+    assert (status, body["issued"], body["status"]) == (200, 1000, "closed")
+    user, token = users(signer, 1)[0]
+    status, body = request(server.url, "GET", f"/api/v1/campaigns/{campaign_id}/ticket", token)[:2]
+    assert status == 200 and (body["serial"], body["code"]) == answered(results)[user]
+    started = time.monotonic()  # workers learn of the close within STATE_REFRESH (1 s)
+    wait_until(lambda: request(server.url, "POST", f"/api/v1/campaigns/{campaign_id}/issue", token)[1]
+               ["error"]["code"] == "CLOSED", timeout=3, what="CLOSED")
+    assert time.monotonic() - started < 1.5
+    again = runner.invoke(args=["campaign", "close", str(campaign_id)])
+    assert again.exit_code == 0 and "mysql rows 1000" in again.output
+
+
+def test_close_drains_without_scheduler_and_refuses_late_claims(svc, signer, gunicorn, runner):
+    server = gunicorn(workers=2)
+    campaign_id = open_campaign(svc, 300)
+    first = flood([issue_call(server.url, campaign_id, u, t) for u, t in users(signer, 200)])
+    assert backlog(svc, campaign_id) == 200  # no scheduler: all still in Redis
+    closed = runner.invoke(args=["campaign", "close", str(campaign_id)])
+    assert closed.exit_code == 0, closed.output
+    late = flood([issue_call(server.url, campaign_id, u, t) for u, t in users(signer, 50, prefix="late")])
+    assert {body["error"]["code"] for _, _, body in late} == {"CLOSED"}
+    assert mysql_tickets(svc.engine, campaign_id) == answered(first)
+
+
+def test_reconcile_reports_a_difference_and_keeps_the_keys(svc, signer, runner, redis_client):
+    campaign_id = open_campaign(svc, 10)
+    for user in ("a", "b", "c"):
+        svc.issuer.issue(campaign_id, user)
+    Flusher(svc, "test").flush([campaign_id])
+    with svc.engine.begin() as conn:  # someone edited a row by hand
+        conn.execute(db.coupons.update().where(db.coupons.c.user_id == "b").values(code="FORGED"))
+    result = runner.invoke(args=["campaign", "close", str(campaign_id)])
+    assert result.exit_code == 1
+    assert "different ticket: 1" in result.output and "'b'" in result.output
+    assert redis_client.exists(keys_of(svc, campaign_id).meta)
+
+
+def test_killed_worker_block_is_reclaimed(svc, signer, gunicorn, scheduler, redis_client):
+    short = dict(LEASE_TTL=2, BLOCK_SIZE=200)
+    server = gunicorn(workers=2, **short)
+    scheduler(**FAST_JOBS, **short, REDIS_TIMEOUT=0.5)  # reclaims 2 x REDIS_TIMEOUT after expiry
+    campaign_id = open_campaign(svc, 1000)
+    keys = keys_of(svc, campaign_id)
+    people = users(signer, 4000)
+    results = flood([issue_call(server.url, campaign_id, u, t) for u, t in people[:300]])
+    holders = {int(lease.split(":")[1]) for lease in redis_client.zrange(keys.leases, 0, -1)}
+    victim = next(pid for pid in server.worker_pids() if pid in holders)
+    os.kill(victim, signal.SIGKILL)
+
+    rest, deadline = people[300:], time.monotonic() + 40
+    while sum(s == 201 for _, s, _ in results) < 1000 and rest and time.monotonic() < deadline:
+        wave, rest = rest[:200], rest[200:]
+        results += flood([issue_call(server.url, campaign_id, u, t) for u, t in wave])
+        time.sleep(0.3)
+    assert {s for _, s, _ in results} <= {201, 409}
+    new = assert_exact_tickets(results, signer, campaign_id, 1000)
+    missing = set(range(1, 1001)) - {t["serial"] for t in new}
+    assert not missing, (sorted(missing)[:20], redis_client.zrange(keys.leases, 0, -1, withscores=True),
+                         redis_client.hgetall(keys.lease_serials), redis_client.lrange(keys.returned, 0, -1))
+
+
+def test_database_down_then_back(svc, signer, gunicorn, scheduler, mysql_url):
+    server = gunicorn(workers=2)
+    dead_db = f"mysql+pymysql://root@127.0.0.1:{free_port()}/nowhere"
+    broken = scheduler(**FAST_JOBS, DATABASE_URL=dead_db)
+    campaign_id = open_campaign(svc, 800)
+    results = flood([issue_call(server.url, campaign_id, u, t) for u, t in users(signer, 1000)])
+    assert Counter(s for _, s, _ in results) == {201: 800, 409: 200}  # issuing is unaffected
+    time.sleep(2)
+    assert backlog(svc, campaign_id) == 800, broken.output()
+    broken.stop()
+    assert broken.output().count("database unreachable") == 1  # once per outage, not per try
+
+    scheduler(**FAST_JOBS)
+    wait_until(lambda: backlog(svc, campaign_id) == 0, what="the backlog to drain")
+    assert mysql_tickets(svc.engine, campaign_id) == answered(results)
+
+
+def test_flusher_killed_between_commit_and_ack_replays_without_duplicates(svc):
+    campaign_id = open_campaign(svc, 500)
+    for i in range(300):
+        svc.issuer.issue(campaign_id, f"u{i}")
+
+    class Crash(Exception):
+        pass
+
+    def crash():
+        raise Crash()
+
+    with pytest.raises(Crash):
+        Flusher(svc, "dies").flush([campaign_id], before_ack=crash)
+    assert len(mysql_tickets(svc.engine, campaign_id)) == 300  # committed ...
+    assert backlog(svc, campaign_id) == 300  # ... but not acknowledged
+    assert Flusher(svc, "survivor", claim_idle=0).flush([campaign_id]) == 300  # taken over, replayed
+    assert backlog(svc, campaign_id) == 0
+    report = reconcile(svc.redis, svc.engine, keys_of(svc, campaign_id))
+    assert report.agree and report.mysql_rows == 300
+
+
+def test_two_schedulers_one_leads_and_the_standby_takes_over(svc, signer, gunicorn, scheduler, redis_client):
+    server = gunicorn(workers=2)
+    pair = [scheduler(**FAST_JOBS), scheduler(**FAST_JOBS)]
+    leader_pid = wait_until(lambda: redis_client.get(SCHEDULER_LEADER), what="a leader")
+    leader_pid = int(leader_pid.split(":")[1])
+    leader = next(p for p in pair if p.proc.pid == leader_pid)
+    standby = next(p for p in pair if p is not leader)
+
+    campaign_id = open_campaign(svc, 500)
+    results = flood([issue_call(server.url, campaign_id, u, t) for u, t in users(signer, 600)])
+    wait_until(lambda: backlog(svc, campaign_id) == 0, what="the outbox to drain")
+    assert mysql_tickets(svc.engine, campaign_id) == answered(results)
+
+    leader.kill()
+    killed_at = time.monotonic()
+    wait_until(lambda: str(standby.proc.pid) in (redis_client.get(SCHEDULER_LEADER) or ""),
+               timeout=4, what="the standby to take over")
+    assert time.monotonic() - killed_at <= 2 + 1  # within one lease period (2 s) and a poll
+    second = open_campaign(svc, 100)
+    more = flood([issue_call(server.url, second, u, t) for u, t in users(signer, 100, prefix="m")])
+    wait_until(lambda: backlog(svc, second) == 0, what="the new leader to flush")
+    assert mysql_tickets(svc.engine, second) == answered(more)
+
+
+def test_lifecycle_opens_and_closes_due_campaigns_and_stock_sync(svc):
+    now = ops.utcnow()
+    due = ops.create_campaign(svc, "due", 10, opens_at=now - dt.timedelta(seconds=1))
+    closes_at = now + dt.timedelta(seconds=3)  # room for a loaded machine to get to open it
+    ending = ops.create_campaign(svc, "ending", 10, closes_at=closes_at)
+    ops.open_campaign(svc, ending)
+    svc.issuer.issue(ending, "alice")
+    open_and_close_due(svc)
+    assert ops.campaign_status(svc, due)["status"] == "open"
+    sync_stock(svc)
+    with svc.engine.connect() as conn:
+        issued = conn.execute(select(db.campaigns.c.issued).where(db.campaigns.c.id == ending)).scalar()
+    assert issued == 1
+    time.sleep(max(0.0, (closes_at - ops.utcnow()).total_seconds()) + 0.1)
+    open_and_close_due(svc)
+    assert ops.campaign_status(svc, ending)["status"] == "closed"
+    assert mysql_tickets(svc.engine, ending) == {"alice": (1, svc.signer.ticket_code(ending, 1))}

@@ -1,0 +1,73 @@
+"""Leases between workers: no worker sits on serials while another answers SOLD_OUT.
+
+Two Issuers stand for two worker processes (same code, real Redis), so that the test decides
+which worker serves which request.
+"""
+import time
+
+import pytest
+
+from coupon import campaigns as ops
+from coupon import create_app
+from coupon.errors import SoldOut
+from coupon.issuing import TAIL_RECHECK, Issuer
+from tests.conftest import app_config
+
+
+@pytest.fixture
+def workers(mysql_url, redis_url):
+    app = create_app(app_config(mysql_url, redis_url, STATE_REFRESH=0.2))
+    svc = app.extensions["coupon"]
+    second = Issuer(svc.redis, svc.scripts, svc.engine, svc.signer, svc.config)
+    yield svc, svc.issuer, second
+    svc.engine.dispose()
+
+
+def issue_until_sold_out(issuer, campaign_id, prefix, limit=1000):
+    issued = 0
+    for i in range(limit):
+        try:
+            issuer.issue(campaign_id, f"{prefix}{i}")
+        except SoldOut:
+            return issued
+        issued += 1
+    return issued
+
+
+def test_a_dry_worker_gets_the_serials_an_idle_one_holds(workers, redis_client):
+    svc, a, b = workers
+    campaign_id = ops.create_campaign(svc, "tail", 200)
+    ops.open_campaign(svc, campaign_id)
+    a.issue(campaign_id, "a0")  # worker a leases a block (a fair share: 50) and uses one serial
+    held_by_a = len(a.campaign(campaign_id).lease.unused)
+    assert held_by_a > 0
+
+    first = issue_until_sold_out(b, campaign_id, "b")
+    assert first == 200 - 1 - held_by_a  # the cursor is spent; the rest sits in a's block
+    time.sleep(0.25)  # past a's STATE_REFRESH: its next request sees that b ran dry
+    a.issue(campaign_id, "a1")
+    time.sleep(TAIL_RECHECK)
+    more = issue_until_sold_out(b, campaign_id, "c")
+    assert more > 0  # b got serials that a gave back, without waiting for a's lease to expire
+    rest = issue_until_sold_out(a, campaign_id, "d")
+    assert 1 + first + 1 + more + rest == 200
+    assert ops.campaign_status(svc, campaign_id)["issued"] == 200
+
+
+def test_a_lease_whose_give_back_failed_is_settled_at_the_next_refill(workers, redis_client):
+    svc, a, _ = workers
+    campaign_id = ops.create_campaign(svc, "retry", 1000)  # a block of many serials, not the tail
+    ops.open_campaign(svc, campaign_id)
+    a.issue(campaign_id, "u0")
+    state = a.campaign(campaign_id)
+    lease = state.lease
+    keys = state.keys
+    redis_client.rename(keys.leases, keys.leases + ":away")  # give_back finds no lease ...
+    redis_client.set(keys.leases, "not a zset")  # ... and fails like an unreachable Redis would
+    a._retire(state)
+    assert state.unsettled == [lease]
+    redis_client.delete(keys.leases)
+    redis_client.rename(keys.leases + ":away", keys.leases)
+    a.issue(campaign_id, "u1")  # the refill settles the old lease first
+    assert state.unsettled == [] and lease.settled
+    assert redis_client.zscore(keys.leases, lease.id) is None

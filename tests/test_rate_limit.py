@@ -1,0 +1,92 @@
+"""The per-user rate limit on issue: counted in Redis by the claim script, so it holds summed over
+every worker of every instance."""
+import time
+from collections import Counter, defaultdict
+
+from coupon import campaigns as ops
+from coupon import create_app
+from coupon.keys import CampaignKeys
+from tests.conftest import app_config
+from tests.support import flood, request
+from tests.test_api_contract import assert_error, issue
+
+
+def open_campaign(svc, stock):
+    campaign_id = ops.create_campaign(svc, "rate", stock)
+    ops.open_campaign(svc, campaign_id)
+    return campaign_id
+
+
+def fresh_window(window, need):
+    """Sleep, if need be, so that `need` seconds remain in the current fixed window."""
+    left = window - time.time() % window
+    if left < need:
+        time.sleep(left + 0.01)
+
+
+def limited_app(mysql_url, redis_url, limit, window):
+    return create_app(app_config(mysql_url, redis_url, RATE_LIMIT=limit, RATE_LIMIT_WINDOW=window))
+
+
+def test_over_the_limit_is_429_with_retry_after(mysql_url, redis_url, svc, signer, redis_client):
+    client = limited_app(mysql_url, redis_url, limit=3, window=2).test_client()
+    campaign_id = open_campaign(svc, 10)
+    alice, bob = signer.mint("alice"), signer.mint("bob")
+    fresh_window(2, need=1.5)
+
+    statuses = [issue(client, campaign_id, alice).status_code for _ in range(3)]
+    assert statuses == [201, 200, 200]
+    for _ in range(2):
+        response = issue(client, campaign_id, alice)
+        assert_error(response, 429, "RATE_LIMITED")
+        assert 1 <= int(response.headers["Retry-After"]) <= 2
+    assert issue(client, campaign_id, bob).status_code == 201  # the limit is per user
+
+    rate_keys = list(redis_client.scan_iter("*:rate:*"))
+    assert rate_keys and all(0 < redis_client.ttl(key) <= 2 for key in rate_keys)  # they expire
+    assert ops.campaign_status(svc, campaign_id)["issued"] == 2  # a 429 takes no coupon
+
+    fresh_window(2, need=2)  # the next window: alice may ask again
+    assert issue(client, campaign_id, alice).status_code == 200
+
+
+def test_zero_turns_the_limit_off(mysql_url, redis_url, svc, signer, redis_client):
+    client = limited_app(mysql_url, redis_url, limit=0, window=10).test_client()
+    campaign_id = open_campaign(svc, 10)
+    token = signer.mint("alice")
+    statuses = Counter(issue(client, campaign_id, token).status_code for _ in range(50))
+    assert statuses == {201: 1, 200: 49}
+    assert list(redis_client.scan_iter("*:rate:*")) == []
+
+
+def test_limit_holds_summed_over_workers_and_instances(svc, signer, gunicorn, redis_client):
+    """Each user's requests alternate between two instances of two workers each: a limit kept
+    per process would let 2-4 times as many through."""
+    limit, window, repeats, users = 5, 3600, 16, 30
+    servers = [gunicorn(workers=2, RATE_LIMIT=limit, RATE_LIMIT_WINDOW=window) for _ in range(2)]
+    campaign_id = open_campaign(svc, 1000)
+    tokens = {f"r{i}": signer.mint(f"r{i}") for i in range(users)}
+    path = f"/api/v1/campaigns/{campaign_id}/issue"
+
+    def call(server, user):
+        return lambda: (user, *request(server.url, "POST", path, tokens[user]))
+
+    calls = [call(servers[n % 2], user) for user in tokens for n in range(repeats)]
+    fresh_window(window, need=60)
+    results = flood(calls, concurrency=100)
+
+    answers = defaultdict(Counter)
+    for user, status, body, headers in results:
+        answers[user][status] += 1
+        if status == 429:
+            assert body["error"]["code"] == "RATE_LIMITED"
+            assert 1 <= int(headers["Retry-After"]) <= window
+    for user in tokens:
+        assert answers[user] == {201: 1, 200: limit - 1, 429: repeats - limit}, (user, answers[user])
+    assert ops.campaign_status(svc, campaign_id)["issued"] == users
+
+    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    counted = {}
+    for shard in keys.all_shards():
+        counted.update(redis_client.hgetall(shard.rate(int(time.time()) // window)))
+    assert counted == {user: str(repeats) for user in tokens}
