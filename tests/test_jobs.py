@@ -94,12 +94,20 @@ def test_killed_worker_block_is_reclaimed(svc, signer, gunicorn, scheduler, redi
     campaign_id = open_campaign(svc, 1000)
     keys = keys_of(svc, campaign_id)
     people = users(signer, 4000)
-    results = flood([issue_call(server.url, campaign_id, u, t) for u, t in people[:300]])
-    holders = {int(lease.split(":")[1]) for lease in redis_client.zrange(keys.leases, 0, -1)}
-    victim = next(pid for pid in server.worker_pids() if pid in holders)
+    results, rest = [], people
+
+    def holding_worker():
+        holders = {int(lease.split(":")[1]) for lease in redis_client.zrange(keys.leases, 0, -1)}
+        return next((pid for pid in server.worker_pids() if pid in holders), None)
+
+    # leases that happen to be used up at the end of a wave are ended: send more until one is held
+    while (victim := holding_worker()) is None and len(results) < 600:
+        wave, rest = rest[:100], rest[100:]
+        results += flood([issue_call(server.url, campaign_id, u, t) for u, t in wave])
+    assert victim is not None, "no worker holds a lease after 600 claims"
     os.kill(victim, signal.SIGKILL)
 
-    rest, deadline = people[300:], time.monotonic() + 40
+    deadline = time.monotonic() + 40
     while sum(s == 201 for _, s, _ in results) < 1000 and rest and time.monotonic() < deadline:
         wave, rest = rest[:200], rest[200:]
         results += flood([issue_call(server.url, campaign_id, u, t) for u, t in wave])
