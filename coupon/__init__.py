@@ -1,16 +1,10 @@
 """First-come-first-served coupon issuing service."""
-import logging
-
-from flask import Flask, jsonify
-from redis.exceptions import RedisError
-from sqlalchemy.exc import SQLAlchemyError
+from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from config.settings import Config, check_production
 from coupon import extensions
-from coupon.errors import CouponError, RateLimited
-
-log = logging.getLogger(__name__)
+from coupon.errors import CouponError, as_coupon_error
 
 
 def create_app(config=None):
@@ -32,14 +26,11 @@ def register_extensions(app):
 
 
 def register_blueprints(app):
-    from coupon.api import NoSessions, bp
+    from coupon.api import IssueEndpoint, NoSessions, bp
 
     app.register_blueprint(bp)
     app.session_interface = NoSessions()
-
-
-def error_response(status, code, message):
-    return jsonify(error={"code": code, "message": message}), status
+    app.wsgi_app = IssueEndpoint(app)
 
 
 HTTP_CODES = {
@@ -49,35 +40,23 @@ HTTP_CODES = {
 
 
 def register_errorhandlers(app):
+    from coupon.api import JSON, error_body, error_response
+
     @app.errorhandler(CouponError)
     def domain_error(e):
-        response = error_response(e.status, e.code, e.message)
-        if isinstance(e, RateLimited):
-            response[0].headers["Retry-After"] = str(e.retry_after)
-        return response
+        return error_response(e)
 
     @app.errorhandler(HTTPException)
     def http_error(e):
         code = HTTP_CODES.get(e.code, "HTTP_%d" % e.code)
-        response = error_response(e.code, code, e.description)
+        response = Response(error_body(code, e.description), e.code, content_type=JSON)
         if e.code == 405 and e.valid_methods:
-            response[0].headers["Allow"] = ", ".join(e.valid_methods)
+            response.headers["Allow"] = ", ".join(e.valid_methods)
         return response
 
-    @app.errorhandler(RedisError)
-    def redis_down(e):
-        log.warning("Redis unavailable: %s", e)
-        return error_response(503, "UNAVAILABLE", "the service is unavailable; retry shortly")
-
-    @app.errorhandler(SQLAlchemyError)
-    def database_down(e):
-        log.warning("database error: %s", e)
-        return error_response(503, "UNAVAILABLE", "the service is unavailable; retry shortly")
-
     @app.errorhandler(Exception)
-    def internal(e):
-        log.exception("unhandled error")
-        return error_response(500, "INTERNAL", "internal error")
+    def unexpected(e):
+        return error_response(as_coupon_error(e))
 
 
 def register_commands(app):

@@ -1,4 +1,5 @@
 """The HTTP API: parse, call the service, map the outcome to a status."""
+import functools
 import json
 import re
 
@@ -7,17 +8,21 @@ from flask.sessions import SessionInterface
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.http import HTTP_STATUS_CODES
 
 from coupon.campaigns import campaign_status, find_ticket, iso_ms
-from coupon.errors import BadRequest, CampaignNotFound, Closed, NotOpen, SoldOut, Unauthorized
+from coupon.errors import (
+    BadRequest, CampaignNotFound, CouponError, RateLimited, Unauthorized, as_coupon_error,
+)
 from coupon.extensions import services
-from coupon.metrics import count_outcome, instrumented, make_registry, metrics_response
+from coupon.metrics import issue_answered, issue_started, make_registry, metrics_response
 from coupon.openapi import SPEC
 
 bp = Blueprint("api", __name__)
 
 CAMPAIGN_ID = re.compile(r"^[1-9][0-9]{0,9}$")
 MAX_CAMPAIGN_ID = 2**31 - 1
+JSON = "application/json"
 
 
 class NoSessions(SessionInterface):
@@ -36,21 +41,16 @@ def campaign_id_of(raw):
     return int(raw)
 
 
-def bearer_token():
-    header = request.headers.get("Authorization", "")
+def bearer_token(header):
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("send Authorization: Bearer <token>")
     return token.strip()
 
 
-def check_body():
+def check_body(raw):
     """The issue call takes no parameters; a body, if any, must be a JSON object (its fields,
     a user_id included, are ignored: who asks comes from the token only)."""
-    environ = request.environ
-    if environ.get("CONTENT_LENGTH") in (None, "", "0") and "HTTP_TRANSFER_ENCODING" not in environ:
-        return  # no body: nothing to read (the usual case, and the cheap one)
-    raw = request.get_data(cache=False)
     if not raw.strip():
         return
     try:
@@ -61,12 +61,19 @@ def check_body():
         raise BadRequest("the body must be empty or a JSON object")
 
 
-# The answers of the flood after sell-out, encoded once: raising them through Flask's error
-# handling costs about a fifth of a bare request (measured: loadtest/bench.py, BENCHMARKS.md).
-REFUSALS = {
-    e.code: json.dumps({"error": {"code": e.code, "message": e.message}}).encode() + b"\n"
-    for e in (SoldOut(), NotOpen(), Closed())
-}
+@functools.lru_cache(maxsize=256)  # the few fixed messages, encoded once
+def error_body(code, message):
+    return json.dumps({"error": {"code": code, "message": message}}).encode() + b"\n"
+
+
+def error_answer(e):
+    """(body, status, headers) of a CouponError."""
+    headers = [("Retry-After", str(e.retry_after))] if isinstance(e, RateLimited) else []
+    return error_body(e.code, e.message), e.status, headers
+
+
+def error_response(e):
+    return Response(*error_answer(e), content_type=JSON)
 
 
 # A ticket's body, formatted rather than json.dumps'ed: every field is an int or a string of a
@@ -85,21 +92,62 @@ def issued_at(ms):
     return "%s.%03dZ" % (last[1], millis)
 
 
+def answer_issue(svc, raw_id, authorization, body=b""):
+    """The answer to an issue call, as (body, status, headers); counted and timed."""
+    started = issue_started()
+    code = "INTERNAL"
+    try:
+        campaign_id = campaign_id_of(raw_id)
+        svc.issuer.early_out(campaign_id)  # sold out, not open, closed: before anything else
+        check_body(body)
+        ticket = svc.issuer.issue(campaign_id, svc.signer.user_of(bearer_token(authorization)))
+        code = "NEW" if ticket.new else "HELD"
+        text = TICKET % (ticket.campaign_id, ticket.user_id, ticket.serial, ticket.code,
+                         issued_at(ticket.issued_at_ms))
+        return text.encode(), 201 if ticket.new else 200, []
+    except Exception as e:
+        error = e if isinstance(e, CouponError) else as_coupon_error(e)
+        code = error.code
+        return error_answer(error)
+    finally:
+        issue_answered(code, started)
+
+
+class IssueEndpoint:
+    """WSGI middleware: serve the issue call without a body, the flood's kind, before Flask.
+
+    Flask's request context, routing and Response cost about 90 us of a worker's 250-350 us per
+    request (BENCHMARKS.md); this call needs none of them. Anything else, issue calls with a body
+    included, goes on to Flask, whose issue view answers through the same answer_issue.
+    """
+
+    PATH = re.compile(r"^/api/v1/campaigns/([^/]+)/issue$")
+    STATUS = {status: "%d %s" % (status, HTTP_STATUS_CODES[status])
+              for status in (200, 201, 400, 401, 404, 409, 429, 500, 503)}
+
+    def __init__(self, app):
+        self.flask = app.wsgi_app
+        self.services = services(app)
+
+    def __call__(self, environ, start_response):
+        match = self.PATH.match(environ.get("PATH_INFO", ""))
+        if (match is None or environ["REQUEST_METHOD"] != "POST"
+                or environ.get("CONTENT_LENGTH") not in (None, "", "0")
+                or "HTTP_TRANSFER_ENCODING" in environ):
+            return self.flask(environ, start_response)
+        body, status, headers = answer_issue(
+            self.services, match[1], environ.get("HTTP_AUTHORIZATION", ""))
+        start_response(self.STATUS[status], [
+            ("Content-Type", JSON), ("Content-Length", str(len(body))), *headers])
+        return [body]
+
+
 @bp.post("/api/v1/campaigns/<raw_id>/issue")
-@instrumented
 def issue(raw_id):
-    svc = services(current_app)
-    campaign_id = campaign_id_of(raw_id)
-    try:  # sold out, not open, closed: answered before anything else
-        svc.issuer.early_out(campaign_id)
-    except (SoldOut, NotOpen, Closed) as e:
-        count_outcome(e.code)
-        return Response(REFUSALS[e.code], e.status, content_type="application/json")
-    check_body()
-    ticket = svc.issuer.issue(campaign_id, svc.signer.user_of(bearer_token()))
-    body = TICKET % (ticket.campaign_id, ticket.user_id, ticket.serial, ticket.code,
-                     issued_at(ticket.issued_at_ms))
-    return Response(body, 201 if ticket.new else 200, content_type="application/json")
+    """The issue call with a body (IssueEndpoint answers those without)."""
+    body = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH
+    answer = answer_issue(services(current_app), raw_id, request.headers.get("Authorization", ""), body)
+    return Response(*answer, content_type=JSON)
 
 
 @bp.get("/api/v1/campaigns/<raw_id>")
@@ -111,7 +159,7 @@ def status(raw_id):
 def ticket(raw_id):
     svc = services(current_app)
     campaign_id = campaign_id_of(raw_id)
-    user_id = svc.signer.user_of(bearer_token())
+    user_id = svc.signer.user_of(bearer_token(request.headers.get("Authorization", "")))
     return jsonify(find_ticket(svc, campaign_id, user_id))
 
 

@@ -1,4 +1,10 @@
 """Domain errors. Each carries the HTTP status and the stable code clients see."""
+import logging
+
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+
+log = logging.getLogger("coupon")
 
 
 class CouponError(Exception):
@@ -61,3 +67,13 @@ class ReconcileMismatch(CouponError):
     """Redis and MySQL disagree after a drain; the keys are kept."""
 
     status, code, message = 500, "RECONCILE_MISMATCH", "Redis and MySQL disagree"
+
+
+def as_coupon_error(e):
+    """The answer to an exception that is not a CouponError: 503 while a store is down, else a
+    logged 500. Used by the Flask error handler and by api.IssueEndpoint alike."""
+    if isinstance(e, (RedisError, SQLAlchemyError)):
+        log.warning("%s unavailable: %s", "Redis" if isinstance(e, RedisError) else "database", e)
+        return Unavailable()
+    log.error("unhandled error", exc_info=e)
+    return CouponError()

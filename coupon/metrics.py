@@ -11,7 +11,6 @@ are read from Redis when /metrics is scraped, at most once per OUTBOX_CACHE seco
 The jobs process calls record_flushed(n); its figure shows in the web's /metrics when it runs with
 the same PROMETHEUS_MULTIPROC_DIR (the files of live processes survive a gunicorn restart).
 """
-import functools
 import os
 import time
 from bisect import bisect_left
@@ -23,9 +22,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from redis.exceptions import RedisError
-from werkzeug.exceptions import HTTPException
 
-from coupon.errors import CouponError
 from coupon.keys import ACTIVE, CampaignKeys
 
 OUTBOX_CACHE = 2.0  # seconds a scrape reuses the outbox figures read from Redis
@@ -47,13 +44,11 @@ BLOCK = Gauge(
 )
 FLUSHED = Counter("coupon_flushed", "Claims the flush job wrote to the database.")
 
-# the outcomes, resolved once: .labels() takes a lock and a dict lookup per call
-_NEW, _HELD = ISSUES.labels("NEW"), ISSUES.labels("HELD")
-_OUTCOMES = {}
+_OUTCOMES = {}  # code -> ISSUES child, resolved once: .labels() takes a lock and a dict lookup
 
 # In multiprocess mode every inc/observe takes a lock, calls getpid() and writes a file: ~3 us
-# each, three per request. So requests only queue (outcome child or None, seconds or None); deque
-# and list appends and pops are atomic, so this holds under threads as well as greenlets.
+# each, three per request. So requests only queue (outcome child, seconds); deque and list
+# appends and pops are atomic, so this holds under threads as well as greenlets.
 _pending = deque()
 _busy = []  # one entry per issue request in progress in this process
 _flushed_at = [0.0]
@@ -77,9 +72,19 @@ def _outcome(code):
     return child
 
 
-def count_outcome(code):
-    """Count an outcome the view answered itself (not raised, not 201/200)."""
-    _pending.append((_outcome(code), None))
+def issue_started():
+    """Note an issue request in progress; return its start, for issue_answered."""
+    _busy.append(None)
+    return time.perf_counter()
+
+
+def issue_answered(code, started):
+    """Count an issue request's outcome (NEW, HELD or an error code) and its duration."""
+    _pending.append((_outcome(code), time.perf_counter() - started))
+    _busy.pop()
+    # idle: count now, so a scrape of any worker sees every answer already given
+    if not _busy or time.monotonic() - _flushed_at[0] > FLUSH_EVERY:
+        flush()
 
 
 def flush():
@@ -89,53 +94,16 @@ def flush():
     bounds = ISSUE_SECONDS._upper_bounds  # the histogram's own buckets, +Inf last
     for _ in range(len(_pending)):
         child, seconds = _pending.popleft()
-        if child is not None:
-            counts[child] = counts.get(child, 0) + 1
-        if seconds is not None:
-            i = bisect_left(bounds, seconds)  # the first bucket with seconds <= bound, as observe()
-            buckets[i] = buckets.get(i, 0) + 1
-            total += seconds
+        counts[child] = counts.get(child, 0) + 1
+        i = bisect_left(bounds, seconds)  # the first bucket with seconds <= bound, as observe()
+        buckets[i] = buckets.get(i, 0) + 1
+        total += seconds
     for child, n in counts.items():
         child.inc(n)
     if buckets:  # observe() in bulk: prometheus-client's own _sum and _buckets values (pinned)
         ISSUE_SECONDS._sum.inc(total)
         for i, n in buckets.items():
             ISSUE_SECONDS._buckets[i].inc(n)
-
-
-def instrumented(view):
-    """Count the issue view's outcomes and time it; the error handlers still build the answer."""
-
-    @functools.wraps(view)
-    def wrapper(*args, **kwargs):
-        started = time.perf_counter()
-        _busy.append(None)
-        outcome = None
-        try:
-            response = view(*args, **kwargs)
-            status = response.status_code
-            outcome = _NEW if status == 201 else _HELD if status == 200 else None
-            return response
-        except CouponError as e:
-            outcome = _outcome(e.code)
-            raise
-        except HTTPException as e:
-            outcome = _outcome("HTTP_%d" % e.code)
-            raise
-        except RedisError:
-            outcome = _outcome("UNAVAILABLE")
-            raise
-        except Exception:
-            outcome = _outcome("INTERNAL")
-            raise
-        finally:
-            _pending.append((outcome, time.perf_counter() - started))
-            _busy.pop()
-            # idle: count now, so a scrape of any worker sees every answer already given
-            if not _busy or time.monotonic() - _flushed_at[0] > FLUSH_EVERY:
-                flush()
-
-    return wrapper
 
 
 class OutboxCollector:

@@ -158,3 +158,19 @@ def test_create_clears_stale_redis_state(svc, redis_client):
     campaign_id = ops.create_campaign(svc, "x", 5)
     keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
     assert redis_client.hget(keys.meta, "cursor") == "0"
+
+
+def test_issue_answers_alike_with_and_without_a_body(client, signer, open_id):
+    """Calls without a body are served before Flask (api.IssueEndpoint), calls with one by
+    Flask's view: both must give the same answers."""
+    alice = signer.mint("alice")
+    first, again = issue(client, open_id, alice), issue(client, open_id, alice, json={})
+    assert (first.status_code, again.status_code) == (201, 200) and first.json == again.json
+    assert issue(client, open_id, signer.mint("bob"), json={}).status_code == 201  # the last one
+    for campaign_id, token, status in ((open_id, "not-a-token", 401),
+                                       (open_id, signer.mint("carol"), 409),  # sold out
+                                       (999_999, signer.mint("dave"), 404)):
+        bare, with_body = issue(client, campaign_id, token), issue(client, campaign_id, token, json={})
+        assert bare.status_code == with_body.status_code == status
+        assert bare.get_data() == with_body.get_data()
+        assert bare.headers["Content-Type"] == with_body.headers["Content-Type"] == "application/json"
