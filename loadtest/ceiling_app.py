@@ -1,7 +1,11 @@
-"""The ceiling of the benchmark: a bare Flask endpoint returning small JSON, nothing else.
+"""The ceilings of the benchmark, served by the same gunicorn config as the product
+(`gunicorn -c config/gunicorn.conf.py loadtest.ceiling_app:app`), so a ratio product/ceiling
+measures our own cost only:
 
-Served by the same gunicorn config as the product (`gunicorn -c config/gunicorn.conf.py
-loadtest.ceiling_app:app`), so the ratio product/ceiling measures our own cost only.
+app:  a bare Flask endpoint returning small JSON, nothing else (the issue's ceiling, (a));
+bare: the same answer from a plain WSGI function, gunicorn and gevent alone ((e)). The product
+      serves its issue call without Flask too (coupon.api.IssueEndpoint), so this is the fair
+      ceiling for it.
 """
 from flask import Flask, jsonify
 
@@ -16,3 +20,11 @@ def issue(raw_id):
 @app.get("/healthz")
 def healthz():
     return jsonify(status="ok")
+
+
+def bare(environ, start_response):
+    body = b'{"ok": true}\n'
+    status = "201 CREATED" if environ["REQUEST_METHOD"] == "POST" else "200 OK"  # GET: /healthz
+    start_response(status, [("Content-Type", "application/json"),
+                                   ("Content-Length", str(len(body)))])
+    return [body]

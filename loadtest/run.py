@@ -149,7 +149,33 @@ def check(stock, timeline, claims, rows):
     ]
 
 
-def summary(args, name, campaign_id, timeline, checks, closed):
+def server_latency(host):
+    """{bucket bound in s: issue answers at most that slow}, summed over the workers (/metrics)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(host + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    return {float(s.labels["le"]): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name == "coupon_issue_duration_seconds_bucket"}
+
+
+def server_line(before, after):
+    """The server's own view of the run's latency: time in the worker, queueing before it not
+    included; beside Locust's figures, it tells the load generator's tail from the service's."""
+    run = {bound: after[bound] - before.get(bound, 0) for bound in after}
+    total = run.get(float("inf"), 0)
+    if not total:
+        return "server side: no figures (/metrics unreachable)"
+    p99 = min(bound for bound, n in run.items() if n >= 0.99 * total)
+    return (f"server side (time in the worker, /metrics): {run[0.025] / total:.1%} under 25 ms, "
+            f"{run[0.1] / total:.1%} under 100 ms, p99 <= {p99 * 1000:g} ms")
+
+
+def summary(args, name, campaign_id, timeline, checks, closed, server):
     totals = locust_totals(name)
     answers = Counter(outcome for _, _, outcome, _ in timeline)
     last_new = max((t for t, _, outcome, _ in timeline if outcome == "NEW"), default=None)
@@ -162,6 +188,7 @@ def summary(args, name, campaign_id, timeline, checks, closed):
         f"req/s {float(totals['Requests/s']):.0f}",
         f"latency ms  p50 {totals['50%']}  p95 {totals['95%']}  p99 {totals['99%']}  "
         f"max {float(totals['Max Response Time']):.0f}",
+        f"            {server}",
         "answers     " + "  ".join(f"{k} {v}" for k, v in sorted(answers.items())),
         f"issued      {sum(1 for o in answers.elements() if o == 'NEW')} "
         + (f"(last at +{last_new - first:.2f} s)" if last_new else ""),
@@ -187,15 +214,17 @@ def main():
     campaign_id = ops.create_campaign(svc, f"loadtest {name}", args.stock)
     ops.open_campaign(svc, campaign_id)
     timeline_dir = os.path.join("reports", f"{name}-timeline")
+    latency_before = server_latency(args.host)
     try:
         run_locust(args, campaign_id, name, timeline_dir)
         time.sleep(0.5)  # let answers in flight land before the set is read
         claims = redis_claims(svc, campaign_id)
+        server = server_line(latency_before, server_latency(args.host))
     finally:
         closed = close(svc, campaign_id)
     timeline = read_timeline(timeline_dir)
     checks = check(args.stock, timeline, claims, database_tickets(svc, campaign_id))
-    print(summary(args, name, campaign_id, timeline, checks, closed))
+    print(summary(args, name, campaign_id, timeline, checks, closed, server))
     shutil.rmtree(timeline_dir, ignore_errors=True)
     svc.engine.dispose()
     sys.exit(0 if all(ok for ok, _ in checks) else 1)
