@@ -22,7 +22,7 @@ class Config:
     REDIS_POOL_SIZE = 64  # connections per worker process
     # Issuing
     BLOCK_SIZE = 2000  # most serials one worker leases at a time
-    SINGLE_LEASE_TAIL = 64  # the last this many serials are leased one per request
+    SINGLE_LEASE_TAIL = 64  # the last this many serials are leased only to waiting requests
     CLAIM_SHARDS = 8  # claim shards (hash tags) per campaign
     LEASE_TTL = 30.0  # seconds a lease lives without renewal
     STATE_REFRESH = 1.0  # seconds a worker trusts its cached window / sold-out state

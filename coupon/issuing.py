@@ -27,6 +27,10 @@ LEASED, LEASE_SOLD_OUT, LEASE_UNKNOWN, LEASE_NOT_OPEN, LEASE_CLOSED = 1, 0, -1, 
 # seconds between looks at the campaign while stock runs low (leases cut below BLOCK_SIZE): for
 # serials other workers were asked to give back, and for such requests from a worker that ran dry
 TAIL_RECHECK = 0.1
+# When the stock is gone but other workers hold serials, these are mostly claims in flight, and
+# what users who already held a ticket leave unused comes back within milliseconds: look again
+# a few times before answering SOLD_OUT to a user who may still get one.
+TAIL_TRIES, TAIL_WAIT = 4, 0.01
 GAUGE_STEP = 32  # the local-block gauge moves in steps of this many serials (and at 0)
 
 
@@ -52,6 +56,46 @@ class _Pending:
         self.event = threading.Event()
         self.reply = self.error = None
         self.lead = False
+
+
+class SingleFlight:
+    """Run a call once for all the requests that need it at the same time.
+
+    The first caller runs it; callers arriving meanwhile wait for that run and get its result or
+    its error, all woken at once. (A lock held across the call would hand over to one waiter per
+    turn of gevent's loop, each turn serving every other ready connection first: tens of ms per
+    waiter under a ramp, BENCHMARKS.md.)
+    """
+
+    def __init__(self):
+        self._guard = threading.Lock()  # never held across I/O
+        self._flight = None  # (done event, [result, error]) of the run in progress
+
+    @property
+    def busy(self):
+        return self._flight is not None
+
+    def run(self, call):
+        with self._guard:
+            flight = self._flight
+            leading = flight is None
+            if leading:
+                flight = self._flight = (threading.Event(), [None, None])
+        done, outcome = flight
+        if not leading:
+            done.wait()
+            if outcome[1] is not None:
+                raise outcome[1]
+            return outcome[0]
+        try:
+            outcome[0] = call()
+            return outcome[0]
+        except Exception as e:
+            outcome[1] = e
+            raise
+        finally:
+            self._flight = None
+            done.set()
 
 
 class ClaimBatcher:
@@ -118,11 +162,12 @@ class Lease:
     lease is left to expire instead, and the reclaim job returns what was never claimed.
     """
 
-    __slots__ = ("id", "unused", "in_flight", "uncertain", "settled", "valid_until", "renew_at")
+    __slots__ = ("id", "unused", "tail", "in_flight", "uncertain", "settled", "valid_until", "renew_at")
 
-    def __init__(self, lease_id, serials):
+    def __init__(self, lease_id, serials, tail=False):
         self.id = lease_id
         self.unused = deque(serials)
+        self.tail = tail  # of the last serials: ended as soon as nothing of it is in flight
         self.in_flight = 0  # serials taken whose claim has not answered yet
         self.uncertain = False
         self.settled = False
@@ -140,7 +185,8 @@ class CampaignState:
         self.unsettled = []  # retired leases whose settling failed (Redis down): retried at refill
         self.sold_out_until = 0.0  # monotonic; until then answer SOLD_OUT without asking
         self.low_stock = False  # the last lease was cut to a fair share: look at meta more often
-        self.refill_lock = threading.Lock()
+        self.refill = SingleFlight()
+        self.wanting = 0  # requests of this worker waiting for a serial of this campaign
         self.block_gauge = metrics.block_gauge(keys.campaign_id)
         self.renew_lock = threading.Lock()
         self.refresh_lock = threading.Lock()
@@ -165,7 +211,7 @@ class CampaignState:
         if self.status == "pending" or now < self.opens_at:
             raise NotOpen()
         if self.sold_out_until and (
-            time.monotonic() < self.sold_out_until or self.refill_lock.locked()
+            time.monotonic() < self.sold_out_until or self.refill.busy
         ):
             raise SoldOut()
 
@@ -279,24 +325,28 @@ class Issuer:
 
     def _take_serial(self, state):
         """Return (lease, serial): a serial of this worker's current lease, refilled as needed."""
-        while True:
-            lease = state.lease
-            if lease is not None and lease.unused and time.monotonic() < lease.valid_until:
-                if time.monotonic() >= lease.renew_at:
-                    self._renew(state, lease)
-                if lease.unused and lease is state.lease:
-                    lease.in_flight += 1
-                    serial = lease.unused.popleft()
-                    if len(lease.unused) % GAUGE_STEP == 0:  # a gauge write is a file write
-                        state.block_gauge.set(len(lease.unused))
-                    return lease, serial
-                continue
-            with state.refill_lock:  # single flight: the others wait for this refill
-                if state.lease is not lease:
-                    continue  # another request refilled meanwhile
+        waiting = False
+        try:
+            while True:
+                lease = state.lease
+                if lease is not None and lease.unused and time.monotonic() < lease.valid_until:
+                    if time.monotonic() >= lease.renew_at:
+                        self._renew(state, lease)
+                    if lease.unused and lease is state.lease:
+                        lease.in_flight += 1
+                        serial = lease.unused.popleft()
+                        if len(lease.unused) % GAUGE_STEP == 0:  # a gauge write is a file write
+                            state.block_gauge.set(len(lease.unused))
+                        return lease, serial
+                    continue
                 if time.monotonic() < state.sold_out_until:
                     raise SoldOut()
-                self._refill(state)
+                if not waiting:
+                    waiting, state.wanting = True, state.wanting + 1
+                state.refill.run(lambda: state.lease is lease and self._refill(state))
+        finally:
+            if waiting:
+                state.wanting -= 1
 
     def _refill(self, state):
         keys = state.keys
@@ -304,18 +354,25 @@ class Issuer:
             self._settle(state, unsettled)
         self._retire(state)
         lease_id = "%s:%d" % (self.worker_id, next(self._lease_numbers))
-        sent = time.monotonic()
-        try:
-            reply = self.scripts.lease(
-                keys=keys.home_keys(),
-                args=[lease_id, self.block_size, int(self.lease_ttl * 1000), self.single_tail],
-            )
-        except RedisError:
-            raise Unavailable() from None
+        for attempt in range(TAIL_TRIES):
+            if attempt:
+                time.sleep(TAIL_WAIT)
+            sent = time.monotonic()
+            try:
+                reply = self.scripts.lease(
+                    keys=keys.home_keys(),
+                    args=[lease_id, self.block_size, int(self.lease_ttl * 1000), self.single_tail,
+                          state.wanting],
+                )
+            except RedisError:
+                raise Unavailable() from None
+            if reply[:2] != [LEASE_SOLD_OUT, 1]:
+                break
         status = reply[0]
         if status == LEASED:
             start, end = reply[1], reply[2]
-            lease = Lease(lease_id, itertools.chain(range(start, end + 1), reply[3:]))
+            serials = itertools.chain(range(start, end + 1), reply[4:])
+            lease = Lease(lease_id, serials, tail=reply[3] == 1)
             self._lease_renewed(lease, sent)
             state.lease = lease
             state.low_stock = len(lease.unused) < self.block_size
@@ -350,8 +407,10 @@ class Issuer:
             return
         if lease is not state.lease:
             self._settle(state, lease)  # the last answer of a retired lease
-        elif not lease.unused:
-            self._retire(state)  # used up: end it now, so it no longer counts as a holder
+        elif not lease.unused or lease.tail:
+            # used up, or of the tail (what is left came back from users who held a ticket): end
+            # it now, so it no longer counts as a holder and no serial of the tail sits here
+            self._retire(state)
 
     def _settle(self, state, lease):
         """Give a lease's unused serials back to Redis and end it, or leave it to the reclaim job."""

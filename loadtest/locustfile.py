@@ -19,6 +19,7 @@ Environment: CAMPAIGN_ID (required), SCENARIO, PEAK_USERS, RAMP_STAGE (seconds a
 USER_PREFIX (user ids, default lt-), TIMELINE_DIR.
 """
 import csv
+import gc
 import itertools
 import json
 import os
@@ -93,6 +94,20 @@ if SCENARIO == "ramp":
                     return target, max(1.0, abs(target - users) / (end - start))
                 start, users = end, target
             return None
+
+
+@events.test_start.add_listener
+def no_collector_pauses(**_):
+    """Python's full collections paused this process, and so every request in flight, for 29-78 ms
+    at 1000 users: Locust's own tail, not the service's (BENCHMARKS.md). A load test's garbage is
+    freed by reference counting; what cycles it makes wait for the collection at the end."""
+    gc.disable()
+
+
+@events.test_stop.add_listener
+def collect_again(**_):
+    gc.enable()
+    gc.collect()
 
 
 @events.test_stop.add_listener

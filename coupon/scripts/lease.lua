@@ -6,12 +6,15 @@
 -- ARGV[1] - new lease id
 -- ARGV[2] - most serials to lease (BLOCK_SIZE)
 -- ARGV[3] - lease time to live (ms)
--- ARGV[4] - the last this many serials are leased one at a time (SINGLE_LEASE_TAIL)
--- Returns {1, start, end, serial...}: serials start..end (none if start > end) and the listed ones;
+-- ARGV[4] - the last this many serials are leased only as requests wait for them (SINGLE_LEASE_TAIL)
+-- ARGV[5] - requests of this worker waiting for a serial now
+-- Returns {1, start, end, tail, serial...}: serials start..end (none if start > end) and the listed
+--   ones; tail is 1 if they are of the last ARGV[4] (the worker ends such a lease, giving back what
+--   is unused, as soon as its requests have answered);
 --   {0, 0} sold out; {0, 1} none left here but other workers hold some (they are asked for them);
 --   {-1} unknown campaign; {-2} not open yet; {-3} closed.
--- As stock runs low a lease takes only a fair share of what is left, and the very last serials
--- go one to a lease, so no worker sits on the tail.
+-- As stock runs low a lease takes only a fair share of what is left, and of the very last serials
+-- as many as the worker's requests waiting for one, so no worker sits on the tail.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local m = redis.call('HMGET', KEYS[1], 'status', 'total', 'cursor', 'opens_at', 'closes_at')
@@ -31,8 +34,10 @@ if remaining <= 0 then
   return {0, 1}
 end
 local want = math.min(tonumber(ARGV[2]), math.max(1, math.ceil(remaining / (4 * (live + 1)))))
-if remaining <= tonumber(ARGV[4]) then want = 1 end
-local reply = {1, 0, -1}
+-- the tail: exactly what the worker's waiting requests take at once, so none of it sits idle
+local tail = remaining <= tonumber(ARGV[4])
+if tail then want = math.max(1, math.min(remaining, tonumber(ARGV[5]))) end
+local reply = {1, 0, -1, tail and 1 or 0}
 local parts = {}
 if returned > 0 then
   local back = redis.call('LPOP', KEYS[4], want)
