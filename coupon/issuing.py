@@ -22,7 +22,7 @@ from coupon import db, metrics
 from coupon.errors import CampaignNotFound, Closed, NotOpen, RateLimited, SoldOut, Unavailable
 from coupon.keys import CampaignKeys
 
-NEW, HELD, SERIAL_TAKEN, CLAIM_CLOSED, RATE_LIMITED = 1, 2, 3, 4, 5  # replies of claim.lua
+NEW, HELD, SERIAL_TAKEN, CLAIM_CLOSED, RATE_LIMITED, NEEDS_SERIAL = 1, 2, 3, 4, 5, 6  # claim.lua
 LEASED, LEASE_SOLD_OUT, LEASE_UNKNOWN, LEASE_NOT_OPEN, LEASE_CLOSED = 1, 0, -1, -2, -3  # lease.lua
 # seconds between looks at the campaign while stock runs low (leases cut below BLOCK_SIZE): for
 # serials other workers were asked to give back, and for such requests from a worker that ran dry
@@ -167,7 +167,10 @@ class Lease:
     def __init__(self, lease_id, serials, tail=False):
         self.id = lease_id
         self.unused = deque(serials)
-        self.tail = tail  # of the last serials: ended as soon as nothing of it is in flight
+        # of the last serials: taken only by the requests that waited for its refill (newcomers
+        # would leave them to wait again) and ended, what came back unused given back, as soon
+        # as none of it is in flight
+        self.tail = tail
         self.in_flight = 0  # serials taken whose claim has not answered yet
         self.uncertain = False
         self.settled = False
@@ -254,6 +257,15 @@ class Issuer:
         state = self.campaign(campaign_id)
         state.early_out()
         shard = state.keys.shard_of(user_id)
+        if state.low_stock and not (state.lease and state.lease.unused):
+            # no serial at hand and few left: first ask whether the user already holds a ticket,
+            # so that those who do (most of the asking at the tail) take none of the last serials
+            try:
+                reply = self._batcher(state).submit((shard, user_id, 0, ""))
+            except RedisError:
+                raise Unavailable() from None
+            if reply[0] != NEEDS_SERIAL:
+                return self._ticket(state, user_id, reply)
         while True:
             lease, serial = self._take_serial(state)
             code = self.signer.ticket_code(campaign_id, serial)
@@ -263,20 +275,26 @@ class Issuer:
                 lease.uncertain = True  # the claim may or may not have been written
                 self._answered(state, lease)
                 raise Unavailable() from None
-            kind = reply[0]
-            if kind in (HELD, CLAIM_CLOSED, RATE_LIMITED):
+            if reply[0] in (HELD, CLAIM_CLOSED, RATE_LIMITED):
                 lease.unused.appendleft(serial)  # not used: offer it again (or give it back)
             self._answered(state, lease)
-            if kind == NEW:
-                return Ticket(campaign_id, user_id, serial, code, int(reply[3]), new=True)
-            if kind == HELD:
-                return Ticket(campaign_id, user_id, int(reply[1]), reply[2], int(reply[3]), new=False)
-            if kind == CLAIM_CLOSED:
-                state.status = "closed"
-                raise Closed()
-            if kind == RATE_LIMITED:  # retry once this window is over
-                raise RateLimited(self.rate_window - int(time.time()) % self.rate_window)
+            ticket = self._ticket(state, user_id, reply)
+            if ticket is not None:
+                return ticket
             # SERIAL_TAKEN: drop that serial, take the next
+
+    def _ticket(self, state, user_id, reply):
+        """The ticket a claim's reply gives, or the error it means; None: offer another serial."""
+        kind = reply[0]
+        if kind in (NEW, HELD):
+            serial, code, issued_at_ms = int(reply[1]), reply[2], int(reply[3])
+            return Ticket(state.keys.campaign_id, user_id, serial, code, issued_at_ms, new=kind == NEW)
+        if kind == CLAIM_CLOSED:
+            state.status = "closed"
+            raise Closed()
+        if kind == RATE_LIMITED:  # retry once this window is over
+            raise RateLimited(self.rate_window - int(time.time()) % self.rate_window)
+        return None
 
     def _batcher(self, state):
         """The campaign's ClaimBatcher: a batch is one claim.lua call per shard it touches, all
@@ -333,20 +351,25 @@ class Issuer:
                     if time.monotonic() >= lease.renew_at:
                         self._renew(state, lease)
                     if lease.unused and lease is state.lease:
-                        lease.in_flight += 1
-                        serial = lease.unused.popleft()
-                        if len(lease.unused) % GAUGE_STEP == 0:  # a gauge write is a file write
-                            state.block_gauge.set(len(lease.unused))
-                        return lease, serial
+                        return self._take(state, lease)
                     continue
                 if time.monotonic() < state.sold_out_until:
                     raise SoldOut()
                 if not waiting:
                     waiting, state.wanting = True, state.wanting + 1
-                state.refill.run(lambda: state.lease is lease and self._refill(state))
+                fresh = state.refill.run(lambda: state.lease is lease and self._refill(state))
+                if fresh and fresh.unused and not fresh.settled:  # the requests that waited go first
+                    return self._take(state, fresh)
         finally:
             if waiting:
                 state.wanting -= 1
+
+    def _take(self, state, lease):
+        lease.in_flight += 1
+        serial = lease.unused.popleft()
+        if len(lease.unused) % GAUGE_STEP == 0:  # a gauge write is a file write
+            state.block_gauge.set(len(lease.unused))
+        return lease, serial
 
     def _refill(self, state):
         keys = state.keys
@@ -374,11 +397,12 @@ class Issuer:
             serials = itertools.chain(range(start, end + 1), reply[4:])
             lease = Lease(lease_id, serials, tail=reply[3] == 1)
             self._lease_renewed(lease, sent)
-            state.lease = lease
+            if not lease.tail:  # a tail lease is only for the requests that waited for it
+                state.lease = lease
             state.low_stock = len(lease.unused) < self.block_size
             state.sold_out_until = 0.0
             state.block_gauge.set(len(lease.unused))
-            return
+            return lease
         if status == LEASE_SOLD_OUT:
             # reply[1]: other workers still hold serials and were asked to give back the unused
             # ones (see _retire); look again soon rather than answer SOLD_OUT for a whole second
@@ -407,10 +431,8 @@ class Issuer:
             return
         if lease is not state.lease:
             self._settle(state, lease)  # the last answer of a retired lease
-        elif not lease.unused or lease.tail:
-            # used up, or of the tail (what is left came back from users who held a ticket): end
-            # it now, so it no longer counts as a holder and no serial of the tail sits here
-            self._retire(state)
+        elif not lease.unused:
+            self._retire(state)  # used up: end it now, so it no longer counts as a holder
 
     def _settle(self, state, lease):
         """Give a lease's unused serials back to Redis and end it, or leave it to the reclaim job."""

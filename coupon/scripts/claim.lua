@@ -8,13 +8,14 @@
 -- ARGV[1] - campaign id
 -- ARGV[2] - requests a user may make per window; 0: no limit
 -- ARGV[3] - seconds of the window (the rate hash expires that long after its last write)
--- ARGV[4..] - triplets: user id, serial, code
+-- ARGV[4..] - triplets: user id, serial, code; serial 0 only asks whether the user holds a ticket
 -- Returns one reply per triplet, in order:
 --   {1, serial, code, issued_at_ms}  new ticket (claim and outbox entry written together)
 --   {2, serial, code, issued_at_ms}  the user already held this ticket; the offered serial is unused
 --   {3}                              the offered serial was claimed before; offer another
 --   {4}                              the campaign is closed
 --   {5}                              the user is over the rate limit; the offered serial is unused
+--   {6}                              (serial 0) the user holds no ticket: claim with a serial
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local shard = redis.call('HMGET', KEYS[4], 'issued', 'closes_at')
@@ -34,10 +35,10 @@ for i = 4, #ARGV, 3 do
     replies[#replies + 1] = {2, s, c, at}
   elseif closes_at and now >= closes_at then
     replies[#replies + 1] = {4}
-  elseif redis.call('SETBIT', KEYS[2], serial, 1) == 1 then
-    -- the caller retries with another serial: that is the same request, not a new one
+  elseif serial == '0' or redis.call('SETBIT', KEYS[2], serial, 1) == 1 then
+    -- the caller comes again with a serial: that is the same request, not a new one
     if limit > 0 then redis.call('HINCRBY', KEYS[5], user, -1) end
-    replies[#replies + 1] = {3}
+    replies[#replies + 1] = {serial == '0' and 6 or 3}
   else
     redis.call('HSET', KEYS[1], user, serial .. '|' .. code .. '|' .. now)
     redis.call('HINCRBY', KEYS[4], 'issued', 1)

@@ -9,8 +9,8 @@
 -- ARGV[4] - the last this many serials are leased only as requests wait for them (SINGLE_LEASE_TAIL)
 -- ARGV[5] - requests of this worker waiting for a serial now
 -- Returns {1, start, end, tail, serial...}: serials start..end (none if start > end) and the listed
---   ones; tail is 1 if they are of the last ARGV[4] (the worker ends such a lease, giving back what
---   is unused, as soon as its requests have answered);
+--   ones; tail is 1 if they are of the last ARGV[4] (the worker hands them to the requests waiting,
+--   and gives back what is unused as soon as they have answered);
 --   {0, 0} sold out; {0, 1} none left here but other workers hold some (they are asked for them);
 --   {-1} unknown campaign; {-2} not open yet; {-3} closed.
 -- As stock runs low a lease takes only a fair share of what is left, and of the very last serials
