@@ -162,7 +162,8 @@ class Lease:
     lease is left to expire instead, and the reclaim job returns what was never claimed.
     """
 
-    __slots__ = ("id", "unused", "tail", "in_flight", "uncertain", "settled", "valid_until", "renew_at")
+    __slots__ = ("id", "unused", "tail", "in_flight", "uncertain", "settled", "valid_until",
+                 "renew_at")
 
     def __init__(self, lease_id, serials, tail=False):
         self.id = lease_id
@@ -257,9 +258,10 @@ class Issuer:
         state = self.campaign(campaign_id)
         state.early_out()
         shard = state.keys.shard_of(user_id)
-        if state.low_stock and not (state.lease and state.lease.unused):
-            # no serial at hand and few left: first ask whether the user already holds a ticket,
-            # so that those who do (most of the asking at the tail) take none of the last serials
+        if not (state.lease and state.lease.unused):
+            # no serial at hand (the tail is never at hand): first ask whether the user already
+            # holds a ticket, so that those who do (most of the asking at the tail) take no serial
+            # and wait for no refill
             try:
                 reply = self._batcher(state).submit((shard, user_id, 0, ""))
             except RedisError:
@@ -367,7 +369,8 @@ class Issuer:
     def _take(self, state, lease):
         lease.in_flight += 1
         serial = lease.unused.popleft()
-        if len(lease.unused) % GAUGE_STEP == 0:  # a gauge write is a file write
+        # the gauge shows the current lease only; a write is a file write, so in steps
+        if lease is state.lease and len(lease.unused) % GAUGE_STEP == 0:
             state.block_gauge.set(len(lease.unused))
         return lease, serial
 
@@ -401,7 +404,7 @@ class Issuer:
                 state.lease = lease
             state.low_stock = len(lease.unused) < self.block_size
             state.sold_out_until = 0.0
-            state.block_gauge.set(len(lease.unused))
+            state.block_gauge.set(len(state.lease.unused) if state.lease else 0)  # the tail: 0
             return lease
         if status == LEASE_SOLD_OUT:
             # reply[1]: other workers still hold serials and were asked to give back the unused
@@ -422,8 +425,10 @@ class Issuer:
     def _retire(self, state):
         """Stop taking serials from the current lease; settle it once nothing of it is in flight."""
         old, state.lease = state.lease, None
-        if old is not None and old.in_flight == 0:
-            self._settle(state, old)  # else the last answer in flight settles it
+        if old is not None:
+            state.block_gauge.set(0)
+            if old.in_flight == 0:
+                self._settle(state, old)  # else the last answer in flight settles it
 
     def _answered(self, state, lease):
         lease.in_flight -= 1

@@ -12,6 +12,7 @@ from coupon import create_app
 from coupon.errors import SoldOut
 from coupon.issuing import TAIL_RECHECK, Issuer
 from tests.conftest import app_config
+from tests.support import flood, issue_call
 
 
 @pytest.fixture
@@ -71,3 +72,40 @@ def test_a_lease_whose_give_back_failed_is_settled_at_the_next_refill(workers, r
     a.issue(campaign_id, "u1")  # the refill settles the old lease first
     assert state.unsettled == [] and lease.settled
     assert redis_client.zscore(keys.leases, lease.id) is None
+
+
+def test_at_the_tail_a_user_who_holds_a_ticket_takes_no_serial(workers, redis_client):
+    svc, a, b = workers
+    campaign_id = ops.create_campaign(svc, "holders", 10)
+    ops.open_campaign(svc, campaign_id)
+    first = a.issue(campaign_id, "alice")
+    keys = a.campaign(campaign_id).keys
+    cursor = int(redis_client.hget(keys.meta, "cursor"))
+    again = b.issue(campaign_id, "alice")  # b has no serial at hand: it only asks
+    assert (again.new, again.serial, again.code) == (False, first.serial, first.code)
+    assert int(redis_client.hget(keys.meta, "cursor")) == cursor  # no serial leased for her
+    assert b.campaign(campaign_id).lease is None and redis_client.zcard(keys.leases) == 0
+    bob = b.issue(campaign_id, "bob")  # a user without a ticket gets one through the same path
+    assert bob.new and bob.serial != first.serial
+    assert ops.campaign_status(svc, campaign_id)["issued"] == 2
+
+
+def test_holders_asking_again_at_the_tail_leave_the_last_coupons_to_new_users(svc, signer, gunicorn):
+    """The last coupons while their holders ask again and again: every new user must still get
+    one (no SOLD_OUT while a serial is left for them), on any worker."""
+    server = gunicorn(workers=2)
+    campaign_id = ops.create_campaign(svc, "tail rush", 60)
+    ops.open_campaign(svc, campaign_id)
+    holders = [(f"h{i}", signer.mint(f"h{i}")) for i in range(50)]
+    first = flood([issue_call(server.url, campaign_id, u, t) for u, t in holders])
+    assert {status for _, status, _ in first} == {201}
+
+    newcomers = [(f"n{i}", signer.mint(f"n{i}")) for i in range(10)]
+    calls = [issue_call(server.url, campaign_id, u, t) for u, t in holders * 4]
+    for i, (user, token) in enumerate(newcomers):  # spread among the holders' requests
+        calls.insert(i * 20 + 10, issue_call(server.url, campaign_id, user, token))
+    results = flood(calls)
+    answers = {user: status for user, status, _ in results if user.startswith("n")}
+    assert answers == {user: 201 for user, _ in newcomers}
+    assert {status for user, status, _ in results if user.startswith("h")} == {200}
+    assert ops.campaign_status(svc, campaign_id)["issued"] == 60
