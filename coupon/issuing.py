@@ -5,7 +5,9 @@ Redis at most every STATE_REFRESH seconds), a sold-out flag (re-checked as often
 block of serials leased from Redis. A request that can be answered from that state (sold out,
 not open, closed) is answered before any other work. Otherwise it takes a serial from the block
 and claims it in one round trip shared with the concurrent requests of the same worker: one
-script call per claim shard, all in one pipeline (see ClaimBatcher, Issuer._batcher).
+script call per claim shard, all in one pipeline (see ClaimBatcher, Issuer._batcher). With no
+serial at hand, a request first asks whether the user already holds a ticket, and waits for a
+refill (one for all who wait: SingleFlight) only if not.
 """
 import itertools
 import os

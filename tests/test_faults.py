@@ -258,7 +258,9 @@ def test_web_worker_killed_every_2s(svc, signer, gunicorn, scheduler):
 
 def test_workers_recycled_by_max_requests_and_reloaded(svc, signer, gunicorn, scheduler):
     # the default 30 s lease: serials come back within the test only if exiting workers return them
-    server = gunicorn(workers=2, MAX_REQUESTS=150, MAX_REQUESTS_JITTER=50)
+    # a recycled worker takes 1-2 s to be replaced (gunicorn checks every second): few requests per
+    # worker and a paced sale, so that several are replaced while stock remains
+    server = gunicorn(workers=2, MAX_REQUESTS=100, MAX_REQUESTS_JITTER=30)
     scheduler(**FAST_JOBS)
     campaign_id = open_campaign(svc, STOCK)
     issued = issued_counter(svc, campaign_id)
@@ -275,7 +277,7 @@ def test_workers_recycled_by_max_requests_and_reloaded(svc, signer, gunicorn, sc
 
     started = time.monotonic()
     with every(0.05, watch_workers), once(lambda: issued() >= 400, reload):
-        answers, tokens = demand(server.url, campaign_id, signer, issued, seconds=30)
+        answers, tokens = demand(server.url, campaign_id, signer, issued, seconds=30, pause=0.6)
     flood_s = time.monotonic() - started
 
     seen = outcomes(answers)
