@@ -196,6 +196,7 @@ def run(seconds, connections, only="abcde"):
     new_users = max(60_000, 8_000 * seconds)
     tmp = tempfile.mkdtemp(prefix="bench-")
     results = {}
+    server = None
     try:
         tokens = {name: write_tokens(svc.signer, name, count, tmp) for name, count in
                   (("warm", 20_000), ("new", new_users), ("soldout", 20_000), ("flood", 20_000))}
@@ -208,7 +209,6 @@ def run(seconds, connections, only="abcde"):
             ("d", "flood: 1000 coupons, 20,000 users", "app:app", f"/api/v1/campaigns/{ids['d']}/issue", None, "flood"),
             ("e", "ceiling without Flask: bare WSGI", "loadtest.ceiling_app:bare", "/api/v1/campaigns/1/issue", "warm", "new"),
         ]
-        server = None
         for key, title, module, path, warm, users in phases:
             if key not in only:
                 continue
@@ -228,12 +228,13 @@ def run(seconds, connections, only="abcde"):
             if module == "app:app":
                 r["other_answers"] = sum(v for k, v in r["outcomes"].items() if k not in ACCEPTED)
             results[key] = r
-        server.stop()
         for key in "bd":
             if key in results:
                 keys = CampaignKeys(ids[key], svc.config["CLAIM_SHARDS"])
                 results[key]["issued"] = ops.issued_in_redis(svc, keys)
-    finally:
+    finally:  # stopped by pid even when a phase fails
+        if server:
+            server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
         svc.engine.dispose()
     return results
