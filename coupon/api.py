@@ -97,10 +97,10 @@ def answer_issue(svc, raw_id, authorization, body=b""):
     started = issue_started()
     code = "INTERNAL"
     try:
-        campaign_id = campaign_id_of(raw_id)
-        svc.issuer.early_out(campaign_id)  # sold out, not open, closed: before anything else
+        # sold out, not open, closed: answered before anything else
+        state = svc.issuer.early_out(campaign_id_of(raw_id))
         check_body(body)
-        ticket = svc.issuer.issue(campaign_id, svc.signer.user_of(bearer_token(authorization)))
+        ticket = svc.issuer.issue_after(state, svc.signer.user_of(bearer_token(authorization)))
         code = "NEW" if ticket.new else "HELD"
         text = TICKET % (ticket.campaign_id, ticket.user_id, ticket.serial, ticket.code,
                          issued_at(ticket.issued_at_ms))

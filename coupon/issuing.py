@@ -29,9 +29,10 @@ LEASED, LEASE_SOLD_OUT, LEASE_UNKNOWN, LEASE_NOT_OPEN, LEASE_CLOSED = 1, 0, -1, 
 # seconds between looks at the campaign while stock runs low (leases cut below BLOCK_SIZE): for
 # serials other workers were asked to give back, and for such requests from a worker that ran dry
 TAIL_RECHECK = 0.1
-# When the stock is gone but other workers hold serials, these are mostly claims in flight, and
-# what users who already held a ticket leave unused comes back within milliseconds: look again
-# a few times before answering SOLD_OUT to a user who may still get one.
+# When the stock is gone but other workers hold serials, these are claims in flight, and what
+# one of them leaves unused (rate limited, closed, a ticket the user got meanwhile) comes back
+# within milliseconds: look again a few times before answering SOLD_OUT, so a refusal neither
+# overtakes the last claims nor misses a serial that comes back (BENCHMARKS.md, "The tail").
 TAIL_TRIES, TAIL_WAIT = 4, 0.01
 GAUGE_STEP = 32  # the local-block gauge moves in steps of this many serials (and at 0)
 
@@ -164,16 +165,11 @@ class Lease:
     lease is left to expire instead, and the reclaim job returns what was never claimed.
     """
 
-    __slots__ = ("id", "unused", "tail", "in_flight", "uncertain", "settled", "valid_until",
-                 "renew_at")
+    __slots__ = ("id", "unused", "in_flight", "uncertain", "settled", "valid_until", "renew_at")
 
-    def __init__(self, lease_id, serials, tail=False):
+    def __init__(self, lease_id, serials):
         self.id = lease_id
         self.unused = deque(serials)
-        # of the last serials: taken only by the requests that waited for its refill (newcomers
-        # would leave them to wait again) and ended, what came back unused given back, as soon
-        # as none of it is in flight
-        self.tail = tail
         self.in_flight = 0  # serials taken whose claim has not answered yet
         self.uncertain = False
         self.settled = False
@@ -193,6 +189,7 @@ class CampaignState:
         self.low_stock = False  # the last lease was cut to a fair share: look at meta more often
         self.refill = SingleFlight()
         self.wanting = 0  # requests of this worker waiting for a serial of this campaign
+        self.handed = None  # the last tail lease, whose serials the requests it woke are taking
         self.block_gauge = metrics.block_gauge(keys.campaign_id)
         self.renew_lock = threading.Lock()
         self.refresh_lock = threading.Lock()
@@ -252,13 +249,19 @@ class Issuer:
     # --- the hot path -------------------------------------------------------------------
 
     def early_out(self, campaign_id):
-        """Raise what this worker already knows the answer is (sold out, not open, closed)."""
-        self.campaign(campaign_id).early_out()
+        """Raise what this worker already knows the answer is (sold out, not open, closed);
+        else return its state of the campaign, for issue_after."""
+        state = self.campaign(campaign_id)
+        state.early_out()
+        return state
 
     def issue(self, campaign_id, user_id):
         """Issue the user's ticket of a campaign, or return the one they hold."""
-        state = self.campaign(campaign_id)
-        state.early_out()
+        return self.issue_after(self.early_out(campaign_id), user_id)
+
+    def issue_after(self, state, user_id):
+        """issue(), once early_out() has returned `state` (the API checks the token between)."""
+        campaign_id = state.keys.campaign_id
         shard = state.keys.shard_of(user_id)
         if not (state.lease and state.lease.unused):
             # no serial at hand (the tail is never at hand): first ask whether the user already
@@ -292,7 +295,8 @@ class Issuer:
         kind = reply[0]
         if kind in (NEW, HELD):
             serial, code, issued_at_ms = int(reply[1]), reply[2], int(reply[3])
-            return Ticket(state.keys.campaign_id, user_id, serial, code, issued_at_ms, new=kind == NEW)
+            return Ticket(state.keys.campaign_id, user_id, serial, code, issued_at_ms,
+                          new=kind == NEW)
         if kind == CLAIM_CLOSED:
             state.status = "closed"
             raise Closed()
@@ -382,6 +386,9 @@ class Issuer:
             self._settle(state, unsettled)
         self._retire(state)
         lease_id = "%s:%d" % (self.worker_id, next(self._lease_numbers))
+        # the requests still waiting for a serial, but for those the last tail lease still holds
+        # one for (they were woken, and take it as soon as they run)
+        waiting = state.wanting - (len(state.handed.unused) if state.handed else 0)
         for attempt in range(TAIL_TRIES):
             if attempt:
                 time.sleep(TAIL_WAIT)
@@ -390,7 +397,7 @@ class Issuer:
                 reply = self.scripts.lease(
                     keys=keys.home_keys(),
                     args=[lease_id, self.block_size, int(self.lease_ttl * 1000), self.single_tail,
-                          state.wanting],
+                          waiting],
                 )
             except RedisError:
                 raise Unavailable() from None
@@ -399,10 +406,14 @@ class Issuer:
         status = reply[0]
         if status == LEASED:
             start, end = reply[1], reply[2]
-            serials = itertools.chain(range(start, end + 1), reply[4:])
-            lease = Lease(lease_id, serials, tail=reply[3] == 1)
+            lease = Lease(lease_id, itertools.chain(range(start, end + 1), reply[4:]))
             self._lease_renewed(lease, sent)
-            if not lease.tail:  # a tail lease is only for the requests that waited for it
+            # a lease of the last serials is only for the requests that waited for this refill
+            # (newcomers would leave them to wait again); it is never current, so it ends, and
+            # gives back what came back unused, as soon as none of it is in flight
+            if reply[3] == 1:
+                state.handed = lease
+            else:
                 state.lease = lease
             state.low_stock = len(lease.unused) < self.block_size
             state.sold_out_until = 0.0

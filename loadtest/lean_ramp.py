@@ -24,18 +24,25 @@ import gevent  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from coupon import campaigns as ops, create_app  # noqa: E402
 from coupon.errors import CouponError  # noqa: E402
+from loadtest.run import RAMP_SHARES  # noqa: E402
 
 
 def schedule(users, duration):
-    """(start, stop) in seconds for each virtual user: the stages of loadtest/locustfile.py."""
-    stage = duration / 4
-    first = round(users / 6)
-    times = []
-    for k in range(users):
-        start = (k / first * stage) if k < first else stage + (k - first) / (users - first) * stage
-        stop = 3 * stage + (users - k) / users * stage  # the last to come is the first to go
-        times.append((start, stop))
-    return times
+    """(start, stop) in seconds for each virtual user, as the ramp's stages move the number of
+    users: they come in order while it rises and go, the last first, while it falls."""
+    stage = duration / len(RAMP_SHARES)
+    start, stop = [0.0] * users, [duration] * users
+    before = 0
+    for i, share in enumerate(RAMP_SHARES):
+        target = round(users * share)
+        for k in range(min(before, target), max(before, target)):
+            at = (i + abs(k - before) / abs(target - before)) * stage
+            if target > before:
+                start[k] = at
+            else:
+                stop[k] = at
+        before = target
+    return list(zip(start, stop))
 
 
 def read_answer(sock):

@@ -31,6 +31,7 @@ from locust import FastHttpUser, LoadTestShape, constant, events, task
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config.settings import Config  # noqa: E402
 from coupon.signing import Signer  # noqa: E402
+from loadtest.run import RAMP_SHARES  # noqa: E402
 
 SCENARIO = os.environ.get("SCENARIO", "rush")
 if SCENARIO not in ("rush", "ramp"):
@@ -84,7 +85,7 @@ if SCENARIO == "ramp":
         """The second post's k6 stages, as (end of stage in s, users at its end)."""
 
         stages = [(RAMP_STAGE * (i + 1), round(PEAK_USERS * share))
-                  for i, share in enumerate((1 / 6, 1, 1, 0))]
+                  for i, share in enumerate(RAMP_SHARES)]
 
         def tick(self):
             t = self.get_run_time()

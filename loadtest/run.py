@@ -28,7 +28,8 @@ from coupon import campaigns as ops, create_app, db  # noqa: E402
 from coupon.errors import CouponError  # noqa: E402
 from coupon.keys import CampaignKeys  # noqa: E402
 
-RAMP_STAGES = 4  # loadtest/locustfile.py OpeningRamp
+# the second post's k6 stages: users at the end of each, as a share of the peak (equal lengths)
+RAMP_SHARES = (1 / 6, 1, 1, 0)
 
 
 def parse_args():
@@ -60,7 +61,7 @@ def wait_for_service(host):
 def run_locust(args, campaign_id, name, timeline_dir):
     users = args.users
     env = dict(os.environ, CAMPAIGN_ID=str(campaign_id), SCENARIO=args.scenario,
-               PEAK_USERS=str(users), RAMP_STAGE=str(args.duration / RAMP_STAGES),
+               PEAK_USERS=str(users), RAMP_STAGE=str(args.duration / len(RAMP_SHARES)),
                USER_PREFIX=f"{name}-", TIMELINE_DIR=timeline_dir, PYTHONPATH=ROOT)
     cmd = [os.path.join(os.path.dirname(sys.executable), "locust"),
            "-f", os.path.join(ROOT, "loadtest", "locustfile.py"), "--host", args.host,
@@ -149,18 +150,28 @@ def check(stock, timeline, claims, rows):
     ]
 
 
-def server_latency(host):
-    """{bucket bound in s: issue answers at most that slow}, summed over the workers (/metrics)."""
+def scrape(base_url, sample, label):
+    """{label value: value} of one sample of the service's /metrics (summed over the workers);
+    {} if it does not answer."""
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
-        with urllib.request.urlopen(host + "/metrics", timeout=5) as resp:
+        with urllib.request.urlopen(base_url + "/metrics", timeout=5) as resp:
             text = resp.read().decode()
     except OSError:
         return {}
-    return {float(s.labels["le"]): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples
-            if s.name == "coupon_issue_duration_seconds_bucket"}
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == sample:
+                values[s.labels[label]] = values.get(s.labels[label], 0) + s.value
+    return values
+
+
+def server_latency(host):
+    """{bucket bound in s: issue answers at most that slow} so far."""
+    buckets = scrape(host, "coupon_issue_duration_seconds_bucket", "le")
+    return {float(bound): n for bound, n in buckets.items()}
 
 
 def server_line(before, after):

@@ -13,6 +13,7 @@ from coupon.errors import SoldOut
 from coupon.issuing import TAIL_RECHECK, Issuer
 from tests.conftest import app_config
 from tests.support import flood, issue_call
+from tests.test_issue_flood import open_campaign, users
 
 
 @pytest.fixture
@@ -76,8 +77,7 @@ def test_a_lease_whose_give_back_failed_is_settled_at_the_next_refill(workers, r
 
 def test_at_the_tail_a_user_who_holds_a_ticket_takes_no_serial(workers, redis_client):
     svc, a, b = workers
-    campaign_id = ops.create_campaign(svc, "holders", 10)
-    ops.open_campaign(svc, campaign_id)
+    campaign_id = open_campaign(svc, 10, "holders")
     first = a.issue(campaign_id, "alice")
     keys = a.campaign(campaign_id).keys
     cursor = int(redis_client.hget(keys.meta, "cursor"))
@@ -94,13 +94,12 @@ def test_holders_asking_again_at_the_tail_leave_the_last_coupons_to_new_users(sv
     """The last coupons while their holders ask again and again: every new user must still get
     one (no SOLD_OUT while a serial is left for them), on any worker."""
     server = gunicorn(workers=2)
-    campaign_id = ops.create_campaign(svc, "tail rush", 60)
-    ops.open_campaign(svc, campaign_id)
-    holders = [(f"h{i}", signer.mint(f"h{i}")) for i in range(50)]
+    campaign_id = open_campaign(svc, 60, "tail rush")
+    holders = users(signer, 50, prefix="h")
     first = flood([issue_call(server.url, campaign_id, u, t) for u, t in holders])
     assert {status for _, status, _ in first} == {201}
 
-    newcomers = [(f"n{i}", signer.mint(f"n{i}")) for i in range(10)]
+    newcomers = users(signer, 10, prefix="n")
     calls = [issue_call(server.url, campaign_id, u, t) for u, t in holders * 4]
     for i, (user, token) in enumerate(newcomers):  # spread among the holders' requests
         calls.insert(i * 20 + 10, issue_call(server.url, campaign_id, user, token))
