@@ -1,10 +1,9 @@
 """First-come-first-served coupon issuing service."""
-from flask import Flask, Response
-from werkzeug.exceptions import HTTPException
+from flask import Flask
 
 from config.settings import Config, check_production
 from coupon import extensions
-from coupon.errors import CouponError, as_coupon_error
+from coupon.errors import register_errorhandlers
 
 
 def create_app(config=None):
@@ -31,32 +30,6 @@ def register_blueprints(app):
     app.register_blueprint(bp)
     app.session_interface = NoSessions()
     app.wsgi_app = IssueEndpoint(app)
-
-
-HTTP_CODES = {
-    400: "BAD_REQUEST", 401: "UNAUTHORIZED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
-    413: "PAYLOAD_TOO_LARGE", 429: "RATE_LIMITED",
-}
-
-
-def register_errorhandlers(app):
-    from coupon.api import JSON, error_body, error_response
-
-    @app.errorhandler(CouponError)
-    def domain_error(e):
-        return error_response(e)
-
-    @app.errorhandler(HTTPException)
-    def http_error(e):
-        code = HTTP_CODES.get(e.code, "HTTP_%d" % e.code)
-        response = Response(error_body(code, e.description), e.code, content_type=JSON)
-        if e.code == 405 and e.valid_methods:
-            response.headers["Allow"] = ", ".join(e.valid_methods)
-        return response
-
-    @app.errorhandler(Exception)
-    def unexpected(e):
-        return error_response(as_coupon_error(e))
 
 
 def register_commands(app):

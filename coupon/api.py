@@ -11,18 +11,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.http import HTTP_STATUS_CODES
 
 from coupon.campaigns import campaign_status, find_ticket, iso_ms
-from coupon.errors import (
-    BadRequest, CampaignNotFound, CouponError, RateLimited, Unauthorized, as_coupon_error,
-)
+from coupon.errors import JSON, BadRequest, CampaignNotFound, Unauthorized, as_coupon_error, error_answer
 from coupon.extensions import services
-from coupon.metrics import issue_answered, issue_started, make_registry, metrics_response
 from coupon.openapi import SPEC
 
 bp = Blueprint("api", __name__)
 
-CAMPAIGN_ID = re.compile(r"^[1-9][0-9]{0,9}$")
+CAMPAIGN_ID = re.compile(r"[1-9][0-9]{0,9}")
 MAX_CAMPAIGN_ID = 2**31 - 1
-JSON = "application/json"
 
 
 class NoSessions(SessionInterface):
@@ -36,7 +32,7 @@ class NoSessions(SessionInterface):
 
 def campaign_id_of(raw):
     """Only ids that can name a campaign get further; anything else is simply not found."""
-    if not CAMPAIGN_ID.match(raw) or int(raw) > MAX_CAMPAIGN_ID:
+    if not CAMPAIGN_ID.fullmatch(raw) or int(raw) > MAX_CAMPAIGN_ID:
         raise CampaignNotFound()
     return int(raw)
 
@@ -61,56 +57,40 @@ def check_body(raw):
         raise BadRequest("the body must be empty or a JSON object")
 
 
-@functools.lru_cache(maxsize=256)  # the few fixed messages, encoded once
-def error_body(code, message):
-    return json.dumps({"error": {"code": code, "message": message}}).encode() + b"\n"
-
-
-def error_answer(e):
-    """(body, status, headers) of a CouponError."""
-    headers = [("Retry-After", str(e.retry_after))] if isinstance(e, RateLimited) else []
-    return error_body(e.code, e.message), e.status, headers
-
-
-def error_response(e):
-    return Response(*error_answer(e), content_type=JSON)
-
-
 # A ticket's body, formatted rather than json.dumps'ed: every field is an int or a string of a
 # charset that needs no JSON escaping (user ids: signing.USER_ID; codes: hex; the time: ISO).
 TICKET = '{"campaign_id": %d, "user_id": "%s", "serial": %d, "code": "%s", "issued_at": "%s"}'
-_last_second = (None, "")  # the last second issued_at formatted, and its ISO text
 
 
-def issued_at(ms):
-    """iso_ms(ms), formatting each second once: the tickets of one second share all but the ms."""
-    global _last_second
-    second, millis = divmod(ms, 1000)
-    last = _last_second
-    if last[0] != second:
-        last = _last_second = (second, iso_ms(second * 1000)[:-5])  # without ".000Z"
-    return "%s.%03dZ" % (last[1], millis)
+@functools.lru_cache(maxsize=4)  # the tickets of one second share all but the ms
+def iso_second(second):
+    return iso_ms(second * 1000)[:-5]  # without ".000Z"
+
+
+def ticket_body(ticket):
+    second, millis = divmod(ticket.issued_at_ms, 1000)
+    issued_at = "%s.%03dZ" % (iso_second(second), millis)
+    return (TICKET % (ticket.campaign_id, ticket.user_id, ticket.serial, ticket.code,
+                      issued_at)).encode()
 
 
 def answer_issue(svc, raw_id, authorization, body=b""):
     """The answer to an issue call, as (body, status, headers); counted and timed."""
-    started = issue_started()
-    code = "INTERNAL"
+    started = svc.metrics.issue_started()
+    outcome = "INTERNAL"
     try:
         # sold out, not open, closed: answered before anything else
-        state = svc.issuer.early_out(campaign_id_of(raw_id))
+        campaign = svc.issuer.admit(campaign_id_of(raw_id))
         check_body(body)
-        ticket = svc.issuer.issue_after(state, svc.signer.user_of(bearer_token(authorization)))
-        code = "NEW" if ticket.new else "HELD"
-        text = TICKET % (ticket.campaign_id, ticket.user_id, ticket.serial, ticket.code,
-                         issued_at(ticket.issued_at_ms))
-        return text.encode(), 201 if ticket.new else 200, []
+        ticket = svc.issuer.issue(campaign, svc.signer.user_of(bearer_token(authorization)))
+        outcome = "NEW" if ticket.new else "HELD"
+        return ticket_body(ticket), 201 if ticket.new else 200, []
     except Exception as e:
-        error = e if isinstance(e, CouponError) else as_coupon_error(e)
-        code = error.code
+        error = as_coupon_error(e)
+        outcome = error.code
         return error_answer(error)
     finally:
-        issue_answered(code, started)
+        svc.metrics.issue_answered(outcome, started)
 
 
 class IssueEndpoint:
@@ -121,7 +101,7 @@ class IssueEndpoint:
     issue calls with a body included, goes on to Flask, whose view answers through answer_issue too.
     """
 
-    PATH = re.compile(r"^/api/v1/campaigns/([^/]+)/issue$")
+    PATH = re.compile(r"/api/v1/campaigns/([^/]+)/issue")
     STATUS = {status: "%d %s" % (status, HTTP_STATUS_CODES[status])
               for status in (200, 201, 400, 401, 404, 409, 429, 500, 503)}
 
@@ -130,7 +110,7 @@ class IssueEndpoint:
         self.services = services(app)
 
     def __call__(self, environ, start_response):
-        match = self.PATH.match(environ.get("PATH_INFO", ""))
+        match = self.PATH.fullmatch(environ.get("PATH_INFO", ""))
         if (match is None or environ["REQUEST_METHOD"] != "POST"
                 or environ.get("CONTENT_LENGTH") not in (None, "", "0")
                 or "HTTP_TRANSFER_ENCODING" in environ):
@@ -170,12 +150,9 @@ def openapi():
 
 @bp.get("/metrics")
 def metrics():
-    registry = current_app.extensions.get("coupon.metrics")
-    if registry is None:  # built once per worker, on the first scrape
-        svc = services(current_app)
-        registry = make_registry(svc.redis, svc.config["CLAIM_SHARDS"])
-        current_app.extensions["coupon.metrics"] = registry
-    return metrics_response(registry)
+    svc = services(current_app)
+    body, content_type = svc.metrics.scrape(svc.redis, svc.keys)
+    return Response(body, content_type=content_type)
 
 
 @bp.get("/healthz")

@@ -9,9 +9,10 @@ from sqlalchemy import insert, select, update
 
 from coupon import db
 from coupon.errors import CampaignNotFound, InvalidCampaign, NoTicket, ReconcileMismatch, Unavailable
-from coupon.keys import ACTIVE, CampaignKeys
+from coupon.keys import ACTIVE
 from coupon.outbox import Flusher, outbox_stats
 from coupon.reconcile import Report, mysql_tickets, reconcile
+from coupon.scripts import StoredClaim
 
 MAX_STOCK = 10_000_000
 UTC = dt.timezone.utc
@@ -74,16 +75,16 @@ def create_campaign(svc, name, stock, opens_at=None, closes_at=None):
                 issued=0, created_at=utcnow(),
             )
         ).inserted_primary_key[0]
-    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    keys = svc.keys(campaign_id)
     # a new id has no Redis state; anything there is left from a database since dropped
-    svc.redis.delete(*keys.home_keys(), *(k for s in keys.all_shards() for k in s.all()))
+    svc.redis.delete(*keys.every_key())
     preload(svc, campaign_id, stock, status, opens_at, closes_at)
     return campaign_id
 
 
 def preload(svc, campaign_id, total, status, opens_at, closes_at):
     """Write a campaign's window and stock into Redis; keep the cursor if it is there already."""
-    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    keys = svc.keys(campaign_id)
     pipe = svc.redis.pipeline(transaction=False)
     pipe.hset(keys.meta, mapping={
         "total": total, "status": status,
@@ -120,7 +121,7 @@ def open_campaign(svc, campaign_id):
 def stop_issuing(svc, campaign_id):
     """Stop issuing at once: every claim shard refuses from now on, every worker within a second."""
     row = _row(svc.engine, campaign_id)
-    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    keys = svc.keys(campaign_id)
     if svc.redis.exists(keys.meta):
         pipe = svc.redis.pipeline(transaction=False)
         for shard in keys.all_shards():
@@ -143,7 +144,7 @@ def close_campaign(svc, campaign_id, progress=None):
     progress, if given, is called with the number of rows moved by each drain round.
     """
     stop_issuing(svc, campaign_id)  # from here on every claim script refuses: the set is final
-    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    keys = svc.keys(campaign_id)
     if not svc.redis.exists(keys.meta):  # released by an earlier close
         rows = len(mysql_tickets(svc.engine, campaign_id))
         return Report(campaign_id, rows, rows, rows)
@@ -172,12 +173,13 @@ def release(svc, keys):
     """Delete a closed campaign's Redis keys; from now on it is read from the database."""
     pipe = svc.redis.pipeline(transaction=False)
     pipe.srem(ACTIVE, keys.campaign_id)
-    pipe.delete(*keys.home_keys(), *(k for shard in keys.all_shards() for k in shard.all()))
+    pipe.delete(*keys.every_key())
     pipe.execute()
 
 
-def issued_in_redis(svc, keys):
+def issued_in_redis(svc, campaign_id):
     """Sum the issued counters of a campaign's claim shards; None if Redis does not hold it."""
+    keys = svc.keys(campaign_id)
     pipe = svc.redis.pipeline(transaction=False)
     pipe.exists(keys.meta)
     for shard in keys.all_shards():
@@ -189,9 +191,8 @@ def issued_in_redis(svc, keys):
 def campaign_status(svc, campaign_id):
     """Public status of a campaign: from Redis while it is live, from MySQL after close."""
     row = _row(svc.engine, campaign_id)
-    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
     try:
-        issued = issued_in_redis(svc, keys)
+        issued = issued_in_redis(svc, campaign_id)
     except RedisError:
         issued = None
     if issued is None:
@@ -219,7 +220,7 @@ def list_campaigns(svc):
 
 def find_ticket(svc, campaign_id, user_id):
     """Return the user's ticket as a dict: from Redis while the campaign is live, else MySQL."""
-    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    keys = svc.keys(campaign_id)
     try:
         pipe = svc.redis.pipeline(transaction=False)
         pipe.exists(keys.meta)
@@ -228,8 +229,8 @@ def find_ticket(svc, campaign_id, user_id):
     except RedisError:
         raise Unavailable() from None
     if held:
-        serial, code, issued_at = held.split("|")
-        return ticket_dict(campaign_id, user_id, int(serial), code, int(issued_at))
+        claim = StoredClaim.parse(held)
+        return ticket_dict(campaign_id, user_id, claim.serial, claim.code, claim.issued_at_ms)
     if live:
         raise NoTicket()
     _row(svc.engine, campaign_id)

@@ -9,15 +9,14 @@ import sys
 
 import click
 from flask import current_app
-from flask.cli import AppGroup, with_appcontext
+from flask.cli import AppGroup
 
 from coupon import campaigns as ops
 from coupon.db import init_db
 from coupon.errors import CouponError
 from coupon.extensions import services
-from coupon.keys import CampaignKeys
 from coupon.outbox import outbox_stats
-from jobs.scheduler import run_scheduler
+from coupon.jobs.scheduler import run_scheduler
 
 db_cli = AppGroup("db", help="Database schema.")
 campaign_cli = AppGroup("campaign", help="Create, open, close and inspect campaigns.")
@@ -87,8 +86,7 @@ def campaign_close(campaign_id):
     Exits 1 and keeps the keys if Redis and the database differ. Safe to run again.
     """
     service = svc()
-    keys = CampaignKeys(campaign_id, service.config["CLAIM_SHARDS"])
-    backlog = outbox_stats(service.redis, keys)[0]
+    backlog = outbox_stats(service.redis, service.keys(campaign_id))[0]
     with click.progressbar(length=backlog, label="draining outbox", file=sys.stderr) as bar:
         report = ops.close_campaign(service, campaign_id, progress=bar.update)
     click.echo("\n".join(report.lines()))
@@ -102,7 +100,7 @@ def campaign_status(campaign_id):
     """Print a campaign's status as JSON, with the outbox backlog and flush lag."""
     service = svc()
     status = ops.campaign_status(service, campaign_id)
-    backlog, lag = outbox_stats(service.redis, CampaignKeys(campaign_id, service.config["CLAIM_SHARDS"]))
+    backlog, lag = outbox_stats(service.redis, service.keys(campaign_id))
     status["outbox"] = {"backlog": backlog, "flush_lag_seconds": lag}
     click.echo(json.dumps(status, indent=2))
 
@@ -115,25 +113,40 @@ def campaign_list():
         click.echo(f"{c['id']}\t{c['status']}\t{c['issued']}/{c['total']}\t{c['name']}")
 
 
-@click.command("token")
+class TokenGroup(AppGroup):
+    """`flask token USER_ID` is `flask token mint USER_ID`; other words name a subcommand."""
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["mint", *args]
+        return super().resolve_command(ctx, args)
+
+
+token_cli = TokenGroup("token", help="Bearer tokens for users (`flask token USER_ID` mints one).")
+TTL = click.option("--ttl", type=click.IntRange(1), help="Seconds the tokens stay valid [TOKEN_TTL].")
+
+
+@token_cli.command("mint")
 @click.argument("user_id")
-@click.option("--count", type=click.IntRange(1, 10_000_000), help="With `bulk`: how many tokens.")
-@click.option("--prefix", default="user-", show_default=True, help="With `bulk`: user id prefix.")
-@click.option("--ttl", type=click.IntRange(1), help="Seconds the token stays valid [TOKEN_TTL].")
-@with_appcontext
+@TTL
 @operator_errors
-def token(user_id, count, prefix, ttl):
-    """Print a bearer token for USER_ID; `token bulk --count N` prints N lines `user_id<TAB>token`."""
+def token_mint(user_id, ttl):
+    """Print a bearer token for USER_ID (also `flask token USER_ID`)."""
+    click.echo(svc().signer.mint(user_id, ttl))
+
+
+@token_cli.command("bulk")
+@click.option("--count", required=True, type=click.IntRange(1, 10_000_000), help="How many tokens.")
+@click.option("--prefix", default="user-", show_default=True, help="User id prefix.")
+@TTL
+@operator_errors
+def token_bulk(count, prefix, ttl):
+    """Print COUNT lines `user_id<TAB>token`, for users PREFIX1, PREFIX2, ... (zero-padded)."""
     signer = svc().signer
-    if user_id != "bulk":
-        click.echo(signer.mint(user_id, ttl))
-        return
-    if not count:
-        raise click.UsageError("token bulk needs --count N")
     width = len(str(count))
     for i in range(1, count + 1):
-        uid = f"{prefix}{i:0{width}d}"
-        click.echo(f"{uid}\t{signer.mint(uid, ttl)}")
+        user_id = f"{prefix}{i:0{width}d}"
+        click.echo(f"{user_id}\t{signer.mint(user_id, ttl)}")
 
 
 @jobs_cli.command("run")
@@ -147,4 +160,4 @@ def register(app):
     app.cli.add_command(jobs_cli)
     app.cli.add_command(db_cli)
     app.cli.add_command(campaign_cli)
-    app.cli.add_command(token)
+    app.cli.add_command(token_cli)

@@ -3,6 +3,8 @@ import redis
 
 from coupon.db import make_engine
 from coupon.issuing import Issuer
+from coupon.keys import CampaignKeys
+from coupon.metrics import Metrics
 from coupon.scripts import Scripts
 from coupon.signing import Signer
 
@@ -14,7 +16,13 @@ class Services:
         self.engine = make_engine(config["DATABASE_URL"])
         self.scripts = Scripts(self.redis)
         self.signer = Signer(config["SECRET_KEY"], config["TOKEN_TTL"])
-        self.issuer = Issuer(self.redis, self.scripts, self.engine, self.signer, config)
+        self.metrics = Metrics()
+        self.issuer = Issuer(self.redis, self.scripts, self.engine, self.signer, config,
+                             self.keys, self.metrics)
+
+    def keys(self, campaign_id):
+        """The Redis keys of a campaign (the one place they are built)."""
+        return CampaignKeys(campaign_id, self.config["CLAIM_SHARDS"])
 
 
 def make_redis(config):

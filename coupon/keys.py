@@ -9,6 +9,11 @@ ACTIVE = "campaigns:active"  # set of campaign ids the jobs walk
 SCHEDULER_LEADER = "scheduler:leader"
 
 
+def active_campaigns(redis):
+    """The ids of the campaigns Redis holds, in order: what the jobs walk (never SCAN)."""
+    return sorted(int(c) for c in redis.smembers(ACTIVE))
+
+
 class CampaignKeys:
     def __init__(self, campaign_id, shards):
         self.campaign_id = int(campaign_id)
@@ -30,6 +35,10 @@ class CampaignKeys:
 
     def home_keys(self):
         return [self.meta, self.leases, self.lease_serials, self.returned]
+
+    def every_key(self):
+        """Every key of the campaign but the rate windows (they expire by themselves)."""
+        return [*self.home_keys(), *(key for shard in self.all_shards() for key in shard.all())]
 
 
 class ShardKeys:

@@ -3,12 +3,14 @@
 Kept by hand and small; tests/test_fuzz.py checks that every route of the app is in it and
 drives generated requests from it.
 """
+from coupon.errors import HTTP_ERRORS, RateLimited
 
-ERROR_CODES = {
-    400: "BAD_REQUEST", 401: "UNAUTHORIZED", 404: "CAMPAIGN_NOT_FOUND, NO_TICKET or NOT_FOUND",
-    405: "METHOD_NOT_ALLOWED", 409: "SOLD_OUT, NOT_OPEN or CLOSED", 413: "PAYLOAD_TOO_LARGE",
-    429: "RATE_LIMITED (see the Retry-After header)", 503: "UNAVAILABLE",
-}
+
+def _codes(status):
+    """The error codes of one status, as the description of that answer."""
+    codes = [e.code + (" (see the Retry-After header)" if e is RateLimited else "")
+             for e in HTTP_ERRORS if e.status == status]
+    return " or ".join(codes)
 
 
 def _json(schema):
@@ -16,7 +18,7 @@ def _json(schema):
 
 
 def _errors(*statuses):
-    return {str(s): {"description": ERROR_CODES[s], **_json("Error")} for s in statuses}
+    return {str(s): {"description": _codes(s), **_json("Error")} for s in statuses}
 
 
 CAMPAIGN_ID = {

@@ -12,7 +12,8 @@ from redis.exceptions import ResponseError
 from sqlalchemy.dialects import mysql, sqlite
 
 from coupon import db
-from coupon.keys import ACTIVE, CampaignKeys
+from coupon.keys import active_campaigns
+from coupon.scripts import OutboxEntry
 
 GROUP = "flusher"
 
@@ -28,18 +29,18 @@ def insert_ignoring_duplicates(dialect_name):
 
 
 def entry_row(fields):
-    return {
-        "campaign_id": int(fields["c"]), "user_id": fields["u"], "serial": int(fields["s"]),
-        "code": fields["k"],
-        "issued_at": dt.datetime.fromtimestamp(int(fields["t"]) / 1000, dt.timezone.utc).replace(tzinfo=None),
-    }
+    """The coupons row of an outbox entry (its fields: scripts.OutboxEntry)."""
+    entry = OutboxEntry.decode(fields)
+    issued_at = dt.datetime.fromtimestamp(entry.issued_at_ms / 1000, dt.timezone.utc)
+    return {"campaign_id": entry.campaign_id, "user_id": entry.user_id, "serial": entry.serial,
+            "code": entry.code, "issued_at": issued_at.replace(tzinfo=None)}
 
 
 class Flusher:
     def __init__(self, svc, consumer, batch=None, claim_idle=None):
         self.redis = svc.redis
         self.engine = svc.engine
-        self.shards = svc.config["CLAIM_SHARDS"]
+        self.keys = svc.keys
         self.consumer = consumer
         self.batch = batch or svc.config["FLUSH_BATCH"]
         idle = svc.config["FLUSH_CLAIM_IDLE"] if claim_idle is None else claim_idle
@@ -48,8 +49,8 @@ class Flusher:
         self._grouped = set()
 
     def streams(self, campaign_ids=None):
-        ids = campaign_ids if campaign_ids is not None else sorted(int(c) for c in self.redis.smembers(ACTIVE))
-        return [s.outbox for c in ids for s in CampaignKeys(c, self.shards).all_shards()]
+        ids = active_campaigns(self.redis) if campaign_ids is None else campaign_ids
+        return [shard.outbox for c in ids for shard in self.keys(c).all_shards()]
 
     def flush(self, campaign_ids=None, until=None, before_ack=None):
         """Flush rounds until the streams are empty or `until` (monotonic) passes; return rows moved.

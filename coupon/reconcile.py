@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 
 from coupon import db
+from coupon.scripts import StoredClaim
 
 
 @dataclass
@@ -42,12 +43,11 @@ class Report:
 
 
 def redis_claims(redis, keys):
-    """All claims of a campaign: {user: (serial, code)}, and the sum of the issued counters."""
+    """All claims of a campaign: {user: StoredClaim}, and the sum of the issued counters."""
     claims, counter = {}, 0
     for shard in keys.all_shards():
         for user, value in redis.hscan_iter(shard.claims, count=1000):
-            serial, code, _ = value.split("|")
-            claims[user] = (int(serial), code)
+            claims[user] = StoredClaim.parse(value)
         counter += int(redis.hget(shard.state, "issued") or 0)
     return claims, counter
 
@@ -60,7 +60,8 @@ def mysql_tickets(engine, campaign_id):
 
 
 def reconcile(redis, engine, keys):
-    claims, counter = redis_claims(redis, keys)
+    stored, counter = redis_claims(redis, keys)
+    claims = {user: (claim.serial, claim.code) for user, claim in stored.items()}
     rows = mysql_tickets(engine, keys.campaign_id)
     report = Report(keys.campaign_id, len(claims), counter, len(rows))
     report.missing_in_mysql = sorted(set(claims) - set(rows))

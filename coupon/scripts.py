@@ -1,14 +1,152 @@
-"""The Lua scripts, one file each in scripts/, registered once per Redis client.
+"""The Lua protocol: the scripts (one file each in scripts/, registered once per Redis client) and
+what their replies and stored values mean. Nothing outside this module indexes a script's reply
+or splits a value a script stored.
 
 redis-py's Script runs EVALSHA and loads the script again after NOSCRIPT (a restarted Redis).
 """
+import enum
 from pathlib import Path
+from typing import NamedTuple
 
 SCRIPT_DIR = Path(__file__).parent / "scripts"
 NAMES = ("claim", "lease", "renew", "give_back", "leader", "resign")
 
 
+class Claim(enum.IntEnum):
+    """What claim.lua answers for one (user, serial, code) triplet."""
+
+    NEW = 1  # a new ticket: claim and outbox entry written together
+    HELD = 2  # the user already held this ticket; the offered serial is unused
+    SERIAL_TAKEN = 3  # the offered serial was claimed before: offer another
+    CLOSED = 4  # the campaign is closed; the offered serial is unused
+    RATE_LIMITED = 5  # the user is over the rate limit; the offered serial is unused
+    NEEDS_SERIAL = 6  # (serial 0: only asking) the user holds no ticket
+
+
+NO_SERIAL = 0  # offered to claim.lua to ask whether the user holds a ticket, and claim nothing
+
+
+class ClaimReply(NamedTuple):
+    outcome: Claim
+    serial: int = 0  # NEW, HELD: the ticket
+    code: str = ""
+    issued_at_ms: int = 0
+
+    @classmethod
+    def decode(cls, raw):
+        """One element of claim.lua's reply: {outcome[, serial, code, issued_at_ms]}."""
+        if len(raw) == 1:
+            return cls(Claim(raw[0]))
+        return cls(Claim(raw[0]), int(raw[1]), raw[2], int(raw[3]))
+
+    @property
+    def ticket(self):
+        return self.outcome in (Claim.NEW, Claim.HELD)
+
+    @property
+    def serial_unused(self):
+        """The serial offered with this claim is free for another request."""
+        return self.outcome in (Claim.HELD, Claim.CLOSED, Claim.RATE_LIMITED)
+
+
+class StoredClaim(NamedTuple):
+    """A claim as claim.lua stores it in a shard's claims hash: "serial|code|issued_at_ms"."""
+
+    serial: int
+    code: str
+    issued_at_ms: int
+
+    @classmethod
+    def parse(cls, value):
+        serial, code, issued_at_ms = value.split("|")
+        return cls(int(serial), code, int(issued_at_ms))
+
+
+class OutboxEntry(NamedTuple):
+    """An entry claim.lua appends to a shard's outbox stream, with the same claim. Its fields:
+    c campaign id, u user id, s serial, k code, t issued at (epoch ms)."""
+
+    campaign_id: int
+    user_id: str
+    serial: int
+    code: str
+    issued_at_ms: int
+
+    @classmethod
+    def decode(cls, fields):
+        return cls(int(fields["c"]), fields["u"], int(fields["s"]), fields["k"], int(fields["t"]))
+
+
+class Lease(enum.IntEnum):
+    """What lease.lua answers first."""
+
+    LEASED = 1
+    SOLD_OUT = 0
+    UNKNOWN = -1  # Redis does not hold the campaign (released after close, or lost)
+    NOT_OPEN = -2
+    CLOSED = -3
+
+
+class LeaseReply(NamedTuple):
+    outcome: Lease
+    serials: tuple = ()  # LEASED: the serials, in the order to hand them out
+    tail: bool = False  # LEASED: of the last SINGLE_LEASE_TAIL, only for the requests waiting now
+    others_hold: bool = False  # SOLD_OUT: other workers still hold serials (asked to give back)
+
+    @classmethod
+    def decode(cls, raw):
+        outcome = Lease(raw[0])
+        if outcome is Lease.LEASED:
+            start, end, tail, *returned = raw[1:]
+            return cls(outcome, (*range(start, end + 1), *returned), bool(tail))
+        if outcome is Lease.SOLD_OUT:
+            return cls(outcome, others_hold=bool(raw[1]))
+        return cls(outcome)
+
+
+def decode_serials(encoded):
+    """'1-5,9,12' -> [1, 2, 3, 4, 5, 9, 12] (the format lease.lua records a lease's serials in)."""
+    serials = []
+    for part in filter(None, encoded.split(",")):
+        start, _, end = part.partition("-")
+        serials.extend(range(int(start), int(end or start) + 1))
+    return serials
+
+
 class Scripts:
+    """The scripts of one Redis client, each behind a thin wrapper that names its reply."""
+
     def __init__(self, redis):
+        self.redis = redis
         for name in NAMES:
-            setattr(self, name, redis.register_script((SCRIPT_DIR / f"{name}.lua").read_text()))
+            source = (SCRIPT_DIR / f"{name}.lua").read_text()
+            setattr(self, f"_{name}", redis.register_script(source))
+
+    @property
+    def claim(self):
+        """claim.lua itself: the claims module sends it pipelined, per shard (claims.ClaimSender)."""
+        return self._claim
+
+    def lease(self, keys, lease_id, most, ttl_ms, tail, waiting):
+        """Lease up to `most` serials for `ttl_ms`; see lease.lua."""
+        raw = self._lease(keys=keys.home_keys(), args=[lease_id, most, ttl_ms, tail, waiting])
+        return LeaseReply.decode(raw)
+
+    def renew(self, keys, ttl_ms, lease_id):
+        """Extend a lease; False if it had expired or was reclaimed (its serials are gone)."""
+        (renewed,) = self._renew(keys=[keys.leases], args=[ttl_ms, lease_id])
+        return renewed == 1
+
+    def give_back(self, keys, lease_id, serials):
+        """Give a lease's unused serials back and end it; None if it was already settled."""
+        given = self._give_back(keys=[keys.leases, keys.lease_serials, keys.returned],
+                                args=[lease_id, *serials])
+        return None if given < 0 else given
+
+    def lead(self, key, ident, ttl_ms):
+        """Take or keep the scheduler's leader lease; True if `ident` leads now."""
+        return self._leader(keys=[key], args=[ident, ttl_ms]) == 1
+
+    def resign(self, key, ident):
+        """Give up the leader lease if `ident` holds it."""
+        return self._resign(keys=[key], args=[ident]) == 1

@@ -8,11 +8,11 @@ from itsdangerous import BadData, URLSafeSerializer
 
 from coupon.errors import BadRequest, Unauthorized
 
-USER_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
+USER_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
 
 
 def check_user_id(user_id):
-    if not isinstance(user_id, str) or not USER_ID.match(user_id):
+    if not isinstance(user_id, str) or not USER_ID.fullmatch(user_id):
         raise BadRequest("user id must be 1-64 characters of A-Z a-z 0-9 _ . : @ -")
     return user_id
 
@@ -50,7 +50,7 @@ class Signer:
             raise Unauthorized("the token is not valid") from None
         if not isinstance(expires, int) or expires < time.time():
             raise Unauthorized("the token has expired")
-        if not isinstance(user_id, str) or not USER_ID.match(user_id):
+        if not isinstance(user_id, str) or not USER_ID.fullmatch(user_id):
             raise Unauthorized("the token is not valid")
         if len(self._verified) >= self.VERIFIED_MAX:
             self._verified.clear()  # the simplest bound: the next requests verify again

@@ -21,16 +21,19 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from redis import Redis  # noqa: E402
+
+from coupon import campaigns as ops, create_app  # noqa: E402
+from loadtest.run import scrape  # noqa: E402
+from tests.support import Gunicorn, fresh_database, open_campaign, service_env, users  # noqa: E402
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/coupon_bench")
@@ -50,65 +53,27 @@ def need_wrk():
         sys.exit("wrk is needed: sudo apt-get install wrk")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def prepare(database_url, redis_url):
+    """Empty the Redis db, make the database anew; return the service (in this process) and
+    the environment of the servers to start."""
+    Redis.from_url(redis_url).flushdb()
+    fresh_database(database_url)
+    app = create_app(dict(SECRET_KEY=SECRET, DATABASE_URL=database_url, REDIS_URL=redis_url))
+    return app.extensions["coupon"], service_env(database_url, redis_url, SECRET_KEY=SECRET)
 
 
-def http_get(url, timeout=5):
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return resp.status, resp.read().decode()
+def start_server(env, app, log_name):
+    """The product's gunicorn (-w 2) serving `app`, logging to reports/<log_name>.log; its
+    /metrics counts its own requests only."""
+    log_path = os.path.join(ROOT, "reports", f"{log_name}.log")
+    return Gunicorn(env, app=app, log_path=log_path, private_metrics=True)
 
 
-class Server:
-    """A gunicorn master with the product's config on a free loopback port, stopped by pid."""
-
-    def __init__(self, module, env, log_path):
-        self.module = module
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.metrics_dir = tempfile.mkdtemp(prefix="bench-prom-")
-        env = dict(env, BIND=f"127.0.0.1:{self.port}", WEB_WORKERS="2", LOG_LEVEL="warning",
-                   PROMETHEUS_MULTIPROC_DIR=self.metrics_dir)
-        self.log = open(log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
-             "--no-control-socket", module],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn {module} exited; see {log_path}")
-            try:
-                if http_get(self.url + "/healthz")[0] == 200:
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"gunicorn {module} did not come up; see {log_path}")
-            time.sleep(0.1)
-
-    def outcomes(self):
-        """Issue outcomes counted by the server so far ({} for the ceilings: no /metrics)."""
-        from loadtest.run import scrape
-
-        if self.module != "app:app":
-            return {}
-        return {code: int(n) for code, n in scrape(self.url, "coupon_issue_total", "outcome").items()}
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+def outcomes(server):
+    """Issue outcomes counted by the server so far ({} for the ceilings: no /metrics)."""
+    if server.app != "app:app":
+        return {}
+    return {code: int(n) for code, n in scrape(server.url, "coupon_issue_total", "outcome").items()}
 
 
 def wrk(url, path, tokens_file, seconds, connections):
@@ -123,24 +88,11 @@ def wrk(url, path, tokens_file, seconds, connections):
 
 
 def write_tokens(signer, prefix, count, folder):
+    """A token file for wrk (loadtest/tokens.lua): users <prefix>0.., one token a line."""
     path = os.path.join(folder, f"{prefix}.tokens")
     with open(path, "w") as f:
-        for i in range(count):
-            f.write(signer.mint(f"{prefix}{i}", 6 * 3600) + "\n")
+        f.writelines(token + "\n" for _, token in users(signer, count, prefix, ttl=6 * 3600))
     return path
-
-
-def fresh_database():
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    url = make_url(DATABASE_URL)
-    if url.get_backend_name() != "sqlite":
-        server = create_engine(url.set(database=""))
-        with server.begin() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS `{url.database}`"))
-            conn.execute(text(f"CREATE DATABASE `{url.database}` CHARACTER SET utf8mb4"))
-        server.dispose()
 
 
 def machine():
@@ -164,27 +116,9 @@ def delta(after, before):
 
 
 def run(seconds, connections, only="abcde"):
-    from redis import Redis
-
-    from coupon import campaigns as ops, create_app
-    from coupon.db import init_db
-    from coupon.keys import CampaignKeys
-
     need_wrk()
     os.makedirs(os.path.join(ROOT, "reports"), exist_ok=True)
-    Redis.from_url(REDIS_URL).flushdb()
-    fresh_database()
-    app = create_app(dict(SECRET_KEY=SECRET, DATABASE_URL=DATABASE_URL, REDIS_URL=REDIS_URL))
-    svc = app.extensions["coupon"]
-    init_db(svc.engine)
-    env = dict(os.environ, DATABASE_URL=DATABASE_URL, REDIS_URL=REDIS_URL, SECRET_KEY=SECRET,
-               COUPON_SETTINGS=os.path.join(ROOT, "loadtest", "no-settings-file.py"), PYTHONPATH=ROOT)
-
-    def campaign(stock, name):
-        campaign_id = ops.create_campaign(svc, name, stock)
-        ops.open_campaign(svc, campaign_id)
-        return campaign_id
-
+    svc, env = prepare(DATABASE_URL, REDIS_URL)
     # enough distinct users that (b) never wraps around at this machine's speed
     new_users = max(60_000, 8_000 * seconds)
     tmp = tempfile.mkdtemp(prefix="bench-")
@@ -193,8 +127,8 @@ def run(seconds, connections, only="abcde"):
     try:
         tokens = {name: write_tokens(svc.signer, name, count, tmp) for name, count in
                   (("warm", 20_000), ("new", new_users), ("soldout", 20_000), ("flood", 20_000))}
-        ids = {"b": campaign(2_000_000, "bench new tickets"), "c": campaign(1, "bench sold out"),
-               "d": campaign(1000, "bench flood")}
+        ids = {"b": open_campaign(svc, 2_000_000, "bench new tickets"),
+               "c": open_campaign(svc, 1, "bench sold out"), "d": open_campaign(svc, 1000, "bench flood")}
         phases = [
             ("a", "ceiling: bare Flask endpoint", "loadtest.ceiling_app:app", "/api/v1/campaigns/1/issue", "warm", "new"),
             ("b", "new tickets (too large to sell out)", "app:app", f"/api/v1/campaigns/{ids['b']}/issue", "warm", "new"),
@@ -202,29 +136,27 @@ def run(seconds, connections, only="abcde"):
             ("d", "flood: 1000 coupons, 20,000 users", "app:app", f"/api/v1/campaigns/{ids['d']}/issue", None, "flood"),
             ("e", "ceiling without Flask: bare WSGI", "loadtest.ceiling_app:bare", "/api/v1/campaigns/1/issue", "warm", "new"),
         ]
-        for key, title, module, path, warm, users in phases:
+        for key, title, module, path, warm, measured in phases:
             if key not in only:
                 continue
-            if server is None or server.module != module:
+            if server is None or server.app != module:
                 if server:
                     server.stop()
-                log = os.path.join(ROOT, "reports", f"bench-{module.split('.')[-1].split(':')[0]}.log")
-                server = Server(module, env, log)
+                server = start_server(env, module, f"bench-{module.split('.')[-1].split(':')[0]}")
             if warm:  # the first requests load state and fill pools; not measured
                 wrk(server.url, path, tokens[warm], 2, connections)
             print(f"({key}) {title}: {seconds} s, {connections} connections ...", flush=True)
-            before = server.outcomes()
-            r = wrk(server.url, path, tokens[users], seconds, connections)
+            before = outcomes(server)
+            r = wrk(server.url, path, tokens[measured], seconds, connections)
             time.sleep(0.5)  # answers in flight when wrk stopped reach the counters
-            r["outcomes"] = delta(server.outcomes(), before)
+            r["outcomes"] = delta(outcomes(server), before)
             r["title"] = title
             if module == "app:app":
                 r["other_answers"] = sum(v for k, v in r["outcomes"].items() if k not in ACCEPTED)
             results[key] = r
         for key in "bd":
             if key in results:
-                keys = CampaignKeys(ids[key], svc.config["CLAIM_SHARDS"])
-                results[key]["issued"] = ops.issued_in_redis(svc, keys)
+                results[key]["issued"] = ops.issued_in_redis(svc, ids[key])
     finally:  # stopped by pid even when a phase fails
         if server:
             server.stop()

@@ -13,13 +13,16 @@ Uses Redis db 11 and the MariaDB database `coupon_flushbench` (made anew); stops
 """
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 
+from redis import Redis
+
+from coupon import campaigns as ops
+from coupon.outbox import Flusher, outbox_stats
 from loadtest import bench
+from tests.support import Scheduler, open_campaign
 
 ROOT = bench.ROOT
 REDIS_URL = os.environ.get("FLUSH_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
@@ -29,9 +32,7 @@ DATABASE_URL = os.environ.get("FLUSH_BENCH_DATABASE_URL",
 
 def fill_outbox(svc, campaign_id, rows):
     """Claim serials 1..rows for users u1..: the same script and entries as real issuing."""
-    from coupon.keys import CampaignKeys
-
-    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    keys = svc.keys(campaign_id)
     per_shard = {}
     for serial in range(1, rows + 1):
         user = f"u{serial}"
@@ -45,11 +46,8 @@ def fill_outbox(svc, campaign_id, rows):
             svc.scripts.claim(keys=[*shard.all(), shard.rate(0)], args=args)
 
 
-def flush_rate(svc, ops, rows):
-    from coupon.outbox import Flusher
-
-    campaign_id = ops.create_campaign(svc, "flush rate", rows)
-    ops.open_campaign(svc, campaign_id)
+def flush_rate(svc, rows):
+    campaign_id = open_campaign(svc, rows, "flush rate")
     fill_outbox(svc, campaign_id, rows)
     started = time.perf_counter()
     moved = Flusher(svc, "bench").flush([campaign_id])
@@ -58,19 +56,13 @@ def flush_rate(svc, ops, rows):
     return {"rows": moved, "seconds": seconds, "rows_per_s": moved / seconds}
 
 
-def flush_lag(svc, ops, env, stock, seconds):
-    from coupon.keys import CampaignKeys
-    from coupon.outbox import outbox_stats
-
-    campaign_id = ops.create_campaign(svc, "flush lag", stock)
-    ops.open_campaign(svc, campaign_id)
-    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+def flush_lag(svc, env, stock, seconds):
+    campaign_id = open_campaign(svc, stock, "flush lag")
+    keys = svc.keys(campaign_id)
     tmp = tempfile.mkdtemp(prefix="flushbench-")
     tokens = bench.write_tokens(svc.signer, "lag", stock + 20_000, tmp)
-    server = bench.Server("app:app", env, os.path.join(ROOT, "reports", "flush-bench-web.log"))
-    jobs_log = open(os.path.join(ROOT, "reports", "flush-bench-jobs.log"), "w")
-    jobs = subprocess.Popen([sys.executable, "-m", "flask", "jobs", "run"], cwd=ROOT,
-                            env=dict(env, FLASK_APP="app.py"), stdout=jobs_log, stderr=subprocess.STDOUT)
+    server = bench.start_server(env, "app:app", "flush-bench-web")
+    jobs = Scheduler(env, log_path=os.path.join(ROOT, "reports", "flush-bench-jobs.log"))
     samples, done = [], threading.Event()
 
     def sample():
@@ -92,9 +84,7 @@ def flush_lag(svc, ops, env, stock, seconds):
         if sampler.is_alive():
             sampler.join()
         server.stop()
-        jobs.terminate()
-        jobs.wait(30)
-        jobs_log.close()
+        jobs.stop(30)
     issued = ops.issued_in_redis(svc, keys)
     return {"rps": result["rps"], "issued": issued, "max_backlog": max(b for b, _ in samples),
             "max_lag_s": max(lag for _, lag in samples), "drained_after_s": drained_after,
@@ -108,24 +98,12 @@ def main():
     parser.add_argument("--duration", type=int, default=10)
     args = parser.parse_args()
 
-    from redis import Redis
-
-    from coupon import campaigns as ops, create_app
-    from coupon.db import init_db
-
     bench.need_wrk()
     os.makedirs(os.path.join(ROOT, "reports"), exist_ok=True)
-    Redis.from_url(REDIS_URL).flushdb()
-    bench.DATABASE_URL = DATABASE_URL
-    bench.fresh_database()
-    app = create_app(dict(SECRET_KEY=bench.SECRET, DATABASE_URL=DATABASE_URL, REDIS_URL=REDIS_URL))
-    svc = app.extensions["coupon"]
-    init_db(svc.engine)
-    env = dict(os.environ, DATABASE_URL=DATABASE_URL, REDIS_URL=REDIS_URL, SECRET_KEY=bench.SECRET,
-               COUPON_SETTINGS=os.path.join(ROOT, "loadtest", "no-settings-file.py"), PYTHONPATH=ROOT)
-    rate = flush_rate(svc, ops, args.rows)
+    svc, env = bench.prepare(DATABASE_URL, REDIS_URL)
+    rate = flush_rate(svc, args.rows)
     print(f"(1) flush rate: {rate['rows']} rows in {rate['seconds']:.2f} s = {rate['rows_per_s']:,.0f} rows/s")
-    lag = flush_lag(svc, ops, env, args.stock, args.duration)
+    lag = flush_lag(svc, env, args.stock, args.duration)
     print(f"(2) during a flood of {lag['rps']:,.0f} req/s ({lag['issued']} issued): max backlog "
           f"{lag['max_backlog']}, max flush lag {lag['max_lag_s']:.2f} s, drained "
           f"{lag['drained_after_s']:.2f} s after the flood ended")

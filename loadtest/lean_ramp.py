@@ -22,9 +22,9 @@ from collections import Counter  # noqa: E402
 import gevent  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from coupon import campaigns as ops, create_app  # noqa: E402
-from coupon.errors import CouponError  # noqa: E402
-from loadtest.run import RAMP_SHARES  # noqa: E402
+from coupon import create_app  # noqa: E402
+from loadtest.run import RAMP_SHARES, close  # noqa: E402
+from tests.support import open_campaign  # noqa: E402
 
 
 def schedule(users, duration):
@@ -71,8 +71,7 @@ def main():
     args = p.parse_args()
     svc = create_app().extensions["coupon"]
     stock = args.stock or max(1, args.users // 2)
-    campaign_id = ops.create_campaign(svc, "lean ramp", stock)
-    ops.open_campaign(svc, campaign_id)
+    campaign_id = open_campaign(svc, stock, "lean ramp")
     host, port = args.host.rsplit(":", 1)
     took, answers = [], Counter()
     began = time.monotonic()
@@ -96,10 +95,7 @@ def main():
         times = schedule(args.users, args.duration)
         gevent.joinall([gevent.spawn(user, k, *t) for k, t in enumerate(times)], raise_error=True)
     finally:
-        try:
-            closed = "; ".join(ops.close_campaign(svc, campaign_id).lines())
-        except CouponError as e:
-            closed = f"close failed: {e.code}: {e.message}"
+        closed = close(svc, campaign_id, said="")
     took.sort()
     n = len(took)
     ms = {q: took[min(n - 1, int(n * q))] * 1000 for q in (0.5, 0.95, 0.99)}

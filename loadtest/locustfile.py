@@ -19,6 +19,7 @@ Environment: CAMPAIGN_ID (required), SCENARIO, PEAK_USERS, RAMP_STAGE (seconds a
 USER_PREFIX (user ids, default lt-), TIMELINE_DIR.
 """
 import csv
+import functools
 import gc
 import itertools
 import json
@@ -42,8 +43,6 @@ RAMP_STAGE = float(os.environ.get("RAMP_STAGE", "10"))
 USER_PREFIX = os.environ.get("USER_PREFIX", "lt-")
 TIMELINE_DIR = os.environ.get("TIMELINE_DIR")
 
-_config = Config.load()
-_signer = Signer(_config["SECRET_KEY"], _config["TOKEN_TTL"])
 _numbers = itertools.count(1)
 _timeline = []  # (received at, user id, outcome, serial): appended in memory, written at the end
 
@@ -58,7 +57,7 @@ class CouponUser(FastHttpUser):
     def next_user(self):
         # the pid keeps users of several locust processes apart; minting costs ~10 us
         self.user_id = f"{USER_PREFIX}{os.getpid()}-{next(_numbers)}"
-        self.headers = {"Authorization": "Bearer " + _signer.mint(self.user_id, 6 * 3600)}
+        self.headers = {"Authorization": "Bearer " + signer().mint(self.user_id, 6 * 3600)}
 
     @task
     def issue(self):
@@ -95,6 +94,13 @@ if SCENARIO == "ramp":
                     return target, max(1.0, abs(target - users) / (end - start))
                 start, users = end, target
             return None
+
+
+@functools.cache
+def signer():
+    """The service's Signer (its SECRET_KEY signs the tokens), made at the first use, not at import."""
+    config = Config.load()
+    return Signer(config["SECRET_KEY"], config["TOKEN_TTL"])
 
 
 @events.test_start.add_listener

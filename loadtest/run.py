@@ -26,7 +26,8 @@ from sqlalchemy import select  # noqa: E402
 
 from coupon import campaigns as ops, create_app, db  # noqa: E402
 from coupon.errors import CouponError  # noqa: E402
-from coupon.keys import CampaignKeys  # noqa: E402
+from coupon.reconcile import redis_claims  # noqa: E402
+from tests.support import open_campaign  # noqa: E402
 
 # the second post's k6 stages: users at the end of each, as a share of the peak (equal lengths)
 RAMP_SHARES = (1 / 6, 1, 1, 0)
@@ -100,16 +101,6 @@ def locust_totals(name):
         return next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
 
 
-def redis_claims(svc, campaign_id):
-    """user id -> serial, as the claim shards hold them (before close releases the keys)."""
-    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
-    claims = {}
-    for shard in keys.all_shards():
-        for user, held in svc.redis.hgetall(shard.claims).items():
-            claims[user] = int(held.split("|")[0])
-    return claims
-
-
 def database_tickets(svc, campaign_id):
     with svc.engine.connect() as conn:
         rows = conn.execute(select(db.coupons.c.user_id, db.coupons.c.serial)
@@ -117,13 +108,13 @@ def database_tickets(svc, campaign_id):
     return rows
 
 
-def close(svc, campaign_id):
+def close(svc, campaign_id, said="closed: "):
     """Close the campaign (stop, drain, reconcile, release) and say what happened."""
     try:
         report = ops.close_campaign(svc, campaign_id)
     except CouponError as e:
         return f"close failed: {e.code}: {e.message}"
-    return "closed: " + "; ".join(report.lines())
+    return said + "; ".join(report.lines())
 
 
 def check(stock, timeline, claims, rows):
@@ -222,14 +213,14 @@ def main():
     app = create_app()
     svc = app.extensions["coupon"]
     name = f"{args.scenario}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    campaign_id = ops.create_campaign(svc, f"loadtest {name}", args.stock)
-    ops.open_campaign(svc, campaign_id)
+    campaign_id = open_campaign(svc, args.stock, f"loadtest {name}")
     timeline_dir = os.path.join("reports", f"{name}-timeline")
     latency_before = server_latency(args.host)
     try:
         run_locust(args, campaign_id, name, timeline_dir)
         time.sleep(0.5)  # let answers in flight land before the set is read
-        claims = redis_claims(svc, campaign_id)
+        claims = {user: claim.serial for user, claim in
+                  redis_claims(svc.redis, svc.keys(campaign_id))[0].items()}
         server = server_line(latency_before, server_latency(args.host))
     finally:
         closed = close(svc, campaign_id)

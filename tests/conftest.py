@@ -4,13 +4,10 @@ import os
 
 import pytest
 import redis
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from coupon import create_app
-from coupon.db import init_db, make_engine
 from coupon.signing import Signer
-from tests.support import SECRET, Gunicorn, Scheduler, service_env
+from tests.support import SECRET, Gunicorn, Scheduler, app_config, fresh_database, service_env
 
 MYSQL_URL = os.environ.get("TEST_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/coupon_test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -19,15 +16,7 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 @pytest.fixture(scope="session")
 def mysql_url():
     """Create the suite's own database (dropped and made anew each run) with the tables."""
-    url = make_url(MYSQL_URL)
-    server = create_engine(url.set(database=""))
-    with server.begin() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS `{url.database}`"))
-        conn.execute(text(f"CREATE DATABASE `{url.database}` CHARACTER SET utf8mb4"))
-    server.dispose()
-    engine = make_engine(MYSQL_URL)
-    init_db(engine)
-    engine.dispose()
+    fresh_database(MYSQL_URL)
     return MYSQL_URL
 
 
@@ -45,12 +34,6 @@ def redis_client(redis_url):
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()
-
-
-def app_config(database_url, redis_url, **extra):
-    return dict(
-        TESTING=True, SECRET_KEY=SECRET, DATABASE_URL=database_url, REDIS_URL=redis_url, **extra
-    )
 
 
 @pytest.fixture

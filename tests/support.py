@@ -1,19 +1,30 @@
-"""Helpers the tests share: real servers on free ports, real concurrent clients."""
+"""The harness the tests and loadtest/ share: real servers on free ports, real concurrent
+clients, a fresh database, campaigns and users, and the checks more than one test makes."""
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from coupon import campaigns as ops
+from coupon.db import init_db, make_engine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET = "test-secret-not-for-production"
+# the scheduler's jobs at a pace a test can wait for
+FAST_JOBS = dict(FLUSH_INTERVAL=0.2, STOCK_SYNC_INTERVAL=0.5, LIFECYCLE_INTERVAL=0.5,
+                 RECLAIM_INTERVAL=0.5, SCHEDULER_LEASE=2, FLUSH_CLAIM_IDLE=1)
 
 
 def free_port():
@@ -38,7 +49,17 @@ def wait_until(check, timeout=20.0, interval=0.05, what="condition"):
         time.sleep(interval)
 
 
+def app_config(database_url, redis_url, **extra):
+    """The settings of an app made in this process (create_app)."""
+    return dict(
+        TESTING=True, SECRET_KEY=SECRET, DATABASE_URL=database_url, REDIS_URL=redis_url, **extra
+    )
+
+
 def service_env(database_url, redis_url, **extra):
+    """The environment of a service process (gunicorn, `flask jobs run`); extra overrides any
+    setting, SECRET_KEY too. The settings file named does not exist: instance/settings.py is
+    not read."""
     env = dict(os.environ)
     env.update(
         DATABASE_URL=database_url, REDIS_URL=redis_url, SECRET_KEY=SECRET,
@@ -60,22 +81,45 @@ def terminate(proc, timeout):
             proc.wait()
 
 
-class Gunicorn:
-    """A real `gunicorn -k gevent app:app` master on a free loopback port."""
+class ChildProcess:
+    """A process a test started (self.proc, logging to self.log), stopped by its pid."""
 
-    def __init__(self, env, workers=2, **settings):
+    stop_timeout = 20  # seconds between SIGTERM and kill
+
+    def kill(self):
+        """Die at once (kill -9), without a chance to clean up."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self, timeout=None):
+        terminate(self.proc, timeout or self.stop_timeout)
+        self.log.close()
+
+
+class Gunicorn(ChildProcess):
+    """A real gunicorn master with the product's config (-k gevent) serving `app` on a free
+    loopback port, ready once /healthz answers. It logs to `log_path` (default
+    instance/gunicorn-<port>.log); with private_metrics, its PROMETHEUS_MULTIPROC_DIR is a fresh
+    temporary folder, removed on stop, so that /metrics counts this server's requests only."""
+
+    def __init__(self, env, workers=2, app="app:app", log_path=None, private_metrics=False, **settings):
+        self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(env, BIND=f"127.0.0.1:{self.port}", WEB_WORKERS=str(workers), LOG_LEVEL="warning")
+        self.metrics_dir = tempfile.mkdtemp(prefix="gunicorn-prom-") if private_metrics else None
+        if self.metrics_dir:
+            env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         env.update({k: str(v) for k, v in settings.items()})
-        self.log = open(os.path.join(ROOT, "instance", f"gunicorn-{self.port}.log"), "w+")
+        self.log_path = log_path or os.path.join(ROOT, "instance", f"gunicorn-{self.port}.log")
+        self.log = open(self.log_path, "w+")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
-             "--no-control-socket", "app:app"],
+             "--no-control-socket", app],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
         try:
-            wait_until(self._healthy, timeout=30, what="gunicorn to answer /healthz")
+            wait_until(self._healthy, timeout=30, what=f"gunicorn {app} to answer /healthz")
         except BaseException:
             self.stop()
             raise
@@ -83,7 +127,7 @@ class Gunicorn:
     def _healthy(self):
         if self.proc.poll() is not None:
             self.log.seek(0)
-            raise RuntimeError("gunicorn exited:\n" + self.log.read())
+            raise RuntimeError(f"gunicorn {self.app} exited ({self.log_path}):\n" + self.log.read())
         return get(self.url, "/healthz")[0] == 200
 
     def worker_pids(self):
@@ -91,17 +135,21 @@ class Gunicorn:
                              capture_output=True, text=True).stdout
         return [int(p) for p in out.split()]
 
-    def stop(self, timeout=30):
-        terminate(self.proc, timeout)
-        self.log.close()
+    stop_timeout = 30
+
+    def stop(self, timeout=None):
+        super().stop(timeout)
+        if self.metrics_dir:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
 
-class Scheduler:
-    """A real `flask jobs run` process (the APScheduler leader or a standby)."""
+class Scheduler(ChildProcess):
+    """A real `flask jobs run` process (the APScheduler leader or a standby), logging to
+    `log_path` (default instance/jobs-<ns>.log)."""
 
-    def __init__(self, env, **settings):
+    def __init__(self, env, log_path=None, **settings):
         env = dict(env, FLASK_APP="app.py", **{k: str(v) for k, v in settings.items()})
-        self.log_path = os.path.join(ROOT, "instance", f"jobs-{time.time_ns()}.log")
+        self.log_path = log_path or os.path.join(ROOT, "instance", f"jobs-{time.time_ns()}.log")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "flask", "jobs", "run"], cwd=ROOT, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
@@ -109,15 +157,6 @@ class Scheduler:
     def output(self):
         with open(self.log_path) as f:
             return f.read()
-
-    def kill(self):
-        """Die without a chance to clean up (kill -9)."""
-        self.proc.kill()
-        self.proc.wait()
-
-    def stop(self, timeout=20):
-        terminate(self.proc, timeout)
-        self.log.close()
 
 
 def request(base_url, method, path, token=None, body=None, headers=None, timeout=30):
@@ -166,9 +205,74 @@ def issue_call(base_url, campaign_id, user_id, token):
     return call
 
 
-class RedisServer:
+def fresh_database(database_url):
+    """Drop and create the database of `database_url` (a SQLite file is only added to), with
+    the tables."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite":
+        server = create_engine(url.set(database=""))
+        with server.begin() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{url.database}`"))
+            conn.execute(text(f"CREATE DATABASE `{url.database}` CHARACTER SET utf8mb4"))
+        server.dispose()
+    engine = make_engine(database_url)
+    init_db(engine)
+    engine.dispose()
+
+
+def issue_directly(svc, campaign_id, user_id):
+    """Issue through this process's Issuer, as a worker would (no HTTP): the ticket."""
+    return svc.issuer.issue(svc.issuer.admit(campaign_id), user_id)
+
+
+def open_campaign(svc, stock, name="flood"):
+    """Create a campaign of `stock` coupons and open it; return its id."""
+    campaign_id = ops.create_campaign(svc, name, stock)
+    ops.open_campaign(svc, campaign_id)
+    return campaign_id
+
+
+def users(signer, count, prefix="u", ttl=None):
+    """[(user id, bearer token)] of users <prefix>0 .. <prefix><count - 1>."""
+    return [(f"{prefix}{i}", signer.mint(f"{prefix}{i}", ttl)) for i in range(count)]
+
+
+def assert_exact_tickets(results, signer, campaign_id, stock):
+    """201s are one per user with distinct serials in 1..stock and valid codes; return them."""
+    new = [body for _, status, body in results if status == 201]
+    assert len({t["user_id"] for t in new}) == len(new)
+    assert len({t["serial"] for t in new}) == len(new)
+    assert all(1 <= t["serial"] <= stock for t in new)
+    assert all(t["code"] == signer.ticket_code(campaign_id, t["serial"]) for t in new)
+    return new
+
+
+def answered(results):
+    """{user: (serial, code)} of every 2xx answer."""
+    return {u: (b["serial"], b["code"]) for u, status, b in results if status in (200, 201)}
+
+
+def issue(client, campaign_id, token=None, **kwargs):
+    """POST .../issue through a Flask test client."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return client.post(f"/api/v1/campaigns/{campaign_id}/issue", headers=headers, **kwargs)
+
+
+def assert_error(response, status, code):
+    """A Flask test client response is the JSON error `code` with `status`, and no trace."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.is_json
+    assert response.json["error"]["code"] == code
+    assert response.json["error"]["message"]
+    assert "Traceback" not in response.get_data(as_text=True)
+
+
+class RedisServer(ChildProcess):
     """A private `redis-server` on a free loopback port, logging every write to an append-only
-    file in `folder` (fsync per `appendfsync`), so that it can be killed and started again."""
+    file in `folder` (fsync per `appendfsync`), so that it can be killed (what is not in the
+    append-only file is lost) and started again."""
+
+    stop_timeout = 10
 
     def __init__(self, folder, appendfsync="always"):
         self.folder = str(folder)
@@ -188,16 +292,6 @@ class RedisServer:
             wait_until(client.ping, timeout=10, what="redis-server to answer PING")
         finally:
             client.close()
-
-    def kill(self):
-        """Die at once (kill -9): what is not in the append-only file is lost."""
-        self.proc.kill()
-        self.proc.wait()
-
-    def stop(self, timeout=10):
-        terminate(self.proc, timeout)
-        self.log.close()
-
 
 class TcpProxy:
     """A loopback TCP forwarder to `upstream` that a test can cut (listener and every connection

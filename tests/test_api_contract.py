@@ -5,30 +5,13 @@ import pytest
 
 from coupon import campaigns as ops
 from coupon import create_app
-from coupon.keys import CampaignKeys
 from coupon.signing import Signer
-from tests.conftest import app_config
-from tests.support import free_port
-
-
-def issue(client, campaign_id, token=None, **kwargs):
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return client.post(f"/api/v1/campaigns/{campaign_id}/issue", headers=headers, **kwargs)
-
-
-def assert_error(response, status, code):
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.is_json
-    assert response.json["error"]["code"] == code
-    assert response.json["error"]["message"]
-    assert "Traceback" not in response.get_data(as_text=True)
+from tests.support import app_config, assert_error, free_port, issue, open_campaign
 
 
 @pytest.fixture
 def open_id(svc):
-    campaign_id = ops.create_campaign(svc, "contract", 2)
-    ops.open_campaign(svc, campaign_id)
-    return campaign_id
+    return open_campaign(svc, 2, "contract")
 
 
 def test_issue_then_repeat_then_ticket(client, signer, open_id):
@@ -156,7 +139,7 @@ def test_status_and_health(client, open_id):
 
 def test_create_clears_stale_redis_state(svc, redis_client):
     campaign_id = ops.create_campaign(svc, "x", 5)
-    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    keys = svc.keys(campaign_id)
     assert redis_client.hget(keys.meta, "cursor") == "0"
 
 

@@ -5,19 +5,15 @@ import time
 import pytest
 from itsdangerous import URLSafeSerializer
 
-from coupon import campaigns as ops
 from coupon.signing import Signer
-from tests.support import SECRET
-from tests.test_api_contract import assert_error, issue
+from tests.support import SECRET, assert_error, issue, open_campaign
 
 CAMPAIGN_TAG = re.compile(r"\{c:(\d+)")
 
 
 @pytest.fixture
 def open_id(svc):
-    campaign_id = ops.create_campaign(svc, "bad input", 5)
-    ops.open_campaign(svc, campaign_id)
-    return campaign_id
+    return open_campaign(svc, 5, "bad input")
 
 
 def redis_snapshot(redis_client):

@@ -6,8 +6,7 @@ import pytest
 from config.settings import DEV_SECRET_KEY
 from coupon import create_app
 from coupon.signing import Signer
-from tests.conftest import app_config
-from tests.support import SECRET
+from tests.support import SECRET, app_config
 
 
 def test_db_init_is_idempotent(runner):
@@ -60,7 +59,11 @@ def test_tokens(runner):
     assert len({uid for uid, _ in pairs}) == 12
     assert all(signer.user_of(token) == uid and uid.startswith("load-") for uid, token in pairs)
     assert runner.invoke(args=["token", "bad id!"]).exit_code == 1
-    assert runner.invoke(args=["token", "bulk"]).exit_code == 2
+    assert runner.invoke(args=["token", "bulk"]).exit_code == 2  # bulk needs --count
+    ignored = runner.invoke(args=["token", "alice", "--count", "3"])  # one token takes no --count
+    assert ignored.exit_code == 2 and "--count" in ignored.output
+    for name in ("bulk", "mint"):  # users called like a subcommand get theirs with `mint`
+        assert signer.user_of(runner.invoke(args=["token", "mint", name]).output.strip()) == name
 
 
 def test_production_refuses_the_development_secret(mysql_url, redis_url):

@@ -20,14 +20,13 @@ from sqlalchemy.engine import make_url
 
 from coupon import campaigns as ops
 from coupon import create_app, db
-from coupon.keys import SCHEDULER_LEADER, CampaignKeys
+from coupon.jobs.reclaim import claimed_serials
+from coupon.keys import SCHEDULER_LEADER
 from coupon.outbox import GROUP, outbox_stats
-from coupon.reconcile import mysql_tickets
-from jobs.reclaim import claimed_serials, decode_serials
-from tests.conftest import app_config
-from tests.support import Gunicorn, RedisServer, Scheduler, TcpProxy, flood, request, service_env, wait_until
-from tests.test_issue_flood import open_campaign
-from tests.test_jobs import FAST_JOBS
+from coupon.reconcile import mysql_tickets, redis_claims
+from coupon.scripts import decode_serials
+from tests.support import (FAST_JOBS, Gunicorn, RedisServer, Scheduler, TcpProxy, app_config, flood,
+                           open_campaign, request, service_env, wait_until)
 
 pytestmark = pytest.mark.fault
 
@@ -60,11 +59,9 @@ def ask(url, campaign_id, user, token):
 
 def issued_counter(svc, campaign_id):
     """issued() -> the campaign's issued counters summed in Redis; 0 while Redis is unreachable."""
-    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
-
     def issued():
         try:
-            return ops.issued_in_redis(svc, keys) or 0
+            return ops.issued_in_redis(svc, campaign_id) or 0
         except RedisError:
             return 0
 
@@ -223,7 +220,7 @@ def test_web_worker_killed_every_2s(svc, signer, gunicorn, scheduler):
     scheduler(**FAST_JOBS, **short, REDIS_TIMEOUT=0.5)  # ... and is reclaimed 1 s later
     campaign_id = open_campaign(svc, STOCK)
     issued = issued_counter(svc, campaign_id)
-    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    keys = svc.keys(campaign_id)
     kills, busy = [], threading.Event()  # issued at each kill; set while requests are in flight
     stranded = []  # unclaimed serials the killed workers held: only the reclaim job frees them
 
@@ -288,7 +285,7 @@ def test_workers_recycled_by_max_requests_and_reloaded(svc, signer, gunicorn, sc
     assert sum(0 < at < STOCK for at in born.values()) >= 3, born  # replaced while selling
     # every worker that exited gave its lease back (none left to expire): the leases standing
     # are those of live workers
-    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    keys = svc.keys(campaign_id)
     owners = {int(lease.split(":")[1]) for lease in svc.redis.zrange(keys.leases, 0, -1)}
     assert owners <= set(server.worker_pids()), (owners, server.worker_pids())
     told, _, _ = tickets_told(server.url, campaign_id, answers, tokens)
@@ -323,7 +320,7 @@ def test_redis_killed_and_restarted_from_its_append_only_file(mysql_url, signer,
         jobs = Scheduler(env, **FAST_JOBS, REDIS_TIMEOUT=0.5)
         campaign_id = open_campaign(svc, STOCK)
         issued = issued_counter(svc, campaign_id)
-        keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+        keys = svc.keys(campaign_id)
         outage = {}
 
         def crash_and_restart():
@@ -348,10 +345,8 @@ def test_redis_killed_and_restarted_from_its_append_only_file(mysql_url, signer,
         # every ticket acknowledged before the crash came back with Redis
         before = {a.user: (a.body["serial"], a.body["code"]) for a in answers
                   if a.status in (200, 201) and a.started + a.took < outage["down"]}
-        pipe = svc.redis.pipeline(transaction=False)
-        for user in before:
-            pipe.hget(keys.shard(keys.shard_of(user)).claims, user)
-        kept = {u: (int(v.split("|")[0]), v.split("|")[1]) for u, v in zip(before, pipe.execute()) if v}
+        claims = redis_claims(svc.redis, keys)[0]
+        kept = {u: (claims[u].serial, claims[u].code) for u in before if u in claims}
         assert kept == before
         recovered = sum(a.status == 201 and a.started > outage["up"] for a in answers)
         assert recovered > 0  # it sold on by itself, scripts loaded again after NOSCRIPT
@@ -386,7 +381,7 @@ def test_database_cut_during_the_flood(svc, signer, gunicorn, scheduler, mysql_u
         jobs = scheduler(**FAST_JOBS, DATABASE_URL=through_proxy)
         campaign_id = open_campaign(svc, STOCK)
         issued = issued_counter(svc, campaign_id)
-        keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+        keys = svc.keys(campaign_id)
         cut = {}
 
         def cut_for_a_while():
@@ -434,7 +429,7 @@ def test_scheduler_leader_killed_during_a_flush(svc, signer, gunicorn, scheduler
     consumer = f"jobs:{socket.gethostname()}:{leader.proc.pid}"  # the leader's flusher
     campaign_id = open_campaign(svc, STOCK)
     issued = issued_counter(svc, campaign_id)
-    outboxes = [shard.outbox for shard in CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"]).all_shards()]
+    outboxes = [shard.outbox for shard in svc.keys(campaign_id).all_shards()]
 
     def pending_of_leader():
         """Outbox entries the leader has read and not acknowledged: (stream, id, user) each."""
@@ -468,7 +463,7 @@ def test_scheduler_leader_killed_during_a_flush(svc, signer, gunicorn, scheduler
     assert killed["takeover_s"] <= FAST_JOBS["SCHEDULER_LEASE"] + 1  # one lease period and a poll
     # the standby takes the dead flusher's entries over and drains everything before any close
     wait_until(lambda: not pending_of_leader() and outbox_stats(
-        svc.redis, CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"]))[0] == 0,
+        svc.redis, svc.keys(campaign_id))[0] == 0,
         timeout=15, what="the standby to drain the outbox")
 
     told, _, _ = tickets_told(server.url, campaign_id, answers, tokens)

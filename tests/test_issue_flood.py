@@ -2,32 +2,11 @@
 from collections import Counter
 
 from coupon import campaigns as ops
-from coupon.keys import CampaignKeys
-from tests.support import flood, issue_call
-
-
-def open_campaign(svc, stock, name="flood"):
-    campaign_id = ops.create_campaign(svc, name, stock)
-    ops.open_campaign(svc, campaign_id)
-    return campaign_id
-
-
-def users(signer, count, prefix="u"):
-    return [(f"{prefix}{i}", signer.mint(f"{prefix}{i}")) for i in range(count)]
-
-
-def assert_exact_tickets(results, signer, campaign_id, stock):
-    """201s are one per user with distinct serials in 1..stock and valid codes; return them."""
-    new = [body for _, status, body in results if status == 201]
-    assert len({t["user_id"] for t in new}) == len(new)
-    assert len({t["serial"] for t in new}) == len(new)
-    assert all(1 <= t["serial"] <= stock for t in new)
-    assert all(t["code"] == signer.ticket_code(campaign_id, t["serial"]) for t in new)
-    return new
+from tests.support import assert_exact_tickets, flood, issue_call, open_campaign, users
 
 
 def redis_issued(svc, campaign_id):
-    return ops.issued_in_redis(svc, CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"]))
+    return ops.issued_in_redis(svc, campaign_id)
 
 
 def test_flood_issues_exactly_the_stock(svc, signer, gunicorn):
@@ -78,7 +57,7 @@ def test_small_campaign_sells_out_over_all_workers(svc, signer, gunicorn, redis_
 
     assert Counter(status for _, status, _ in results) == {201: 50, 409: 350}
     assert_exact_tickets(results, signer, campaign_id, 50)
-    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    keys = svc.keys(campaign_id)
     assert redis_client.hget(keys.meta, "cursor") == "50"
     assert redis_client.llen(keys.returned) == 0  # no serial left waiting in Redis either
 
@@ -88,7 +67,7 @@ def test_clean_shutdown_gives_unused_serials_back(svc, signer, gunicorn, redis_c
     campaign_id = open_campaign(svc, 100_000)
     results = flood([issue_call(server.url, campaign_id, u, t) for u, t in users(signer, 100)])
     assert Counter(status for _, status, _ in results) == {201: 100}
-    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    keys = svc.keys(campaign_id)
     leased = int(redis_client.hget(keys.meta, "cursor"))
     assert leased > 100  # the workers hold unused serials in their blocks
 

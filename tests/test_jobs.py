@@ -10,29 +10,17 @@ from sqlalchemy import select
 
 from coupon import campaigns as ops
 from coupon import db
-from coupon.keys import SCHEDULER_LEADER, CampaignKeys
+from coupon.keys import SCHEDULER_LEADER
 from coupon.outbox import Flusher, outbox_stats
 from coupon.reconcile import mysql_tickets, reconcile
-from jobs.lifecycle import open_and_close_due
-from jobs.stock_sync import sync_stock
-from tests.support import flood, free_port, issue_call, request, wait_until
-from tests.test_issue_flood import assert_exact_tickets, open_campaign, users
-
-FAST_JOBS = dict(FLUSH_INTERVAL=0.2, STOCK_SYNC_INTERVAL=0.5, LIFECYCLE_INTERVAL=0.5,
-                 RECLAIM_INTERVAL=0.5, SCHEDULER_LEASE=2, FLUSH_CLAIM_IDLE=1)
-
-
-def answered(results):
-    """{user: (serial, code)} of every 2xx answer."""
-    return {u: (b["serial"], b["code"]) for u, status, b in results if status in (200, 201)}
-
-
-def keys_of(svc, campaign_id):
-    return CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+from coupon.jobs.lifecycle import open_and_close_due
+from coupon.jobs.stock_sync import sync_stock
+from tests.support import (FAST_JOBS, answered, assert_exact_tickets, flood, free_port, issue_call,
+                           issue_directly, open_campaign, request, users, wait_until)
 
 
 def backlog(svc, campaign_id):
-    return outbox_stats(svc.redis, keys_of(svc, campaign_id))[0]
+    return outbox_stats(svc.redis, svc.keys(campaign_id))[0]
 
 
 def test_flood_then_close_puts_every_answer_in_mysql(svc, signer, gunicorn, scheduler, runner, redis_client):
@@ -77,14 +65,14 @@ def test_close_drains_without_scheduler_and_refuses_late_claims(svc, signer, gun
 def test_reconcile_reports_a_difference_and_keeps_the_keys(svc, signer, runner, redis_client):
     campaign_id = open_campaign(svc, 10)
     for user in ("a", "b", "c"):
-        svc.issuer.issue(campaign_id, user)
+        issue_directly(svc, campaign_id, user)
     Flusher(svc, "test").flush([campaign_id])
     with svc.engine.begin() as conn:  # someone edited a row by hand
         conn.execute(db.coupons.update().where(db.coupons.c.user_id == "b").values(code="FORGED"))
     result = runner.invoke(args=["campaign", "close", str(campaign_id)])
     assert result.exit_code == 1
     assert "different ticket: 1" in result.output and "'b'" in result.output
-    assert redis_client.exists(keys_of(svc, campaign_id).meta)
+    assert redis_client.exists(svc.keys(campaign_id).meta)
 
 
 def test_killed_worker_block_is_reclaimed(svc, signer, gunicorn, scheduler, redis_client):
@@ -92,7 +80,7 @@ def test_killed_worker_block_is_reclaimed(svc, signer, gunicorn, scheduler, redi
     server = gunicorn(workers=2, **short)
     scheduler(**FAST_JOBS, **short, REDIS_TIMEOUT=0.5)  # reclaims 2 x REDIS_TIMEOUT after expiry
     campaign_id = open_campaign(svc, 1000)
-    keys = keys_of(svc, campaign_id)
+    keys = svc.keys(campaign_id)
     people = users(signer, 4000)
     results, rest = [], people
 
@@ -139,7 +127,7 @@ def test_database_down_then_back(svc, signer, gunicorn, scheduler, mysql_url):
 def test_flusher_killed_between_commit_and_ack_replays_without_duplicates(svc):
     campaign_id = open_campaign(svc, 500)
     for i in range(300):
-        svc.issuer.issue(campaign_id, f"u{i}")
+        issue_directly(svc, campaign_id, f"u{i}")
 
     class Crash(Exception):
         pass
@@ -153,7 +141,7 @@ def test_flusher_killed_between_commit_and_ack_replays_without_duplicates(svc):
     assert backlog(svc, campaign_id) == 300  # ... but not acknowledged
     assert Flusher(svc, "survivor", claim_idle=0).flush([campaign_id]) == 300  # taken over, replayed
     assert backlog(svc, campaign_id) == 0
-    report = reconcile(svc.redis, svc.engine, keys_of(svc, campaign_id))
+    report = reconcile(svc.redis, svc.engine, svc.keys(campaign_id))
     assert report.agree and report.mysql_rows == 300
 
 
@@ -187,7 +175,7 @@ def test_lifecycle_opens_and_closes_due_campaigns_and_stock_sync(svc):
     closes_at = now + dt.timedelta(seconds=3)  # room for a loaded machine to get to open it
     ending = ops.create_campaign(svc, "ending", 10, closes_at=closes_at)
     ops.open_campaign(svc, ending)
-    svc.issuer.issue(ending, "alice")
+    issue_directly(svc, ending, "alice")
     open_and_close_due(svc)
     assert ops.campaign_status(svc, due)["status"] == "open"
     sync_stock(svc)

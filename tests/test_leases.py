@@ -1,7 +1,7 @@
 """Leases between workers: no worker sits on serials while another answers SOLD_OUT.
 
-Two Issuers stand for two worker processes (same code, real Redis), so that the test decides
-which worker serves which request.
+Two apps stand for two worker processes (same code, real Redis, each its own Issuer), so that the
+test decides which worker serves which request.
 """
 import time
 
@@ -10,84 +10,89 @@ import pytest
 from coupon import campaigns as ops
 from coupon import create_app
 from coupon.errors import SoldOut
-from coupon.issuing import TAIL_RECHECK, Issuer
-from tests.conftest import app_config
-from tests.support import flood, issue_call
-from tests.test_issue_flood import open_campaign, users
+from coupon.scripts import decode_serials
+from coupon.supply import TAIL_RECHECK
+from tests.support import app_config, flood, issue_call, issue_directly, open_campaign, users
 
 
 @pytest.fixture
 def workers(mysql_url, redis_url):
-    app = create_app(app_config(mysql_url, redis_url, STATE_REFRESH=0.2))
-    svc = app.extensions["coupon"]
-    second = Issuer(svc.redis, svc.scripts, svc.engine, svc.signer, svc.config)
-    yield svc, svc.issuer, second
-    svc.engine.dispose()
+    apps = [create_app(app_config(mysql_url, redis_url, STATE_REFRESH=0.2)) for _ in range(2)]
+    yield [app.extensions["coupon"] for app in apps]
+    for app in apps:
+        app.extensions["coupon"].engine.dispose()
 
 
-def issue_until_sold_out(issuer, campaign_id, prefix, limit=1000):
+def issue_until_sold_out(worker, campaign_id, prefix, limit=1000):
     issued = 0
     for i in range(limit):
         try:
-            issuer.issue(campaign_id, f"{prefix}{i}")
+            issue_directly(worker, campaign_id, f"{prefix}{i}")
         except SoldOut:
             return issued
         issued += 1
     return issued
 
 
+def held_by(worker, campaign_id):
+    """Serials the worker's current lease holds, not handed out yet."""
+    return worker.issuer.campaign(campaign_id).supply.held
+
+
 def test_a_dry_worker_gets_the_serials_an_idle_one_holds(workers, redis_client):
-    svc, a, b = workers
-    campaign_id = ops.create_campaign(svc, "tail", 200)
-    ops.open_campaign(svc, campaign_id)
-    a.issue(campaign_id, "a0")  # worker a leases a block (a fair share: 50) and uses one serial
-    held_by_a = len(a.campaign(campaign_id).lease.unused)
+    a, b = workers
+    campaign_id = open_campaign(a, 200, "tail")
+    issue_directly(a, campaign_id, "a0")  # worker a leases a block (a fair share: 50), uses one
+    held_by_a = held_by(a, campaign_id)
     assert held_by_a > 0
 
     first = issue_until_sold_out(b, campaign_id, "b")
     assert first == 200 - 1 - held_by_a  # the cursor is spent; the rest sits in a's block
     time.sleep(0.25)  # past a's STATE_REFRESH: its next request sees that b ran dry
-    a.issue(campaign_id, "a1")
+    issue_directly(a, campaign_id, "a1")
     time.sleep(TAIL_RECHECK)
     more = issue_until_sold_out(b, campaign_id, "c")
     assert more > 0  # b got serials that a gave back, without waiting for a's lease to expire
     rest = issue_until_sold_out(a, campaign_id, "d")
     assert 1 + first + 1 + more + rest == 200
-    assert ops.campaign_status(svc, campaign_id)["issued"] == 200
+    assert ops.campaign_status(a, campaign_id)["issued"] == 200
 
 
 def test_a_lease_whose_give_back_failed_is_settled_at_the_next_refill(workers, redis_client):
-    svc, a, _ = workers
-    campaign_id = ops.create_campaign(svc, "retry", 1000)  # a block of many serials, not the tail
-    ops.open_campaign(svc, campaign_id)
-    a.issue(campaign_id, "u0")
-    state = a.campaign(campaign_id)
-    lease = state.lease
-    keys = state.keys
+    a, _ = workers
+    campaign_id = open_campaign(a, 1000, "retry")  # a block of many serials, not the tail
+    first = issue_directly(a, campaign_id, "u0")
+    keys = a.keys(campaign_id)
+    (old_lease,) = redis_client.zrange(keys.leases, 0, -1)
+    unused = set(decode_serials(redis_client.hget(keys.lease_serials, old_lease))) - {first.serial}
+    assert len(unused) == held_by(a, campaign_id) > 0
     redis_client.rename(keys.leases, keys.leases + ":away")  # give_back finds no lease ...
     redis_client.set(keys.leases, "not a zset")  # ... and fails like an unreachable Redis would
-    a._retire(state)
-    assert state.unsettled == [lease]
+    a.issuer.campaign(campaign_id).supply.retire()  # what another worker running dry asks for
     redis_client.delete(keys.leases)
     redis_client.rename(keys.leases + ":away", keys.leases)
-    a.issue(campaign_id, "u1")  # the refill settles the old lease first
-    assert state.unsettled == [] and lease.settled
-    assert redis_client.zscore(keys.leases, lease.id) is None
+    assert redis_client.zrange(keys.leases, 0, -1) == [old_lease]  # not settled: still standing
+
+    issue_directly(a, campaign_id, "u1")  # the refill settles the old lease first ...
+    (new_lease,) = redis_client.zrange(keys.leases, 0, -1)
+    assert new_lease != old_lease  # ... so it no longer stands, and its unused serials came
+    assert redis_client.hget(keys.lease_serials, old_lease) is None  # back: the new lease has them
+    assert unused <= set(decode_serials(redis_client.hget(keys.lease_serials, new_lease)))
 
 
 def test_at_the_tail_a_user_who_holds_a_ticket_takes_no_serial(workers, redis_client):
-    svc, a, b = workers
-    campaign_id = open_campaign(svc, 10, "holders")
-    first = a.issue(campaign_id, "alice")
-    keys = a.campaign(campaign_id).keys
+    a, b = workers
+    campaign_id = open_campaign(a, 10, "holders")
+    first = issue_directly(a, campaign_id, "alice")
+    keys = a.keys(campaign_id)
     cursor = int(redis_client.hget(keys.meta, "cursor"))
-    again = b.issue(campaign_id, "alice")  # b has no serial at hand: it only asks
+    again = issue_directly(b, campaign_id, "alice")  # b has no serial at hand: it only asks
     assert (again.new, again.serial, again.code) == (False, first.serial, first.code)
     assert int(redis_client.hget(keys.meta, "cursor")) == cursor  # no serial leased for her
-    assert b.campaign(campaign_id).lease is None and redis_client.zcard(keys.leases) == 0
-    bob = b.issue(campaign_id, "bob")  # a user without a ticket gets one through the same path
+    assert held_by(b, campaign_id) == 0 and redis_client.zcard(keys.leases) == 0
+    bob = issue_directly(b, campaign_id, "bob")  # a user without a ticket gets one the same way
     assert bob.new and bob.serial != first.serial
-    assert ops.campaign_status(svc, campaign_id)["issued"] == 2
+    assert ops.campaign_status(a, campaign_id)["issued"] == 2
 
 
 def test_holders_asking_again_at_the_tail_leave_the_last_coupons_to_new_users(svc, signer, gunicorn):

@@ -1,12 +1,9 @@
 """/metrics: Prometheus text, outcome counters that move, summed over real gunicorn workers."""
 import http.client
 
-from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from coupon import campaigns as ops
-from coupon.metrics import record_flushed
-from tests.support import flood, get, issue_call
+from tests.support import flood, get, issue_call, open_campaign, users
 
 
 def samples(text):
@@ -21,32 +18,22 @@ def outcome(values, code):
     return values.get(("coupon_issue_total", (("outcome", code),)), 0)
 
 
-def open_campaign(svc, stock):
-    campaign_id = ops.create_campaign(svc, "metrics", stock)
-    ops.open_campaign(svc, campaign_id)
-    return campaign_id
-
-
 def test_metrics_count_outcomes_in_prometheus_text(client, svc, signer):
-    campaign_id = open_campaign(svc, 2)
-    # this process's counters (earlier tests moved them too); /metrics is scraped once, below,
-    # as it caches the outbox figures for a moment
-    before = samples(generate_latest(REGISTRY).decode())
+    campaign_id = open_campaign(svc, 2, "metrics")
+    # the app's own counters, from zero; /metrics is scraped once, below, as it caches the
+    # outbox figures for a moment
     for user in ("m1", "m1", "m2", "m3"):
         client.post(f"/api/v1/campaigns/{campaign_id}/issue",
                     headers={"Authorization": "Bearer " + signer.mint(user)})
-    record_flushed(3)
+    svc.metrics.record_flushed(3)
 
     response = client.get("/metrics")
     assert response.status_code == 200
     assert response.content_type.startswith("text/plain; version=")
     after = samples(response.get_data(as_text=True))
-    assert outcome(after, "NEW") - outcome(before, "NEW") == 2
-    assert outcome(after, "HELD") - outcome(before, "HELD") == 1
-    assert outcome(after, "SOLD_OUT") - outcome(before, "SOLD_OUT") == 1
-    assert after[("coupon_issue_duration_seconds_count", ())] - before.get(
-        ("coupon_issue_duration_seconds_count", ()), 0) == 4
-    assert after[("coupon_flushed_total", ())] - before.get(("coupon_flushed_total", ()), 0) == 3
+    assert (outcome(after, "NEW"), outcome(after, "HELD"), outcome(after, "SOLD_OUT")) == (2, 1, 1)
+    assert after[("coupon_issue_duration_seconds_count", ())] == 4
+    assert after[("coupon_flushed_total", ())] == 3
     label = (("campaign_id", str(campaign_id)),)
     assert after[("coupon_outbox_backlog", label)] == 2  # no flusher runs in this test
     assert after[("coupon_flush_lag_seconds", label)] >= 0
@@ -54,9 +41,9 @@ def test_metrics_count_outcomes_in_prometheus_text(client, svc, signer):
 
 def test_metrics_sum_over_gunicorn_workers(svc, signer, gunicorn, tmp_path):
     server = gunicorn(workers=2, PROMETHEUS_MULTIPROC_DIR=tmp_path)
-    campaign_id = open_campaign(svc, 100)
-    users = [(f"w{i}", signer.mint(f"w{i}")) for i in range(150)]
-    results = flood([issue_call(server.url, campaign_id, u, t) for u, t in users], concurrency=50)
+    campaign_id = open_campaign(svc, 100, "metrics")
+    results = flood([issue_call(server.url, campaign_id, u, t) for u, t in users(signer, 150, prefix="w")],
+                    concurrency=50)
     assert sorted(status for _, status, _ in results) == [201] * 100 + [409] * 50
 
     status, _ = get(server.url, "/healthz")

@@ -5,16 +5,7 @@ from collections import Counter, defaultdict
 
 from coupon import campaigns as ops
 from coupon import create_app
-from coupon.keys import CampaignKeys
-from tests.conftest import app_config
-from tests.support import flood, request
-from tests.test_api_contract import assert_error, issue
-
-
-def open_campaign(svc, stock):
-    campaign_id = ops.create_campaign(svc, "rate", stock)
-    ops.open_campaign(svc, campaign_id)
-    return campaign_id
+from tests.support import app_config, assert_error, flood, issue, open_campaign, request, users
 
 
 def fresh_window(window, need):
@@ -30,7 +21,7 @@ def limited_app(mysql_url, redis_url, limit, window):
 
 def test_over_the_limit_is_429_with_retry_after(mysql_url, redis_url, svc, signer, redis_client):
     client = limited_app(mysql_url, redis_url, limit=3, window=2).test_client()
-    campaign_id = open_campaign(svc, 10)
+    campaign_id = open_campaign(svc, 10, "rate")
     alice, bob = signer.mint("alice"), signer.mint("bob")
     fresh_window(2, need=1.5)
 
@@ -52,7 +43,7 @@ def test_over_the_limit_is_429_with_retry_after(mysql_url, redis_url, svc, signe
 
 def test_zero_turns_the_limit_off(mysql_url, redis_url, svc, signer, redis_client):
     client = limited_app(mysql_url, redis_url, limit=0, window=10).test_client()
-    campaign_id = open_campaign(svc, 10)
+    campaign_id = open_campaign(svc, 10, "rate")
     token = signer.mint("alice")
     statuses = Counter(issue(client, campaign_id, token).status_code for _ in range(50))
     assert statuses == {201: 1, 200: 49}
@@ -62,10 +53,10 @@ def test_zero_turns_the_limit_off(mysql_url, redis_url, svc, signer, redis_clien
 def test_limit_holds_summed_over_workers_and_instances(svc, signer, gunicorn, redis_client):
     """Each user's requests alternate between two instances of two workers each: a limit kept
     per process would let 2-4 times as many through."""
-    limit, window, repeats, users = 5, 3600, 16, 30
+    limit, window, repeats, people = 5, 3600, 16, 30
     servers = [gunicorn(workers=2, RATE_LIMIT=limit, RATE_LIMIT_WINDOW=window) for _ in range(2)]
-    campaign_id = open_campaign(svc, 1000)
-    tokens = {f"r{i}": signer.mint(f"r{i}") for i in range(users)}
+    campaign_id = open_campaign(svc, 1000, "rate")
+    tokens = dict(users(signer, people, prefix="r"))
     path = f"/api/v1/campaigns/{campaign_id}/issue"
 
     def call(server, user):
@@ -83,9 +74,9 @@ def test_limit_holds_summed_over_workers_and_instances(svc, signer, gunicorn, re
             assert 1 <= int(headers["Retry-After"]) <= window
     for user in tokens:
         assert answers[user] == {201: 1, 200: limit - 1, 429: repeats - limit}, (user, answers[user])
-    assert ops.campaign_status(svc, campaign_id)["issued"] == users
+    assert ops.campaign_status(svc, campaign_id)["issued"] == people
 
-    keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    keys = svc.keys(campaign_id)
     counted = {}
     for shard in keys.all_shards():
         counted.update(redis_client.hgetall(shard.rate(int(time.time()) // window)))

@@ -1,8 +1,7 @@
 """Smoke test of the embedded default: SQLite instead of MySQL, same code paths."""
 from coupon import campaigns as ops
 from coupon import create_app
-from tests.conftest import app_config
-from tests.support import flood, issue_call, service_env, Gunicorn
+from tests.support import Gunicorn, app_config, flood, issue_call, service_env, users
 
 
 def test_first_run_on_sqlite(tmp_path, redis_url, signer):
@@ -15,7 +14,7 @@ def test_first_run_on_sqlite(tmp_path, redis_url, signer):
 
     server = Gunicorn(service_env(database_url, redis_url), workers=2)
     try:
-        results = flood([issue_call(server.url, campaign_id, f"u{i}", signer.mint(f"u{i}")) for i in range(40)],
+        results = flood([issue_call(server.url, campaign_id, u, t) for u, t in users(signer, 40)],
                         concurrency=40)
     finally:
         server.stop()

@@ -1,7 +1,8 @@
 -- Claim serials for users: one batch of one claim shard, in one round trip.
 -- KEYS[1] - claims hash: user id -> "serial|code|issued_at_ms"
 -- KEYS[2] - claimed-serials bitmap of the shard
--- KEYS[3] - outbox stream of the shard (read by the flush job)
+-- KEYS[3] - outbox stream of the shard (read by the flush job): one entry per new claim, its
+--           fields c campaign id, u user id, s serial, k code, t issued at (epoch ms)
 -- KEYS[4] - shard state hash: issued (count), closes_at (epoch ms); gone once the campaign is
 --           closed and released, which refuses every claim too
 -- KEYS[5] - rate hash of the current window: user id -> requests (see keys.ShardKeys.rate)

@@ -3,14 +3,14 @@ from sqlalchemy import bindparam, update
 
 from coupon import db
 from coupon.campaigns import issued_in_redis
-from coupon.keys import ACTIVE, CampaignKeys
+from coupon.keys import active_campaigns
 
 
 def sync_stock(svc):
     """Walk the registry of active campaigns (never SCAN) and store their issued counters."""
     rows = []
-    for campaign_id in sorted(int(c) for c in svc.redis.smembers(ACTIVE)):
-        issued = issued_in_redis(svc, CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"]))
+    for campaign_id in active_campaigns(svc.redis):
+        issued = issued_in_redis(svc, campaign_id)
         if issued is not None:
             rows.append({"cid": campaign_id, "count": issued})
     if rows:

@@ -1,15 +1,7 @@
 """Reclaim job: serials of expired leases (a worker died holding them) that were never claimed
 go back to the campaign's returned list, which refills take from first."""
-from coupon.keys import ACTIVE, CampaignKeys
-
-
-def decode_serials(encoded):
-    """'1-5,9,12' -> [1, 2, 3, 4, 5, 9, 12] (the format lease.lua records)."""
-    serials = []
-    for part in filter(None, encoded.split(",")):
-        start, _, end = part.partition("-")
-        serials.extend(range(int(start), int(end or start) + 1))
-    return serials
+from coupon.keys import active_campaigns
+from coupon.scripts import decode_serials
 
 
 def claimed_serials(redis, keys, serials):
@@ -27,14 +19,11 @@ def reclaim_expired(svc, grace):
     """Return unclaimed serials of leases expired more than `grace` seconds ago; return the count."""
     now_ms = int(float("%d.%06d" % svc.redis.time()) * 1000)
     returned = 0
-    for campaign_id in sorted(int(c) for c in svc.redis.smembers(ACTIVE)):
-        keys = CampaignKeys(campaign_id, svc.config["CLAIM_SHARDS"])
+    for campaign_id in active_campaigns(svc.redis):
+        keys = svc.keys(campaign_id)
         for lease_id in svc.redis.zrangebyscore(keys.leases, "-inf", now_ms - int(grace * 1000)):
             serials = decode_serials(svc.redis.hget(keys.lease_serials, lease_id) or "")
             claimed = claimed_serials(svc.redis, keys, serials)
-            unclaimed = [s for s in serials if s not in claimed]
-            given = svc.scripts.give_back(
-                keys=[keys.leases, keys.lease_serials, keys.returned], args=[lease_id, *unclaimed]
-            )
-            returned += max(given, 0)
+            given = svc.scripts.give_back(keys, lease_id, [s for s in serials if s not in claimed])
+            returned += given or 0
     return returned

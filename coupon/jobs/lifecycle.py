@@ -4,9 +4,8 @@ import logging
 from sqlalchemy import select
 
 from coupon import db
-from coupon.campaigns import close_campaign, preload, utcnow
+from coupon.campaigns import close_campaign, open_campaign, preload, utcnow
 from coupon.errors import CouponError
-from coupon.keys import CampaignKeys
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +23,8 @@ def open_and_close_due(svc):
             except CouponError as e:
                 log.error("closing campaign %d failed: %s", row.id, e.message)
         elif row.status == "scheduled" and row.opens_at <= now:
-            with svc.engine.begin() as conn:
-                conn.execute(db.campaigns.update().where(c.id == row.id).values(status="open"))
-            preload(svc, row.id, row.total, "open", row.opens_at, row.closes_at)
+            open_campaign(svc, row.id)
             log.info("opened campaign %d", row.id)
-        elif not svc.redis.exists(CampaignKeys(row.id, svc.config["CLAIM_SHARDS"]).meta):
+        elif row.status == "scheduled" and not svc.redis.exists(svc.keys(row.id).meta):
             # Redis lost a campaign that has not started issuing yet: load it again
-            if row.status == "scheduled":
-                preload(svc, row.id, row.total, row.status, row.opens_at, row.closes_at)
+            preload(svc, row.id, row.total, row.status, row.opens_at, row.closes_at)

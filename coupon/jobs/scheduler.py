@@ -17,10 +17,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from coupon.extensions import services
 from coupon.keys import SCHEDULER_LEADER
-from jobs.flush import FlushJob
-from jobs.lifecycle import open_and_close_due
-from jobs.reclaim import reclaim_expired
-from jobs.stock_sync import sync_stock
+from coupon.jobs.flush import FlushJob
+from coupon.jobs.lifecycle import open_and_close_due
+from coupon.jobs.reclaim import reclaim_expired
+from coupon.jobs.stock_sync import sync_stock
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class LeaderLease:
         """Take the lease if it is free, renew it if it is ours."""
         sent = time.monotonic()
         try:
-            leads = self.scripts.leader(keys=[SCHEDULER_LEADER], args=[self.ident, int(self.ttl * 1000)])
+            leads = self.scripts.lead(SCHEDULER_LEADER, self.ident, int(self.ttl * 1000))
         except RedisError as e:
             log.warning("cannot reach Redis to keep the leader lease: %s", e)
             return
@@ -53,7 +53,7 @@ class LeaderLease:
     def resign(self):
         self.valid_until = 0.0
         try:
-            self.scripts.resign(keys=[SCHEDULER_LEADER], args=[self.ident])
+            self.scripts.resign(SCHEDULER_LEADER, self.ident)
         except RedisError:
             pass
 

@@ -6,7 +6,6 @@ import time
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from coupon import metrics
 from coupon.outbox import Flusher
 
 log = logging.getLogger(__name__)
@@ -15,6 +14,7 @@ MAX_BACKOFF = 30.0
 
 class FlushJob:
     def __init__(self, svc, interval):
+        self.metrics = svc.metrics
         self.flusher = Flusher(svc, consumer=f"jobs:{socket.gethostname()}:{os.getpid()}")
         self.interval = interval
         self.failures = 0
@@ -38,4 +38,4 @@ class FlushJob:
             log.warning("database back after %.1f s", time.monotonic() - self.outage_since)
             self.outage_since = None
         self.failures = 0
-        metrics.record_flushed(moved)
+        self.metrics.record_flushed(moved)

@@ -1,0 +1,148 @@
+"""Claims: the concurrent claims of one worker on one campaign, batched into shared round trips.
+
+A claim offers a user a serial (or, with NO_SERIAL, only asks whether the user holds a ticket).
+ClaimBatcher coalesces the claims of concurrent requests; ClaimSender sends a batch to Redis as
+one claim.lua call per claim shard it touches, all in one pipeline, so the round trip (and its
+client CPU) is shared by the whole batch rather than by the few claims that fall on one shard.
+"""
+import threading
+import time
+
+from redis.exceptions import NoScriptError
+
+from coupon.scripts import NO_SERIAL, ClaimReply
+
+
+class WaitingClaim:
+    __slots__ = ("args", "answered", "reply", "error", "leads_next")
+
+    def __init__(self, args):
+        self.args = args
+        self.answered = threading.Event()
+        self.reply = self.error = None
+        self.leads_next = False  # woken to send the next batch, not with an answer
+
+
+class ClaimBatcher:
+    """Coalesce the claims that concurrent requests of one worker make on one campaign.
+
+    The first request to arrive leads: it sends what is queued in one call. While that call is in
+    flight, others queue up; when it returns, the leader hands the lead to the oldest waiter, who
+    sends the next batch. No timer, no extra greenlet: batches are as large as the concurrency,
+    and a lone request pays exactly one round trip.
+    """
+
+    def __init__(self, send, max_batch):
+        self._send = send  # list of args -> list of replies (or exceptions), in order
+        self._max_batch = max_batch
+        self._lock = threading.Lock()
+        self._queue = []
+        self._leading = False
+
+    def submit(self, args):
+        mine = WaitingClaim(args)
+        with self._lock:
+            self._queue.append(mine)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            mine.answered.wait()
+        if lead or mine.leads_next:
+            self._lead()
+        if mine.error is not None:
+            raise mine.error
+        return mine.reply
+
+    def _lead(self):
+        with self._lock:
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+        try:
+            replies = self._send([claim.args for claim in batch])
+            for claim, reply in zip(batch, replies):
+                if isinstance(reply, Exception):  # that claim's shard call failed
+                    claim.error = reply
+                else:
+                    claim.reply = reply
+        except Exception as e:  # every claim of the batch gets it; the caller maps it
+            for claim in batch:
+                claim.error = e
+        finally:
+            with self._lock:
+                if self._queue:
+                    self._queue[0].leads_next = True
+                    self._queue[0].answered.set()
+                else:
+                    self._leading = False
+            for claim in batch:
+                if not claim.leads_next:
+                    claim.answered.set()
+
+
+class ClaimSender:
+    """Send a batch of claims of one campaign to Redis; decode the replies.
+
+    Each claim is (shard index, user id, serial, code). One claim.lua call per shard, all in one
+    pipeline; a shard whose call found no script (a restarted Redis) is sent again after loading it.
+    """
+
+    def __init__(self, redis, claim_script, keys, rate_limit, rate_window):
+        self.redis = redis
+        self.script = claim_script
+        self.keys = keys
+        self.shards = keys.all_shards()
+        self.shard_keys = [shard.all() for shard in self.shards]
+        self.rate_limit = rate_limit
+        self.rate_window = rate_window
+
+    def __call__(self, claims):
+        groups = {}  # shard -> indexes of its claims, in order
+        for i, (shard, *_) in enumerate(claims):
+            groups.setdefault(shard, []).append(i)
+        replies = [None] * len(claims)
+        for attempt in (1, 2):
+            retry = {}
+            for (shard, indexes), result in zip(groups.items(), self._send(groups, claims)):
+                if isinstance(result, NoScriptError) and attempt == 1:
+                    retry[shard] = indexes  # not run: Redis lost its scripts (restarted)
+                elif isinstance(result, Exception):  # each claim of that call gets it
+                    for i in indexes:
+                        replies[i] = result
+                else:
+                    for i, raw in zip(indexes, result):
+                        replies[i] = ClaimReply.decode(raw)
+            if not retry:
+                break
+            self.redis.script_load(self.script.script)
+            groups = retry
+        return replies
+
+    def _send(self, groups, claims):
+        """One script call per shard in `groups`, pipelined; the results (or errors) in order."""
+        pipe = self.redis.pipeline(transaction=False)
+        window = int(time.time()) // self.rate_window
+        for shard, indexes in groups.items():
+            keys = [*self.shard_keys[shard], self.shards[shard].rate(window)]
+            args = [self.keys.campaign_id, self.rate_limit, self.rate_window]
+            for i in indexes:
+                args += claims[i][1:]  # user id, serial, code
+            pipe.evalsha(self.script.sha, len(keys), *keys, *args)
+        return pipe.execute(raise_on_error=False)
+
+
+class Claims:
+    """The claims of one worker on one campaign."""
+
+    def __init__(self, redis, claim_script, keys, config):
+        self.keys = keys
+        rate_window = max(1, int(config["RATE_LIMIT_WINDOW"]))
+        send = ClaimSender(redis, claim_script, keys, config["RATE_LIMIT"], rate_window)
+        self._batcher = ClaimBatcher(send, config["CLAIM_BATCH_MAX"])
+
+    def claim(self, user_id, serial, code):
+        """Offer the user this serial; a ClaimReply. Raises RedisError if its outcome is unknown."""
+        return self._batcher.submit((self.keys.shard_of(user_id), user_id, serial, code))
+
+    def ask(self, user_id):
+        """Whether the user holds a ticket: HELD (with it), NEEDS_SERIAL, or RATE_LIMITED/CLOSED."""
+        return self.claim(user_id, NO_SERIAL, "")

@@ -1,0 +1,278 @@
+"""The serial supply: one worker's serials of one campaign, leased from Redis in blocks.
+
+A request takes a serial from the current lease; when it is empty, one refill (for every request
+waiting: SingleFlight) leases the next block. As stock runs low, leases shrink to a fair share,
+and the last SINGLE_LEASE_TAIL serials are leased only as requests wait for them (the tail), so
+no worker sits on serials while another answers SOLD_OUT. A lease is settled in Redis once none
+of its serials is in flight: the unused ones go back to the campaign at once. A lease whose
+claims' outcome is unknown (Redis error) is left to expire instead, and the reclaim job returns
+what was never claimed.
+
+The supply knows nothing of the campaign's window or status: what lease.lua refuses with is
+raised (SoldOut, NotOpen, Closed, CampaignGone) for the issuer to act on.
+"""
+import threading
+import time
+from collections import deque
+
+from redis.exceptions import RedisError
+
+from coupon.errors import Closed, NotOpen, SoldOut, Unavailable
+from coupon.scripts import Lease as Leased
+
+# seconds between looks at the campaign while stock runs low (leases cut below BLOCK_SIZE): for
+# serials other workers were asked to give back, and for such requests from a worker that ran dry
+TAIL_RECHECK = 0.1
+# When the stock is gone but other workers hold serials, these are claims in flight, and what
+# one of them leaves unused (rate limited, closed, a ticket the user got meanwhile) comes back
+# within milliseconds: look again a few times before answering SOLD_OUT, so a refusal neither
+# overtakes the last claims nor misses a serial that comes back (BENCHMARKS.md, "The tail").
+TAIL_TRIES, TAIL_WAIT = 4, 0.01
+GAUGE_STEP = 32  # the local-block gauge moves in steps of this many serials (and at 0)
+
+
+class CampaignGone(Exception):
+    """Redis no longer holds the campaign (released after close, or lost)."""
+
+
+class SingleFlight:
+    """Run a call once for all the requests that need it at the same time.
+
+    The first caller runs it; callers arriving meanwhile wait for that run and get its result or
+    its error, all woken at once. (A lock held across the call would hand over to one waiter per
+    turn of gevent's loop, each turn serving every other ready connection first: tens of ms per
+    waiter under a ramp, BENCHMARKS.md.)
+    """
+
+    def __init__(self):
+        self._guard = threading.Lock()  # never held across I/O
+        self._flight = None  # (done event, [result, error]) of the run in progress
+
+    @property
+    def busy(self):
+        return self._flight is not None
+
+    def run(self, call):
+        with self._guard:
+            flight = self._flight
+            leading = flight is None
+            if leading:
+                flight = self._flight = (threading.Event(), [None, None])
+        done, outcome = flight
+        if not leading:
+            done.wait()
+            if outcome[1] is not None:
+                raise outcome[1]
+            return outcome[0]
+        try:
+            outcome[0] = call()
+            return outcome[0]
+        except Exception as e:
+            outcome[1] = e
+            raise
+        finally:
+            self._flight = None
+            done.set()
+
+
+class Lease:
+    """A block of serials leased to this worker, and what became of each of them."""
+
+    __slots__ = ("id", "unused", "in_flight", "uncertain", "settled", "valid_until", "renew_at")
+
+    def __init__(self, lease_id, serials):
+        self.id = lease_id
+        self.unused = deque(serials)
+        self.in_flight = 0  # serials taken whose claim has not answered yet
+        self.uncertain = False  # a claim's outcome is unknown: leave the lease to expire
+        self.settled = False
+        self.valid_until = 0.0  # monotonic; past it the serials must not be used
+        self.renew_at = 0.0
+
+
+class SerialSupply:
+    """One worker's serials of one campaign: take one, say when its claim is done."""
+
+    def __init__(self, keys, redis, scripts, config, new_lease_id, gauge):
+        self.keys = keys
+        self.redis = redis
+        self.scripts = scripts
+        self.new_lease_id = new_lease_id
+        self.gauge = gauge
+        self.block_size = config["BLOCK_SIZE"]
+        self.tail_size = config["SINGLE_LEASE_TAIL"]
+        self.lease_ttl = config["LEASE_TTL"]
+        # stop using a block this long before Redis may consider its lease expired
+        self.lease_margin = min(self.lease_ttl / 3, 5.0)
+        self.sold_out_recheck = config["STATE_REFRESH"]
+        self.current = None  # the Lease serials are taken from
+        self.tail_lease = None  # the last tail lease, whose serials the requests it woke are taking
+        self.unsettled = []  # retired leases whose settling failed (Redis down): retried at refill
+        self.sold_out_until = 0.0  # monotonic; until then answer SOLD_OUT without asking
+        self.low_stock = False  # the last lease was cut to a fair share: look more often
+        self.waiting_requests = 0  # requests waiting for a serial of this supply
+        self._refill = SingleFlight()
+        self._renew_lock = threading.Lock()
+
+    @property
+    def at_hand(self):
+        """A serial can be taken without waiting (never at the tail)."""
+        return self.current is not None and bool(self.current.unused)
+
+    @property
+    def held(self):
+        """Serials of the current lease not handed out yet."""
+        return len(self.current.unused) if self.current else 0
+
+    def known_sold_out(self):
+        """Sold out as far as this worker knows, without asking Redis."""
+        return bool(self.sold_out_until) and (
+            time.monotonic() < self.sold_out_until or self._refill.busy)
+
+    def take(self):
+        """Return (lease, serial): a serial of the current lease, refilled as needed. Every take
+        is followed by exactly one done(lease, ...)."""
+        waiting = False
+        try:
+            while True:
+                lease = self.current
+                if lease is not None and lease.unused and time.monotonic() < lease.valid_until:
+                    if time.monotonic() >= lease.renew_at:
+                        self._renew(lease)
+                    if lease.unused and lease is self.current:
+                        return lease, self._take_from(lease)
+                    continue
+                if time.monotonic() < self.sold_out_until:
+                    raise SoldOut()
+                if not waiting:
+                    waiting = True
+                    self.waiting_requests += 1
+                fresh = self._refill.run(lambda: self.current is lease and self._lease_more())
+                if fresh and fresh.unused and not fresh.settled:  # the requests that waited go first
+                    return fresh, self._take_from(fresh)
+        finally:
+            if waiting:
+                self.waiting_requests -= 1
+
+    def done(self, lease, serial, unused=False, uncertain=False):
+        """The claim of a taken serial has answered. `unused`: the serial is free for the next
+        request; `uncertain`: the claim may or may not have been written (Redis error)."""
+        if unused:
+            lease.unused.appendleft(serial)
+        if uncertain:
+            lease.uncertain = True
+        lease.in_flight -= 1
+        if lease.in_flight:
+            return
+        if lease is not self.current:
+            self._settle(lease)  # the last answer of a retired (or tail) lease
+        elif not lease.unused:
+            self.retire()  # used up: end it now, so it no longer counts as a holder
+
+    def retire(self):
+        """Stop taking serials from the current lease; settle it once nothing of it is in flight."""
+        old, self.current = self.current, None
+        if old is not None:
+            self.gauge.set(0)
+            if old.in_flight == 0:
+                self._settle(old)  # else the last answer in flight settles it
+
+    def give_back_all(self):
+        """Return the unused serials of the current lease (a clean shutdown, nothing in flight)."""
+        lease, self.current = self.current, None
+        if lease is not None and lease.in_flight == 0:
+            self._settle(lease)
+
+    def _take_from(self, lease):
+        lease.in_flight += 1
+        serial = lease.unused.popleft()
+        # the gauge shows the current lease only; a write is a file write, so in steps
+        if lease is self.current and len(lease.unused) % GAUGE_STEP == 0:
+            self.gauge.set(len(lease.unused))
+        return serial
+
+    def _lease_more(self):
+        """The refill: settle what is pending, retire the current lease, lease the next block."""
+        for lease in list(self.unsettled):
+            self._settle(lease)
+        self.retire()
+        lease_id = self.new_lease_id()
+        # the requests waiting for a serial, but for those the last tail lease still holds one
+        # for (they were woken, and take it as soon as they run)
+        waiting = self.waiting_requests - (len(self.tail_lease.unused) if self.tail_lease else 0)
+        for attempt in range(TAIL_TRIES):
+            if attempt:
+                time.sleep(TAIL_WAIT)
+            sent = time.monotonic()
+            try:
+                reply = self.scripts.lease(self.keys, lease_id, self.block_size,
+                                           int(self.lease_ttl * 1000), self.tail_size, waiting)
+            except RedisError:
+                raise Unavailable() from None
+            if not (reply.outcome is Leased.SOLD_OUT and reply.others_hold):
+                break
+        if reply.outcome is Leased.LEASED:
+            lease = Lease(lease_id, reply.serials)
+            self._renewed(lease, sent)
+            # a lease of the last serials is only for the requests that waited for this refill
+            # (newcomers would leave them to wait again); it is never current, so it ends, and
+            # gives back what came back unused, as soon as none of it is in flight
+            if reply.tail:
+                self.tail_lease = lease
+            else:
+                self.current = lease
+            self.low_stock = len(lease.unused) < self.block_size
+            self.sold_out_until = 0.0
+            self.gauge.set(self.held)  # the tail: 0
+            return lease
+        if reply.outcome is Leased.SOLD_OUT:
+            # others hold serials and were asked to give back the unused ones: look again soon
+            # rather than answer SOLD_OUT for a whole STATE_REFRESH
+            recheck = TAIL_RECHECK if reply.others_hold else self.sold_out_recheck
+            self.sold_out_until = time.monotonic() + recheck
+            raise SoldOut()
+        if reply.outcome is Leased.NOT_OPEN:
+            raise NotOpen()
+        if reply.outcome is Leased.CLOSED:
+            raise Closed()
+        raise CampaignGone()
+
+    def _settle(self, lease):
+        """Give a lease's unused serials back to Redis and end it, or leave it to the reclaim job."""
+        if lease.settled:
+            return
+        lease.settled = True
+        try:
+            if lease.uncertain:
+                self.redis.zadd(self.keys.leases, {lease.id: 0}, xx=True)  # expired: reclaim sorts it out
+            else:
+                self.scripts.give_back(self.keys, lease.id, lease.unused)
+        except RedisError:
+            # try again at the next refill: waiting for the lease to expire would keep its
+            # serials from everyone for LEASE_TTL
+            lease.settled = False
+            if lease not in self.unsettled:
+                self.unsettled.append(lease)
+            return
+        if lease in self.unsettled:
+            self.unsettled.remove(lease)
+        lease.unused.clear()
+
+    def _renewed(self, lease, sent):
+        lease.valid_until = sent + self.lease_ttl - self.lease_margin
+        lease.renew_at = sent + self.lease_ttl / 3
+
+    def _renew(self, lease):
+        if not self._renew_lock.acquire(blocking=False):
+            return
+        try:
+            sent = time.monotonic()
+            if self.scripts.renew(self.keys, int(self.lease_ttl * 1000), lease.id):
+                self._renewed(lease, sent)
+            else:  # the lease was reclaimed: its serials are no longer ours
+                lease.settled = True
+                lease.unused.clear()
+        except RedisError:
+            pass  # try again on the next request; valid_until still guards the serials
+        finally:
+            self._renew_lock.release()
