@@ -39,6 +39,7 @@ class Config:
     RECLAIM_INTERVAL = 5.0
     # HTTP
     MAX_CONTENT_LENGTH = 4096  # bytes; larger bodies answer 413
+    BODY_TIMEOUT = 5.0  # seconds from a request's arrival to the end of its body; later: 408
 
     @classmethod
     def load(cls):

@@ -26,10 +26,12 @@ def register_extensions(app):
 
 def register_blueprints(app):
     from coupon.api import IssueEndpoint, NoSessions, bp
+    from coupon.bodies import BodyGuard
 
     app.register_blueprint(bp)
     app.session_interface = NoSessions()
-    app.wsgi_app = IssueEndpoint(app)
+    app.wsgi_app = BodyGuard(IssueEndpoint(app), app.config["MAX_CONTENT_LENGTH"],
+                             app.config["BODY_TIMEOUT"])
 
 
 def register_commands(app):

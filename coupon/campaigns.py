@@ -8,8 +8,10 @@ from redis.exceptions import RedisError
 from sqlalchemy import insert, select, update
 
 from coupon import db
-from coupon.errors import CampaignNotFound, InvalidCampaign, NoTicket, ReconcileMismatch, Unavailable
-from coupon.keys import ACTIVE
+from coupon.errors import (
+    CampaignNotFound, InvalidCampaign, NoTicket, RateLimited, ReconcileMismatch, Unavailable,
+)
+from coupon.keys import ACTIVE, rate_window
 from coupon.outbox import Flusher, outbox_stats
 from coupon.reconcile import Report, mysql_tickets, reconcile
 from coupon.scripts import StoredClaim
@@ -221,11 +223,15 @@ def list_campaigns(svc):
 def find_ticket(svc, campaign_id, user_id):
     """Return the user's ticket as a dict: from Redis while the campaign is live, else MySQL."""
     keys = svc.keys(campaign_id)
+    shard = keys.shard(keys.shard_of(user_id))
     try:
         pipe = svc.redis.pipeline(transaction=False)
         pipe.exists(keys.meta)
-        pipe.hget(keys.shard(keys.shard_of(user_id)).claims, user_id)
+        pipe.hget(shard.claims, user_id)
         live, held = pipe.execute()
+        if not live:
+            _row(svc.engine, campaign_id)  # CAMPAIGN_NOT_FOUND before any key is written for it
+        count_request(svc, shard, user_id)
     except RedisError:
         raise Unavailable() from None
     if held:
@@ -233,7 +239,6 @@ def find_ticket(svc, campaign_id, user_id):
         return ticket_dict(campaign_id, user_id, claim.serial, claim.code, claim.issued_at_ms)
     if live:
         raise NoTicket()
-    _row(svc.engine, campaign_id)
     with svc.engine.connect() as conn:
         row = conn.execute(
             select(db.coupons).where(
@@ -243,6 +248,20 @@ def find_ticket(svc, campaign_id, user_id):
     if row is None:
         raise NoTicket()
     return ticket_dict(campaign_id, user_id, row.serial, row.code, to_ms(row.issued_at))
+
+
+def count_request(svc, shard, user_id):
+    """Count a request of the user against RATE_LIMIT, with their issue calls (as claim.lua
+    does, in the same window hash); raise RateLimited past it."""
+    limit, seconds = svc.config["RATE_LIMIT"], max(1, int(svc.config["RATE_LIMIT_WINDOW"]))
+    if not limit:
+        return
+    window, left = rate_window(seconds)
+    pipe = svc.redis.pipeline(transaction=False)
+    pipe.hincrby(shard.rate(window), user_id, 1)
+    pipe.expire(shard.rate(window), seconds)
+    if pipe.execute()[0] > limit:
+        raise RateLimited(retry_after=left)
 
 
 def ticket_dict(campaign_id, user_id, serial, code, issued_at_ms):

@@ -6,10 +6,10 @@ one claim.lua call per claim shard it touches, all in one pipeline, so the round
 client CPU) is shared by the whole batch rather than by the few claims that fall on one shard.
 """
 import threading
-import time
 
 from redis.exceptions import NoScriptError
 
+from coupon.keys import rate_window
 from coupon.scripts import NO_SERIAL, ClaimReply
 
 
@@ -120,7 +120,7 @@ class ClaimSender:
     def _send(self, groups, claims):
         """One script call per shard in `groups`, pipelined; the results (or errors) in order."""
         pipe = self.redis.pipeline(transaction=False)
-        window = int(time.time()) // self.rate_window
+        window, _ = rate_window(self.rate_window)
         for shard, indexes in groups.items():
             keys = [*self.shard_keys[shard], self.shards[shard].rate(window)]
             args = [self.keys.campaign_id, self.rate_limit, self.rate_window]

@@ -40,7 +40,12 @@ MethodNotAllowed = _error_code(405, "METHOD_NOT_ALLOWED", "the method is not all
 SoldOut = _error_code(409, "SOLD_OUT", "all coupons of this campaign are taken")
 NotOpen = _error_code(409, "NOT_OPEN", "the campaign is not open yet")
 Closed = _error_code(409, "CLOSED", "the campaign is closed")
+RequestTimeout = _error_code(408, "REQUEST_TIMEOUT", "the body did not arrive in time")
 PayloadTooLarge = _error_code(413, "PAYLOAD_TOO_LARGE", "the body is too large")
+UriTooLong = _error_code(414, "URI_TOO_LONG", "the request line is too long")
+HeaderFieldsTooLarge = _error_code(431, "HEADER_FIELDS_TOO_LARGE", "the headers are too large")
+UnsupportedTransferCoding = _error_code(501, "UNSUPPORTED_TRANSFER_CODING",
+                                        "only the chunked transfer coding is supported")
 RateLimited = _error_code(429, "RATE_LIMITED", "too many requests; retry later")
 Unavailable = _error_code(503, "UNAVAILABLE", "the service is unavailable; retry shortly")
 InvalidCampaign = _error_code(400, "INVALID_CAMPAIGN", "invalid campaign")
@@ -57,7 +62,7 @@ class OtherHttpError(CouponError):
 
 # what a client can be answered over HTTP, by status (the OpenAPI document lists these)
 HTTP_ERRORS = (BadRequest, Unauthorized, NotFound, CampaignNotFound, NoTicket, MethodNotAllowed,
-               SoldOut, NotOpen, Closed, PayloadTooLarge, RateLimited, Unavailable)
+               RequestTimeout, SoldOut, NotOpen, Closed, PayloadTooLarge, RateLimited, Unavailable)
 # the errors werkzeug raises itself (routing, body limits), by status
 FOR_HTTP_STATUS = {cls.status: cls for cls in
                    (BadRequest, Unauthorized, NotFound, MethodNotAllowed, PayloadTooLarge)}

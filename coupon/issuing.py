@@ -20,6 +20,7 @@ from sqlalchemy import select
 from coupon import db
 from coupon.claims import Claims
 from coupon.errors import CampaignNotFound, Closed, NotOpen, RateLimited, SoldOut, Unavailable
+from coupon.keys import rate_window
 from coupon.scripts import Claim
 from coupon.supply import TAIL_RECHECK, CampaignGone, SerialSupply
 
@@ -142,7 +143,7 @@ class Issuer:
         if reply.outcome is Claim.CLOSED:
             raise Closed()
         if reply.outcome is Claim.RATE_LIMITED:  # retry once this window is over
-            raise RateLimited(retry_after=self.rate_window - int(time.time()) % self.rate_window)
+            raise RateLimited(retry_after=rate_window(self.rate_window)[1])
         raise AssertionError(f"no ticket in {reply}")
 
     # --- campaign state ---------------------------------------------------------------

@@ -3,10 +3,17 @@
 A campaign's home keys share the hash tag ``{c:ID}``; claim shard K of it has ``{c:ID:sK}``.
 Each Lua script touches keys of one tag only, so the same code runs on Redis Cluster.
 """
+import time
 import zlib
 
 ACTIVE = "campaigns:active"  # set of campaign ids the jobs walk
 SCHEDULER_LEADER = "scheduler:leader"
+
+
+def rate_window(seconds):
+    """(number of the current fixed rate-limit window of `seconds`, seconds left in it)."""
+    now = int(time.time())
+    return now // seconds, seconds - now % seconds
 
 
 def active_campaigns(redis):

@@ -51,7 +51,7 @@ SPEC = {
                 "responses": {
                     "201": {"description": "a new ticket", **_json("Ticket")},
                     "200": {"description": "the ticket the caller already holds", **_json("Ticket")},
-                    **_errors(400, 401, 404, 409, 413, 429, 503),
+                    **_errors(400, 401, 404, 408, 409, 413, 429, 503),
                 },
             },
         },
@@ -69,7 +69,7 @@ SPEC = {
                 "parameters": [CAMPAIGN_ID],
                 "security": BEARER,
                 "responses": {"200": {"description": "the ticket", **_json("Ticket")},
-                              **_errors(401, 404, 503)},
+                              **_errors(401, 404, 429, 503)},
             },
         },
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},

@@ -128,4 +128,6 @@ def test_fuzz_public_api(app, client, svc, redis_client):
     assert issued == len(new_tickets) <= stock
     tagged = {int(m.group(1)) for key in redis_client.scan_iter(count=1000)
               for m in [re.match(r"\{c:(\d+)", key)] if m}
-    assert tagged <= set(real_ids)
+    # (a rate-limit window of a campaign that exists counts a ticket lookup, even one closed long
+    # ago: earlier tests' campaigns are in the database)
+    assert tagged <= {c["id"] for c in ops.list_campaigns(svc)}
