@@ -11,7 +11,11 @@ import time
 
 import gevent
 
-from coupon.errors import BadRequest, PayloadTooLarge, RequestTimeout
+from werkzeug.http import HTTP_STATUS_CODES
+
+from coupon.errors import (
+    JSON, BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedTransferCoding, error_answer,
+)
 
 READ_SIZE = 8192
 
@@ -81,13 +85,21 @@ class BodyGuard:
 
     def __call__(self, environ, start_response):
         raw_length = environ.get("CONTENT_LENGTH") or ""
-        chunked = "HTTP_TRANSFER_ENCODING" in environ
-        if not chunked and raw_length in ("", "0"):
+        coding = environ.get("HTTP_TRANSFER_ENCODING")
+        if coding is None and raw_length in ("", "0"):
             return self.app(environ, start_response)
-        length = int(raw_length) if raw_length.isdigit() and not chunked else None
+        close_connection = environ.get("coupon.close_connection", lambda: None)
+        if coding is not None and coding.strip().lower() != "chunked":
+            # gunicorn lets gzip, deflate and compress through, before chunked: we decode none
+            close_connection()
+            body, status, headers = error_answer(UnsupportedTransferCoding())
+            start_response("%d %s" % (status, HTTP_STATUS_CODES[status]),
+                           [("Content-Type", JSON), ("Content-Length", str(len(body))), *headers])
+            return [body]
+        length = int(raw_length) if raw_length.isdigit() and coding is None else None
         body = environ["wsgi.input"] = RequestBody(environ["wsgi.input"], length, self.limit,
                                                    self.timeout)
         answer = self.app(environ, start_response)
         if not body.complete:
-            environ.get("coupon.close_connection", lambda: None)()
+            close_connection()
         return answer

@@ -205,6 +205,13 @@ def issue_call(base_url, campaign_id, user_id, token):
     return call
 
 
+def fresh_window(window, need):
+    """Sleep, if need be, so that `need` seconds remain in the current fixed rate-limit window."""
+    left = window - time.time() % window
+    if left < need:
+        time.sleep(left + 0.01)
+
+
 def fresh_database(database_url):
     """Drop and create the database of `database_url` (a SQLite file is only added to), with
     the tables."""

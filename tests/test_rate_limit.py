@@ -5,14 +5,8 @@ from collections import Counter, defaultdict
 
 from coupon import campaigns as ops
 from coupon import create_app
-from tests.support import app_config, assert_error, flood, issue, open_campaign, request, users
-
-
-def fresh_window(window, need):
-    """Sleep, if need be, so that `need` seconds remain in the current fixed window."""
-    left = window - time.time() % window
-    if left < need:
-        time.sleep(left + 0.01)
+from tests.support import (app_config, assert_error, flood, fresh_window, issue, open_campaign, request,
+                           users)
 
 
 def limited_app(mysql_url, redis_url, limit, window):
