@@ -444,6 +444,17 @@ def test_scheduler_leader_killed_during_a_flush(svc, signer, gunicorn, scheduler
 
     killed = {}
 
+    def holding_pending():
+        """Freeze the leader (SIGSTOP) while it holds pending entries, so that they stay pending
+        until the kill: read between a look and a kill, they could be acknowledged meanwhile."""
+        if not pending_of_leader():
+            return False
+        os.kill(leader.proc.pid, signal.SIGSTOP)
+        if pending_of_leader():
+            return True
+        os.kill(leader.proc.pid, signal.SIGCONT)
+        return False
+
     def kill_leader():
         leader.kill()
         killed["at"] = time.monotonic()
@@ -455,7 +466,7 @@ def test_scheduler_leader_killed_during_a_flush(svc, signer, gunicorn, scheduler
                    timeout=5, interval=0.01, what="the standby to take over")
         killed["takeover_s"] = time.monotonic() - killed["at"]
 
-    with once(lambda: issued() >= 300 and pending_of_leader(), kill_leader, poll=0.001):
+    with once(lambda: issued() >= 300 and holding_pending(), kill_leader, poll=0.001):
         answers, tokens = demand(server.url, campaign_id, signer, issued, seconds=30)
     seen = outcomes(answers)
     assert set(seen) <= {200, 201, "SOLD_OUT"}, seen
