@@ -30,8 +30,9 @@ def register_blueprints(app):
 
     app.register_blueprint(bp)
     app.session_interface = NoSessions()
-    app.wsgi_app = BodyGuard(IssueEndpoint(app), app.config["MAX_CONTENT_LENGTH"],
-                             app.config["BODY_TIMEOUT"])
+    # the issue call without a body first (the flood's kind), then every body through the guard
+    guarded = BodyGuard(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"], app.config["BODY_TIMEOUT"])
+    app.wsgi_app = IssueEndpoint(guarded, extensions.services(app))
 
 
 def register_commands(app):

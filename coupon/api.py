@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.http import HTTP_STATUS_CODES
 
+from coupon.bodies import announces_body
 from coupon.campaigns import campaign_status, find_ticket, iso_ms
 from coupon.errors import JSON, BadRequest, CampaignNotFound, Unauthorized, as_coupon_error, error_answer
 from coupon.extensions import services
@@ -108,16 +109,14 @@ class IssueEndpoint:
     STATUS = {status: "%d %s" % (status, HTTP_STATUS_CODES[status])
               for status in (200, 201, 400, 401, 404, 409, 429, 500, 503)}
 
-    def __init__(self, app):
-        self.flask = app.wsgi_app
-        self.services = services(app)
+    def __init__(self, app, services):
+        self.app = app  # everything else: bodies.BodyGuard, then Flask
+        self.services = services
 
     def __call__(self, environ, start_response):
         match = self.PATH.fullmatch(environ.get("PATH_INFO", ""))
-        if (match is None or environ["REQUEST_METHOD"] != "POST"
-                or environ.get("CONTENT_LENGTH") not in (None, "", "0")
-                or "HTTP_TRANSFER_ENCODING" in environ):
-            return self.flask(environ, start_response)
+        if match is None or environ["REQUEST_METHOD"] != "POST" or announces_body(environ):
+            return self.app(environ, start_response)
         body, status, headers = answer_issue(
             self.services, match[1], environ.get("HTTP_AUTHORIZATION", ""))
         start_response(self.STATUS[status], [

@@ -20,6 +20,12 @@ from coupon.errors import (
 READ_SIZE = 8192
 
 
+def announces_body(environ):
+    """Whether a request says a body follows (a Content-Length above 0, or a transfer coding)."""
+    return (environ.get("CONTENT_LENGTH") not in (None, "", "0")
+            or "HTTP_TRANSFER_ENCODING" in environ)
+
+
 class RequestBody:
     """wsgi.input of a request that announced a body: read with a deadline and a size limit."""
 
@@ -72,7 +78,7 @@ class RequestBody:
 
 
 class BodyGuard:
-    """WSGI middleware, outermost: every announced body goes through a RequestBody.
+    """WSGI middleware in front of Flask: every announced body goes through a RequestBody.
 
     The server may put a callable at environ["coupon.close_connection"] that closes the
     connection after the answer (config/gunicorn.conf.py does).
@@ -84,10 +90,10 @@ class BodyGuard:
         self.timeout = timeout
 
     def __call__(self, environ, start_response):
+        if not announces_body(environ):
+            return self.app(environ, start_response)
         raw_length = environ.get("CONTENT_LENGTH") or ""
         coding = environ.get("HTTP_TRANSFER_ENCODING")
-        if coding is None and raw_length in ("", "0"):
-            return self.app(environ, start_response)
         close_connection = environ.get("coupon.close_connection", lambda: None)
         if coding is not None and coding.strip().lower() != "chunked":
             # gunicorn lets gzip, deflate and compress through, before chunked: we decode none

@@ -11,7 +11,7 @@ from coupon import db
 from coupon.errors import (
     CampaignNotFound, InvalidCampaign, NoTicket, RateLimited, ReconcileMismatch, Unavailable,
 )
-from coupon.keys import ACTIVE, rate_window
+from coupon.keys import ACTIVE
 from coupon.outbox import Flusher, outbox_stats
 from coupon.reconcile import Report, mysql_tickets, reconcile
 from coupon.scripts import StoredClaim
@@ -253,14 +253,14 @@ def find_ticket(svc, campaign_id, user_id):
 def count_request(svc, shard, user_id):
     """Count a request of the user against RATE_LIMIT, with their issue calls (as claim.lua
     does, in the same window hash); raise RateLimited past it."""
-    limit, seconds = svc.config["RATE_LIMIT"], max(1, int(svc.config["RATE_LIMIT_WINDOW"]))
-    if not limit:
+    rate = svc.rate_limit
+    if not rate.limit:
         return
-    window, left = rate_window(seconds)
+    window, left = rate.window()
     pipe = svc.redis.pipeline(transaction=False)
     pipe.hincrby(shard.rate(window), user_id, 1)
-    pipe.expire(shard.rate(window), seconds)
-    if pipe.execute()[0] > limit:
+    pipe.expire(shard.rate(window), rate.seconds)
+    if pipe.execute()[0] > rate.limit:
         raise RateLimited(retry_after=left)
 
 

@@ -9,7 +9,6 @@ import threading
 
 from redis.exceptions import NoScriptError
 
-from coupon.keys import rate_window
 from coupon.scripts import NO_SERIAL, ClaimReply
 
 
@@ -86,14 +85,13 @@ class ClaimSender:
     pipeline; a shard whose call found no script (a restarted Redis) is sent again after loading it.
     """
 
-    def __init__(self, redis, claim_script, keys, rate_limit, rate_window):
+    def __init__(self, redis, claim_script, keys, rate_limit):
         self.redis = redis
         self.script = claim_script
         self.keys = keys
         self.shards = keys.all_shards()
         self.shard_keys = [shard.all() for shard in self.shards]
         self.rate_limit = rate_limit
-        self.rate_window = rate_window
 
     def __call__(self, claims):
         groups = {}  # shard -> indexes of its claims, in order
@@ -120,10 +118,10 @@ class ClaimSender:
     def _send(self, groups, claims):
         """One script call per shard in `groups`, pipelined; the results (or errors) in order."""
         pipe = self.redis.pipeline(transaction=False)
-        window, _ = rate_window(self.rate_window)
+        window, _ = self.rate_limit.window()
         for shard, indexes in groups.items():
             keys = [*self.shard_keys[shard], self.shards[shard].rate(window)]
-            args = [self.keys.campaign_id, self.rate_limit, self.rate_window]
+            args = [self.keys.campaign_id, self.rate_limit.limit, self.rate_limit.seconds]
             for i in indexes:
                 args += claims[i][1:]  # user id, serial, code
             pipe.evalsha(self.script.sha, len(keys), *keys, *args)
@@ -133,11 +131,9 @@ class ClaimSender:
 class Claims:
     """The claims of one worker on one campaign."""
 
-    def __init__(self, redis, claim_script, keys, config):
+    def __init__(self, redis, claim_script, keys, rate_limit, max_batch):
         self.keys = keys
-        rate_window = max(1, int(config["RATE_LIMIT_WINDOW"]))
-        send = ClaimSender(redis, claim_script, keys, config["RATE_LIMIT"], rate_window)
-        self._batcher = ClaimBatcher(send, config["CLAIM_BATCH_MAX"])
+        self._batcher = ClaimBatcher(ClaimSender(redis, claim_script, keys, rate_limit), max_batch)
 
     def claim(self, user_id, serial, code):
         """Offer the user this serial; a ClaimReply. Raises RedisError if its outcome is unknown."""

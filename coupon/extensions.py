@@ -3,7 +3,7 @@ import redis
 
 from coupon.db import make_engine
 from coupon.issuing import Issuer
-from coupon.keys import CampaignKeys
+from coupon.keys import CampaignKeys, RateLimit
 from coupon.metrics import Metrics
 from coupon.scripts import Scripts
 from coupon.signing import Signer
@@ -17,8 +17,9 @@ class Services:
         self.scripts = Scripts(self.redis)
         self.signer = Signer(config["SECRET_KEY"], config["TOKEN_TTL"])
         self.metrics = Metrics()
+        self.rate_limit = RateLimit(config["RATE_LIMIT"], config["RATE_LIMIT_WINDOW"])
         self.issuer = Issuer(self.redis, self.scripts, self.engine, self.signer, config,
-                             self.keys, self.metrics)
+                             self.keys, self.metrics, self.rate_limit)
 
     def keys(self, campaign_id):
         """The Redis keys of a campaign (the one place they are built)."""

@@ -20,7 +20,6 @@ from sqlalchemy import select
 from coupon import db
 from coupon.claims import Claims
 from coupon.errors import CampaignNotFound, Closed, NotOpen, RateLimited, SoldOut, Unavailable
-from coupon.keys import rate_window
 from coupon.scripts import Claim
 from coupon.supply import TAIL_RECHECK, CampaignGone, SerialSupply
 
@@ -44,12 +43,15 @@ class LiveCampaign:
 
     def __init__(self, keys, meta, supply, claims):
         self.keys = keys
-        self.campaign_id = keys.campaign_id
         self.supply = supply
         self.claims = claims
         self.refresh_lock = threading.Lock()
         self.asked_for_serials_at = int(meta.get("wanted") or 0)  # the last call another worker made
         self.apply(meta)
+
+    @property
+    def campaign_id(self):
+        return self.keys.campaign_id
 
     def apply(self, meta):
         """Take in the campaign's meta hash; return True if another worker asked for serials since."""
@@ -77,7 +79,7 @@ class Issuer:
 
     UNKNOWN_CACHE_MAX = 4096
 
-    def __init__(self, redis, scripts, engine, signer, config, keys, metrics):
+    def __init__(self, redis, scripts, engine, signer, config, keys, metrics, rate_limit):
         self.redis = redis
         self.scripts = scripts
         self.engine = engine
@@ -85,8 +87,8 @@ class Issuer:
         self.config = config
         self.keys = keys  # campaign id -> CampaignKeys
         self.metrics = metrics
+        self.rate_limit = rate_limit
         self.refresh = config["STATE_REFRESH"]
-        self.rate_window = max(1, int(config["RATE_LIMIT_WINDOW"]))
         worker_id = "%s:%d:%s" % (os.uname().nodename, os.getpid(), uuid.uuid4().hex[:8])
         lease_numbers = itertools.count(1)
         self._new_lease_id = lambda: "%s:%d" % (worker_id, next(lease_numbers))
@@ -143,7 +145,8 @@ class Issuer:
         if reply.outcome is Claim.CLOSED:
             raise Closed()
         if reply.outcome is Claim.RATE_LIMITED:  # retry once this window is over
-            raise RateLimited(retry_after=rate_window(self.rate_window)[1])
+            _, left = self.rate_limit.window()
+            raise RateLimited(retry_after=left)
         raise AssertionError(f"no ticket in {reply}")
 
     # --- campaign state ---------------------------------------------------------------
@@ -185,7 +188,8 @@ class Issuer:
             meta = self._meta_from_db(campaign_id)
         supply = SerialSupply(keys, self.redis, self.scripts, self.config, self._new_lease_id,
                               self.metrics.block_gauge(campaign_id))
-        claims = Claims(self.redis, self.scripts.claim, keys, self.config)
+        claims = Claims(self.redis, self.scripts.claim, keys, self.rate_limit,
+                        self.config["CLAIM_BATCH_MAX"])
         campaign = self._campaigns[campaign_id] = LiveCampaign(keys, meta, supply, claims)
         return campaign
 

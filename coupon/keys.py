@@ -10,10 +10,18 @@ ACTIVE = "campaigns:active"  # set of campaign ids the jobs walk
 SCHEDULER_LEADER = "scheduler:leader"
 
 
-def rate_window(seconds):
-    """(number of the current fixed rate-limit window of `seconds`, seconds left in it)."""
-    now = int(time.time())
-    return now // seconds, seconds - now % seconds
+class RateLimit:
+    """The per-user rate limit: `limit` requests (0: no limit) per fixed window of `seconds`,
+    counted by claim.lua for issue calls and by campaigns.count_request for ticket lookups."""
+
+    def __init__(self, limit, seconds):
+        self.limit = limit
+        self.seconds = max(1, int(seconds))
+
+    def window(self):
+        """(number of the current window, seconds left in it)."""
+        now = int(time.time())
+        return now // self.seconds, self.seconds - now % self.seconds
 
 
 def active_campaigns(redis):

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 SCRIPT_DIR = Path(__file__).parent / "scripts"
-NAMES = ("claim", "lease", "renew", "give_back", "leader", "resign")
 
 
 class Claim(enum.IntEnum):
@@ -117,15 +116,14 @@ class Scripts:
     """The scripts of one Redis client, each behind a thin wrapper that names its reply."""
 
     def __init__(self, redis):
-        self.redis = redis
-        for name in NAMES:
-            source = (SCRIPT_DIR / f"{name}.lua").read_text()
-            setattr(self, f"_{name}", redis.register_script(source))
+        def register(name):
+            return redis.register_script((SCRIPT_DIR / f"{name}.lua").read_text())
 
-    @property
-    def claim(self):
-        """claim.lua itself: the claims module sends it pipelined, per shard (claims.ClaimSender)."""
-        return self._claim
+        # claim.lua itself: the claims module sends it pipelined, per shard (claims.ClaimSender)
+        self.claim = register("claim")
+        self._lease, self._renew = register("lease"), register("renew")
+        self._give_back = register("give_back")
+        self._leader, self._resign = register("leader"), register("resign")
 
     def lease(self, keys, lease_id, most, ttl_ms, tail, waiting):
         """Lease up to `most` serials for `ttl_ms`; see lease.lua."""

@@ -440,9 +440,7 @@ def test_client_errors_are_4xx_json_without_traceback(gunicorn, svc, signer):
     broken = [b"zz\r\n{}\r\n0\r\n\r\n", b"0x2\r\n{}\r\n0\r\n\r\n", b"-2\r\n{}\r\n0\r\n\r\n",
               b"2\r\n{}XX0\r\n\r\n", b"2\r\n{}\r\n0\r\nbad trailer\r\n\r\n", b"2;a\nb\r\n{}\r\n0\r\n\r\n"]
     for framing in broken:
-        answer = exchange(server.port, chunked + framing)
-        if answer is not None:
-            assert_error(answer, 400, "BAD_REQUEST")
+        assert_error(exchange(server.port, chunked + framing), 400, "BAD_REQUEST")
 
     with RawConnection(server.port) as conn:  # gone mid-chunk
         conn.send(chunked + b"5\r\n{}")
