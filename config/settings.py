@@ -40,6 +40,8 @@ class Config:
     # HTTP
     MAX_CONTENT_LENGTH = 4096  # bytes; larger bodies answer 413
     BODY_TIMEOUT = 5.0  # seconds from a request's arrival to the end of its body; later: 408
+    # The operators' page (/ops/): HTTP Basic with this password in production; none: no page
+    OPS_PASSWORD = ""
 
     @classmethod
     def load(cls):

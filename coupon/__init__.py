@@ -25,10 +25,12 @@ def register_extensions(app):
 
 
 def register_blueprints(app):
+    from coupon import ops
     from coupon.api import IssueEndpoint, NoSessions, bp
     from coupon.bodies import BodyGuard
 
     app.register_blueprint(bp)
+    ops.register(app)  # the operators' page, where it is enabled
     app.session_interface = NoSessions()
     # the issue call without a body first (the flood's kind), then every body through the guard
     guarded = BodyGuard(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"], app.config["BODY_TIMEOUT"])

@@ -162,9 +162,8 @@ def healthz():
     return jsonify(status="ok")
 
 
-@bp.get("/readyz")
-def readyz():
-    svc = services(current_app)
+def readiness(svc):
+    """{"redis": "ok" or "down: <error>", "database": the same}."""
     checks = {}
     try:
         svc.redis.ping()
@@ -177,5 +176,11 @@ def readyz():
         checks["database"] = "ok"
     except SQLAlchemyError as e:
         checks["database"] = f"down: {type(e).__name__}"
+    return checks
+
+
+@bp.get("/readyz")
+def readyz():
+    checks = readiness(services(current_app))
     ready = all(v == "ok" for v in checks.values())
     return jsonify(status="ready" if ready else "not ready", checks=checks), 200 if ready else 503

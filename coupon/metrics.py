@@ -57,6 +57,7 @@ class Metrics:
         self._requests_in_progress = []  # one entry per issue request in progress
         self._counted_at = 0.0
         self._registry = None
+        self._totals_registry = None
 
     def record_flushed(self, n):
         """Count n claims moved from the outbox into the database (called by the flush job)."""
@@ -94,20 +95,50 @@ class Metrics:
                 child = self._outcomes[code] = self.issues.labels(code)
             child.inc(n)
 
+    def _host_registry(self):
+        """A registry of this host's values: every worker's (from their files), or this process's."""
+        registry = CollectorRegistry()
+        if self.multiprocess_dir:
+            from prometheus_client import multiprocess
+
+            multiprocess.MultiProcessCollector(registry)
+        else:
+            for collector in (self.issues, self.issue_seconds, self.block, self.flushed):
+                registry.register(collector)
+        return registry
+
     def scrape(self, redis, keys):
         """(text, content type) of /metrics, with every answer given so far counted."""
         if self._registry is None:  # built on the first scrape
-            self._registry = CollectorRegistry()
-            if self.multiprocess_dir:  # every worker's values, from their files
-                from prometheus_client import multiprocess
-
-                multiprocess.MultiProcessCollector(self._registry)
-            else:  # this process's
-                for collector in (self.issues, self.issue_seconds, self.block, self.flushed):
-                    self._registry.register(collector)
+            self._registry = self._host_registry()
             self._registry.register(OutboxCollector(redis, keys))
         self.count_answers()
         return generate_latest(self._registry), CONTENT_TYPE_LATEST
+
+    def totals(self):
+        """This host's counters so far, for the operators' page (which turns them into rates):
+        {"answers": {outcome: n}, "latency_buckets": [[bound in s, answers at most that slow]],
+        "flushed": n, "block_serials": {campaign id: serials in local blocks}}."""
+        if self._totals_registry is None:
+            self._totals_registry = self._host_registry()
+        self.count_answers()
+        answers, buckets, flushed, block = {}, {}, 0, {}
+        for family in self._totals_registry.collect():
+            for s in family.samples:
+                if s.name == "coupon_issue_total":
+                    answers[s.labels["outcome"]] = answers.get(s.labels["outcome"], 0) + int(s.value)
+                elif s.name == "coupon_issue_duration_seconds_bucket":
+                    bound = float(s.labels["le"])
+                    buckets[bound] = buckets.get(bound, 0) + int(s.value)
+                elif s.name == "coupon_flushed_total":
+                    flushed += int(s.value)
+                elif s.name == "coupon_local_block_serials":
+                    campaign = s.labels["campaign_id"]
+                    block[campaign] = block.get(campaign, 0) + int(s.value)
+        return {"answers": answers, "flushed": flushed, "block_serials": block,
+                # JSON has no infinity: the last bucket (+Inf) as null
+                "latency_buckets": [[None if b == float("inf") else b, n]
+                                    for b, n in sorted(buckets.items())]}
 
 
 class OutboxCollector:

@@ -27,6 +27,7 @@ CAMPAIGN_ID = {
     "schema": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
 }
 BEARER = [{"bearer": []}]
+OPS = [{"ops": []}]
 
 SPEC = {
     "openapi": "3.0.3",
@@ -86,6 +87,38 @@ SPEC = {
                                       "content": {"text/plain": {"schema": {"type": "string"}}}}},
             },
         },
+        "/ops/": {
+            "get": {
+                "summary": "The operators' live page (HTML; development: open, production: HTTP "
+                           "Basic with OPS_PASSWORD, and no page at all without one)",
+                "security": OPS,
+                "responses": {"200": {"description": "the page",
+                                      "content": {"text/html": {"schema": {"type": "string"}}}},
+                              **_errors(401, 404)},
+            },
+        },
+        "/ops/live.json": {
+            "get": {
+                "summary": "What the operators' page shows now: health, campaigns, the selected "
+                           "campaign's figures, this host's counters",
+                "security": OPS,
+                "parameters": [{"name": "campaign", "in": "query", "required": False,
+                                "description": "the campaign to show (default: the newest live one)",
+                                "schema": {"type": "integer", "minimum": 1}}],
+                "responses": {"200": {"description": "live figures", **_json("Object")},
+                              **_errors(401, 404, 503)},
+            },
+        },
+        "/ops/campaigns/{campaign_id}/replay.json": {
+            "get": {
+                "summary": "A sale replayed from the database: issues per second, time to sell "
+                           "out, reconciliation",
+                "security": OPS,
+                "parameters": [CAMPAIGN_ID],
+                "responses": {"200": {"description": "the replay", **_json("Object")},
+                              **_errors(401, 404, 503)},
+            },
+        },
         "/openapi.json": {
             "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}},
         },
@@ -94,8 +127,11 @@ SPEC = {
         "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer",
                        "description": "A user token minted by `flask token USER_ID`."},
+            "ops": {"type": "http", "scheme": "basic",
+                    "description": "Any user name, the password OPS_PASSWORD (production only)."},
         },
         "schemas": {
+            "Object": {"type": "object"},
             "Error": {
                 "type": "object", "required": ["error"],
                 "properties": {"error": {

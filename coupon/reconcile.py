@@ -29,11 +29,11 @@ class Report:
         """The report for people: counts, then each difference (the first `limit` of each kind)."""
         out = [
             f"campaign {self.campaign_id}: redis claims {self.redis_claims}, "
-            f"redis counter {self.redis_counter}, mysql rows {self.mysql_rows}: "
+            f"redis counter {self.redis_counter}, database rows {self.mysql_rows}: "
             + ("AGREE" if self.agree else "DIFFER")
         ]
-        for title, items in (("missing in mysql", self.missing_in_mysql),
-                             ("in mysql, not in redis", self.extra_in_mysql),
+        for title, items in (("missing in the database", self.missing_in_mysql),
+                             ("in the database, not in redis", self.extra_in_mysql),
                              ("different ticket", self.different),
                              ("serial held twice", self.duplicate_serials)):
             if items:

@@ -1,0 +1,309 @@
+// The operators' live page: polls live.json every second, turns its counters into rates, keeps
+// the last five minutes itself and draws them with uPlot. The server keeps no history.
+"use strict";
+(function () {
+  const root = document.getElementById("ops");
+  const POLL_MS = Number(root.dataset.pollSeconds) * 1000;
+  const HISTORY = 300; // polls kept: five minutes at one a second
+  // the answers chart's series: label, colour, the outcome codes counted (null: every other one)
+  const OUTCOMES = [
+    ["201 new", "#2e7d32", ["NEW"]],
+    ["200 held", "#1565c0", ["HELD"]],
+    ["409 sold out", "#757575", ["SOLD_OUT"]],
+    ["409 not open/closed", "#a1887f", ["NOT_OPEN", "CLOSED"]],
+    ["429 rate limited", "#ef6c00", ["RATE_LIMITED"]],
+    ["503 unavailable", "#c62828", ["UNAVAILABLE"]],
+    ["other errors", "#6a1b9a", null],
+  ];
+  const NAMED = new Set(OUTCOMES.flatMap(([, , codes]) => codes || []));
+  const $ = (id) => document.getElementById(id);
+
+  let selected = new URLSearchParams(location.search).get("campaign");
+  let previous = null; // the last state, for rates
+  let lastAnswer = 0; // Date.now() of the last good poll
+  let recent = emptyHistory();
+  let replayOf = null; // campaign id whose replay is shown
+  const charts = {};
+
+  function emptyHistory() {
+    return {t: [], issued: [], answers: OUTCOMES.map(() => []), p50: [], p99: [],
+            backlog: [], lag: []};
+  }
+
+  // ---- figures ----
+  function rate(now, before, seconds) {
+    return seconds > 0 && now >= before ? (now - before) / seconds : null;
+  }
+
+  function outcomeCount(answers, codes) {
+    return Object.entries(answers)
+      .filter(([code]) => (codes ? codes.includes(code) : !NAMED.has(code)))
+      .reduce((sum, [, n]) => sum + n, 0);
+  }
+
+  // a quantile of the answers between two polls, from the histogram's cumulative buckets,
+  // interpolated within a bucket as Prometheus's histogram_quantile does; in ms
+  function quantile(q, buckets, before) {
+    const counts = buckets.map(([bound, n], i) => [bound, n - ((before[i] || [])[1] || 0)]);
+    const total = counts.length ? counts[counts.length - 1][1] : 0;
+    if (total <= 0) return null;
+    let lower = 0, below = 0;
+    for (const [bound, n] of counts) {
+      if (n >= q * total) {
+        if (bound === null) return lower * 1000; // beyond the last bound
+        return (lower + (bound - lower) * (q * total - below) / Math.max(1, n - below)) * 1000;
+      }
+      lower = bound; below = n;
+    }
+    return null;
+  }
+
+  function record(state) {
+    const c = state.campaign;
+    const p = previous && previous.campaign && c && previous.campaign.id === c.id ? previous : null;
+    const seconds = p ? state.now - p.now : 0;
+    const host = state.this_host, before = p ? p.this_host : null;
+    const h = recent;
+    h.t.push(state.now);
+    h.issued.push(p ? rate(c.issued, p.campaign.issued, seconds) : null);
+    OUTCOMES.forEach(([, , codes], i) => h.answers[i].push(
+      p ? rate(outcomeCount(host.answers, codes), outcomeCount(before.answers, codes), seconds) : null));
+    h.p50.push(p ? quantile(0.5, host.latency_buckets, before.latency_buckets) : null);
+    h.p99.push(p ? quantile(0.99, host.latency_buckets, before.latency_buckets) : null);
+    h.backlog.push(c && c.outbox ? c.outbox.backlog : null);
+    h.lag.push(c && c.outbox ? c.outbox.flush_lag_seconds : null);
+    if (h.t.length > HISTORY) {
+      for (const series of [h.t, h.issued, ...h.answers, h.p50, h.p99, h.backlog, h.lag]) series.shift();
+    }
+  }
+
+  // ---- formatting ----
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined || !isFinite(seconds)) return "–";
+    seconds = Math.max(0, seconds);
+    if (seconds < 60) return seconds.toFixed(seconds < 10 ? 1 : 0) + " s";
+    const m = Math.floor(seconds / 60), s = Math.floor(seconds % 60);
+    if (m < 60) return `${m} min ${s} s`;
+    return `${Math.floor(m / 60)} h ${m % 60} min`;
+  }
+  const number = (n, digits = 0) => (n === null || n === undefined ? "–" :
+    n.toLocaleString("en-US", {maximumFractionDigits: digits, minimumFractionDigits: digits}));
+  const last = (series) => series[series.length - 1];
+  const text = (id, value) => { const e = $(id); if (e.textContent !== value) e.textContent = value; };
+  const epoch = (iso) => (iso ? Date.parse(iso) / 1000 : null);
+
+  // ---- charts ----
+  function chart(id, series, axes, scales) {
+    const target = $(id);
+    const opts = {
+      width: Math.max(300, target.clientWidth), height: 190,
+      scales: Object.assign({x: {time: true}}, scales || {}),
+      series: [{}, ...series], axes: [{}, ...axes],
+      legend: {live: false}, cursor: {drag: {x: false, y: false}},
+    };
+    return new uPlot(opts, [[], ...series.map(() => [])], target);
+  }
+
+  function liveCharts() {
+    if (charts.issued) return;
+    const line = (label, stroke, extra) => Object.assign({label, stroke, width: 2, spanGaps: false}, extra);
+    charts.issued = chart("chart-issued", [line("issued / s", "#2e7d32", {fill: "rgba(46,125,50,0.15)"})],
+                          [{label: "per s"}]);
+    charts.answers = chart("chart-answers", OUTCOMES.map(([label, colour]) => line(label, colour)),
+                           [{label: "per s"}]);
+    charts.latency = chart("chart-latency", [line("p50", "#1565c0"), line("p99", "#c62828")],
+                           [{label: "ms"}]);
+    charts.outbox = chart("chart-outbox",
+                          [line("backlog", "#6a1b9a", {scale: "entries"}), line("flush lag s", "#ef6c00", {scale: "s"})],
+                          [{label: "entries", scale: "entries"}, {label: "s", scale: "s", side: 1, grid: {show: false}}],
+                          {entries: {range: (u, min, max) => [0, Math.max(10, max)]},
+                           s: {range: (u, min, max) => [0, Math.max(1, max)]}});
+  }
+
+  function drawLive() {
+    const h = recent;
+    charts.issued.setData([h.t, h.issued]);
+    charts.answers.setData([h.t, ...h.answers]);
+    charts.latency.setData([h.t, h.p50, h.p99]);
+    charts.outbox.setData([h.t, h.backlog, h.lag]);
+  }
+
+  window.addEventListener("resize", () => {
+    for (const c of Object.values(charts)) c.setSize({width: Math.max(300, c.root.parentNode.clientWidth), height: 190});
+  });
+
+  // ---- the page ----
+  function showHealth(health) {
+    const list = $("health");
+    list.replaceChildren(...Object.entries(health).map(([name, check]) => {
+      const li = document.createElement("li");
+      li.className = check.ok ? "ok" : "down";
+      li.textContent = `${check.ok ? "✓" : "✗"} ${name}`;
+      li.title = check.detail;
+      return li;
+    }));
+  }
+
+  function showCampaigns(campaigns, current) {
+    const list = $("campaigns");
+    if (!campaigns.length) return;
+    list.replaceChildren(...campaigns.map((c) => {
+      const li = document.createElement("li");
+      li.className = (c.id === current ? "selected " : "") + (c.live ? "live" : "closed");
+      const a = document.createElement("a");
+      a.href = `?campaign=${c.id}`;
+      a.dataset.id = c.id;
+      a.innerHTML = `<span class="name"></span><span class="badge ${c.status}">${c.status.replace("_", " ")}</span>` +
+        `<span class="mini"><span style="width:${(100 * c.issued / c.total).toFixed(1)}%"></span></span>` +
+        `<span class="count">${number(c.issued)} / ${number(c.total)}</span>`;
+      a.querySelector(".name").textContent = `#${c.id} ${c.name}`;
+      li.append(a);
+      return li;
+    }));
+  }
+
+  $("campaigns").addEventListener("click", (event) => {
+    const a = event.target.closest("a[data-id]");
+    if (!a) return;
+    event.preventDefault();
+    select(a.dataset.id);
+    window.history.pushState(null, "", a.href);
+  });
+
+  function select(id) {
+    selected = String(id);
+    previous = null;
+    recent = emptyHistory();
+    replayOf = null;
+    poll();
+  }
+
+  function showCampaign(state) {
+    const c = state.campaign;
+    $("campaign").hidden = !c;
+    if (!c) return;
+    text("title", `#${c.id} ${c.name}`);
+    const badge = $("status");
+    badge.className = `badge ${c.status}`;
+    text("status", c.status.replace("_", " "));
+    const share = c.total ? c.issued / c.total : 0;
+    $("bar-fill").style.width = `${(100 * share).toFixed(2)}%`;
+    $("bar-fill").className = c.remaining <= 0 ? "full" : "";
+    text("bar-text", `${number(c.issued)} of ${number(c.total)} issued (${(100 * share).toFixed(1)} %) · ` +
+      `${number(c.remaining)} left`);
+    const opened = epoch(c.opens_at);
+    let clock = "";
+    if (c.sold_out_after_seconds !== undefined && c.sold_out_after_seconds !== null) {
+      clock = `sold out ${duration(c.sold_out_after_seconds)} after opening`;
+    } else if (c.remaining <= 0) {
+      clock = "sold out (the last rows are being written)";
+    } else if (opened && opened > state.now) {
+      clock = `opens in ${duration(opened - state.now)}`;
+    } else if (opened && c.status !== "closed") {
+      clock = `open for ${duration(state.now - opened)}`;
+    }
+    text("clock", clock);
+    $("live").hidden = !c.live;
+    if (c.live) showLive(state);
+    if (c.replay_url && replayOf !== c.id) showReplay(c);
+    $("replay").hidden = !c.replay_url;
+  }
+
+  function showLive(state) {
+    const c = state.campaign, h = recent;
+    liveCharts();
+    record(state);
+    drawLive();
+    const answered = h.answers.reduce((sum, series) => sum + (last(series) || 0), 0);
+    text("t-issued-rate", number(last(h.issued)));
+    text("t-answer-rate", h.t.length > 1 ? number(answered) : "–");
+    text("t-latency", `${number(last(h.p50), 1)} · ${number(last(h.p99), 1)}`);
+    text("t-backlog", number(c.outbox.backlog));
+    text("t-lag", number(c.outbox.flush_lag_seconds, 1));
+    text("t-leased", number(c.leases.reduce((sum, l) => sum + l.serials, 0)));
+    $("t-lag").parentNode.className = c.outbox.flush_lag_seconds > 5 ? "tile warn" : "tile";
+    $("leases").replaceChildren(...c.leases.map((l) => {
+      const tr = document.createElement("tr");
+      tr.className = l.expires_in < 0 ? "expired" : "";
+      for (const value of [l.worker, number(l.serials),
+                           l.expires_in < 0 ? "expired: the reclaim job returns its unused serials" : duration(l.expires_in)]) {
+        const td = document.createElement("td");
+        td.textContent = value;
+        tr.append(td);
+      }
+      return tr;
+    }));
+    if (!c.leases.length) $("leases").innerHTML = '<tr><td colspan="3" class="note">no worker holds serials of this campaign</td></tr>';
+    const held = state.this_host.block_serials[String(c.id)];
+    text("host-block", held === undefined ? "" : `This host's workers have ${number(held)} leased serials not yet handed out.`);
+  }
+
+  async function showReplay(c) {
+    replayOf = c.id;
+    const response = await fetch(c.replay_url, {cache: "no-store"});
+    const r = await response.json();
+    if (!response.ok) {
+      text("replay-caption", `The replay is not available: ${r.error.message}`);
+      return;
+    }
+    const xs = r.issues.map((_, i) => i * r.step_seconds);
+    const per = r.step_seconds > 1 ? `per ${r.step_seconds} s` : "per second";
+    const soldOut = r.sold_out_after_seconds === null ?
+      `not sold out: ${number(r.rows)} of ${number(r.total)} issued` :
+      `sold out after ${duration(r.sold_out_after_seconds)}`;
+    text("replay-caption", `The sale replayed from the database: coupons issued ${per} from opening · ${soldOut}`);
+    if (charts.replay) charts.replay.destroy();
+    charts.replay = chart("chart-replay",
+      [{label: `issued ${per}`, stroke: "#2e7d32", width: 2, fill: "rgba(46,125,50,0.15)", paths: uPlot.paths.stepped({align: 1})}],
+      [{label: per}], {x: {time: false}});
+    charts.replay.axes[0].values = (u, values) => values.map((v) => duration(v));
+    charts.replay.setData([xs, r.issues]);
+    const rec = $("reconciliation");
+    rec.className = `reconciliation ${r.reconciliation.agree ? "ok" : "down"}`;
+    rec.replaceChildren(...[(r.reconciliation.agree ? "✓ reconciled" : "✗ Redis and the database differ"),
+                            ...r.reconciliation.lines].map((line, i) => {
+      const p = document.createElement(i ? "pre" : "b");
+      p.textContent = line;
+      return p;
+    }));
+  }
+
+  async function poll() {
+    const url = root.dataset.liveUrl + (selected ? `?campaign=${encodeURIComponent(selected)}` : "");
+    try {
+      const response = await fetch(url, {cache: "no-store"});
+      const state = await response.json();
+      if (!response.ok) throw new Error(state.error ? `${state.error.code}: ${state.error.message}` : response.status);
+      if (selected && state.campaign && String(state.campaign.id) !== selected) return;
+      lastAnswer = Date.now();
+      showHealth(state.health);
+      showCampaigns(state.campaigns, state.campaign && state.campaign.id);
+      showCampaign(state);
+      previous = state;
+      window.opsPage.state = state;
+    } catch (e) {
+      text("updated", `no answer: ${e.message}`);
+      $("updated").className = "stale";
+    }
+  }
+
+  function tick() {
+    const age = (Date.now() - lastAnswer) / 1000;
+    if (lastAnswer && age < 3) {
+      text("updated", "live, every second");
+      $("updated").className = "";
+    } else if (lastAnswer) {
+      text("updated", `no answer for ${duration(age)}`);
+      $("updated").className = "stale";
+    }
+  }
+
+  // for tests and curious operators: window.opsPage.charts.issued.data
+  window.opsPage = {charts, recent: () => recent, state: null}; // recent: the history kept
+  // one poll at a time: the next is scheduled when the last has answered
+  (async function loop() {
+    await poll();
+    tick();
+    setTimeout(loop, POLL_MS);
+  })();
+})();

@@ -1,0 +1,173 @@
+"""The operators' page (/ops/) through Flask's test client, against the real Redis and MariaDB:
+what live.json and replay.json say, bad ids, and HTTP Basic in production (401, 404)."""
+import base64
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from coupon import campaigns as ops
+from coupon import create_app
+from coupon.keys import SCHEDULER_LEADER
+from coupon.outbox import Flusher
+from tests.support import app_config, assert_error, issue, issue_directly, open_campaign
+
+PASSWORD = "ops-password-for-tests"
+
+
+def basic(user, password):
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+@pytest.fixture
+def make_app(mysql_url, redis_url):
+    """An app with extra settings (ENV=production, OPS_PASSWORD=...); disposed after the test."""
+    made = []
+
+    def make(**settings):
+        app = create_app(app_config(mysql_url, redis_url, **settings))
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        app.extensions["coupon"].engine.dispose()
+
+
+def test_live_json_shows_a_sale_in_progress(client, svc, signer, redis_client):
+    campaign_id = open_campaign(svc, 100_000, "ops live")  # not at the tail: leased in blocks
+    for user in ("a", "b", "c", "a"):
+        issue(client, campaign_id, signer.mint(user))
+
+    page = client.get("/ops/")
+    assert page.status_code == 200 and page.content_type.startswith("text/html")
+    assert b"/ops/live.json" in page.data and b"uPlot.iife.min.js" in page.data
+
+    state = client.get(f"/ops/live.json?campaign={campaign_id}").json
+    c = state["campaign"]
+    assert (c["id"], c["issued"], c["remaining"], c["status"], c["live"]) == (campaign_id, 3, 99_997, "open", True)
+    assert c["outbox"]["backlog"] == 3  # no flusher runs in this test
+    assert c["outbox"]["flush_lag_seconds"] >= 0
+    [lease] = c["leases"]  # this process's worker leased one block
+    block = svc.config["BLOCK_SIZE"]
+    assert lease["serials"] == block and 0 < lease["expires_in"] <= svc.config["LEASE_TTL"]
+    assert lease["worker"].split(":")[1].isdigit()
+    assert "sold_out_after_seconds" not in c and "replay_url" not in c
+    # this host's counters: the answers of this app, all of them timed
+    host = state["this_host"]
+    assert host["answers"] == {"NEW": 3, "HELD": 1}
+    assert host["latency_buckets"][-1] == [None, 4]
+    # serials of the block not handed out (the gauge moves in steps: supply.GAUGE_STEP)
+    assert block - 32 < host["block_serials"][str(campaign_id)] <= block
+    assert state["campaigns"][0]["id"] == campaign_id
+    assert state["health"]["redis"]["ok"] and state["health"]["database"]["ok"]
+    assert not state["health"]["scheduler"]["ok"]
+
+    redis_client.set(SCHEDULER_LEADER, "host:1:abc", px=5000)
+    assert client.get("/ops/live.json").json["health"]["scheduler"] == {"ok": True, "detail": "leader host:1:abc"}
+
+
+def test_live_campaigns_come_first_then_recently_closed(client, svc, signer):
+    closed = open_campaign(svc, 2, "ops closed")
+    issue_directly(svc, closed, "x")
+    ops.close_campaign(svc, closed)
+    older, newer = open_campaign(svc, 5, "ops older"), open_campaign(svc, 5, "ops newer")
+
+    state = client.get("/ops/live.json").json
+    listed = [(c["id"], c["live"]) for c in state["campaigns"]]
+    assert listed[:3] == [(newer, True), (older, True), (closed, False)]
+    assert state["campaign"]["id"] == newer  # the newest live one, when none is asked for
+    closed_view = client.get(f"/ops/live.json?campaign={closed}").json["campaign"]
+    assert closed_view["live"] is False and closed_view["status"] == "closed"
+    assert closed_view["replay_url"] == f"/ops/campaigns/{closed}/replay.json"
+
+
+def test_sold_out_campaign_says_when_it_sold_out(client, svc):
+    campaign_id = open_campaign(svc, 2, "ops sold out")
+    issue_directly(svc, campaign_id, "p")
+    issue_directly(svc, campaign_id, "q")
+    view = client.get(f"/ops/live.json?campaign={campaign_id}").json["campaign"]
+    assert view["status"] == "sold_out"
+    assert view["sold_out_after_seconds"] is None  # the rows are not in the database yet
+    Flusher(svc, consumer="test").flush([campaign_id])
+    view = client.get(f"/ops/live.json?campaign={campaign_id}").json["campaign"]
+    assert 0 <= view["sold_out_after_seconds"] < 30
+
+
+def test_replay_of_a_closed_sale(client, svc):
+    campaign_id = open_campaign(svc, 5, "ops replay")
+    for user in ("r1", "r2", "r3"):
+        issue_directly(svc, campaign_id, user)
+    time.sleep(1.1)  # the last two a second later
+    for user in ("r4", "r5"):
+        issue_directly(svc, campaign_id, user)
+    ops.close_campaign(svc, campaign_id)
+
+    replay = client.get(f"/ops/campaigns/{campaign_id}/replay.json").json
+    assert (replay["rows"], replay["total"], replay["step_seconds"]) == (5, 5, 1)
+    issues = replay["issues"]
+    assert sum(issues) == 5 and len(issues) >= 2
+    first_second = issues.index(next(n for n in issues if n))
+    assert issues[first_second] == 3 and sum(issues[first_second + 1:]) == 2
+    assert 1.0 <= replay["sold_out_after_seconds"] < 30
+    assert replay["reconciliation"]["agree"] is True
+    assert "agreed at close on 5 tickets; database rows now 5" in replay["reconciliation"]["lines"][0]
+
+
+def test_replay_reconciles_a_campaign_redis_still_holds(client, svc):
+    campaign_id = open_campaign(svc, 5, "ops kept")
+    issue_directly(svc, campaign_id, "k1")
+    ops.stop_issuing(svc, campaign_id)  # closed, but not drained: the row is not in the database
+
+    replay = client.get(f"/ops/campaigns/{campaign_id}/replay.json").json
+    assert replay["rows"] == 0 and replay["sold_out_after_seconds"] is None
+    rec = replay["reconciliation"]
+    assert rec["agree"] is False
+    assert "redis claims 1, redis counter 1, database rows 0: DIFFER" in rec["lines"][0]
+    assert f"flask campaign close {campaign_id}" in rec["lines"][-1]
+
+
+@pytest.mark.parametrize("path", ["/ops/live.json?campaign={}", "/ops/campaigns/{}/replay.json"])
+@pytest.mark.parametrize("bad_id", ["abc", "0", "-1", "2147483648", "1e3", "99999999"])
+def test_bad_campaign_ids_are_not_found_and_write_nothing(client, redis_client, path, bad_id):
+    before = redis_client.dbsize()
+    assert_error(client.get(path.format(bad_id)), 404, "CAMPAIGN_NOT_FOUND")
+    assert redis_client.dbsize() == before
+
+
+def test_production_asks_for_the_password(make_app):
+    client = make_app(ENV="production", OPS_PASSWORD=PASSWORD).test_client()
+    for path in ("/ops/", "/ops/live.json", "/ops/campaigns/1/replay.json"):
+        for headers in ({}, basic("ops", "wrong"), basic("ops", ""), {"Authorization": "Bearer " + PASSWORD}):
+            response = client.get(path, headers=headers)
+            assert_error(response, 401, "UNAUTHORIZED")
+            assert response.headers["WWW-Authenticate"].startswith("Basic ")
+    assert client.get("/ops/", headers=basic("anyone", PASSWORD)).status_code == 200
+    assert client.get("/ops/live.json", headers=basic("ops", PASSWORD)).json["health"]["database"]["ok"]
+
+
+def test_production_without_a_password_has_no_page(make_app):
+    client = make_app(ENV="production", OPS_PASSWORD="").test_client()
+    for path in ("/ops/", "/ops/live.json", "/ops/campaigns/1/replay.json"):
+        for method in ("GET", "POST", "DELETE"):
+            assert_error(client.open(path, method=method, headers=basic("ops", "")), 404, "NOT_FOUND")
+    assert client.get("/healthz").status_code == 200  # the rest of the service is there
+
+
+def test_fuzz_production_authorization(make_app):
+    """No Authorization header but the password's opens the page; every refusal is a JSON 401."""
+    client = make_app(ENV="production", OPS_PASSWORD=PASSWORD).test_client()
+    text = st.text(st.characters(min_codepoint=32, max_codepoint=0xFF), max_size=40)
+    basic_header = st.tuples(text, st.one_of(text, st.just(PASSWORD[:-1]), st.just(PASSWORD + " "))).map(
+        lambda up: basic(*up)["Authorization"])
+    headers = st.one_of(text, basic_header, st.binary(max_size=40).map(
+        lambda b: "Basic " + base64.b64encode(b).decode()))
+
+    @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(header=headers, path=st.sampled_from(["/ops/", "/ops/live.json"]))
+    def refused(header, path):
+        response = client.get(path, headers={"Authorization": header})
+        assert_error(response, 401, "UNAUTHORIZED")
+
+    refused()
