@@ -23,6 +23,7 @@
   let lastAnswer = 0; // Date.now() of the last good poll
   let recent = emptyHistory();
   let replayOf = null; // campaign id whose replay is shown
+  let replayClock = ""; // what the replay says of the sale's length
   const charts = {};
 
   function emptyHistory() {
@@ -93,15 +94,28 @@
   const epoch = (iso) => (iso ? Date.parse(iso) / 1000 : null);
 
   // ---- charts ----
-  function chart(id, series, axes, scales) {
+  const clockTime = (t) => new Date(t * 1000).toLocaleTimeString("en-GB");
+  // a chart without uPlot's legend (keys of our own, with the current values, sit below it)
+  function chart(id, series, axes, scales, xAxis) {
     const target = $(id);
     const opts = {
       width: Math.max(300, target.clientWidth), height: 190,
       scales: Object.assign({x: {time: true}}, scales || {}),
-      series: [{}, ...series], axes: [{}, ...axes],
-      legend: {live: false}, cursor: {drag: {x: false, y: false}},
+      series: [{}, ...series],
+      axes: [xAxis || {values: (u, ticks) => ticks.map(clockTime)}, ...axes],
+      legend: {show: false}, cursor: {drag: {x: false, y: false}},
     };
     return new uPlot(opts, [[], ...series.map(() => [])], target);
+  }
+
+  // the key under a chart: a swatch, the label and the latest value of each series shown
+  function key(id, entries) {
+    $(id).replaceChildren(...entries.map(([label, colour, value]) => {
+      const span = document.createElement("span");
+      span.innerHTML = `<b style="background:${colour}"></b>`;
+      span.append(`${label} ${value}`);
+      return span;
+    }));
   }
 
   function liveCharts() {
@@ -123,9 +137,17 @@
   function drawLive() {
     const h = recent;
     charts.issued.setData([h.t, h.issued]);
-    charts.answers.setData([h.t, ...h.answers]);
     charts.latency.setData([h.t, h.p50, h.p99]);
     charts.outbox.setData([h.t, h.backlog, h.lag]);
+    // the outcomes seen in the window, and always the two a sale is made of
+    const seen = OUTCOMES.map(([label], i) => i === 0 || i === 2 || recent.answers[i].some((v) => v > 0));
+    seen.forEach((show, i) => { if (charts.answers.series[i + 1].show !== show) charts.answers.setSeries(i + 1, {show}); });
+    charts.answers.setData([h.t, ...h.answers]);
+    key("key-issued", [["issued / s", "#2e7d32", number(last(h.issued))]]);
+    key("key-answers", OUTCOMES.filter((_, i) => seen[i]).map(([label, colour], i) =>
+      [label, colour, number(last(h.answers[OUTCOMES.findIndex(([l]) => l === label)])) + "/s"]));
+    key("key-latency", [["p50", "#1565c0", number(last(h.p50), 1) + " ms"], ["p99", "#c62828", number(last(h.p99), 1) + " ms"]]);
+    key("key-outbox", [["backlog", "#6a1b9a", number(last(h.backlog))], ["flush lag", "#ef6c00", number(last(h.lag), 1) + " s"]]);
   }
 
   window.addEventListener("resize", () => {
@@ -175,6 +197,7 @@
     previous = null;
     recent = emptyHistory();
     replayOf = null;
+    replayClock = "";
     poll();
   }
 
@@ -195,6 +218,8 @@
     let clock = "";
     if (c.sold_out_after_seconds !== undefined && c.sold_out_after_seconds !== null) {
       clock = `sold out ${duration(c.sold_out_after_seconds)} after opening`;
+    } else if (!c.live) {
+      clock = c.status === "closed" ? replayClock || "closed" : "";
     } else if (c.remaining <= 0) {
       clock = "sold out (the last rows are being written)";
     } else if (opened && opened > state.now) {
@@ -247,17 +272,26 @@
       return;
     }
     const xs = r.issues.map((_, i) => i * r.step_seconds);
+    if (replayOf !== c.id) return; // another campaign was chosen meanwhile
     const per = r.step_seconds > 1 ? `per ${r.step_seconds} s` : "per second";
     const soldOut = r.sold_out_after_seconds === null ?
       `not sold out: ${number(r.rows)} of ${number(r.total)} issued` :
       `sold out after ${duration(r.sold_out_after_seconds)}`;
-    text("replay-caption", `The sale replayed from the database: coupons issued ${per} from opening · ${soldOut}`);
+    const peak = Math.max(0, ...r.issues) / r.step_seconds;
+    text("replay-caption", `The sale replayed from the database: coupons issued ${per} from opening`);
+    replayClock = `closed · ${soldOut}`;
+    text("clock", replayClock);
     if (charts.replay) charts.replay.destroy();
+    // bars, one a step, each centred on its step: [0, 1) s is the bar at 0.5 s
     charts.replay = chart("chart-replay",
-      [{label: `issued ${per}`, stroke: "#2e7d32", width: 2, fill: "rgba(46,125,50,0.15)", paths: uPlot.paths.stepped({align: 1})}],
-      [{label: per}], {x: {time: false}});
-    charts.replay.axes[0].values = (u, values) => values.map((v) => duration(v));
-    charts.replay.setData([xs, r.issues]);
+      [{label: `issued ${per}`, stroke: "#2e7d32", fill: "rgba(46,125,50,0.35)", width: 1,
+        paths: uPlot.paths.bars({size: [0.85, 160]}), points: {show: false}}],
+      [{label: per}], {x: {time: false, range: (u, min, max) => [0, Math.max(1, xs.length) * r.step_seconds]}},
+      {label: "seconds from opening", values: (u, ticks) => ticks.map((v) => (v < 60 ? `${v} s` : duration(v))),
+       incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600]});
+    charts.replay.setData([xs.map((x) => x + r.step_seconds / 2), r.issues]);
+    key("key-replay", [["issued", "#2e7d32", `${number(r.rows)} of ${number(r.total)}`],
+                       ["peak", "#2e7d32", `${number(peak)}/s`], ["", "transparent", soldOut]]);
     const rec = $("reconciliation");
     rec.className = `reconciliation ${r.reconciliation.agree ? "ok" : "down"}`;
     rec.replaceChildren(...[(r.reconciliation.agree ? "✓ reconciled" : "✗ Redis and the database differ"),
