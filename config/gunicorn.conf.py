@@ -26,6 +26,16 @@ class FairGeventWorker(GeventWorker):
     ~170 ms with the yield (loadtest/bench.py, BENCHMARKS.md).
     """
 
+    _quitting = False
+
+    def handle_quit(self, sig, frame):
+        # Ctrl-C reaches a worker twice, SIGINT from the terminal and SIGQUIT from the master:
+        # a second exiting greenlet would run during the interpreter's shutdown and print a
+        # "SystemExit: 0" traceback
+        if not self._quitting:
+            self._quitting = True
+            super().handle_quit(sig, frame)
+
     def handle_request(self, *args):
         try:
             return super().handle_request(*args)

@@ -63,6 +63,9 @@ def run_scheduler(app):
     svc = services(app)
     config = svc.config
     lease = LeaderLease(svc.scripts, config["SCHEDULER_LEASE"])
+    # it logs each job added before the start and every run at INFO, and a skipped overlapping
+    # run (a long flush) at WARNING
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     scheduler = BlockingScheduler(
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60}
     )
@@ -104,11 +107,12 @@ def run_scheduler(app):
                           next_run_time=now + dt.timedelta(seconds=interval))
 
     def stop(signum, frame):
-        scheduler.shutdown(wait=False)
+        # a service manager's TERM to the process group and `make run`'s own both arrive, the
+        # second maybe while resigning below: stop once
+        if scheduler.running:
+            scheduler.shutdown(wait=False)
 
     signal.signal(signal.SIGTERM, stop)
-    # it logs every run at INFO, and a skipped overlapping run (a long flush) at WARNING
-    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     log.info("scheduler %s started; jobs: %s", lease.ident, ", ".join(jobs))
     try:
         scheduler.start()

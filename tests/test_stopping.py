@@ -1,0 +1,40 @@
+"""Stopping the service the way people and service managers do. Ctrl-C in `make run`'s terminal
+sends SIGINT to every process of the group, and gunicorn's master then sends its workers SIGQUIT
+as well; systemd or `docker stop` send SIGTERM to the group, and `make run`'s trap sends the
+scheduler its own. Each process stops once, cleanly, without a traceback."""
+import os
+import signal
+import time
+
+from coupon.keys import SCHEDULER_LEADER
+from tests.support import wait_until
+
+
+def test_ctrl_c_stops_gunicorn_and_its_workers_without_a_traceback(gunicorn):
+    server = gunicorn(workers=2)
+    for pid in server.worker_pids() + [server.proc.pid]:  # as the terminal does: the whole group
+        os.kill(pid, signal.SIGINT)
+    server.proc.wait(timeout=30)
+    assert server.proc.returncode == 0
+    with open(server.log_path) as f:
+        log = f.read()
+    assert "Traceback" not in log and "SystemExit" not in log, log
+
+
+def test_scheduler_stops_once_on_two_terms_and_resigns(scheduler, redis_client):
+    jobs = scheduler(SCHEDULER_LEASE=30)
+    wait_until(lambda: "leads" in jobs.output(), timeout=30, what="the scheduler to lead")
+    assert redis_client.get(SCHEDULER_LEADER)
+    # the group's, make run's trap's, and more, a few ms apart (signals at the same instant are
+    # handled as one), so that some arrive while it shuts down and resigns
+    for _ in range(10):
+        if jobs.proc.poll() is None:
+            jobs.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.005)
+    # 0, or a TERM that came after Python had restored the default handlers on its way out
+    assert jobs.proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    out = jobs.output()
+    assert "Traceback" not in out and "SchedulerNotRunningError" not in out, out
+    assert "stopped" in out
+    assert redis_client.get(SCHEDULER_LEADER) is None  # resigned: a standby leads at once
+    assert "Adding job tentatively" not in out  # APScheduler's chatter at each start
