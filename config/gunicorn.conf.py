@@ -1,5 +1,7 @@
 """gunicorn settings: `gunicorn -c config/gunicorn.conf.py app:app`. Environment overrides."""
+import errno
 import os
+import socket
 
 import gevent
 from gunicorn import util
@@ -93,13 +95,36 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join("instance", "prom
 
 
 def on_starting(server):
-    """Remove the metric files of processes that are gone (a previous run); keep live ones'."""
+    """Refuse an address in use; remove the metric files of processes that are gone (a previous
+    run), keep live ones'."""
+    refuse_address_in_use(server.cfg.address)
     folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(folder, exist_ok=True)
     for name in os.listdir(folder):
         pid = name.rsplit(".", 1)[0].rsplit("_", 1)[-1]
         if name.endswith(".db") and not (pid.isdigit() and _alive(int(pid))):
             os.remove(os.path.join(folder, name))
+
+
+def refuse_address_in_use(addresses):
+    """Say at once which setting to change, instead of gunicorn's five "Connection in use"."""
+    if "GUNICORN_FD" in os.environ or "LISTEN_FDS" in os.environ:
+        return  # a re-exec (USR2) or systemd hands the sockets over: they are in use by design
+    for address in addresses:
+        if not isinstance(address, tuple):  # a unix socket: gunicorn's own checks
+            continue
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+            try:
+                probe.bind(address)
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    raise
+                raise RuntimeError(
+                    f"{address[0]}:{address[1]} is in use (another `make run`?): stop that one, "
+                    f"or serve elsewhere with BIND, e.g. BIND=127.0.0.1:{address[1] + 1} make run"
+                ) from None
 
 
 def _alive(pid):

@@ -1,13 +1,30 @@
-"""Stopping the service the way people and service managers do. Ctrl-C in `make run`'s terminal
+"""Starting a second server where one runs, and stopping the service the way people and service
+managers do. Ctrl-C in `make run`'s terminal
 sends SIGINT to every process of the group, and gunicorn's master then sends its workers SIGQUIT
 as well; systemd or `docker stop` send SIGTERM to the group, and `make run`'s trap sends the
 scheduler its own. Each process stops once, cleanly, without a traceback."""
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 
 from coupon.keys import SCHEDULER_LEADER
-from tests.support import wait_until
+from tests.support import ROOT, wait_until
+
+
+def test_an_address_in_use_is_refused_at_once_with_a_hint(env):
+    with socket.socket() as taken:  # what another `make run` holds
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "--no-control-socket", "app:app"],
+            cwd=ROOT, env=dict(env, BIND=f"127.0.0.1:{port}"), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert f"127.0.0.1:{port} is in use" in done.stderr and "BIND=" in done.stderr, done.stderr
+    assert "Connection in use" not in done.stderr  # gunicorn's five retries, a second apart
 
 
 def test_ctrl_c_stops_gunicorn_and_its_workers_without_a_traceback(gunicorn):
