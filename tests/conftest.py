@@ -13,6 +13,15 @@ MYSQL_URL = os.environ.get("TEST_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
+def pytest_sessionstart(session):
+    """Stop at once, in one line per missing service, when Redis or MariaDB does not answer."""
+    from tests.services import missing_services
+
+    missing = missing_services(MYSQL_URL, REDIS_URL)
+    if missing:
+        raise pytest.UsageError("the tests need " + "\n  and ".join(missing))
+
+
 @pytest.fixture(scope="session")
 def mysql_url():
     """Create the suite's own database (dropped and made anew each run) with the tables."""
