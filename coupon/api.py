@@ -60,7 +60,8 @@ def check_body(raw):
 
 # A ticket's body, formatted rather than json.dumps'ed: every field is an int or a string of a
 # charset that needs no JSON escaping (user ids: signing.USER_ID; codes: hex; the time: ISO).
-TICKET = '{"campaign_id": %d, "user_id": "%s", "serial": %d, "code": "%s", "issued_at": "%s"}'
+# Compact and one line, as every other body (jsonify, errors.error_body).
+TICKET = '{"campaign_id":%d,"user_id":"%s","serial":%d,"code":"%s","issued_at":"%s"}\n'
 
 
 @functools.lru_cache(maxsize=4)  # the tickets of one second share all but the ms

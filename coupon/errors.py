@@ -86,7 +86,8 @@ def as_coupon_error(e):
 
 @functools.lru_cache(maxsize=256)  # the few fixed messages, encoded once
 def error_body(code, message):
-    return json.dumps({"error": {"code": code, "message": message}}).encode() + b"\n"
+    # compact and one line, as jsonify's bodies
+    return json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")).encode() + b"\n"
 
 
 def error_answer(e):

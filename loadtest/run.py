@@ -11,6 +11,7 @@ import argparse
 import csv
 import datetime as dt
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -66,9 +67,12 @@ def run_locust(args, campaign_id, name, timeline_dir):
                USER_PREFIX=f"{name}-", TIMELINE_DIR=timeline_dir, PYTHONPATH=ROOT)
     cmd = [os.path.join(os.path.dirname(sys.executable), "locust"),
            "-f", os.path.join(ROOT, "loadtest", "locustfile.py"), "--host", args.host,
-           "--html", f"reports/{name}.html", "--csv", f"reports/{name}", "--loglevel", "WARNING"]
+           "--html", f"reports/{name}.html", "--csv", f"reports/{name}", "--loglevel", "WARNING",
+           "--json-file", f"reports/{name}"]
     if args.ui:
-        cmd += ["--web-host", "127.0.0.1", "--web-port", "8089", "-u", str(users), "-r", str(users)]
+        cmd += ["--web-host", "127.0.0.1", "--web-port", "8089"]
+        if args.scenario == "rush":  # the ramp's shape sets users itself (Locust warns otherwise)
+            cmd += ["-u", str(users), "-r", str(users)]
         print(f"Locust UI on http://localhost:8089 (host {args.host}, campaign {campaign_id}, "
               f"scenario {args.scenario}); Ctrl-C to stop, close the campaign and check.", flush=True)
         try:
@@ -96,9 +100,30 @@ def read_timeline(folder):
 
 
 def locust_totals(name):
-    """The Aggregated row of Locust's stats CSV."""
-    with open(f"reports/{name}_stats.csv") as f:
-        return next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
+    """Locust's final figures, from its JSON file: requests, failures, req/s, and latency in ms
+    (p50, p95, p99, max). Not from its stats CSV: that is rewritten every second while the test
+    runs, and the last second's requests never reach it."""
+    with open(f"reports/{name}.json") as f:
+        entries = json.load(f)
+    times = Counter()
+    for entry in entries:
+        times.update({int(ms): n for ms, n in entry["response_times"].items()})
+    requests = sum(e["num_requests"] for e in entries)
+    first = min((e["start_time"] for e in entries), default=0)
+    last = max((e["last_request_timestamp"] or first for e in entries), default=0)
+
+    def percentile(q):  # as Locust computes them: the time under which a share q of requests fell
+        below = 0
+        for ms in sorted(times):
+            below += times[ms]
+            if below >= q * requests:
+                return ms
+        return 0
+
+    return {"requests": requests, "failures": sum(e["num_failures"] for e in entries),
+            "rps": requests / (last - first) if last > first else 0.0,
+            "p50": percentile(0.5), "p95": percentile(0.95), "p99": percentile(0.99),
+            "max": max((e["max_response_time"] or 0 for e in entries), default=0)}
 
 
 def database_tickets(svc, campaign_id):
@@ -186,10 +211,11 @@ def summary(args, name, campaign_id, timeline, checks, closed, server):
     first = timeline[0][0] if timeline else 0
     lines = [
         f"== loadtest {args.scenario}: campaign {campaign_id}, stock {args.stock}, host {args.host}",
-        f"requests {totals['Request Count']}  failures {totals['Failure Count']}  "
-        f"req/s {float(totals['Requests/s']):.0f}",
-        f"latency ms  p50 {totals['50%']}  p95 {totals['95%']}  p99 {totals['99%']}  "
-        f"max {float(totals['Max Response Time']):.0f}",
+        f"requests {totals['requests']}  failures {totals['failures']}  req/s {totals['rps']:.0f}"
+        + ("" if totals["requests"] == len(timeline) else
+           f"  (answers recorded: {len(timeline)}; the difference did not finish before Locust stopped)"),
+        f"latency ms  p50 {totals['p50']}  p95 {totals['p95']}  p99 {totals['p99']}  "
+        f"max {totals['max']:.0f}",
         f"            {server}",
         "answers     " + "  ".join(f"{k} {v}" for k, v in sorted(answers.items())),
         f"issued      {sum(1 for o in answers.elements() if o == 'NEW')} "
