@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export FLASK_APP := app.py
 SHELL := /bin/bash
 
-.PHONY: setup run test clean loadtest locust-ui bench
+.PHONY: setup run test clean loadtest locust-ui lean-ramp bench
 
 $(BIN)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,9 +46,18 @@ loadtest: setup
 locust-ui: setup
 	$(BIN)/python -m loadtest.run --ui $(LOADTEST_ARGS)
 
-# wrk benchmark (a) ceiling (b) new tickets (c) sold out (d) flood; its own servers; writes BENCHMARKS.md
-bench: setup
-	$(BIN)/python -m loadtest.bench $(if $(DURATION),--duration $(DURATION))
+# The ramp from plain gevent sockets instead of Locust [USERS= STOCK= DURATION= HOST=]
+lean-ramp: setup
+	$(BIN)/python -m loadtest.lean_ramp $(if $(USERS),--users $(USERS)) $(if $(STOCK),--stock $(STOCK)) \
+		$(if $(DURATION),--duration $(DURATION)) $(if $(HOST),--host $(patsubst http://%,%,$(HOST)))
 
+# wrk benchmark (a) ceiling (b) new tickets (c) sold out (d) flood; its own servers; figures to
+# reports/bench-*.md [DURATION=; WITH_OPS_PAGE=1: the operators' page open; RECORD=1: into BENCHMARKS.md]
+bench: setup
+	$(BIN)/python -m loadtest.bench $(if $(DURATION),--duration $(DURATION)) \
+		$(if $(WITH_OPS_PAGE),--with-ops-page) $(if $(RECORD),--record)
+
+# everything made here: the virtualenv, SQLite, logs, metric files, make run's Redis data, reports
 clean:
-	rm -rf $(VENV) instance/*.db instance/*.log .pytest_cache
+	rm -rf $(VENV) instance/*.db instance/*.db-* instance/*.log instance/prometheus instance/redis \
+		reports .pytest_cache .hypothesis

@@ -11,9 +11,11 @@
 Every phase uses the same wrk script (pre-minted tokens, one per request), so the load generator
 costs the same in each. It starts its own servers on free loopback ports, against Redis db 14 and
 the MariaDB database `coupon_bench` (made anew), stops them by pid, and writes the figures with the
-machine's description into BENCHMARKS.md (between the bench markers) and reports/bench-*.json.
+machine's description to reports/bench-*.md and .json; with --record also into BENCHMARKS.md
+(between the bench markers). With --with-ops-page, the operators' page is open in headless
+chromium (loadtest/ops_watch.py, polling every second) during phases b, c and d.
 
-    python -m loadtest.bench [--duration 10] [--connections 100] [--no-write]
+    python -m loadtest.bench [--duration 10] [--connections 100] [--with-ops-page] [--record]
 """
 import argparse
 import datetime as dt
@@ -33,7 +35,9 @@ from redis import Redis  # noqa: E402
 
 from coupon import campaigns as ops, create_app  # noqa: E402
 from loadtest.run import scrape  # noqa: E402
-from tests.support import Gunicorn, fresh_database, open_campaign, service_env, users  # noqa: E402
+from tests.support import (  # noqa: E402
+    Gunicorn, fresh_database, open_campaign, service_env, terminate, users,
+)
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/coupon_bench")
@@ -67,6 +71,24 @@ def start_server(env, app, log_name):
     /metrics counts its own requests only."""
     log_path = os.path.join(ROOT, "reports", f"{log_name}.log")
     return Gunicorn(env, app=app, log_path=log_path, private_metrics=True)
+
+
+class OpsPage:
+    """The operators' page open in headless chromium (loadtest/ops_watch.py) while a phase runs."""
+
+    def __init__(self, url):
+        self.proc = subprocess.Popen([sys.executable, "-m", "loadtest.ops_watch", url], cwd=ROOT,
+                                     stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":  # its first figures are shown
+            self.stop()
+            raise RuntimeError(f"the operators' page did not open: {url}")
+
+    def stop(self):
+        """Close it; return how many times it polled."""
+        terminate(self.proc, 10)
+        said = self.proc.stdout.read()
+        self.proc.stdout.close()
+        return int(said.split()[3]) if said.startswith("the page polled") else 0
 
 
 def outcomes(server):
@@ -115,7 +137,7 @@ def delta(after, before):
     return {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
 
 
-def run(seconds, connections, only="abcde"):
+def run(seconds, connections, only="abcde", with_ops_page=False):
     need_wrk()
     os.makedirs(os.path.join(ROOT, "reports"), exist_ok=True)
     svc, env = prepare(DATABASE_URL, REDIS_URL)
@@ -143,12 +165,21 @@ def run(seconds, connections, only="abcde"):
                 if server:
                     server.stop()
                 server = start_server(env, module, f"bench-{module.split('.')[-1].split(':')[0]}")
-            if warm:  # the first requests load state and fill pools; not measured
-                wrk(server.url, path, tokens[warm], 2, connections)
-            print(f"({key}) {title}: {seconds} s, {connections} connections ...", flush=True)
-            before = outcomes(server)
-            r = wrk(server.url, path, tokens[measured], seconds, connections)
-            time.sleep(0.5)  # answers in flight when wrk stopped reach the counters
+            page = None
+            if with_ops_page and module == "app:app":
+                page = OpsPage(f"{server.url}/ops/?campaign={ids[key]}")
+            try:
+                if warm:  # the first requests load state and fill pools; not measured
+                    wrk(server.url, path, tokens[warm], 2, connections)
+                print(f"({key}) {title}: {seconds} s, {connections} connections"
+                      + (", the operators' page open" if page else "") + " ...", flush=True)
+                before = outcomes(server)
+                r = wrk(server.url, path, tokens[measured], seconds, connections)
+                time.sleep(0.5)  # answers in flight when wrk stopped reach the counters
+            finally:
+                polls = page.stop() if page else None
+            if page:
+                r["ops_page_polls"] = polls
             r["outcomes"] = delta(outcomes(server), before)
             r["title"] = title
             if module == "app:app":
@@ -165,11 +196,14 @@ def run(seconds, connections, only="abcde"):
     return results
 
 
-def table(results, seconds, connections):
+def table(results, seconds, connections, with_ops_page=False):
     a = results["a"]["rps"] if "a" in results else float("nan")
+    page = ("; the operators' page open in headless chromium during b, c and d, polls: "
+            + ", ".join(f"({k}) {r['ops_page_polls']}" for k, r in sorted(results.items())
+                        if "ops_page_polls" in r)) if with_ops_page else ""
     lines = [
         f"Measured {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} with `make bench` "
-        f"(wrk -t{WRK_THREADS} -c{connections} -d{seconds}s, gunicorn -k gevent -w 2).",
+        f"(wrk -t{WRK_THREADS} -c{connections} -d{seconds}s, gunicorn -k gevent -w 2{page}).",
         "",
         f"Machine: {machine()}.",
         "",
@@ -217,17 +251,28 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured phase")
     parser.add_argument("--connections", type=int, default=100)
-    parser.add_argument("--only", default="abcde", help="phases to run, e.g. ac (implies --no-write)")
-    parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    parser.add_argument("--only", default="abcde", help="phases to run, e.g. ac")
+    parser.add_argument("--with-ops-page", action="store_true",
+                        help="keep the operators' page open (headless chromium) during b, c and d")
+    parser.add_argument("--record", action="store_true",
+                        help="also write the figures into BENCHMARKS.md (all phases, no page open)")
+    parser.add_argument("--no-write", action="store_true", help=argparse.SUPPRESS)  # the default now
     args = parser.parse_args()
+    if args.record and (args.only != "abcde" or args.with_ops_page):
+        parser.error("--record takes the full run (all phases) without --with-ops-page")
     os.chdir(ROOT)
-    results = run(args.duration, args.connections, args.only)
-    text = table(results, args.duration, args.connections)
+    results = run(args.duration, args.connections, args.only, args.with_ops_page)
+    text = table(results, args.duration, args.connections, args.with_ops_page)
     print("\n" + text)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    with open(os.path.join(ROOT, "reports", f"bench-{stamp}.json"), "w") as f:
+    base = os.path.join(ROOT, "reports", f"bench-{stamp}" + ("-ops-page" if args.with_ops_page else ""))
+    with open(base + ".json", "w") as f:
         json.dump(results, f, indent=2)
-    if not args.no_write and args.only == "abcde":
+    with open(base + ".md", "w") as f:
+        f.write(text + "\n")
+    print(f"\nwritten to {os.path.relpath(base, ROOT)}.md and .json"
+          + ("; BENCHMARKS.md updated" if args.record else " (make bench RECORD=1 updates BENCHMARKS.md)"))
+    if args.record:
         write_benchmarks(text)
 
 

@@ -315,6 +315,7 @@
       showCampaign(state);
       previous = state;
       window.opsPage.state = state;
+      window.opsPage.polls += 1;
     } catch (e) {
       text("updated", `no answer: ${e.message}`);
       $("updated").className = "stale";
@@ -333,7 +334,7 @@
   }
 
   // for tests and curious operators: window.opsPage.charts.issued.data
-  window.opsPage = {charts, recent: () => recent, state: null}; // recent: the history kept
+  window.opsPage = {charts, recent: () => recent, state: null, polls: 0}; // recent: the history kept
   // one poll at a time: the next is scheduled when the last has answered
   (async function loop() {
     await poll();
