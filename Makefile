@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export FLASK_APP := app.py
 SHELL := /bin/bash
 
-.PHONY: setup run test clean loadtest locust-ui lean-ramp bench
+.PHONY: setup run test clean loadtest locust-ui lean-ramp bench cluster cluster-stop
 
 $(BIN)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,9 @@ setup: $(BIN)/.installed
 run: setup
 	$(BIN)/flask db init
 	@trap 'kill $$web $$jobs $$redis 2>/dev/null; wait' INT TERM EXIT; \
-	if [ -z "$$REDIS_URL" ] && ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then \
+	if [ -n "$$REDIS_CLUSTER_NODES" ]; then \
+		echo "on the Redis Cluster of REDIS_CLUSTER_NODES"; \
+	elif [ -z "$$REDIS_URL" ] && ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then \
 		mkdir -p instance/redis; \
 		redis-server --bind 127.0.0.1 --port 6379 --dir instance/redis --appendonly yes \
 			--appendfsync always --save '' --logfile redis.log & redis=$$!; \
@@ -57,7 +59,15 @@ bench: setup
 	$(BIN)/python -m loadtest.bench $(if $(DURATION),--duration $(DURATION)) \
 		$(if $(WITH_OPS_PAGE),--with-ops-page) $(if $(RECORD),--record)
 
+# A local Redis Cluster (3 masters, 3 replicas, under instance/cluster/) for trying the service
+# on one: prints the REDIS_CLUSTER_NODES to export before `make run`.
+cluster: setup
+	$(BIN)/python -m tests.cluster start
+
+cluster-stop: setup
+	$(BIN)/python -m tests.cluster stop
+
 # everything made here: the virtualenv, SQLite, logs, metric files, make run's Redis data, reports
 clean:
-	rm -rf $(VENV) instance/*.db instance/*.db-* instance/*.log instance/prometheus instance/redis \
+	rm -rf $(VENV) instance/*.db instance/*.db-* instance/*.log instance/prometheus instance/redis instance/cluster \
 		reports .pytest_cache .hypothesis

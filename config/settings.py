@@ -18,12 +18,14 @@ class Config:
     # Storage
     DATABASE_URL = "sqlite:///instance/coupon.db"
     REDIS_URL = "redis://127.0.0.1:6379/0"
+    # Redis Cluster instead: "host:port,host:port,..." (several, so one down at start is no matter)
+    REDIS_CLUSTER_NODES = ""
     REDIS_TIMEOUT = 2.0  # seconds; a Redis call slower than this answers 503
     REDIS_POOL_SIZE = 64  # connections per worker process
     # Issuing
     BLOCK_SIZE = 2000  # most serials one worker leases at a time
     SINGLE_LEASE_TAIL = 64  # the last this many serials are leased only to waiting requests
-    CLAIM_SHARDS = 8  # claim shards (hash tags) per campaign
+    CLAIM_SHARDS = 12  # claim shards (hash tags) per campaign: spread evenly over 2, 3, 4 or 6 masters
     LEASE_TTL = 30.0  # seconds a lease lives without renewal
     STATE_REFRESH = 1.0  # seconds a worker trusts its cached window / sold-out state
     CLAIM_BATCH_MAX = 256  # most claims sent in one script call

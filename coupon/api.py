@@ -164,13 +164,24 @@ def healthz():
 
 
 def readiness(svc):
-    """{"redis": "ok" or "down: <error>", "database": the same}."""
-    checks = {}
+    """{"redis": "ok" or "down: <error>", "database": the same}; on a cluster also one entry
+    per master ("redis host:port"), and "redis" is ok only while every master is."""
+    checks = {"redis": "ok"}
     try:
-        svc.redis.ping()
-        checks["redis"] = "ok"
+        primaries = svc.redis.primaries()
     except RedisError as e:
-        checks["redis"] = f"down: {type(e).__name__}"
+        primaries, checks["redis"] = {}, f"down: {type(e).__name__}"
+    for name, node in primaries.items():  # every master: one down stops its users' sales
+        try:
+            node.ping()
+            state = "ok"
+        except RedisError as e:
+            state = f"down: {type(e).__name__}"
+            svc.redis.refresh()  # a master gone: its replica may serve by the next look
+        if svc.redis.cluster:
+            checks[f"redis {name}"] = state
+        if state != "ok":
+            checks["redis"] = f"down: master {name}" if svc.redis.cluster else state
     try:
         with svc.engine.connect() as conn:
             conn.execute(text("SELECT 1"))

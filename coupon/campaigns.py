@@ -70,6 +70,7 @@ def create_campaign(svc, name, stock, opens_at=None, closes_at=None):
     if closes_at and closes_at <= utcnow():
         raise InvalidCampaign("closes_at is in the past")
     status = "scheduled" if opens_at else "pending"
+    # Redis is written before the row commits: if Redis refuses, there is no campaign at all
     with svc.engine.begin() as conn:
         campaign_id = conn.execute(
             insert(db.campaigns).values(
@@ -77,30 +78,31 @@ def create_campaign(svc, name, stock, opens_at=None, closes_at=None):
                 issued=0, created_at=utcnow(),
             )
         ).inserted_primary_key[0]
-    keys = svc.keys(campaign_id)
-    # a new id has no Redis state; anything there is left from a database since dropped
-    svc.redis.delete(*keys.every_key())
-    preload(svc, campaign_id, stock, status, opens_at, closes_at)
+        # a new id has no Redis state; anything there is left from a database since dropped
+        delete_keys(svc, svc.keys(campaign_id))
+        preload(svc, campaign_id, stock, status, opens_at, closes_at)
     return campaign_id
 
 
 def preload(svc, campaign_id, total, status, opens_at, closes_at):
-    """Write a campaign's window and stock into Redis; keep the cursor if it is there already."""
+    """Write a campaign's window and stock into Redis; keep the cursor if it is there already.
+
+    The meta hash last: until it says so, the campaign is not open, and a failure before it
+    (one node down) leaves the campaign as it was."""
     keys = svc.keys(campaign_id)
-    pipe = svc.redis.pipeline(transaction=False)
-    pipe.hset(keys.meta, mapping={
-        "total": total, "status": status,
-        "opens_at": to_ms(opens_at), "closes_at": to_ms(closes_at),
-    })
-    pipe.hsetnx(keys.meta, "cursor", 0)
+    batch = svc.redis.batch()
     for shard in keys.all_shards():
-        pipe.hsetnx(shard.state, "issued", 0)  # the shard is live while its state exists
+        batch.on(shard.state).hsetnx(shard.state, "issued", 0)  # the shard is live while it exists
         if closes_at:
-            pipe.hset(shard.state, "closes_at", to_ms(closes_at))
+            batch.on(shard.state).hset(shard.state, "closes_at", to_ms(closes_at))
         else:
-            pipe.hdel(shard.state, "closes_at")
-    pipe.sadd(ACTIVE, campaign_id)
-    pipe.execute()
+            batch.on(shard.state).hdel(shard.state, "closes_at")
+    batch.on(keys.meta).hsetnx(keys.meta, "cursor", 0)
+    batch.on(ACTIVE).sadd(ACTIVE, campaign_id)
+    batch.execute()
+    svc.redis.hset(keys.meta, mapping={
+        "total": total, "status": status, "opens_at": to_ms(opens_at), "closes_at": to_ms(closes_at),
+    })
 
 
 def open_campaign(svc, campaign_id):
@@ -112,12 +114,12 @@ def open_campaign(svc, campaign_id):
     if row.closes_at and row.closes_at <= now:
         raise InvalidCampaign(f"campaign {campaign_id} ended at {iso(row.closes_at)}")
     opens_at = row.opens_at if row.opens_at and row.opens_at <= now else now
-    with svc.engine.begin() as conn:
+    with svc.engine.begin() as conn:  # the row commits only once Redis has the campaign open
         conn.execute(
             update(db.campaigns).where(db.campaigns.c.id == campaign_id)
             .values(status="open", opens_at=opens_at)
         )
-    preload(svc, campaign_id, row.total, "open", opens_at, row.closes_at)
+        preload(svc, campaign_id, row.total, "open", opens_at, row.closes_at)
 
 
 def stop_issuing(svc, campaign_id):
@@ -125,11 +127,11 @@ def stop_issuing(svc, campaign_id):
     row = _row(svc.engine, campaign_id)
     keys = svc.keys(campaign_id)
     if svc.redis.exists(keys.meta):
-        pipe = svc.redis.pipeline(transaction=False)
+        batch = svc.redis.batch()
         for shard in keys.all_shards():
-            pipe.hset(shard.state, "closes_at", 0)  # 0: closed since ever, whatever the clock
-        pipe.hset(keys.meta, "status", "closed")
-        pipe.execute()
+            batch.on(shard.state).hset(shard.state, "closes_at", 0)  # 0: closed, whatever the clock
+        batch.on(keys.meta).hset(keys.meta, "status", "closed")
+        batch.execute()
     if row.status != "closed":
         with svc.engine.begin() as conn:
             conn.execute(
@@ -173,20 +175,29 @@ def close_campaign(svc, campaign_id, progress=None):
 
 def release(svc, keys):
     """Delete a closed campaign's Redis keys; from now on it is read from the database."""
-    pipe = svc.redis.pipeline(transaction=False)
-    pipe.srem(ACTIVE, keys.campaign_id)
-    pipe.delete(*keys.every_key())
-    pipe.execute()
+    svc.redis.srem(ACTIVE, keys.campaign_id)
+    delete_keys(svc, keys)
+
+
+def delete_keys(svc, keys):
+    """Delete every key of a campaign, one by one (they live on several nodes); the meta hash
+    last, so that until it is gone a close run again finds the campaign and finishes."""
+    batch = svc.redis.batch()
+    for key in keys.every_key():
+        if key != keys.meta:
+            batch.on(key).delete(key)
+    batch.execute()
+    svc.redis.delete(keys.meta)
 
 
 def issued_in_redis(svc, campaign_id):
     """Sum the issued counters of a campaign's claim shards; None if Redis does not hold it."""
     keys = svc.keys(campaign_id)
-    pipe = svc.redis.pipeline(transaction=False)
-    pipe.exists(keys.meta)
+    batch = svc.redis.batch()
+    batch.on(keys.meta).exists(keys.meta)
     for shard in keys.all_shards():
-        pipe.hget(shard.state, "issued")
-    present, *counts = pipe.execute()
+        batch.on(shard.state).hget(shard.state, "issued")
+    present, *counts = batch.execute()
     return sum(int(c or 0) for c in counts) if present else None
 
 
@@ -225,10 +236,10 @@ def find_ticket(svc, campaign_id, user_id):
     keys = svc.keys(campaign_id)
     shard = keys.shard(keys.shard_of(user_id))
     try:
-        pipe = svc.redis.pipeline(transaction=False)
-        pipe.exists(keys.meta)
-        pipe.hget(shard.claims, user_id)
-        live, held = pipe.execute()
+        batch = svc.redis.batch()
+        batch.on(keys.meta).exists(keys.meta)
+        batch.on(shard.claims).hget(shard.claims, user_id)
+        live, held = batch.execute()
         if not live:
             _row(svc.engine, campaign_id)  # CAMPAIGN_NOT_FOUND before any key is written for it
         count_request(svc, shard, user_id)
@@ -257,10 +268,11 @@ def count_request(svc, shard, user_id):
     if not rate.limit:
         return
     window, left = rate.window()
-    pipe = svc.redis.pipeline(transaction=False)
-    pipe.hincrby(shard.rate(window), user_id, 1)
-    pipe.expire(shard.rate(window), rate.seconds)
-    if pipe.execute()[0] > rate.limit:
+    key = shard.rate(window)
+    batch = svc.redis.batch()
+    batch.on(key).hincrby(key, user_id, 1)
+    batch.on(key).expire(key, rate.seconds)
+    if batch.execute()[0] > rate.limit:
         raise RateLimited(retry_after=left)
 
 

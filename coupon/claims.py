@@ -2,12 +2,10 @@
 
 A claim offers a user a serial (or, with NO_SERIAL, only asks whether the user holds a ticket).
 ClaimBatcher coalesces the claims of concurrent requests; ClaimSender sends a batch to Redis as
-one claim.lua call per claim shard it touches, all in one pipeline, so the round trip (and its
-client CPU) is shared by the whole batch rather than by the few claims that fall on one shard.
+one claim.lua call per claim shard it touches, in one pipeline per node, so the round trip (and
+its client CPU) is shared by the whole batch rather than by the few claims that fall on one shard.
 """
 import threading
-
-from redis.exceptions import NoScriptError
 
 from coupon.scripts import NO_SERIAL, ClaimReply
 
@@ -81,8 +79,8 @@ class ClaimBatcher:
 class ClaimSender:
     """Send a batch of claims of one campaign to Redis; decode the replies.
 
-    Each claim is (shard index, user id, serial, code). One claim.lua call per shard, all in one
-    pipeline; a shard whose call found no script (a restarted Redis) is sent again after loading it.
+    Each claim is (shard index, user id, serial, code). One claim.lua call per shard, in one
+    pipeline per node (redis_nodes.Batch): a node that fails costs only the claims of its shards.
     """
 
     def __init__(self, redis, claim_script, keys, rate_limit):
@@ -97,35 +95,19 @@ class ClaimSender:
         groups = {}  # shard -> indexes of its claims, in order
         for i, (shard, *_) in enumerate(claims):
             groups.setdefault(shard, []).append(i)
-        replies = [None] * len(claims)
-        for attempt in (1, 2):
-            retry = {}
-            for (shard, indexes), result in zip(groups.items(), self._send(groups, claims)):
-                if isinstance(result, NoScriptError) and attempt == 1:
-                    retry[shard] = indexes  # not run: Redis lost its scripts (restarted)
-                elif isinstance(result, Exception):  # each claim of that call gets it
-                    for i in indexes:
-                        replies[i] = result
-                else:
-                    for i, raw in zip(indexes, result):
-                        replies[i] = ClaimReply.decode(raw)
-            if not retry:
-                break
-            self.redis.script_load(self.script.script)
-            groups = retry
-        return replies
-
-    def _send(self, groups, claims):
-        """One script call per shard in `groups`, pipelined; the results (or errors) in order."""
-        pipe = self.redis.pipeline(transaction=False)
+        batch = self.redis.batch()
         window, _ = self.rate_limit.window()
         for shard, indexes in groups.items():
             keys = [*self.shard_keys[shard], self.shards[shard].rate(window)]
             args = [self.keys.campaign_id, self.rate_limit.limit, self.rate_limit.seconds]
             for i in indexes:
                 args += claims[i][1:]  # user id, serial, code
-            pipe.evalsha(self.script.sha, len(keys), *keys, *args)
-        return pipe.execute(raise_on_error=False)
+            batch.script(self.script, keys, args)
+        replies = [None] * len(claims)
+        for indexes, result in zip(groups.values(), batch.execute(raise_on_error=False)):
+            for n, i in enumerate(indexes):  # an error: each claim of that call gets it
+                replies[i] = result if isinstance(result, Exception) else ClaimReply.decode(result[n])
+        return replies
 
 
 class Claims:

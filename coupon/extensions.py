@@ -1,10 +1,9 @@
 """The gateways a worker needs, built once in init_app and kept in app.extensions["coupon"]."""
-import redis
-
 from coupon.db import make_engine
 from coupon.issuing import Issuer
 from coupon.keys import CampaignKeys, RateLimit
 from coupon.metrics import Metrics
+from coupon.redis_nodes import RedisNodes
 from coupon.scripts import Scripts
 from coupon.signing import Signer
 
@@ -12,7 +11,7 @@ from coupon.signing import Signer
 class Services:
     def __init__(self, config):
         self.config = config
-        self.redis = make_redis(config)
+        self.redis = RedisNodes(config)
         self.engine = make_engine(config["DATABASE_URL"])
         self.scripts = Scripts(self.redis)
         self.signer = Signer(config["SECRET_KEY"], config["TOKEN_TTL"])
@@ -24,20 +23,6 @@ class Services:
     def keys(self, campaign_id):
         """The Redis keys of a campaign (the one place they are built)."""
         return CampaignKeys(campaign_id, self.config["CLAIM_SHARDS"])
-
-
-def make_redis(config):
-    """A client whose pool waits for a free connection instead of failing at once."""
-    pool = redis.BlockingConnectionPool.from_url(
-        config["REDIS_URL"],
-        max_connections=config["REDIS_POOL_SIZE"],
-        timeout=config["REDIS_TIMEOUT"],
-        socket_timeout=config["REDIS_TIMEOUT"],
-        socket_connect_timeout=config["REDIS_TIMEOUT"],
-        health_check_interval=30,
-        decode_responses=True,
-    )
-    return redis.Redis(connection_pool=pool)
 
 
 def init_app(app):

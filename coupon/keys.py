@@ -1,10 +1,21 @@
 """Names of every Redis key, in one place.
 
-A campaign's home keys share the hash tag ``{c:ID}``; claim shard K of it has ``{c:ID:sK}``.
+A campaign's home keys share the hash tag ``{c:ID}``; claim shard K has a tag of its own (below).
 Each Lua script touches keys of one tag only, so the same code runs on Redis Cluster.
+
+Shard tags. A tag's CRC16 decides the slot of its keys, so the node; tags that differ in a digit
+or two do not spread: ``{c:ID:sK}`` and ``{c:ID:sK+4}`` land exactly 132 slots apart for every
+campaign, so a campaign's 8 shards fell on 4 of 8 masters, and on 3 masters one master carried
+half of the claims in 9 campaigns of 10. Instead shard K of S has a fixed tag chosen to fall
+near slot (K + 1/2) * 16384 / S: S evenly spaced slots, whatever the campaign. Masters own
+contiguous ranges of slots, so each owns its share of the shards (with the default 12 shards:
+4 each on 3 masters, 3 on 4, 2 on 6). Campaigns share these slots; their home keys spread by id.
 """
+import functools
 import time
 import zlib
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 ACTIVE = "campaigns:active"  # set of campaign ids the jobs walk
 SCHEDULER_LEADER = "scheduler:leader"
@@ -43,10 +54,10 @@ class CampaignKeys:
         return zlib.crc32(user_id.encode()) % self.shards
 
     def shard(self, k):
-        return ShardKeys(self.campaign_id, k)
+        return ShardKeys(shard_tag(k, self.shards), self.campaign_id, k)
 
     def all_shards(self):
-        return [ShardKeys(self.campaign_id, k) for k in range(self.shards)]
+        return [self.shard(k) for k in range(self.shards)]
 
     def home_keys(self):
         return [self.meta, self.leases, self.lease_serials, self.returned]
@@ -56,14 +67,27 @@ class CampaignKeys:
         return [*self.home_keys(), *(key for shard in self.all_shards() for key in shard.all())]
 
 
+@functools.lru_cache(maxsize=None)
+def shard_tag(k, shards):
+    """The hash tag of shard k of `shards`: the first "sK.N" (N = 0, 1, ...) whose slot lies
+    within 1/8 of a spacing of (k + 1/2) * 16384 / shards (a few dozen tries at most)."""
+    spacing = REDIS_CLUSTER_HASH_SLOTS / shards
+    target, near = (k + 0.5) * spacing, max(1.0, spacing / 8)
+    n = 0
+    while abs(key_slot(b"s%d.%d" % (k, n)) - target) > near:
+        n += 1
+    return "{s%d.%d}" % (k, n)
+
+
 class ShardKeys:
-    def __init__(self, campaign_id, k):
-        tag = self.tag = "{c:%d:s%d}" % (campaign_id, k)
+    def __init__(self, tag, campaign_id, k):
         self.index = k
-        self.claims = tag + ":claims"  # hash: user id -> "serial|code|issued_at_ms"
-        self.claimed = tag + ":claimed"  # bitmap: serial -> claimed in this shard
-        self.outbox = tag + ":outbox"  # stream of claims not yet in MySQL
-        self.state = tag + ":state"  # hash: issued (count), closes_at (epoch ms)
+        # the tag in braces decides the slot; the campaign id after it, which keys these are
+        self.prefix = prefix = "%s:c:%d" % (tag, campaign_id)
+        self.claims = prefix + ":claims"  # hash: user id -> "serial|code|issued_at_ms"
+        self.claimed = prefix + ":claimed"  # bitmap: serial -> claimed in this shard
+        self.outbox = prefix + ":outbox"  # stream of claims not yet in MySQL
+        self.state = prefix + ":state"  # hash: issued (count), closes_at (epoch ms)
 
     def all(self):
         return [self.claims, self.claimed, self.outbox, self.state]
@@ -73,4 +97,4 @@ class ShardKeys:
 
         Under the shard's tag, so claim.lua counts and claims in the same call.
         """
-        return "%s:rate:%d" % (self.tag, window)
+        return "%s:rate:%d" % (self.prefix, window)

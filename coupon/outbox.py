@@ -75,26 +75,27 @@ class Flusher:
                 return moved
 
     def _ensure_groups(self, streams):
-        for stream in streams:
-            if stream in self._grouped:
-                continue
-            try:
-                self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
-            except ResponseError as e:
-                if "BUSYGROUP" not in str(e):
-                    raise
+        new = [stream for stream in streams if stream not in self._grouped]
+        batch = self.redis.batch()
+        for stream in new:
+            batch.on(stream).xgroup_create(stream, GROUP, id="0", mkstream=True)
+        for stream, reply in zip(new, batch.execute(raise_on_error=False)):
+            if isinstance(reply, Exception) and not (
+                    isinstance(reply, ResponseError) and "BUSYGROUP" in str(reply)):
+                raise reply
             self._grouped.add(stream)
 
     def _read(self, streams):
         """One round trip: per stream, what this consumer left pending, what dead ones left
         pending, then new entries. Returns [(stream, id, fields or None)]."""
         self._ensure_groups(streams)
-        pipe = self.redis.pipeline(transaction=False)
+        batch = self.redis.batch()
         for stream in streams:
-            pipe.xreadgroup(GROUP, self.consumer, {stream: "0"}, count=self.batch)
-            pipe.xautoclaim(stream, GROUP, self.consumer, self.claim_idle_ms, "0-0", count=self.batch)
-            pipe.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.batch)
-        replies = pipe.execute()
+            batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: "0"}, count=self.batch)
+            batch.on(stream).xautoclaim(stream, GROUP, self.consumer, self.claim_idle_ms, "0-0",
+                                        count=self.batch)
+            batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.batch)
+        replies = batch.execute()
         entries, seen = [], set()
         for i, stream in enumerate(streams):
             own, claimed, new = replies[3 * i: 3 * i + 3]
@@ -109,20 +110,20 @@ class Flusher:
         by_stream = {}
         for stream, entry_id, _ in entries:
             by_stream.setdefault(stream, []).append(entry_id)
-        pipe = self.redis.pipeline(transaction=False)
+        batch = self.redis.batch()
         for stream, ids in by_stream.items():
-            pipe.xack(stream, GROUP, *ids)
-            pipe.xdel(stream, *ids)  # flushed entries do not pile up in Redis
-        pipe.execute()
+            batch.on(stream).xack(stream, GROUP, *ids)
+            batch.on(stream).xdel(stream, *ids)  # flushed entries do not pile up in Redis
+        batch.execute()
 
 
 def outbox_stats(redis, keys):
     """Return (backlog, lag in seconds): entries not yet in the database, age of the oldest."""
-    pipe = redis.pipeline(transaction=False)
+    batch = redis.batch()
     for shard in keys.all_shards():
-        pipe.xlen(shard.outbox)
-        pipe.xrange(shard.outbox, count=1)
-    replies = pipe.execute()
+        batch.on(shard.outbox).xlen(shard.outbox)
+        batch.on(shard.outbox).xrange(shard.outbox, count=1)
+    replies = batch.execute()
     backlog = sum(replies[0::2])
     oldest = [int(first[0][0].split("-")[0]) for first in replies[1::2] if first]
     lag = max(0.0, time.time() - min(oldest) / 1000) if oldest else 0.0

@@ -46,7 +46,7 @@ def redis_claims(redis, keys):
     """All claims of a campaign: {user: StoredClaim}, and the sum of the issued counters."""
     claims, counter = {}, 0
     for shard in keys.all_shards():
-        for user, value in redis.hscan_iter(shard.claims, count=1000):
+        for user, value in redis.client_for(shard.claims).hscan_iter(shard.claims, count=1000):
             claims[user] = StoredClaim.parse(value)
         counter += int(redis.hget(shard.state, "issued") or 0)
     return claims, counter

@@ -2,11 +2,14 @@
 what their replies and stored values mean. Nothing outside this module indexes a script's reply
 or splits a value a script stored.
 
-redis-py's Script runs EVALSHA and loads the script again after NOSCRIPT (a restarted Redis).
+Scripts run by EVALSHA on the node serving their keys, loaded there again after NOSCRIPT (a
+restarted Redis, a promoted replica): redis_nodes.
 """
 import enum
 from pathlib import Path
 from typing import NamedTuple
+
+from coupon.redis_nodes import Script
 
 SCRIPT_DIR = Path(__file__).parent / "scripts"
 
@@ -113,38 +116,39 @@ def decode_serials(encoded):
 
 
 class Scripts:
-    """The scripts of one Redis client, each behind a thin wrapper that names its reply."""
+    """The scripts, each behind a thin wrapper that names its reply."""
 
     def __init__(self, redis):
-        def register(name):
-            return redis.register_script((SCRIPT_DIR / f"{name}.lua").read_text())
+        self.redis = redis  # redis_nodes.RedisNodes
+
+        def load(name):
+            return Script((SCRIPT_DIR / f"{name}.lua").read_text())
 
         # claim.lua itself: the claims module sends it pipelined, per shard (claims.ClaimSender)
-        self.claim = register("claim")
-        self._lease, self._renew = register("lease"), register("renew")
-        self._give_back = register("give_back")
-        self._leader, self._resign = register("leader"), register("resign")
+        self.claim = load("claim")
+        self._lease, self._renew, self._give_back = load("lease"), load("renew"), load("give_back")
+        self._leader, self._resign = load("leader"), load("resign")
 
     def lease(self, keys, lease_id, most, ttl_ms, tail, waiting):
         """Lease up to `most` serials for `ttl_ms`; see lease.lua."""
-        raw = self._lease(keys=keys.home_keys(), args=[lease_id, most, ttl_ms, tail, waiting])
+        raw = self.redis.run(self._lease, keys.home_keys(), [lease_id, most, ttl_ms, tail, waiting])
         return LeaseReply.decode(raw)
 
     def renew(self, keys, ttl_ms, lease_id):
         """Extend a lease; False if it had expired or was reclaimed (its serials are gone)."""
-        (renewed,) = self._renew(keys=[keys.leases], args=[ttl_ms, lease_id])
+        (renewed,) = self.redis.run(self._renew, [keys.leases], [ttl_ms, lease_id])
         return renewed == 1
 
     def give_back(self, keys, lease_id, serials):
         """Give a lease's unused serials back and end it; None if it was already settled."""
-        given = self._give_back(keys=[keys.leases, keys.lease_serials, keys.returned],
-                                args=[lease_id, *serials])
+        given = self.redis.run(self._give_back, [keys.leases, keys.lease_serials, keys.returned],
+                               [lease_id, *serials])
         return None if given < 0 else given
 
     def lead(self, key, ident, ttl_ms):
         """Take or keep the scheduler's leader lease; True if `ident` leads now."""
-        return self._leader(keys=[key], args=[ident, ttl_ms]) == 1
+        return self.redis.run(self._leader, [key], [ident, ttl_ms]) == 1
 
     def resign(self, key, ident):
         """Give up the leader lease if `ident` holds it."""
-        return self._resign(keys=[key], args=[ident]) == 1
+        return self.redis.run(self._resign, [key], [ident]) == 1

@@ -1,5 +1,6 @@
-"""Fixtures: a real MariaDB database the suite creates, a Redis db flushed around each test,
-the app, its test client and CLI runner, and real gunicorn servers."""
+"""Fixtures: a real MariaDB database the suite creates, a Redis db (or, for tests parametrized
+with support.on_single_and_cluster, a real Redis Cluster) flushed around each test, the app,
+its test client and CLI runner, and real gunicorn servers."""
 import os
 
 import pytest
@@ -7,7 +8,9 @@ import redis
 
 from coupon import create_app
 from coupon.signing import Signer
-from tests.support import SECRET, Gunicorn, Scheduler, app_config, fresh_database, service_env
+from tests.support import (
+    SECRET, Gunicorn, LocalCluster, RedisTarget, Scheduler, app_config, fresh_database, service_env,
+)
 
 MYSQL_URL = os.environ.get("TEST_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/coupon_test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -29,25 +32,46 @@ def mysql_url():
     return MYSQL_URL
 
 
+@pytest.fixture(scope="session")
+def session_cluster(tmp_path_factory):
+    """A real 3-master, 3-replica Redis Cluster, started once when a test first asks for it."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
-def redis_url():
+def redis_kind():
+    """A single Redis, unless the test is parametrized (support.on_single_and_cluster)."""
+    return "single"
+
+
+@pytest.fixture
+def redis_target(redis_kind, request):
+    """The test's Redis (a RedisTarget), empty before and after."""
+    if redis_kind == "cluster":
+        cluster = request.getfixturevalue("session_cluster")
+        cluster.flush()
+        yield RedisTarget(cluster_nodes=cluster.startup_nodes)
+        cluster.flush()
+        return
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
-    yield REDIS_URL
+    yield RedisTarget(REDIS_URL)
     client.flushdb()
     client.close()
 
 
 @pytest.fixture
-def redis_client(redis_url):
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+def redis_client(redis_target):
+    client = redis_target.client()
     yield client
     client.close()
 
 
 @pytest.fixture
-def app(mysql_url, redis_url):
-    app = create_app(app_config(mysql_url, redis_url))
+def app(mysql_url, redis_target):
+    app = create_app(app_config(mysql_url, redis_target))
     yield app
     app.extensions["coupon"].engine.dispose()
 
@@ -73,8 +97,8 @@ def signer():
 
 
 @pytest.fixture
-def env(mysql_url, redis_url):
-    return service_env(mysql_url, redis_url)
+def env(mysql_url, redis_target):
+    return service_env(mysql_url, redis_target)
 
 
 @pytest.fixture

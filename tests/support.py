@@ -3,6 +3,7 @@ clients, a fresh database, campaigns and users, and the checks more than one tes
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -12,8 +13,11 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
+import pytest
 import redis
+from redis.cluster import RedisCluster
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -49,20 +53,46 @@ def wait_until(check, timeout=20.0, interval=0.05, what="condition"):
         time.sleep(interval)
 
 
-def app_config(database_url, redis_url, **extra):
-    """The settings of an app made in this process (create_app)."""
-    return dict(
-        TESTING=True, SECRET_KEY=SECRET, DATABASE_URL=database_url, REDIS_URL=redis_url, **extra
-    )
+# a test that runs on a single Redis and on the session's Redis Cluster (fixture redis_kind)
+on_single_and_cluster = pytest.mark.parametrize("redis_kind", ["single", "cluster"])
 
 
-def service_env(database_url, redis_url, **extra):
+class RedisTarget(NamedTuple):
+    """Where the service under test keeps its live state: a single Redis (its URL), or a
+    Redis Cluster (its startup nodes)."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    cluster_nodes: str = ""
+
+    @classmethod
+    def of(cls, target):
+        """A RedisTarget, or the URL of a single Redis."""
+        return target if isinstance(target, cls) else cls(target)
+
+    def settings(self):
+        return dict(REDIS_URL=self.url, REDIS_CLUSTER_NODES=self.cluster_nodes)
+
+    def client(self):
+        """A client to look at what the service wrote (decoded)."""
+        if self.cluster_nodes:
+            host, port = self.cluster_nodes.split(",")[0].split(":")
+            return RedisCluster(host=host, port=int(port), decode_responses=True)
+        return redis.Redis.from_url(self.url, decode_responses=True)
+
+
+def app_config(database_url, redis_target, **extra):
+    """The settings of an app made in this process (create_app); redis_target: RedisTarget.of."""
+    return dict(TESTING=True, SECRET_KEY=SECRET, DATABASE_URL=database_url,
+                **RedisTarget.of(redis_target).settings(), **extra)
+
+
+def service_env(database_url, redis_target, **extra):
     """The environment of a service process (gunicorn, `flask jobs run`); extra overrides any
     setting, SECRET_KEY too. The settings file named does not exist: instance/settings.py is
     not read."""
     env = dict(os.environ)
     env.update(
-        DATABASE_URL=database_url, REDIS_URL=redis_url, SECRET_KEY=SECRET,
+        DATABASE_URL=database_url, SECRET_KEY=SECRET, **RedisTarget.of(redis_target).settings(),
         COUPON_SETTINGS=os.path.join(ROOT, "tests", "no-settings-file.py"),
         PYTHONPATH=ROOT,
     )
@@ -239,6 +269,11 @@ def open_campaign(svc, stock, name="flood"):
     return campaign_id
 
 
+def campaign_ids_in_keys(keys):
+    """The campaign ids Redis keys belong to: {c:ID}:... (home) and {sK.N}:c:ID:... (shards)."""
+    return {int(m.group(1)) for key in keys for m in [re.search(r"(?:^\{|\}:)c:(\d+)", key)] if m}
+
+
 def users(signer, count, prefix="u", ttl=None):
     """[(user id, bearer token)] of users <prefix>0 .. <prefix><count - 1>."""
     return [(f"{prefix}{i}", signer.mint(f"{prefix}{i}", ttl)) for i in range(count)]
@@ -276,29 +311,112 @@ def assert_error(response, status, code):
 
 class RedisServer(ChildProcess):
     """A private `redis-server` on a free loopback port, logging every write to an append-only
-    file in `folder` (fsync per `appendfsync`), so that it can be killed (what is not in the
-    append-only file is lost) and started again."""
+    file in `folder` (fsync per `appendfsync`; "no file": none), so that it can be killed (what
+    is not in the append-only file is lost) and started again. `extra`: more arguments."""
 
     stop_timeout = 10
 
-    def __init__(self, folder, appendfsync="always"):
+    def __init__(self, folder, appendfsync="always", *extra, detach=False):
         self.folder = str(folder)
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        aof = ["--appendonly", "no"] if appendfsync == "no file" else \
+            ["--appendonly", "yes", "--appendfsync", appendfsync]
         self.args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                     "--dir", self.folder, "--appendonly", "yes", "--appendfsync", appendfsync,
-                     "--save", ""]
+                     "--dir", self.folder, *aof, "--save", "", *extra]
+        self.detach = detach  # in a session of its own: it outlives this process (make cluster)
         self.log = open(os.path.join(self.folder, "redis-server.log"), "a")
         self.proc = None
         self.start()
 
     def start(self):
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
-        client = redis.Redis(port=self.port, socket_timeout=1)
-        try:
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=self.detach)
+        with self.client() as client:
             wait_until(client.ping, timeout=10, what="redis-server to answer PING")
-        finally:
-            client.close()
+
+    def client(self):
+        return redis.Redis(port=self.port, socket_timeout=2, decode_responses=True)
+
+    def info(self, section):
+        with self.client() as client:
+            return client.info(section)
+
+
+class LocalCluster:
+    """A real Redis Cluster on free loopback ports: `masters` masters, each with one replica
+    (`redis-server --cluster-enabled yes` joined by `redis-cli --cluster create`), every node a
+    RedisServer in its own folder under `folder`, stopped by its pid. The tests' session cluster,
+    the fault tests' own ones, and `make cluster` (tests/cluster.py)."""
+
+    def __init__(self, folder, masters=3, node_timeout_ms=3000, appendfsync="no file", extra=(),
+                 detach=False):
+        self.folder = str(folder)
+        self.nodes = []
+        try:
+            for i in range(2 * masters):
+                node_folder = os.path.join(self.folder, f"node-{i}")
+                os.makedirs(node_folder, exist_ok=True)
+                self.nodes.append(RedisServer(
+                    node_folder, appendfsync, "--cluster-enabled", "yes",
+                    "--cluster-config-file", "nodes.conf", "--cluster-port", str(free_port()),
+                    "--cluster-node-timeout", str(node_timeout_ms),
+                    # a master down stops only its own slots, not the whole cluster
+                    "--cluster-require-full-coverage", "no", *extra, detach=detach))
+            subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                            "--cluster-replicas", "1", "--cluster-yes"],
+                           check=True, capture_output=True, timeout=60)
+            self.wait_healthy(masters)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def startup_nodes(self):
+        """REDIS_CLUSTER_NODES for this cluster."""
+        return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def live(self):
+        return [n for n in self.nodes if n.proc.poll() is None]
+
+    def wait_healthy(self, masters=3, timeout=60):
+        """Until every live node says cluster_state:ok and `masters` masters each have a replica
+        whose link to it is up."""
+        def healthy():
+            for node in self.live():
+                with node.client() as client:
+                    if client.cluster("info")["cluster_state"] != "ok":
+                        return False
+            replicas = [n.info("replication") for n in self.live()]
+            linked = [r for r in replicas if r["role"] == "slave" and r["master_link_status"] == "up"]
+            return sum(r["role"] == "master" for r in replicas) == masters and len(linked) >= masters
+        wait_until(healthy, timeout=timeout, interval=0.2, what="the cluster to be ok, every replica linked")
+
+    def slot_map(self):
+        """[(first slot, last slot, port of its master)] as a live node sees the cluster."""
+        with self.live()[0].client() as client:
+            return [(first, last, int(master[1]))
+                    for first, last, master, *_ in client.execute_command("CLUSTER SLOTS")]
+
+    def master_of(self, slot):
+        """The node that serves `slot` as master (None if that master is dead)."""
+        port = next(port for first, last, port in self.slot_map() if first <= slot <= last)
+        return next((n for n in self.live() if n.port == port), None)
+
+    def masters(self):
+        ports = {port for _, _, port in self.slot_map()}
+        return [n for n in self.live() if n.port in ports]
+
+    def flush(self):
+        for node in self.live():
+            if node.info("replication")["role"] == "master":
+                with node.client() as client:
+                    client.flushall()
+
+    def stop(self):
+        for node in self.nodes:
+            node.stop()
+
 
 class TcpProxy:
     """A loopback TCP forwarder to `upstream` that a test can cut (listener and every connection

@@ -6,7 +6,9 @@ import pytest
 from coupon import campaigns as ops
 from coupon import create_app
 from coupon.signing import Signer
-from tests.support import app_config, assert_error, free_port, issue, open_campaign
+from tests.support import RedisTarget, on_single_and_cluster, app_config, assert_error, free_port, issue, open_campaign
+
+pytestmark = on_single_and_cluster
 
 
 @pytest.fixture
@@ -120,8 +122,10 @@ def test_unexpected_error_is_500_json_without_trace(app, client):
     assert "secret internals" not in response.get_data(as_text=True)
 
 
-def test_redis_down_is_503(mysql_url, svc, signer, open_id):
-    dead = create_app(app_config(mysql_url, f"redis://127.0.0.1:{free_port()}/0", REDIS_TIMEOUT=0.5))
+def test_redis_down_is_503(mysql_url, svc, signer, open_id, redis_kind):
+    nowhere = f"127.0.0.1:{free_port()}"
+    dead_redis = RedisTarget(f"redis://{nowhere}/0", nowhere if redis_kind == "cluster" else "")
+    dead = create_app(app_config(mysql_url, dead_redis, REDIS_TIMEOUT=0.5))
     response = issue(dead.test_client(), open_id, signer.mint("alice"))
     assert_error(response, 503, "UNAVAILABLE")
     assert dead.test_client().get("/readyz").status_code == 503

@@ -6,7 +6,7 @@ import pytest
 from config.settings import DEV_SECRET_KEY
 from coupon import create_app
 from coupon.signing import Signer
-from tests.support import SECRET, app_config
+from tests.support import SECRET, app_config, on_single_and_cluster
 
 
 def test_db_init_is_idempotent(runner):
@@ -15,6 +15,7 @@ def test_db_init_is_idempotent(runner):
         assert result.exit_code == 0 and "tables ready" in result.output
 
 
+@on_single_and_cluster
 def test_campaign_lifecycle(runner, client):
     created = runner.invoke(args=["campaign", "create", "--name", "Black Friday", "--stock", "3"])
     assert created.exit_code == 0, created.output
@@ -66,9 +67,9 @@ def test_tokens(runner):
         assert signer.user_of(runner.invoke(args=["token", "mint", name]).output.strip()) == name
 
 
-def test_production_refuses_the_development_secret(mysql_url, redis_url):
+def test_production_refuses_the_development_secret(mysql_url, redis_target):
     for secret in (DEV_SECRET_KEY, ""):
         with pytest.raises(RuntimeError, match="SECRET_KEY"):
-            create_app(dict(app_config(mysql_url, redis_url), ENV="production", SECRET_KEY=secret))
-    app = create_app(dict(app_config(mysql_url, redis_url), ENV="production", SECRET_KEY="a-real-secret"))
+            create_app(dict(app_config(mysql_url, redis_target), ENV="production", SECRET_KEY=secret))
+    app = create_app(dict(app_config(mysql_url, redis_target), ENV="production", SECRET_KEY="a-real-secret"))
     assert app.config["ENV"] == "production"

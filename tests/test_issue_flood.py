@@ -2,7 +2,9 @@
 from collections import Counter
 
 from coupon import campaigns as ops
-from tests.support import assert_exact_tickets, flood, issue_call, open_campaign, users
+from tests.support import on_single_and_cluster, assert_exact_tickets, flood, issue_call, open_campaign, users
+
+pytestmark = on_single_and_cluster
 
 
 def redis_issued(svc, campaign_id):

@@ -15,7 +15,7 @@ from coupon.outbox import Flusher, outbox_stats
 from coupon.reconcile import mysql_tickets, reconcile
 from coupon.jobs.lifecycle import open_and_close_due
 from coupon.jobs.stock_sync import sync_stock
-from tests.support import (FAST_JOBS, answered, assert_exact_tickets, flood, free_port, issue_call,
+from tests.support import (FAST_JOBS, on_single_and_cluster, answered, assert_exact_tickets, flood, free_port, issue_call,
                            issue_directly, open_campaign, request, users, wait_until)
 
 
@@ -23,6 +23,7 @@ def backlog(svc, campaign_id):
     return outbox_stats(svc.redis, svc.keys(campaign_id))[0]
 
 
+@on_single_and_cluster
 def test_flood_then_close_puts_every_answer_in_mysql(svc, signer, gunicorn, scheduler, runner, redis_client):
     server = gunicorn(workers=2)
     scheduler(**FAST_JOBS)
@@ -50,6 +51,7 @@ def test_flood_then_close_puts_every_answer_in_mysql(svc, signer, gunicorn, sche
     assert again.exit_code == 0 and "database rows 1000" in again.output
 
 
+@on_single_and_cluster
 def test_close_drains_without_scheduler_and_refuses_late_claims(svc, signer, gunicorn, runner):
     server = gunicorn(workers=2)
     campaign_id = open_campaign(svc, 300)
@@ -62,6 +64,7 @@ def test_close_drains_without_scheduler_and_refuses_late_claims(svc, signer, gun
     assert mysql_tickets(svc.engine, campaign_id) == answered(first)
 
 
+@on_single_and_cluster
 def test_reconcile_reports_a_difference_and_keeps_the_keys(svc, signer, runner, redis_client):
     campaign_id = open_campaign(svc, 10)
     for user in ("a", "b", "c"):
@@ -75,6 +78,7 @@ def test_reconcile_reports_a_difference_and_keeps_the_keys(svc, signer, runner, 
     assert redis_client.exists(svc.keys(campaign_id).meta)
 
 
+@on_single_and_cluster
 def test_killed_worker_block_is_reclaimed(svc, signer, gunicorn, scheduler, redis_client):
     short = dict(LEASE_TTL=2, BLOCK_SIZE=200)
     server = gunicorn(workers=2, **short)

@@ -12,12 +12,14 @@ from coupon import create_app
 from coupon.errors import SoldOut
 from coupon.scripts import decode_serials
 from coupon.supply import TAIL_RECHECK
-from tests.support import app_config, flood, issue_call, issue_directly, open_campaign, users
+from tests.support import on_single_and_cluster, app_config, flood, issue_call, issue_directly, open_campaign, users
+
+pytestmark = on_single_and_cluster
 
 
 @pytest.fixture
-def workers(mysql_url, redis_url):
-    apps = [create_app(app_config(mysql_url, redis_url, STATE_REFRESH=0.2)) for _ in range(2)]
+def workers(mysql_url, redis_target):
+    apps = [create_app(app_config(mysql_url, redis_target, STATE_REFRESH=0.2)) for _ in range(2)]
     yield [app.extensions["coupon"] for app in apps]
     for app in apps:
         app.extensions["coupon"].engine.dispose()

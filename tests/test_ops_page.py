@@ -11,7 +11,7 @@ from coupon import campaigns as ops
 from coupon import create_app
 from coupon.keys import SCHEDULER_LEADER
 from coupon.outbox import Flusher
-from tests.support import app_config, assert_error, issue, issue_directly, open_campaign
+from tests.support import app_config, assert_error, issue, issue_directly, open_campaign, on_single_and_cluster
 
 PASSWORD = "ops-password-for-tests"
 
@@ -21,12 +21,12 @@ def basic(user, password):
 
 
 @pytest.fixture
-def make_app(mysql_url, redis_url):
+def make_app(mysql_url, redis_target):
     """An app with extra settings (ENV=production, OPS_PASSWORD=...); disposed after the test."""
     made = []
 
     def make(**settings):
-        app = create_app(app_config(mysql_url, redis_url, **settings))
+        app = create_app(app_config(mysql_url, redis_target, **settings))
         made.append(app)
         return app
 
@@ -35,6 +35,7 @@ def make_app(mysql_url, redis_url):
         app.extensions["coupon"].engine.dispose()
 
 
+@on_single_and_cluster
 def test_live_json_shows_a_sale_in_progress(client, svc, signer, redis_client):
     campaign_id = open_campaign(svc, 100_000, "ops live")  # not at the tail: leased in blocks
     for user in ("a", "b", "c", "a"):

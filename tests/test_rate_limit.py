@@ -5,16 +5,18 @@ from collections import Counter, defaultdict
 
 from coupon import campaigns as ops
 from coupon import create_app
-from tests.support import (app_config, assert_error, flood, fresh_window, issue, open_campaign, request,
+from tests.support import (on_single_and_cluster, app_config, assert_error, flood, fresh_window, issue, open_campaign, request,
                            users)
 
-
-def limited_app(mysql_url, redis_url, limit, window):
-    return create_app(app_config(mysql_url, redis_url, RATE_LIMIT=limit, RATE_LIMIT_WINDOW=window))
+pytestmark = on_single_and_cluster
 
 
-def test_over_the_limit_is_429_with_retry_after(mysql_url, redis_url, svc, signer, redis_client):
-    client = limited_app(mysql_url, redis_url, limit=3, window=2).test_client()
+def limited_app(mysql_url, redis_target, limit, window):
+    return create_app(app_config(mysql_url, redis_target, RATE_LIMIT=limit, RATE_LIMIT_WINDOW=window))
+
+
+def test_over_the_limit_is_429_with_retry_after(mysql_url, redis_target, svc, signer, redis_client):
+    client = limited_app(mysql_url, redis_target, limit=3, window=2).test_client()
     campaign_id = open_campaign(svc, 10, "rate")
     alice, bob = signer.mint("alice"), signer.mint("bob")
     fresh_window(2, need=1.5)
@@ -35,8 +37,8 @@ def test_over_the_limit_is_429_with_retry_after(mysql_url, redis_url, svc, signe
     assert issue(client, campaign_id, alice).status_code == 200
 
 
-def test_zero_turns_the_limit_off(mysql_url, redis_url, svc, signer, redis_client):
-    client = limited_app(mysql_url, redis_url, limit=0, window=10).test_client()
+def test_zero_turns_the_limit_off(mysql_url, redis_target, svc, signer, redis_client):
+    client = limited_app(mysql_url, redis_target, limit=0, window=10).test_client()
     campaign_id = open_campaign(svc, 10, "rate")
     token = signer.mint("alice")
     statuses = Counter(issue(client, campaign_id, token).status_code for _ in range(50))

@@ -4,15 +4,15 @@ from coupon import create_app
 from tests.support import Gunicorn, app_config, flood, issue_call, service_env, users
 
 
-def test_first_run_on_sqlite(tmp_path, redis_url, signer):
+def test_first_run_on_sqlite(tmp_path, redis_target, signer):
     database_url = f"sqlite:///{tmp_path}/coupon.db"
-    app = create_app(app_config(database_url, redis_url))
+    app = create_app(app_config(database_url, redis_target))
     runner = app.test_cli_runner()
     assert runner.invoke(args=["db", "init"]).exit_code == 0
     campaign_id = int(runner.invoke(args=["campaign", "create", "--name", "s", "--stock", "20"]).output)
     assert runner.invoke(args=["campaign", "open", str(campaign_id)]).exit_code == 0
 
-    server = Gunicorn(service_env(database_url, redis_url), workers=2)
+    server = Gunicorn(service_env(database_url, redis_target), workers=2)
     try:
         results = flood([issue_call(server.url, campaign_id, u, t) for u, t in users(signer, 40)],
                         concurrency=40)

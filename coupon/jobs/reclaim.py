@@ -6,21 +6,21 @@ from coupon.scripts import decode_serials
 
 def claimed_serials(redis, keys, serials):
     """The serials among `serials` that any claim shard has marked claimed."""
-    pipe = redis.pipeline(transaction=False)
+    batch = redis.batch()
     for shard in keys.all_shards():
         for serial in serials:
-            pipe.getbit(shard.claimed, serial)
-    bits = pipe.execute()
+            batch.on(shard.claimed).getbit(shard.claimed, serial)
+    bits = batch.execute()
     n = len(serials)
     return {s for k in range(keys.shards) for s, bit in zip(serials, bits[k * n:(k + 1) * n]) if bit}
 
 
 def reclaim_expired(svc, grace):
     """Return unclaimed serials of leases expired more than `grace` seconds ago; return the count."""
-    now_ms = int(float("%d.%06d" % svc.redis.time()) * 1000)
     returned = 0
     for campaign_id in active_campaigns(svc.redis):
         keys = svc.keys(campaign_id)
+        now_ms = svc.redis.time_at(keys.leases)  # the clock lease.lua stamped the expiries with
         for lease_id in svc.redis.zrangebyscore(keys.leases, "-inf", now_ms - int(grace * 1000)):
             serials = decode_serials(svc.redis.hget(keys.lease_serials, lease_id) or "")
             claimed = claimed_serials(svc.redis, keys, serials)

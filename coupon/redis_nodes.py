@@ -1,0 +1,258 @@
+"""The Redis the service talks to: the single Redis of REDIS_URL or, when REDIS_CLUSTER_NODES is
+set, a Redis Cluster. Above this module there is one code path for both:
+
+- a command on one key: `redis.hget(key, ...)`, its key first;
+- commands on keys of several hash tags go in a `Batch`: one pipeline per node that serves
+  them;
+- scripts run by EVALSHA on the node serving their keys, loaded again on a node that lacks
+  them (a restarted Redis, a promoted replica).
+
+On a cluster every command goes to the master of its key's slot, placed here from the key it
+names, through plain per-node clients; redis-py's cluster client only keeps the slot map. Its
+own command path is not used: its pipeline refuses EVALSHA and asks a default node (`COMMAND
+GETKEYS`) where commands such as XREADGROUP go, so that node's death would stop everything; and
+after a failure it reads the map again disconnecting the pools of healthy nodes, failing their
+requests in flight. A MOVED or ASK is followed once; a node that fails costs only its own
+commands. Every failure, the cluster's own included, is a RedisError: callers answer 503.
+"""
+import functools
+import hashlib
+import threading
+import time
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import (
+    AskError, ConnectionError, MovedError, NoScriptError, RedisClusterException, RedisError,
+    TimeoutError,
+)
+from redis.retry import Retry
+
+REFRESH_EVERY = 0.25  # seconds: the slot map is read again at most this often after a failure
+
+
+class Script:
+    """A Lua script, known by its SHA1; loaded on a node only when the node says NOSCRIPT."""
+
+    def __init__(self, text):
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+
+class RedisNodes:
+    """Commands on one key (`nodes.hget(key, ...)`), batches, scripts, the node serving a key,
+    and the primaries."""
+
+    def __init__(self, config):
+        self.startup_nodes = [n.strip() for n in config["REDIS_CLUSTER_NODES"].split(",") if n.strip()]
+        self.cluster = bool(self.startup_nodes)
+        timeout = config["REDIS_TIMEOUT"]
+        self._options = dict(
+            max_connections=config["REDIS_POOL_SIZE"], socket_timeout=timeout,
+            socket_connect_timeout=timeout, health_check_interval=30, decode_responses=True,
+        )
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._next_refresh = 0.0
+        self._client = None if self.cluster else self._single(config["REDIS_URL"])
+
+    def _single(self, url):
+        """A client whose pool waits for a free connection instead of failing at once."""
+        pool = redis.BlockingConnectionPool.from_url(url, timeout=self._timeout, **self._options)
+        return redis.Redis(connection_pool=pool)
+
+    def _connect_cluster(self):
+        (host, port), *others = [n.rsplit(":", 1) for n in self.startup_nodes]
+        try:
+            return RedisCluster(
+                url=f"redis://{host}:{port}/0",  # a URL, so that each node's pool is ours
+                startup_nodes=[ClusterNode(h, int(p)) for h, p in others],
+                connection_pool_class=functools.partial(redis.BlockingConnectionPool, timeout=self._timeout),
+                require_full_coverage=False,  # the slots of live masters are served meanwhile
+                retry=Retry(NoBackoff(), 0),
+                **self._options,
+            )
+        except RedisClusterException as e:  # no startup node answered: try again next call
+            raise ConnectionError(f"Redis Cluster: {e}") from e
+
+    @property
+    def client(self):
+        """The single Redis's client, or the cluster's (made at first use: a worker starts
+        while the cluster is down, and answers 503 until it is up)."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._connect_cluster()
+        return self._client
+
+    def __getattr__(self, command):
+        """`nodes.hget(key, field)`: one command on one key (its first argument)."""
+        if self.cluster:
+            def one(key, *args, **kwargs):
+                batch = self.batch()
+                getattr(batch.on(key), command)(key, *args, **kwargs)
+                return batch.execute()[0]
+            return one
+        return getattr(self._client, command)
+
+    def client_for(self, key):
+        """The plain client of the node serving `key` (on a single Redis: the client)."""
+        if not self.cluster:
+            return self._client
+        try:
+            node = self.client.nodes_manager.get_node_from_slot(key_slot(key.encode()))
+        except RedisClusterException as e:  # the slot's master is unknown
+            self.refresh()
+            raise ConnectionError(f"Redis Cluster: {e}") from e
+        if node.redis_connection is None:  # a master first heard of in a MOVED
+            self.refresh(at_once=True)
+            raise ConnectionError(f"Redis Cluster: {node.name} not connected yet")
+        return node.redis_connection
+
+    def client_at(self, host, port):
+        node = self.client.get_node(host=host, port=port)
+        if node is None:
+            self.refresh(at_once=True)
+            raise ConnectionError(f"Redis Cluster: no node {host}:{port} known")
+        return node.redis_connection
+
+    def primaries(self):
+        """{name: client} of every master (the single Redis: one)."""
+        if not self.cluster:
+            return {"redis": self._client}
+        return {node.name: node.redis_connection for node in self.client.get_primaries()}
+
+    def refresh(self, at_once=False):
+        """Read the slot map again after a node failed or a slot moved; at most once every
+        REFRESH_EVERY seconds, however many requests saw the change (unless `at_once`)."""
+        if not self.cluster or self._client is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next_refresh and not at_once:
+                return
+            self._next_refresh = now + REFRESH_EVERY
+        try:  # without disconnecting the pools of the nodes it asks: they serve meanwhile
+            self._client.nodes_manager.initialize(disconnect_startup_nodes_pools=False)
+        except (RedisError, RedisClusterException):
+            pass  # no node answered: the next failure tries again
+
+    def time_at(self, key):
+        """The clock (epoch ms) of the node serving `key`: what its scripts stamp with."""
+        seconds, micros = self.client_for(key).time()
+        return seconds * 1000 + micros // 1000
+
+    def run(self, script, keys, args):
+        """Run a script on the node serving its keys; its reply."""
+        batch = self.batch()
+        batch.script(script, keys, args)
+        return batch.execute()[0]
+
+    def batch(self):
+        return Batch(self)
+
+
+class _Queue:
+    def __init__(self, commands, key):
+        self._commands = commands
+        self._key = key
+
+    def __getattr__(self, method):
+        def queue(*args, **kwargs):
+            self._commands.append((self._key, method, args, kwargs, None))
+        return queue
+
+
+class Batch:
+    """Commands on keys of any hash tags, as one pipeline per node serving them. Queue with
+    `batch.on(key).hget(key, field)` (one command per `on`) or `batch.script(...)`; execute()
+    returns the replies in the order queued.
+
+    A command a node redirected (MOVED after a failover, ASK during a slot migration) or could
+    not run for want of its script is sent once more where it belongs; a node that failed
+    answers its commands with the error (their outcome unknown: never sent again here).
+    """
+
+    def __init__(self, nodes):
+        self._nodes = nodes
+        self._commands = []  # (key, method, args, kwargs, script or None)
+
+    def on(self, key):
+        return _Queue(self._commands, key)
+
+    def script(self, script, keys, args):
+        self._commands.append((keys[0], "evalsha", (script.sha, len(keys), *keys, *args), {}, script))
+
+    def execute(self, raise_on_error=True):
+        replies = [None] * len(self._commands)
+        groups = self._by_node(range(len(self._commands)), replies)
+        for attempt in (1, 2):
+            again = []
+            for (client, asking), indexes in groups.items():
+                for i, reply in zip(indexes, self._send(client, asking, indexes)):
+                    replies[i] = reply
+                    if attempt == 1 and isinstance(reply, (AskError, NoScriptError)):
+                        again.append(i)
+            if not again:
+                break
+            groups = self._redirect(again, replies)
+        if raise_on_error:
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+        return replies
+
+    def _by_node(self, indexes, replies):
+        groups = {}
+        for i in indexes:
+            try:
+                client = self._nodes.client_for(self._commands[i][0])
+            except RedisError as e:
+                replies[i] = e
+                continue
+            groups.setdefault((client, False), []).append(i)
+        return groups
+
+    def _redirect(self, indexes, replies):
+        """Where each command goes again: the new master of a moved slot, the node an ASK
+        names (after ASKING), the same node once the script is loaded there."""
+        groups, moved = {}, []
+        for i in indexes:
+            error = replies[i]
+            try:
+                if isinstance(error, MovedError):
+                    self._nodes.client.nodes_manager.move_slot(error)
+                    moved.append(i)
+                    continue
+                if isinstance(error, AskError):
+                    target = (self._nodes.client_at(error.host, error.port), True)
+                else:  # NOSCRIPT
+                    client = self._nodes.client_for(self._commands[i][0])
+                    client.script_load(self._commands[i][4].text)
+                    target = (client, False)
+            except (RedisError, RedisClusterException) as e:
+                replies[i] = e if isinstance(e, RedisError) else ConnectionError(str(e))
+                continue
+            groups.setdefault(target, []).append(i)
+        if moved:
+            self._nodes.refresh()
+            for target, more in self._by_node(moved, replies).items():
+                groups.setdefault(target, []).extend(more)
+        return groups
+
+    def _send(self, client, asking, indexes):
+        pipe = client.pipeline(transaction=False)
+        for i in indexes:
+            _, method, args, kwargs, _ = self._commands[i]
+            if asking:
+                pipe.execute_command("ASKING")
+            getattr(pipe, method)(*args, **kwargs)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except RedisError as e:  # the node failed: each of its commands gets the error
+            if isinstance(e, (ConnectionError, TimeoutError)):
+                self._nodes.refresh()
+            return [e] * len(indexes)
+        return replies[1::2] if asking else replies

@@ -1,0 +1,50 @@
+"""`make cluster` / `make cluster-stop`: a new local Redis Cluster to try the service on (3 masters,
+3 replicas on free loopback ports, each node writing an append-only file with appendfsync always
+under instance/cluster/node-N/). Its processes outlive this command; their pids are kept in
+instance/cluster/pids, and `stop` ends them by pid.
+
+    python -m tests.cluster start    # prints the REDIS_CLUSTER_NODES to export
+    python -m tests.cluster stop
+"""
+import glob
+import os
+import shutil
+import signal
+import sys
+
+from tests.support import ROOT, LocalCluster
+
+FOLDER = os.path.join(ROOT, "instance", "cluster")
+PIDS = os.path.join(FOLDER, "pids")
+NODE_TIMEOUT_MS = 5000  # a master silent this long is failed over (see README)
+
+
+def start():
+    if os.path.exists(PIDS):
+        sys.exit(f"a cluster is running already (pids in {PIDS}); `make cluster-stop` first")
+    for old in glob.glob(os.path.join(FOLDER, "node-*")):  # a new cluster, on new ports
+        shutil.rmtree(old)
+    os.makedirs(FOLDER, exist_ok=True)
+    cluster = LocalCluster(FOLDER, node_timeout_ms=NODE_TIMEOUT_MS, appendfsync="always", detach=True)
+    with open(PIDS, "w") as f:
+        f.write("\n".join(str(node.proc.pid) for node in cluster.nodes) + "\n")
+    print(f"Redis Cluster up: 3 masters, 3 replicas, logs and append-only files in {FOLDER}/")
+    print(f"export REDIS_CLUSTER_NODES={cluster.startup_nodes}")
+
+
+def stop():
+    if not os.path.exists(PIDS):
+        print("no cluster running")
+        return
+    with open(PIDS) as f:
+        for pid in map(int, f.read().split()):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    os.remove(PIDS)
+    print(f"cluster stopped; its files stay in {FOLDER}/ (make clean removes them)")
+
+
+if __name__ == "__main__":
+    {"start": start, "stop": stop}[sys.argv[1] if len(sys.argv) > 1 else "start"]()
