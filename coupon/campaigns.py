@@ -208,8 +208,11 @@ def campaign_status(svc, campaign_id):
         issued = issued_in_redis(svc, campaign_id)
     except RedisError:
         issued = None
-    if issued is None:
-        issued = row.issued
+    return status_view(row, row.issued if issued is None else issued)
+
+
+def status_view(row, issued):
+    """The public status of a campaigns row with `issued` coupons."""
     now = utcnow()
     status = row.status
     if status != "closed" and row.closes_at and now >= row.closes_at:

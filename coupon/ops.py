@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from coupon import db
 from coupon.api import campaign_id_of, readiness
-from coupon.campaigns import campaign_status, iso
+from coupon.campaigns import campaign_status, iso, status_view
 from coupon.errors import CampaignNotFound, Unauthorized, error_response
 from coupon.extensions import services
 from coupon.keys import SCHEDULER_LEADER, active_campaigns
@@ -124,14 +124,10 @@ def campaign_list(svc, active):
     c = db.campaigns.c
     with svc.engine.connect() as conn:
         closed = conn.execute(
-            select(c.id, c.name, c.total, c.issued, c.opens_at, c.closes_at)
-            .where(c.status == "closed", c.id.not_in(active or [0]))
+            select(db.campaigns).where(c.status == "closed", c.id.not_in(active or [0]))
             .order_by(c.closed_at.desc(), c.id.desc()).limit(RECENT_CLOSED)).all()
-    return live + [
-        {"id": r.id, "name": r.name, "total": r.total, "issued": r.issued,
-         "remaining": r.total - r.issued, "status": "closed", "opens_at": iso(r.opens_at),
-         "closes_at": iso(r.closes_at), "live": False}
-        for r in closed]
+    # closed: the database's count is final, no Redis round trip
+    return live + [dict(status_view(row, row.issued), live=False) for row in closed]
 
 
 def campaign_view(svc, campaign_id, live, finished):
@@ -154,7 +150,7 @@ def leases(svc, keys):
     expired, its unclaimed serials wait for the reclaim job)."""
     expiries = svc.redis.zrange(keys.leases, 0, -1, withscores=True)
     encoded = svc.redis.hgetall(keys.lease_serials) if expiries else {}
-    now_ms = time.time() * 1000
+    now_ms = svc.redis.time_at(keys.leases) if expiries else 0  # the clock lease.lua stamped with
     return [
         {"worker": lease_id.rsplit(":", 2)[0],  # node:pid of worker_id:uuid:number
          "lease": lease_id, "serials": len(decode_serials(encoded.get(lease_id, ""))),

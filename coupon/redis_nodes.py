@@ -218,7 +218,7 @@ class Batch:
     def _redirect(self, indexes, replies):
         """Where each command goes again: the new master of a moved slot, the node an ASK
         names (after ASKING), the same node once the script is loaded there."""
-        groups, moved = {}, []
+        groups, moved, loaded = {}, [], set()  # loaded: (node, script), once each
         for i in indexes:
             error = replies[i]
             try:
@@ -229,8 +229,10 @@ class Batch:
                 if isinstance(error, AskError):
                     target = (self._nodes.client_at(error.host, error.port), True)
                 else:  # NOSCRIPT
-                    client = self._nodes.client_for(self._commands[i][0])
-                    client.script_load(self._commands[i][4].text)
+                    client, script = self._nodes.client_for(self._commands[i][0]), self._commands[i][4]
+                    if (client, script) not in loaded:
+                        client.script_load(script.text)
+                        loaded.add((client, script))
                     target = (client, False)
             except (RedisError, RedisClusterException) as e:
                 replies[i] = e if isinstance(e, RedisError) else ConnectionError(str(e))

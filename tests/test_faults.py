@@ -308,18 +308,30 @@ def private_redis(tmp_path):
     server.stop()
 
 
-def test_redis_killed_and_restarted_from_its_append_only_file(mysql_url, signer, private_redis):
-    env = service_env(mysql_url, private_redis.url)
-    app = create_app(app_config(mysql_url, private_redis.url))
-    svc = app.extensions["coupon"]
-    web = jobs = None
+@contextmanager
+def service_on(mysql_url, redis_target):
+    """The service on a test's private Redis or cluster: (the service in this process, a real
+    gunicorn of 2 workers) with the scheduler running; both stopped by pid after the block.
+    The scheduler's REDIS_TIMEOUT is 0.5 s, so the reclaim job's grace is 1 s."""
+    env = service_env(mysql_url, redis_target)
+    svc = create_app(app_config(mysql_url, redis_target)).extensions["coupon"]
+    started = []
     try:
-        # While Redis is down each request burns a serial of its worker's block (the claim's
-        # outcome is unknown). The default 30 s lease: the worker marks that block expired at
-        # its first refill once Redis is back, and the reclaim job returns what was never
-        # claimed after its grace (2 x the scheduler's REDIS_TIMEOUT), not after LEASE_TTL.
-        web = Gunicorn(env, workers=2, REDIS_TIMEOUT=REDIS_TIMEOUT)
-        jobs = Scheduler(env, **FAST_JOBS, REDIS_TIMEOUT=0.5)
+        started.append(Gunicorn(env, workers=2, REDIS_TIMEOUT=REDIS_TIMEOUT))
+        started.append(Scheduler(env, **FAST_JOBS, REDIS_TIMEOUT=0.5))
+        yield svc, started[0]
+    finally:
+        for process in started:
+            process.stop()
+        svc.engine.dispose()
+
+
+def test_redis_killed_and_restarted_from_its_append_only_file(mysql_url, signer, private_redis):
+    # While Redis is down each request burns a serial of its worker's block (the claim's
+    # outcome is unknown). The default 30 s lease: the worker marks that block expired at
+    # its first refill once Redis is back, and the reclaim job returns what was never
+    # claimed after its grace (2 x the scheduler's REDIS_TIMEOUT), not after LEASE_TTL.
+    with service_on(mysql_url, private_redis.url) as (svc, web):
         campaign_id = open_campaign(svc, STOCK)
         issued = issued_counter(svc, campaign_id)
         keys = svc.keys(campaign_id)
@@ -361,11 +373,6 @@ def test_redis_killed_and_restarted_from_its_append_only_file(mysql_url, signer,
             latency_503_ms_p50_max=(round(took[len(took) // 2] * 1000, 1), round(took[-1] * 1000, 1)),
             acknowledged_before_crash=len(before), kept=len(kept), new_after_restart=recovered,
             unanswered_users=unsure, of_them_holding=holding, rows=STOCK)
-    finally:
-        for process in (web, jobs):
-            if process is not None:
-                process.stop()
-        svc.engine.dispose()
 
 
 def rows_of(svc, campaign_id):
@@ -510,14 +517,7 @@ def pick_victim(cluster, home_slot, victim):
 
 @pytest.mark.parametrize("victim", ["home master", "master of claim shards only", "master of slot 0"])
 def test_cluster_master_killed_mid_flood(victim, mysql_url, signer, private_cluster):
-    target = RedisTarget(cluster_nodes=private_cluster.startup_nodes)
-    env = service_env(mysql_url, target)
-    app = create_app(app_config(mysql_url, target))
-    svc = app.extensions["coupon"]
-    web = jobs = None
-    try:
-        web = Gunicorn(env, workers=2, REDIS_TIMEOUT=REDIS_TIMEOUT)
-        jobs = Scheduler(env, **FAST_JOBS, REDIS_TIMEOUT=0.5)
+    with service_on(mysql_url, RedisTarget(cluster_nodes=private_cluster.startup_nodes)) as (svc, web):
         campaign_id = open_campaign(svc, STOCK)
         keys = svc.keys(campaign_id)
         home_slot = key_slot(keys.meta.encode())
@@ -568,8 +568,3 @@ def test_cluster_master_killed_mid_flood(victim, mysql_url, signer, private_clus
             unavailable=len(unavailable), of_them_on_its_shards=len(hit),
             other_users_meanwhile=dict(outcomes(others)), unanswered_users=unsure,
             of_them_holding=holding, rows=STOCK)
-    finally:
-        for process in (web, jobs):
-            if process is not None:
-                process.stop()
-        svc.engine.dispose()
