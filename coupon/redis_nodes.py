@@ -3,7 +3,7 @@ set, a Redis Cluster. Above this module there is one code path for both:
 
 - a command on one key: `redis.hget(key, ...)`, its key first;
 - commands on keys of several hash tags go in a `Batch`: one pipeline per node that serves
-  them;
+  them, their round trips overlapping;
 - scripts run by EVALSHA on the node serving their keys, loaded again on a node that lacks
   them (a restarted Redis, a promoted replica).
 
@@ -20,6 +20,7 @@ import hashlib
 import threading
 import time
 
+import gevent
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
@@ -190,8 +191,8 @@ class Batch:
         groups = self._by_node(range(len(self._commands)), replies)
         for attempt in (1, 2):
             again = []
-            for (client, asking), indexes in groups.items():
-                for i, reply in zip(indexes, self._send(client, asking, indexes)):
+            for indexes, sent in zip(groups.values(), self._send_all(groups)):
+                for i, reply in zip(indexes, sent):
                     replies[i] = reply
                     if attempt == 1 and isinstance(reply, (AskError, NoScriptError)):
                         again.append(i)
@@ -243,6 +244,15 @@ class Batch:
             for target, more in self._by_node(moved, replies).items():
                 groups.setdefault(target, []).extend(more)
         return groups
+
+    def _send_all(self, groups):
+        """Each node's replies, the nodes' round trips overlapping (greenlets: concurrent under
+        the web workers' gevent, one after the other where sockets are not patched)."""
+        if len(groups) == 1:
+            return [self._send(*target, indexes) for target, indexes in groups.items()]
+        sent = [gevent.spawn(self._send, *target, indexes) for target, indexes in groups.items()]
+        gevent.joinall(sent)
+        return [greenlet.get() for greenlet in sent]  # get(): an unexpected error is raised here
 
     def _send(self, client, asking, indexes):
         pipe = client.pipeline(transaction=False)

@@ -7,6 +7,9 @@
   (e) ceiling without Flask: the same answer as (a) from a plain WSGI function; the product
       serves its issue call without Flask too (coupon.api.IssueEndpoint), so b/e and c/e are
       its cost against gunicorn and gevent alone
+  (f) new tickets on a Redis Cluster: (b) against a cluster of 3 masters and 3 replicas the bench
+      starts on free ports (no append-only file, as the single Redis it is compared with); for
+      (b) and (f) it also reads each master's CPU and commands (INFO cpu, INFO commandstats)
 
 Every phase uses the same wrk script (pre-minted tokens, one per request), so the load generator
 costs the same in each. It starts its own servers on free loopback ports, against Redis db 14 and
@@ -36,7 +39,8 @@ from redis import Redis  # noqa: E402
 from coupon import campaigns as ops, create_app  # noqa: E402
 from loadtest.run import scrape  # noqa: E402
 from tests.support import (  # noqa: E402
-    Gunicorn, fresh_database, open_campaign, service_env, terminate, users,
+    Gunicorn, LocalCluster, RedisTarget, fresh_database, open_campaign, service_env, terminate,
+    users,
 )
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -62,8 +66,27 @@ def prepare(database_url, redis_url):
     the environment of the servers to start."""
     Redis.from_url(redis_url).flushdb()
     fresh_database(database_url)
-    app = create_app(dict(SECRET_KEY=SECRET, DATABASE_URL=database_url, REDIS_URL=redis_url))
-    return app.extensions["coupon"], service_env(database_url, redis_url, SECRET_KEY=SECRET)
+    return bench_service(database_url, RedisTarget(redis_url))
+
+
+def bench_service(database_url, redis_target):
+    """The service in this process on `redis_target`, and the environment of its servers."""
+    app = create_app(dict(SECRET_KEY=SECRET, DATABASE_URL=database_url, **redis_target.settings()))
+    return app.extensions["coupon"], service_env(database_url, redis_target, SECRET_KEY=SECRET)
+
+
+def redis_usage(masters):
+    """{master: (CPU seconds of the process, command calls, command usec)} so far."""
+    usage = {}
+    for name, client in masters.items():
+        cpu, stats = client.info("cpu"), client.info("commandstats")
+        usage[name] = (cpu["used_cpu_sys"] + cpu["used_cpu_user"],
+                       sum(c["calls"] for c in stats.values()), sum(c["usec"] for c in stats.values()))
+    return usage
+
+
+def usage_delta(after, before):
+    return {name: tuple(a - b for a, b in zip(after[name], before[name])) for name in after}
 
 
 def start_server(env, app, log_name):
@@ -137,10 +160,11 @@ def delta(after, before):
     return {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
 
 
-def run(seconds, connections, only="abcde", with_ops_page=False):
+def run(seconds, connections, only="abcdef", with_ops_page=False):
     need_wrk()
     os.makedirs(os.path.join(ROOT, "reports"), exist_ok=True)
     svc, env = prepare(DATABASE_URL, REDIS_URL)
+    cluster = csvc = None
     # enough distinct users that (b) never wraps around at this machine's speed
     new_users = max(60_000, 8_000 * seconds)
     tmp = tempfile.mkdtemp(prefix="bench-")
@@ -151,20 +175,28 @@ def run(seconds, connections, only="abcde", with_ops_page=False):
                   (("warm", 20_000), ("new", new_users), ("soldout", 20_000), ("flood", 20_000))}
         ids = {"b": open_campaign(svc, 2_000_000, "bench new tickets"),
                "c": open_campaign(svc, 1, "bench sold out"), "d": open_campaign(svc, 1000, "bench flood")}
+        masters = {"b": {"single": Redis.from_url(REDIS_URL)}}
+        if "f" in only:
+            cluster = LocalCluster(os.path.join(tmp, "cluster"))
+            csvc, cenv = bench_service(DATABASE_URL, RedisTarget(cluster_nodes=cluster.startup_nodes))
+            ids["f"] = open_campaign(csvc, 2_000_000, "bench new tickets on a cluster")
+            masters["f"] = {n.port: n.client() for n in cluster.masters()}
         phases = [
             ("a", "ceiling: bare Flask endpoint", "loadtest.ceiling_app:app", "/api/v1/campaigns/1/issue", "warm", "new"),
             ("b", "new tickets (too large to sell out)", "app:app", f"/api/v1/campaigns/{ids['b']}/issue", "warm", "new"),
             ("c", "sold out", "app:app", f"/api/v1/campaigns/{ids['c']}/issue", "soldout", "soldout"),
             ("d", "flood: 1000 coupons, 20,000 users", "app:app", f"/api/v1/campaigns/{ids['d']}/issue", None, "flood"),
             ("e", "ceiling without Flask: bare WSGI", "loadtest.ceiling_app:bare", "/api/v1/campaigns/1/issue", "warm", "new"),
+            ("f", "new tickets on a Redis Cluster (3 masters)", "app:app", f"/api/v1/campaigns/{ids.get('f')}/issue", "warm", "new"),
         ]
         for key, title, module, path, warm, measured in phases:
             if key not in only:
                 continue
-            if server is None or server.app != module:
+            if server is None or server.app != module or key == "f":
                 if server:
                     server.stop()
-                server = start_server(env, module, f"bench-{module.split('.')[-1].split(':')[0]}")
+                server = start_server(cenv if key == "f" else env, module,
+                                      f"bench-{'cluster' if key == 'f' else module.split('.')[-1].split(':')[0]}")
             page = None
             if with_ops_page and module == "app:app":
                 page = OpsPage(f"{server.url}/ops/?campaign={ids[key]}")
@@ -173,9 +205,10 @@ def run(seconds, connections, only="abcde", with_ops_page=False):
                     wrk(server.url, path, tokens[warm], 2, connections)
                 print(f"({key}) {title}: {seconds} s, {connections} connections"
                       + (", the operators' page open" if page else "") + " ...", flush=True)
-                before = outcomes(server)
+                before, used = outcomes(server), redis_usage(masters.get(key, {}))
                 r = wrk(server.url, path, tokens[measured], seconds, connections)
                 time.sleep(0.5)  # answers in flight when wrk stopped reach the counters
+                r["redis"] = usage_delta(redis_usage(masters.get(key, {})), used)
             finally:
                 polls = page.stop() if page else None
             if page:
@@ -185,12 +218,15 @@ def run(seconds, connections, only="abcde", with_ops_page=False):
             if module == "app:app":
                 r["other_answers"] = sum(v for k, v in r["outcomes"].items() if k not in ACCEPTED)
             results[key] = r
-        for key in "bd":
+        for key in "bdf":
             if key in results:
-                results[key]["issued"] = ops.issued_in_redis(svc, ids[key])
+                results[key]["issued"] = ops.issued_in_redis(csvc if key == "f" else svc, ids[key])
     finally:  # stopped by pid even when a phase fails
         if server:
             server.stop()
+        if cluster:
+            cluster.stop()
+            csvc.engine.dispose()
         shutil.rmtree(tmp, ignore_errors=True)
         svc.engine.dispose()
     return results
@@ -220,6 +256,8 @@ def table(results, seconds, connections, with_ops_page=False):
             f"| ({key}) {r['title']} | {r['rps']:,.0f} | {r['p50_us'] / 1000:.1f} | "
             f"{r['p99_us'] / 1000:.1f} | {r['max_us'] / 1000:.0f} | {r['rps'] / a:.2f} | {answers} | {errors} |"
         )
+    if "f" in results and "b" in results:
+        lines += cluster_lines(results["b"], results["f"])
     if not all(k in results for k in "abcde"):
         return "\n".join(lines)
     b, c, e = results["b"]["rps"], results["c"]["rps"], results["e"]["rps"]
@@ -232,6 +270,43 @@ def table(results, seconds, connections, with_ops_page=False):
         f"(goal <= 100); answers other than 201/200/409 SOLD_OUT: {other} (goal 0).",
     ]
     return "\n".join(lines)
+
+
+def cluster_lines(single, cluster):
+    """(f) against (b): speed, each master's share, Redis CPU per coupon, and what K masters carry."""
+    def cpu_us_per_coupon(r):
+        return sum(cpu for cpu, _, _ in r["redis"].values()) * 1e6 / max(1, r["outcomes"].get("NEW", 0))
+
+    masters = cluster["redis"]
+    total = [sum(m[i] for m in masters.values()) or 1 for i in range(3)]
+    shares = {name: [m[i] / total[i] for i in range(3)] for name, m in sorted(masters.items())}
+    hottest = [max(s[i] for s in shares.values()) * len(masters) for i in range(3)]
+    single_us, cluster_us = cpu_us_per_coupon(single), cpu_us_per_coupon(cluster)
+    lines = [
+        "",
+        f"Redis Cluster (f) against a single Redis (b), same run: {cluster['rps'] / single['rps']:.2f}x "
+        f"the new tickets per second (goal >= 0.9), p99 {cluster['p99_us'] / 1000:.1f} ms against "
+        f"{single['p99_us'] / 1000:.1f} ms.",
+        "",
+        "| master (f) | share of commands | of command time (commandstats usec) | of Redis CPU (INFO cpu) |",
+        "| --- | ---: | ---: | ---: |",
+        *(f"| {name} | {s[1]:.1%} | {s[2]:.1%} | {s[0]:.1%} |" for name, s in shares.items()),
+        f"| hottest / even share | {hottest[1]:.2f} | {hottest[2]:.2f} | {hottest[0]:.2f} |",
+        "",
+        f"Redis CPU per issued coupon (user + sys of the redis-server processes, over the measured "
+        f"phase): {single_us:.0f} us on the single Redis, {cluster_us:.0f} us summed over the "
+        f"cluster's masters. One master saturates at one core, 1,000,000 us a second; the cluster "
+        f"at its hottest master. Coupons a second the Redis side can carry (the web workers "
+        f"are the limit on this machine, far below):",
+        "",
+        "| Redis | issued / s, Redis CPU bound |",
+        "| --- | ---: |",
+        f"| single Redis (measured per coupon) | {1e6 / single_us:,.0f} |",
+        *(f"| cluster of {k} masters ({'measured' if k == len(masters) else 'projected'}: CPU per "
+          f"coupon as measured, hottest master {hottest[0]:.2f}x an even share) "
+          f"| {k * 1e6 / cluster_us / hottest[0]:,.0f} |" for k in (len(masters), 6, 12)),
+    ]
+    return lines
 
 
 def write_benchmarks(text):
@@ -251,14 +326,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured phase")
     parser.add_argument("--connections", type=int, default=100)
-    parser.add_argument("--only", default="abcde", help="phases to run, e.g. ac")
+    parser.add_argument("--only", default="abcdef", help="phases to run, e.g. ac")
     parser.add_argument("--with-ops-page", action="store_true",
                         help="keep the operators' page open (headless chromium) during b, c and d")
     parser.add_argument("--record", action="store_true",
                         help="also write the figures into BENCHMARKS.md (all phases, no page open)")
     parser.add_argument("--no-write", action="store_true", help=argparse.SUPPRESS)  # the default now
     args = parser.parse_args()
-    if args.record and (args.only != "abcde" or args.with_ops_page):
+    if args.record and (args.only != "abcdef" or args.with_ops_page):
         parser.error("--record takes the full run (all phases) without --with-ops-page")
     os.chdir(ROOT)
     results = run(args.duration, args.connections, args.only, args.with_ops_page)

@@ -51,6 +51,28 @@ def test_flood_then_close_puts_every_answer_in_mysql(svc, signer, gunicorn, sche
     assert again.exit_code == 0 and "database rows 1000" in again.output
 
 
+@pytest.mark.parametrize("redis_kind", ["cluster"])
+def test_on_a_cluster_every_command_goes_to_its_node_unasked(svc, signer, gunicorn, scheduler, runner,
+                                                             session_cluster):
+    """Issue, flush, stock sync, reclaim, close and release send each command to the master of
+    its key: no node is asked where a command goes (COMMAND GETKEYS), and every master runs claims."""
+    for node in session_cluster.live():
+        with node.client() as client:
+            client.config_resetstat()
+    server = gunicorn(workers=2)
+    scheduler(**FAST_JOBS)
+    campaign_id = open_campaign(svc, 300)
+    results = flood([issue_call(server.url, campaign_id, u, t) for u, t in users(signer, 400)])
+    assert Counter(s for _, s, _ in results) == {201: 300, 409: 100}
+    wait_until(lambda: backlog(svc, campaign_id) == 0, what="the flush job to drain the outbox")
+    assert runner.invoke(args=["campaign", "close", str(campaign_id)]).exit_code == 0
+
+    stats = {node.port: node.info("commandstats") for node in session_cluster.live()}
+    assert not [port for port, s in stats.items() if "cmdstat_command|getkeys" in s], stats
+    masters = [node.port for node in session_cluster.masters()]
+    assert all(stats[port].get("cmdstat_evalsha", {}).get("calls", 0) > 0 for port in masters), stats
+
+
 @on_single_and_cluster
 def test_close_drains_without_scheduler_and_refuses_late_claims(svc, signer, gunicorn, runner):
     server = gunicorn(workers=2)
