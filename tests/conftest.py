@@ -9,8 +9,10 @@ import redis
 from coupon import create_app
 from coupon.signing import Signer
 from tests.support import (
-    SECRET, Gunicorn, LocalCluster, RedisTarget, Scheduler, app_config, fresh_database, service_env,
+    SECRET, Gunicorn, LocalCluster, RedisServer, RedisTarget, Scheduler, app_config, fresh_database,
+    service_env,
 )
+from tests.flood import NODE_TIMEOUT_MS
 
 MYSQL_URL = os.environ.get("TEST_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/coupon_test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -129,3 +131,19 @@ def scheduler(env):
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A Redis of the test's own, with an append-only file: to kill and restart."""
+    server = RedisServer(tmp_path, appendfsync="always")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def private_cluster(tmp_path):
+    """A cluster of the test's own (3 masters, 3 replicas): to kill, hang and restart nodes of."""
+    cluster = LocalCluster(tmp_path, node_timeout_ms=NODE_TIMEOUT_MS)
+    yield cluster
+    cluster.stop()
