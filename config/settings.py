@@ -22,6 +22,11 @@ class Config:
     REDIS_CLUSTER_NODES = ""
     REDIS_TIMEOUT = 2.0  # seconds; a Redis call slower than this answers 503
     REDIS_POOL_SIZE = 64  # connections per worker process
+    # Replicas that must hold a write before it is acknowledged (WAIT): "" is 1 on a cluster, 0 on
+    # a single Redis; and how long to wait for them (seconds, at most REDIS_TIMEOUT / 2) before
+    # answering 503
+    REDIS_REPLICA_ACKS = ""
+    REDIS_REPLICA_TIMEOUT = 0.5
     # Issuing
     BLOCK_SIZE = 2000  # most serials one worker leases at a time
     SINGLE_LEASE_TAIL = 64  # the last this many serials are leased only to waiting requests

@@ -3,6 +3,7 @@ import datetime as dt
 import os
 import socket
 import time
+import uuid
 
 from redis.exceptions import RedisError
 from sqlalchemy import insert, select, update
@@ -47,6 +48,12 @@ def iso_ms(ms):
     return iso(dt.datetime.fromtimestamp(ms / 1000, UTC).replace(tzinfo=None))
 
 
+def new_epoch():
+    """A campaign's epoch: its Redis state's identity, new when `recover` rebuilds it (lease.lua
+    and claim.lua refuse serials leased in another)."""
+    return uuid.uuid4().hex[:12]
+
+
 def _row(engine, campaign_id):
     with engine.connect() as conn:
         row = conn.execute(select(db.campaigns).where(db.campaigns.c.id == campaign_id)).first()
@@ -85,14 +92,17 @@ def create_campaign(svc, name, stock, opens_at=None, closes_at=None):
 
 
 def preload(svc, campaign_id, total, status, opens_at, closes_at):
-    """Write a campaign's window and stock into Redis; keep the cursor if it is there already.
+    """Write a campaign's window and stock into Redis; keep the cursor and epoch if they are there
+    already. Durable: replicas hold it before it counts (REDIS_REPLICA_ACKS).
 
     The meta hash last: until it says so, the campaign is not open, and a failure before it
     (one node down) leaves the campaign as it was."""
     keys = svc.keys(campaign_id)
-    batch = svc.redis.batch()
+    epoch = svc.redis.hget(keys.meta, "epoch") or new_epoch()
+    batch = svc.redis.batch(durable=True)
     for shard in keys.all_shards():
         batch.on(shard.state).hsetnx(shard.state, "issued", 0)  # the shard is live while it exists
+        batch.on(shard.state).hset(shard.state, "epoch", epoch)
         if closes_at:
             batch.on(shard.state).hset(shard.state, "closes_at", to_ms(closes_at))
         else:
@@ -100,9 +110,12 @@ def preload(svc, campaign_id, total, status, opens_at, closes_at):
     batch.on(keys.meta).hsetnx(keys.meta, "cursor", 0)
     batch.on(ACTIVE).sadd(ACTIVE, campaign_id)
     batch.execute()
-    svc.redis.hset(keys.meta, mapping={
+    batch = svc.redis.batch(durable=True)
+    batch.on(keys.meta).hset(keys.meta, mapping={
         "total": total, "status": status, "opens_at": to_ms(opens_at), "closes_at": to_ms(closes_at),
+        "epoch": epoch,
     })
+    batch.execute()
 
 
 def open_campaign(svc, campaign_id):
@@ -127,7 +140,7 @@ def stop_issuing(svc, campaign_id):
     row = _row(svc.engine, campaign_id)
     keys = svc.keys(campaign_id)
     if svc.redis.exists(keys.meta):
-        batch = svc.redis.batch()
+        batch = svc.redis.batch(durable=True)  # a close lost at failover would reopen the sale
         for shard in keys.all_shards():
             batch.on(shard.state).hset(shard.state, "closes_at", 0)  # 0: closed, whatever the clock
         batch.on(keys.meta).hset(keys.meta, "status", "closed")

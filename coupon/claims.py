@@ -81,12 +81,14 @@ class ClaimSender:
 
     Each claim is (shard index, user id, serial, code). One claim.lua call per shard, in one
     pipeline per node (redis_nodes.Batch): a node that fails costs only the claims of its shards.
+    The batch is durable: no claim is answered before replicas hold it (REDIS_REPLICA_ACKS).
     """
 
-    def __init__(self, redis, claim_script, keys, rate_limit):
+    def __init__(self, redis, claim_script, keys, epoch, rate_limit):
         self.redis = redis
         self.script = claim_script
         self.keys = keys
+        self.epoch = epoch
         self.shards = keys.all_shards()
         self.shard_keys = [shard.all() for shard in self.shards]
         self.rate_limit = rate_limit
@@ -95,11 +97,11 @@ class ClaimSender:
         groups = {}  # shard -> indexes of its claims, in order
         for i, (shard, *_) in enumerate(claims):
             groups.setdefault(shard, []).append(i)
-        batch = self.redis.batch()
+        batch = self.redis.batch(durable=True)
         window, _ = self.rate_limit.window()
         for shard, indexes in groups.items():
             keys = [*self.shard_keys[shard], self.shards[shard].rate(window)]
-            args = [self.keys.campaign_id, self.rate_limit.limit, self.rate_limit.seconds]
+            args = [self.keys.campaign_id, self.rate_limit.limit, self.rate_limit.seconds, self.epoch]
             for i in indexes:
                 args += claims[i][1:]  # user id, serial, code
             batch.script(self.script, keys, args)
@@ -113,9 +115,9 @@ class ClaimSender:
 class Claims:
     """The claims of one worker on one campaign."""
 
-    def __init__(self, redis, claim_script, keys, rate_limit, max_batch):
+    def __init__(self, redis, claim_script, keys, epoch, rate_limit, max_batch):
         self.keys = keys
-        self._batcher = ClaimBatcher(ClaimSender(redis, claim_script, keys, rate_limit), max_batch)
+        self._batcher = ClaimBatcher(ClaimSender(redis, claim_script, keys, epoch, rate_limit), max_batch)
 
     def claim(self, user_id, serial, code):
         """Offer the user this serial; a ClaimReply. Raises RedisError if its outcome is unknown."""

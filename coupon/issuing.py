@@ -47,6 +47,7 @@ class LiveCampaign:
         self.claims = claims
         self.refresh_lock = threading.Lock()
         self.asked_for_serials_at = int(meta.get("wanted") or 0)  # the last call another worker made
+        self.epoch = meta.get("epoch", "")  # a new one means Redis lost the campaign: load it again
         self.apply(meta)
 
     @property
@@ -147,6 +148,8 @@ class Issuer:
         if reply.outcome is Claim.RATE_LIMITED:  # retry once this window is over
             _, left = self.rate_limit.window()
             raise RateLimited(retry_after=left)
+        if reply.outcome is Claim.STALE:  # released, lost or recovered: the serial is not ours
+            raise CampaignGone()
         raise AssertionError(f"no ticket in {reply}")
 
     # --- campaign state ---------------------------------------------------------------
@@ -171,7 +174,8 @@ class Issuer:
             meta = self.redis.hgetall(campaign.keys.meta)
         except RedisError:
             return
-        if not meta:  # released after close (or lost): load afresh on the next request
+        if not meta or meta.get("epoch", "") != campaign.epoch:
+            # released after close, lost, or recovered since: load afresh on the next request
             self._campaigns.pop(campaign.campaign_id, None)
         elif campaign.apply(meta):  # another worker ran dry: give back what we hold
             campaign.supply.retire()
@@ -186,9 +190,10 @@ class Issuer:
             raise Unavailable() from None
         if not meta:
             meta = self._meta_from_db(campaign_id)
-        supply = SerialSupply(keys, self.redis, self.scripts, self.config, self._new_lease_id,
+        epoch = meta.get("epoch", "")
+        supply = SerialSupply(keys, epoch, self.redis, self.scripts, self.config, self._new_lease_id,
                               self.metrics.block_gauge(campaign_id))
-        claims = Claims(self.redis, self.scripts.claim, keys, self.rate_limit,
+        claims = Claims(self.redis, self.scripts.claim, keys, epoch, self.rate_limit,
                         self.config["CLAIM_BATCH_MAX"])
         campaign = self._campaigns[campaign_id] = LiveCampaign(keys, meta, supply, claims)
         return campaign

@@ -4,6 +4,9 @@ Each claim shard has an outbox stream, written by claim.lua together with the cl
 reads it through a consumer group, inserts the rows (a duplicate on the unique keys is ignored,
 so a replay is harmless; any other error propagates), commits, and only then acknowledges and
 deletes the entries. Entries a dead flusher left unacknowledged are taken over (XAUTOCLAIM).
+Only what replicas hold is read (a durable batch, REDIS_REPLICA_ACKS): a claim that a failover
+loses was never acknowledged to its user, and must not have a row either, or its serial, issued
+again, would clash with it. A node down or unacknowledged holds back only its own streams.
 """
 import datetime as dt
 import time
@@ -89,16 +92,21 @@ class Flusher:
         """One round trip: per stream, what this consumer left pending, what dead ones left
         pending, then new entries. Returns [(stream, id, fields or None)]."""
         self._ensure_groups(streams)
-        batch = self.redis.batch()
+        batch = self.redis.batch(durable=True)
         for stream in streams:
             batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: "0"}, count=self.batch)
             batch.on(stream).xautoclaim(stream, GROUP, self.consumer, self.claim_idle_ms, "0-0",
                                         count=self.batch)
             batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.batch)
-        replies = batch.execute()
+        replies = batch.execute(raise_on_error=False)
+        errors = [r for r in replies if isinstance(r, Exception)]
+        if errors and len(errors) == len(replies):
+            raise errors[0]
         entries, seen = [], set()
         for i, stream in enumerate(streams):
             own, claimed, new = replies[3 * i: 3 * i + 3]
+            if any(isinstance(r, Exception) for r in (own, claimed, new)):
+                continue  # its node is down or its replica behind: next round
             found = [e for _, es in (own or []) for e in es] + list(claimed[1]) + [e for _, es in (new or []) for e in es]
             for entry_id, fields in found:
                 if (stream, entry_id) not in seen:

@@ -14,6 +14,15 @@ GETKEYS`) where commands such as XREADGROUP go, so that node's death would stop 
 after a failure it reads the map again disconnecting the pools of healthy nodes, failing their
 requests in flight. A MOVED or ASK is followed once; a node that fails costs only its own
 commands. Every failure, the cluster's own included, is a RedisError: callers answer 503.
+
+Replication is asynchronous: a master that dies before its replica has a write loses it at
+failover. A durable batch (`batch(durable=True)`, `run(..., durable=True)`) ends each node's
+pipeline with a barrier write and WAIT for REDIS_REPLICA_ACKS replicas. WAIT covers what the
+connection itself last propagated; the barrier (a SET, always propagated) makes that everything the
+node had done by then, other clients' writes included, so that what the batch read is covered
+too (a ticket claimed by an earlier request, an outbox entry, a claimed bit). Short of replicas
+within REDIS_REPLICA_TIMEOUT, every reply of that node is a NotReplicated error: the writes stand
+on the master, but nothing may rely on them.
 """
 import functools
 import hashlib
@@ -32,6 +41,20 @@ from redis.exceptions import (
 from redis.retry import Retry
 
 REFRESH_EVERY = 0.25  # seconds: the slot map is read again at most this often after a failure
+BARRIER_TTL_MS = 60_000  # the barrier keys go away by themselves once batches stop
+
+
+class NotReplicated(RedisError):
+    """A node ran the writes, but fewer replicas than REDIS_REPLICA_ACKS confirmed them in time."""
+
+
+def barrier_key(key):
+    """A key in the slot of `key` (its hash tag's, or the whole key taken as the tag): where a
+    durable batch writes its barrier on that node."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    tag = key[start + 1:end] if start >= 0 and end > start + 1 else key
+    return "{%s}:replicated" % tag
 
 
 class Script:
@@ -55,6 +78,11 @@ class RedisNodes:
             socket_connect_timeout=timeout, health_check_interval=30, decode_responses=True,
         )
         self._timeout = timeout
+        acks = config["REDIS_REPLICA_ACKS"]
+        self.replica_acks = int(acks) if str(acks).strip() else int(self.cluster)
+        # at most half of REDIS_TIMEOUT, so that the reply comes before the socket gives up; never
+        # 0, which would wait for ever
+        self.replica_timeout_ms = max(1, int(min(config["REDIS_REPLICA_TIMEOUT"], timeout / 2) * 1000))
         self._lock = threading.Lock()
         self._next_refresh = 0.0
         self._client = None if self.cluster else self._single(config["REDIS_URL"])
@@ -145,14 +173,16 @@ class RedisNodes:
         seconds, micros = self.client_for(key).time()
         return seconds * 1000 + micros // 1000
 
-    def run(self, script, keys, args):
-        """Run a script on the node serving its keys; its reply."""
-        batch = self.batch()
+    def run(self, script, keys, args, durable=False):
+        """Run a script on the node serving its keys; its reply (durable: see the module)."""
+        batch = self.batch(durable)
         batch.script(script, keys, args)
         return batch.execute()[0]
 
-    def batch(self):
-        return Batch(self)
+    def batch(self, durable=False):
+        """A Batch; durable: each node's replies only once REDIS_REPLICA_ACKS replicas hold its
+        writes (else NotReplicated)."""
+        return Batch(self, durable and self.replica_acks > 0)
 
 
 class _Queue:
@@ -176,8 +206,9 @@ class Batch:
     answers its commands with the error (their outcome unknown: never sent again here).
     """
 
-    def __init__(self, nodes):
+    def __init__(self, nodes, wait_replicas=False):
         self._nodes = nodes
+        self._wait = (nodes.replica_acks, nodes.replica_timeout_ms) if wait_replicas else None
         self._commands = []  # (key, method, args, kwargs, script or None)
 
     def on(self, key):
@@ -261,10 +292,24 @@ class Batch:
             if asking:
                 pipe.execute_command("ASKING")
             getattr(pipe, method)(*args, **kwargs)
+        if self._wait:  # the barrier, then WAIT, on the same connection
+            if asking:
+                pipe.execute_command("ASKING")
+            pipe.set(barrier_key(self._commands[indexes[0]][0]), 1, px=BARRIER_TTL_MS)
+            pipe.execute_command("WAIT", *self._wait)
         try:
             replies = pipe.execute(raise_on_error=False)
         except RedisError as e:  # the node failed: each of its commands gets the error
             if isinstance(e, (ConnectionError, TimeoutError)):
                 self._nodes.refresh()
             return [e] * len(indexes)
-        return replies[1::2] if asking else replies
+        if not self._wait:
+            return replies[1::2] if asking else replies
+        barrier, acked = replies[-2:]
+        replies = replies[1:-3:2] if asking else replies[:-2]
+        if isinstance(barrier, Exception) or isinstance(acked, Exception) or acked < self._wait[0]:
+            why = barrier if isinstance(barrier, Exception) else f"{acked} of {self._wait[0]}"
+            short = NotReplicated(f"replicas did not acknowledge in {self._wait[1]} ms: {why}")
+            # a command refused (NOSCRIPT, MOVED, NOREPLICAS) wrote nothing: its own error stands
+            return [reply if isinstance(reply, Exception) else short for reply in replies]
+        return replies

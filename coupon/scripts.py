@@ -23,6 +23,7 @@ class Claim(enum.IntEnum):
     CLOSED = 4  # the campaign is closed; the offered serial is unused
     RATE_LIMITED = 5  # the user is over the rate limit; the offered serial is unused
     NEEDS_SERIAL = 6  # (serial 0: only asking) the user holds no ticket
+    STALE = 7  # the shard is gone or of another epoch (Redis lost the campaign): load it again
 
 
 NO_SERIAL = 0  # offered to claim.lua to ask whether the user holds a ticket, and claim nothing
@@ -84,9 +85,12 @@ class Lease(enum.IntEnum):
 
     LEASED = 1
     SOLD_OUT = 0
-    UNKNOWN = -1  # Redis does not hold the campaign (released after close, or lost)
+    # Redis does not hold the campaign (released after close, or lost), or holds it in another
+    # epoch (recovered since the caller loaded it)
+    UNKNOWN = -1
     NOT_OPEN = -2
     CLOSED = -3
+    EXPIRED = -4  # asked again for a lease that has expired meanwhile: ask under a new lease id
 
 
 class LeaseReply(NamedTuple):
@@ -107,9 +111,12 @@ class LeaseReply(NamedTuple):
 
 
 def decode_serials(encoded):
-    """'1-5,9,12' -> [1, 2, 3, 4, 5, 9, 12] (the format lease.lua records a lease's serials in)."""
+    """'1-5,9,12' -> [1, 2, 3, 4, 5, 9, 12] (the format lease.lua records a lease's serials in;
+    a final ',t' marks a lease of the tail)."""
     serials = []
     for part in filter(None, encoded.split(",")):
+        if part == "t":
+            continue
         start, _, end = part.partition("-")
         serials.extend(range(int(start), int(end or start) + 1))
     return serials
@@ -129,14 +136,17 @@ class Scripts:
         self._lease, self._renew, self._give_back = load("lease"), load("renew"), load("give_back")
         self._leader, self._resign = load("leader"), load("resign")
 
-    def lease(self, keys, lease_id, most, ttl_ms, tail, waiting):
-        """Lease up to `most` serials for `ttl_ms`; see lease.lua."""
-        raw = self.redis.run(self._lease, keys.home_keys(), [lease_id, most, ttl_ms, tail, waiting])
+    def lease(self, keys, epoch, lease_id, most, ttl_ms, tail, waiting):
+        """Lease up to `most` serials for `ttl_ms` (the same ones again for the same lease id),
+        once replicas hold the lease (else NotReplicated); see lease.lua."""
+        args = [lease_id, most, ttl_ms, tail, waiting, epoch]
+        raw = self.redis.run(self._lease, keys.home_keys(), args, durable=True)
         return LeaseReply.decode(raw)
 
     def renew(self, keys, ttl_ms, lease_id):
-        """Extend a lease; False if it had expired or was reclaimed (its serials are gone)."""
-        (renewed,) = self.redis.run(self._renew, [keys.leases], [ttl_ms, lease_id])
+        """Extend a lease; False if it had expired or was reclaimed (its serials are gone). Raises
+        NotReplicated if replicas do not hold the new expiry: the lease must not count on it."""
+        (renewed,) = self.redis.run(self._renew, [keys.leases], [ttl_ms, lease_id], durable=True)
         return renewed == 1
 
     def give_back(self, keys, lease_id, serials):

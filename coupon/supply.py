@@ -6,7 +6,9 @@ and the last SINGLE_LEASE_TAIL serials are leased only as requests wait for them
 no worker sits on serials while another answers SOLD_OUT. A lease is settled in Redis once none
 of its serials is in flight: the unused ones go back to the campaign at once. A lease whose
 claims' outcome is unknown (Redis error) is left to expire instead, and the reclaim job returns
-what was never claimed.
+what was never claimed. A lease is used only once replicas hold it (REDIS_REPLICA_ACKS); a
+refill whose lease's outcome is unknown, or was not acknowledged, asks again under the same
+lease id, which answers the same serials rather than leasing more.
 
 The supply knows nothing of the campaign's window or status: what lease.lua refuses with is
 raised (SoldOut, NotOpen, Closed, CampaignGone) for the issuer to act on.
@@ -93,8 +95,9 @@ class Lease:
 class SerialSupply:
     """One worker's serials of one campaign: take one, say when its claim is done."""
 
-    def __init__(self, keys, redis, scripts, config, new_lease_id, gauge):
+    def __init__(self, keys, epoch, redis, scripts, config, new_lease_id, gauge):
         self.keys = keys
+        self.epoch = epoch  # the campaign's, as loaded: lease.lua refuses another
         self.redis = redis
         self.scripts = scripts
         self.new_lease_id = new_lease_id
@@ -111,6 +114,7 @@ class SerialSupply:
         self.sold_out_until = 0.0  # monotonic; until then answer SOLD_OUT without asking
         self.low_stock = False  # the last lease was cut to a fair share: look more often
         self.waiting_requests = 0  # requests waiting for a serial of this supply
+        self.unanswered_lease_id = None  # of a refill that failed: the next one asks under it
         self._refill = SingleFlight()
         self._renew_lock = threading.Lock()
 
@@ -196,7 +200,7 @@ class SerialSupply:
         for lease in list(self.unsettled):
             self._settle(lease)
         self.retire()
-        lease_id = self.new_lease_id()
+        lease_id = self.unanswered_lease_id or self.new_lease_id()
         # the requests waiting for a serial, but for those the last tail lease still holds one
         # for (they were woken, and take it as soon as they run)
         waiting = self.waiting_requests - (len(self.tail_lease.unused) if self.tail_lease else 0)
@@ -205,11 +209,17 @@ class SerialSupply:
                 time.sleep(TAIL_WAIT)
             sent = time.monotonic()
             try:
-                reply = self.scripts.lease(self.keys, lease_id, self.block_size,
+                reply = self.scripts.lease(self.keys, self.epoch, lease_id, self.block_size,
                                            int(self.lease_ttl * 1000), self.tail_size, waiting)
             except RedisError:
+                # leased or not, replicated or not: unknown. Never use it; ask again under the
+                # same id, which answers the same serials if they were leased
+                self.unanswered_lease_id = lease_id
                 raise Unavailable() from None
-            if not (reply.outcome is Leased.SOLD_OUT and reply.others_hold):
+            self.unanswered_lease_id = None
+            if reply.outcome is Leased.EXPIRED:  # asked again too late: its serials are not ours
+                lease_id = self.new_lease_id()
+            elif not (reply.outcome is Leased.SOLD_OUT and reply.others_hold):
                 break
         if reply.outcome is Leased.LEASED:
             lease = Lease(lease_id, reply.serials)

@@ -10,6 +10,8 @@
   (f) new tickets on a Redis Cluster: (b) against a cluster of 3 masters and 3 replicas the bench
       starts on free ports (no append-only file, as the single Redis it is compared with); for
       (b) and (f) it also reads each master's CPU and commands (INFO cpu, INFO commandstats)
+  (g) (f) without replica acknowledgements (REDIS_REPLICA_ACKS=0), on the same cluster: f/g is
+      what waiting for a replica (WAIT after each batch, per node) costs
 
 Every phase uses the same wrk script (pre-minted tokens, one per request), so the load generator
 costs the same in each. It starts its own servers on free loopback ports, against Redis db 14 and
@@ -160,7 +162,7 @@ def delta(after, before):
     return {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
 
 
-def run(seconds, connections, only="abcdef", with_ops_page=False):
+def run(seconds, connections, only="abcdefg", with_ops_page=False):
     need_wrk()
     os.makedirs(os.path.join(ROOT, "reports"), exist_ok=True)
     svc, env = prepare(DATABASE_URL, REDIS_URL)
@@ -176,11 +178,14 @@ def run(seconds, connections, only="abcdef", with_ops_page=False):
         ids = {"b": open_campaign(svc, 2_000_000, "bench new tickets"),
                "c": open_campaign(svc, 1, "bench sold out"), "d": open_campaign(svc, 1000, "bench flood")}
         masters = {"b": {"single": Redis.from_url(REDIS_URL)}}
-        if "f" in only:
+        envs = {}
+        if "f" in only or "g" in only:
             cluster = LocalCluster(os.path.join(tmp, "cluster"))
             csvc, cenv = bench_service(DATABASE_URL, RedisTarget(cluster_nodes=cluster.startup_nodes))
+            envs = {"f": cenv, "g": dict(cenv, REDIS_REPLICA_ACKS="0")}
             ids["f"] = open_campaign(csvc, 2_000_000, "bench new tickets on a cluster")
-            masters["f"] = {n.port: n.client() for n in cluster.masters()}
+            ids["g"] = open_campaign(csvc, 2_000_000, "bench new tickets on a cluster, no replica acks")
+            masters["f"] = masters["g"] = {n.port: n.client() for n in cluster.masters()}
         phases = [
             ("a", "ceiling: bare Flask endpoint", "loadtest.ceiling_app:app", "/api/v1/campaigns/1/issue", "warm", "new"),
             ("b", "new tickets (too large to sell out)", "app:app", f"/api/v1/campaigns/{ids['b']}/issue", "warm", "new"),
@@ -188,15 +193,16 @@ def run(seconds, connections, only="abcdef", with_ops_page=False):
             ("d", "flood: 1000 coupons, 20,000 users", "app:app", f"/api/v1/campaigns/{ids['d']}/issue", None, "flood"),
             ("e", "ceiling without Flask: bare WSGI", "loadtest.ceiling_app:bare", "/api/v1/campaigns/1/issue", "warm", "new"),
             ("f", "new tickets on a Redis Cluster (3 masters)", "app:app", f"/api/v1/campaigns/{ids.get('f')}/issue", "warm", "new"),
+            ("g", "(f) without replica acknowledgements", "app:app", f"/api/v1/campaigns/{ids.get('g')}/issue", "warm", "new"),
         ]
         for key, title, module, path, warm, measured in phases:
             if key not in only:
                 continue
-            if server is None or server.app != module or key == "f":
+            if server is None or server.app != module or key in envs:
                 if server:
                     server.stop()
-                server = start_server(cenv if key == "f" else env, module,
-                                      f"bench-{'cluster' if key == 'f' else module.split('.')[-1].split(':')[0]}")
+                server = start_server(envs.get(key, env), module,
+                                      f"bench-{'cluster' if key in envs else module.split('.')[-1].split(':')[0]}")
             page = None
             if with_ops_page and module == "app:app":
                 page = OpsPage(f"{server.url}/ops/?campaign={ids[key]}")
@@ -218,9 +224,9 @@ def run(seconds, connections, only="abcdef", with_ops_page=False):
             if module == "app:app":
                 r["other_answers"] = sum(v for k, v in r["outcomes"].items() if k not in ACCEPTED)
             results[key] = r
-        for key in "bdf":
+        for key in "bdfg":
             if key in results:
-                results[key]["issued"] = ops.issued_in_redis(csvc if key == "f" else svc, ids[key])
+                results[key]["issued"] = ops.issued_in_redis(csvc if key in envs else svc, ids[key])
     finally:  # stopped by pid even when a phase fails
         if server:
             server.stop()
@@ -258,6 +264,8 @@ def table(results, seconds, connections, with_ops_page=False):
         )
     if "f" in results and "b" in results:
         lines += cluster_lines(results["b"], results["f"])
+    if "f" in results and "g" in results:
+        lines += replica_ack_lines(results["f"], results["g"])
     if not all(k in results for k in "abcde"):
         return "\n".join(lines)
     b, c, e = results["b"]["rps"], results["c"]["rps"], results["e"]["rps"]
@@ -272,10 +280,25 @@ def table(results, seconds, connections, with_ops_page=False):
     return "\n".join(lines)
 
 
+def cpu_us_per_coupon(r):
+    """Redis CPU (user + sys, summed over the masters measured) per NEW answer of a phase."""
+    return sum(cpu for cpu, _, _ in r["redis"].values()) * 1e6 / max(1, r["outcomes"].get("NEW", 0))
+
+
+def replica_ack_lines(acked, unacked):
+    """(f) against (g): what replica acknowledgements cost."""
+    return [
+        "",
+        f"Replica acknowledgements (f) against none (g), same cluster, same run: "
+        f"{acked['rps'] / unacked['rps']:.2f}x the new tickets per second (goal >= 0.9), p99 "
+        f"{acked['p99_us'] / 1000:.1f} ms against {unacked['p99_us'] / 1000:.1f} ms; Redis CPU per "
+        f"issued coupon, summed over the masters, {cpu_us_per_coupon(acked):.0f} us against "
+        f"{cpu_us_per_coupon(unacked):.0f} us.",
+    ]
+
+
 def cluster_lines(single, cluster):
     """(f) against (b): speed, each master's share, Redis CPU per coupon, and what K masters carry."""
-    def cpu_us_per_coupon(r):
-        return sum(cpu for cpu, _, _ in r["redis"].values()) * 1e6 / max(1, r["outcomes"].get("NEW", 0))
 
     masters = cluster["redis"]
     total = [sum(m[i] for m in masters.values()) or 1 for i in range(3)]
@@ -326,14 +349,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured phase")
     parser.add_argument("--connections", type=int, default=100)
-    parser.add_argument("--only", default="abcdef", help="phases to run, e.g. ac")
+    parser.add_argument("--only", default="abcdefg", help="phases to run, e.g. ac")
     parser.add_argument("--with-ops-page", action="store_true",
                         help="keep the operators' page open (headless chromium) during b, c and d")
     parser.add_argument("--record", action="store_true",
                         help="also write the figures into BENCHMARKS.md (all phases, no page open)")
     parser.add_argument("--no-write", action="store_true", help=argparse.SUPPRESS)  # the default now
     args = parser.parse_args()
-    if args.record and (args.only != "abcdef" or args.with_ops_page):
+    if args.record and (args.only != "abcdefg" or args.with_ops_page):
         parser.error("--record takes the full run (all phases) without --with-ops-page")
     os.chdir(ROOT)
     results = run(args.duration, args.connections, args.only, args.with_ops_page)

@@ -1,6 +1,7 @@
 """`make cluster` / `make cluster-stop`: a new local Redis Cluster to try the service on (3 masters,
 3 replicas on free loopback ports, each node writing an append-only file with appendfsync always
-under instance/cluster/node-N/). Its processes outlive this command; their pids are kept in
+under instance/cluster/node-N/, each master taking writes only while its replica keeps up:
+min-replicas-to-write 1, min-replicas-max-lag 4). Its processes outlive this command; their pids are kept in
 instance/cluster/pids, and `stop` ends them by pid.
 
     python -m tests.cluster start    # prints the REDIS_CLUSTER_NODES to export
@@ -17,6 +18,9 @@ from tests.support import ROOT, LocalCluster
 FOLDER = os.path.join(ROOT, "instance", "cluster")
 PIDS = os.path.join(FOLDER, "pids")
 NODE_TIMEOUT_MS = 5000  # a master silent this long is failed over (see README)
+# a master whose replica has not acknowledged for longer refuses writes: one cut off from the
+# cluster stops before its replica can be promoted in its place (node timeout + election)
+MAX_LAG_S = 4
 
 
 def start():
@@ -25,7 +29,8 @@ def start():
     for old in glob.glob(os.path.join(FOLDER, "node-*")):  # a new cluster, on new ports
         shutil.rmtree(old)
     os.makedirs(FOLDER, exist_ok=True)
-    cluster = LocalCluster(FOLDER, node_timeout_ms=NODE_TIMEOUT_MS, appendfsync="always", detach=True)
+    cluster = LocalCluster(FOLDER, node_timeout_ms=NODE_TIMEOUT_MS, appendfsync="always", detach=True,
+                           max_lag_s=MAX_LAG_S)
     with open(PIDS, "w") as f:
         f.write("\n".join(str(node.proc.pid) for node in cluster.nodes) + "\n")
     print(f"Redis Cluster up: 3 masters, 3 replicas, logs and append-only files in {FOLDER}/")

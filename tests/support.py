@@ -335,8 +335,8 @@ class RedisServer(ChildProcess):
         with self.client() as client:
             wait_until(client.ping, timeout=10, what="redis-server to answer PING")
 
-    def client(self):
-        return redis.Redis(port=self.port, socket_timeout=2, decode_responses=True)
+    def client(self, timeout=2):
+        return redis.Redis(port=self.port, socket_timeout=timeout, decode_responses=True)
 
     def info(self, section):
         with self.client() as client:
@@ -347,10 +347,14 @@ class LocalCluster:
     """A real Redis Cluster on free loopback ports: `masters` masters, each with one replica
     (`redis-server --cluster-enabled yes` joined by `redis-cli --cluster create`), every node a
     RedisServer in its own folder under `folder`, stopped by its pid. The tests' session cluster,
-    the fault tests' own ones, and `make cluster` (tests/cluster.py)."""
+    the fault tests' own ones, and `make cluster` (tests/cluster.py).
+
+    A master takes writes only while its replica is linked and has acknowledged within
+    `max_lag_s` seconds (min-replicas-to-write 1): one cut off from its replica, or a promoted
+    replica whose old master has not come back as its replica, refuses writes (NOREPLICAS)."""
 
     def __init__(self, folder, masters=3, node_timeout_ms=3000, appendfsync="no file", extra=(),
-                 detach=False):
+                 detach=False, max_lag_s=10):
         self.folder = str(folder)
         self.nodes = []
         try:
@@ -362,7 +366,11 @@ class LocalCluster:
                     "--cluster-config-file", "nodes.conf", "--cluster-port", str(free_port()),
                     "--cluster-node-timeout", str(node_timeout_ms),
                     # a master down stops only its own slots, not the whole cluster
-                    "--cluster-require-full-coverage", "no", *extra, detach=detach))
+                    "--cluster-require-full-coverage", "no",
+                    "--min-replicas-to-write", "1", "--min-replicas-max-lag", str(max_lag_s),
+                    # a node back after a failover syncs from its new master at once, not 5 s later
+                    "--repl-diskless-sync-delay", "0",
+                    *extra, detach=detach))
             subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
                             "--cluster-replicas", "1", "--cluster-yes"],
                            check=True, capture_output=True, timeout=60)
@@ -381,7 +389,7 @@ class LocalCluster:
 
     def wait_healthy(self, masters=3, timeout=60):
         """Until every live node says cluster_state:ok and `masters` masters each have a replica
-        whose link to it is up."""
+        whose link to it is up, and take writes."""
         def healthy():
             for node in self.live():
                 with node.client() as client:
@@ -389,14 +397,23 @@ class LocalCluster:
                         return False
             replicas = [n.info("replication") for n in self.live()]
             linked = [r for r in replicas if r["role"] == "slave" and r["master_link_status"] == "up"]
-            return sum(r["role"] == "master" for r in replicas) == masters and len(linked) >= masters
+            # and each master counts its replica as good: it takes writes (min-replicas-to-write)
+            writable = [r for r in replicas
+                        if r["role"] == "master" and r.get("min_slaves_good_slaves", 1) >= 1]
+            return len(writable) == masters and len(linked) >= masters
         wait_until(healthy, timeout=timeout, interval=0.2, what="the cluster to be ok, every replica linked")
 
     def slot_map(self):
-        """[(first slot, last slot, port of its master)] as a live node sees the cluster."""
-        with self.live()[0].client() as client:
-            return [(first, last, int(master[1]))
-                    for first, last, master, *_ in client.execute_command("CLUSTER SLOTS")]
+        """[(first slot, last slot, port of its master)] as the first live node that answers
+        sees the cluster (one may hang: SIGSTOP)."""
+        for node in self.live():
+            try:
+                with node.client(timeout=0.5) as client:
+                    slots = client.execute_command("CLUSTER SLOTS")
+            except redis.RedisError:
+                continue
+            return [(first, last, int(master[1])) for first, last, master, *_ in slots]
+        raise RuntimeError("no node of the cluster answers")
 
     def master_of(self, slot):
         """The node that serves `slot` as master (None if that master is dead)."""
@@ -406,6 +423,11 @@ class LocalCluster:
     def masters(self):
         ports = {port for _, _, port in self.slot_map()}
         return [n for n in self.live() if n.port in ports]
+
+    def replica_of(self, master):
+        """The live node that replicates `master`."""
+        return next(n for n in self.live() if n is not master and
+                    n.info("replication").get("master_port") == master.port)
 
     def flush(self):
         for node in self.live():

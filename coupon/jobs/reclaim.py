@@ -5,8 +5,9 @@ from coupon.scripts import decode_serials
 
 
 def claimed_serials(redis, keys, serials):
-    """The serials among `serials` that any claim shard has marked claimed."""
-    batch = redis.batch()
+    """The serials among `serials` that any claim shard has marked claimed, as replicas hold them
+    (a claim a failover loses must not keep its serial from being issued)."""
+    batch = redis.batch(durable=True)
     for shard in keys.all_shards():
         for serial in serials:
             batch.on(shard.claimed).getbit(shard.claimed, serial)

@@ -3,13 +3,16 @@
 -- KEYS[2] - claimed-serials bitmap of the shard
 -- KEYS[3] - outbox stream of the shard (read by the flush job): one entry per new claim, its
 --           fields c campaign id, u user id, s serial, k code, t issued at (epoch ms)
--- KEYS[4] - shard state hash: issued (count), closes_at (epoch ms); gone once the campaign is
---           closed and released, which refuses every claim too
+-- KEYS[4] - shard state hash: issued (count), closes_at (epoch ms; 0: closed), epoch; gone once
+--           the campaign is released after close (or lost with Redis): every claim is stale
 -- KEYS[5] - rate hash of the current window: user id -> requests (see keys.ShardKeys.rate)
 -- ARGV[1] - campaign id
 -- ARGV[2] - requests a user may make per window; 0: no limit
 -- ARGV[3] - seconds of the window (the rate hash expires that long after its last write)
--- ARGV[4..] - triplets: user id, serial, code; serial 0 only asks whether the user holds a ticket
+-- ARGV[4] - the campaign's epoch the caller's serials were leased in (its meta hash's, see
+--           lease.lua): a new one after `flask campaign recover`, so that serials leased before
+--           Redis lost the campaign are never claimed after
+-- ARGV[5..] - triplets: user id, serial, code; serial 0 only asks whether the user holds a ticket
 -- Returns one reply per triplet, in order:
 --   {1, serial, code, issued_at_ms}  new ticket (claim and outbox entry written together)
 --   {2, serial, code, issued_at_ms}  the user already held this ticket; the offered serial is unused
@@ -17,14 +20,22 @@
 --   {4}                              the campaign is closed
 --   {5}                              the user is over the rate limit; the offered serial is unused
 --   {6}                              (serial 0) the user holds no ticket: claim with a serial
+--   {7}                              stale: the shard is gone or of another epoch; load the
+--                                    campaign again (from the database if Redis lacks it)
+-- Sent again with the same arguments (an answer lost, or short of replica acknowledgements), it
+-- claims nothing twice: the user who got the ticket gets it back ({2, the same serial, ...});
+-- only the rate limit counts the request again.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local shard = redis.call('HMGET', KEYS[4], 'issued', 'closes_at')
+local shard = redis.call('HMGET', KEYS[4], 'issued', 'closes_at', 'epoch')
 local closes_at = tonumber(shard[2])
-if not shard[1] then closes_at = 0 end
-local limit = tonumber(ARGV[2])
 local replies = {}
-for i = 4, #ARGV, 3 do
+if not shard[1] or (shard[3] or '') ~= ARGV[4] then
+  for i = 5, #ARGV, 3 do replies[#replies + 1] = {7} end
+  return replies
+end
+local limit = tonumber(ARGV[2])
+for i = 5, #ARGV, 3 do
   local user, serial, code = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   -- the limit comes first: a user who already holds a ticket may not hammer either
   local limited = limit > 0 and redis.call('HINCRBY', KEYS[5], user, 1) > limit

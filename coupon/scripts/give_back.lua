@@ -6,6 +6,7 @@
 -- ARGV[1] - lease id
 -- ARGV[2..] - the serials to give back (never claimed)
 -- Returns the number of serials given back, or -1 if the lease was already settled by someone else.
+-- Sent again, it finds the lease settled (-1): serials are never returned twice.
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return -1 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])

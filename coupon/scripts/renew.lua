@@ -3,6 +3,7 @@
 -- ARGV[1] - lease time to live (ms)
 -- ARGV[2..] - lease ids
 -- Returns one integer per lease: 1 renewed; 0 already expired or reclaimed (drop its serials).
+-- Sent again, it only extends again from now: never an expired lease back to life.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local replies = {}

@@ -1,0 +1,129 @@
+"""Replica acknowledgements (REDIS_REPLICA_ACKS): nothing is told to a user or relied on by a
+worker before a replica holds it, and what may be sent again does its work once.
+
+A private Redis with one replica (`replicaof`), stopped (SIGSTOP) to make the acknowledgements
+fall short; the service in this process with REDIS_REPLICA_ACKS 1."""
+import os
+import signal
+from contextlib import contextmanager
+
+import pytest
+from redis.crc import key_slot
+
+from coupon import create_app
+from coupon.errors import Unavailable
+from coupon.keys import ACTIVE, SCHEDULER_LEADER
+from coupon.redis_nodes import barrier_key
+from coupon.scripts import Lease, StoredClaim, decode_serials
+from tests.support import (RedisServer, app_config, assert_error, issue, on_single_and_cluster,
+                           open_campaign, wait_until)
+
+
+@pytest.fixture
+def replica_pair(tmp_path):
+    """(master, replica): two private Redis servers, the second replicating the first."""
+    (tmp_path / "master").mkdir()
+    (tmp_path / "replica").mkdir()
+    master = RedisServer(tmp_path / "master", "no file")
+    replica = RedisServer(tmp_path / "replica", "no file", "--replicaof", "127.0.0.1", str(master.port))
+    wait_until(lambda: replica.info("replication")["master_link_status"] == "up", timeout=20,
+               what="the replica to link up")
+    yield master, replica
+    replica.stop()
+    master.stop()
+
+
+@pytest.fixture
+def acked_app(mysql_url, replica_pair):
+    app = create_app(app_config(mysql_url, replica_pair[0].url, REDIS_REPLICA_ACKS="1",
+                                REDIS_REPLICA_TIMEOUT=0.2))
+    yield app
+    app.extensions["coupon"].engine.dispose()
+
+
+@contextmanager
+def stopped(server):
+    """The server stopped (SIGSTOP) while the block runs: it acknowledges nothing."""
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+
+
+def held_ticket(svc, keys, user):
+    """The claim Redis holds for `user`, or None."""
+    stored = svc.redis.hget(keys.shard(keys.shard_of(user)).claims, user)
+    return stored and StoredClaim.parse(stored)
+
+
+def test_a_claim_short_of_replica_acks_answers_503_and_stands(acked_app, replica_pair, signer):
+    svc, client = acked_app.extensions["coupon"], acked_app.test_client()
+    campaign_id = open_campaign(svc, 100)
+    keys = svc.keys(campaign_id)
+    assert issue(client, campaign_id, signer.mint("a")).status_code == 201  # a lease at hand
+    with stopped(replica_pair[1]):
+        assert_error(issue(client, campaign_id, signer.mint("b")), 503, "UNAVAILABLE")
+        claim = held_ticket(svc, keys, "b")
+        assert claim  # written on the master, never told
+    again = issue(client, campaign_id, signer.mint("b"))
+    assert again.status_code == 200, again.json
+    assert (again.json["serial"], again.json["code"]) == (claim.serial, claim.code)
+
+
+def test_a_lease_short_of_replica_acks_is_not_used_then_asked_for_again(acked_app, replica_pair):
+    svc = acked_app.extensions["coupon"]
+    campaign_id = open_campaign(svc, 100)
+    keys = svc.keys(campaign_id)
+    supply = svc.issuer.admit(campaign_id).supply
+    with stopped(replica_pair[1]):
+        with pytest.raises(Unavailable):
+            supply.take()
+        (lease_id,) = svc.redis.zrange(keys.leases, 0, -1)  # leased on the master, not used
+        block = decode_serials(svc.redis.hget(keys.lease_serials, lease_id))
+        cursor = int(svc.redis.hget(keys.meta, "cursor"))
+        assert block and cursor == max(block) and not supply.held
+    lease, serial = supply.take()
+    # asked again under the same lease id: the same serials, not a second block
+    assert lease.id == lease_id and serial in block
+    assert svc.redis.zrange(keys.leases, 0, -1) == [lease_id]
+    assert int(svc.redis.hget(keys.meta, "cursor")) == cursor
+    supply.done(lease, serial, unused=True)
+
+
+@on_single_and_cluster
+def test_a_lease_asked_again_answers_the_same_serials(svc, redis_client):
+    big = svc.keys(open_campaign(svc, 5000))
+    tail = svc.keys(open_campaign(svc, 10))  # all of it within SINGLE_LEASE_TAIL
+    for keys, waiting in ((big, 0), (tail, 3)):
+        epoch = redis_client.hget(keys.meta, "epoch")
+        ask = lambda lease_id: svc.scripts.lease(keys, epoch, lease_id, 2000, 30_000, 64, waiting)  # noqa: E731
+        first, again = ask("w:1"), ask("w:1")
+        assert first.outcome is Lease.LEASED and again == first
+        assert first.tail is (keys is tail)
+        cursor = int(redis_client.hget(keys.meta, "cursor"))
+        assert cursor == max(first.serials)  # leased once
+        assert ask("w:2").serials != first.serials
+        redis_client.zadd(keys.leases, {"w:1": 1})  # expired: its serials may be reclaimed
+        assert ask("w:1").outcome is Lease.EXPIRED
+    assert svc.scripts.lease(big, "another epoch", "w:3", 10, 30_000, 64, 0).outcome is Lease.UNKNOWN
+
+
+def test_serials_leased_before_a_new_epoch_are_never_claimed(svc, client, redis_client, signer):
+    # what `flask campaign recover` does to a worker that loaded the campaign before Redis lost it
+    campaign_id = open_campaign(svc, 1000)
+    keys = svc.keys(campaign_id)
+    assert issue(client, campaign_id, signer.mint("a")).status_code == 201
+    (old_lease,) = redis_client.hgetall(keys.lease_serials).values()
+    for key in [keys.meta, *(shard.state for shard in keys.all_shards())]:
+        redis_client.hset(key, "epoch", "new")
+    assert_error(issue(client, campaign_id, signer.mint("b")), 503, "UNAVAILABLE")  # stale: reloaded
+    second = issue(client, campaign_id, signer.mint("b"))
+    assert second.status_code == 201
+    assert second.json["serial"] not in decode_serials(old_lease)
+
+
+def test_the_barrier_of_a_durable_batch_is_in_the_slot_of_its_key(svc):
+    keys = svc.keys(7)
+    for key in [keys.meta, keys.leases, *keys.shard(3).all(), ACTIVE, SCHEDULER_LEADER]:
+        assert key_slot(barrier_key(key).encode()) == key_slot(key.encode()), key
