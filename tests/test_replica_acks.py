@@ -127,3 +127,13 @@ def test_the_barrier_of_a_durable_batch_is_in_the_slot_of_its_key(svc):
     keys = svc.keys(7)
     for key in [keys.meta, keys.leases, *keys.shard(3).all(), ACTIVE, SCHEDULER_LEADER]:
         assert key_slot(barrier_key(key).encode()) == key_slot(key.encode()), key
+
+
+def test_not_ready_while_the_master_is_short_of_replicas(acked_app, replica_pair):
+    client = acked_app.test_client()
+    assert client.get("/readyz").json["checks"]["redis"] == "ok"
+    replica_pair[1].kill()
+    down = wait_until(lambda: client.get("/readyz").status_code == 503 and client.get("/readyz"),
+                      timeout=10, what="/readyz to say the replica is gone")
+    assert down.json["checks"]["redis"] == "down: 0 of 1 replicas"
+
