@@ -68,13 +68,15 @@ def first_write(answers, since, shards, keys):
 
 
 def check_answers(answers, start, end, keys, shards=None):
-    """Never a 500 or a hang; every 503 is UNAVAILABLE and started between `start` and `end`;
-    with `shards`, every 503 was a user's of those shards. Returns the 503s."""
+    """Never a 500 or a hang; every 503 is UNAVAILABLE, ended after `start` (a request in flight
+    then may be refused) and started before `end`; with `shards`, every 503 was a user's of those
+    shards. Returns the 503s."""
     seen = outcomes(answers)
     assert set(seen) <= {200, 201, "SOLD_OUT", 503}, seen
     unavailable = [a for a in answers if a.status == 503]
     assert all(a.body["error"]["code"] == "UNAVAILABLE" for a in unavailable)
-    early_or_late = [round(a.started - start, 2) for a in unavailable if not start <= a.started < end]
+    early_or_late = [(round(a.started - start, 2), round(a.took, 2)) for a in unavailable
+                     if not (start <= a.started + a.took and a.started < end)]
     assert not early_or_late, (end - start, early_or_late[:10])
     if shards is not None:
         stray = [(a.user, keys.shard_of(a.user)) for a in unavailable if keys.shard_of(a.user) not in shards]
