@@ -152,16 +152,7 @@ def close_campaign(svc, campaign_id, progress=None):
     if not svc.redis.exists(keys.meta):  # released by an earlier close
         rows = len(mysql_tickets(svc.engine, campaign_id))
         return Report(campaign_id, rows, rows, rows)
-    drainer = Flusher(svc, consumer=f"close:{socket.gethostname()}:{os.getpid()}", claim_idle=0)
-    stalled = 0
-    while outbox_stats(svc.redis, keys)[0] > 0:
-        moved = drainer.flush([campaign_id])
-        if progress:
-            progress(moved)
-        stalled = 0 if moved else stalled + 1
-        if stalled > 50:
-            raise Unavailable("the outbox does not drain; is another flusher stuck?")
-        time.sleep(0 if moved else 0.1)
+    drain_outbox(svc, campaign_id, progress)
     report = reconcile(svc.redis, svc.engine, keys)
     if not report.agree:
         raise ReconcileMismatch("\n".join(report.lines()))
@@ -171,6 +162,27 @@ def close_campaign(svc, campaign_id, progress=None):
         )
     release(svc, keys)
     return report
+
+
+def drain_outbox(svc, campaign_id, progress=None):
+    """Move every entry of a campaign's outbox streams into the database; return the rows moved.
+
+    Stop the claims first (their shards closed), or the streams may never be empty.
+    progress, if given, is called with the number of rows moved by each round.
+    """
+    keys = svc.keys(campaign_id)
+    drainer = Flusher(svc, consumer=f"drain:{socket.gethostname()}:{os.getpid()}", claim_idle=0)
+    stalled = drained = 0
+    while outbox_stats(svc.redis, keys)[0] > 0:
+        moved = drainer.flush([campaign_id])
+        drained += moved
+        if progress:
+            progress(moved)
+        stalled = 0 if moved else stalled + 1
+        if stalled > 50:
+            raise Unavailable("the outbox does not drain; is another flusher stuck?")
+        time.sleep(0 if moved else 0.1)
+    return drained
 
 
 def release(svc, keys):
