@@ -89,13 +89,16 @@ class Flusher:
         """One round trip: per stream, what this consumer left pending, what dead ones left
         pending, then new entries. Returns [(stream, id, fields or None)]."""
         self._ensure_groups(streams)
-        batch = self.redis.batch()
-        for stream in streams:
-            batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: "0"}, count=self.batch)
-            batch.on(stream).xautoclaim(stream, GROUP, self.consumer, self.claim_idle_ms, "0-0",
-                                        count=self.batch)
-            batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.batch)
-        replies = batch.execute()
+        try:
+            replies = self._read_batch(streams).execute()
+        except ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            # Redis lost streams we made the group of (restarted empty, the campaign recovered or
+            # preloaded since): make them again; what the failed round delivered is read as ours
+            self._grouped.clear()
+            self._ensure_groups(streams)
+            replies = self._read_batch(streams).execute()
         entries, seen = [], set()
         for i, stream in enumerate(streams):
             own, claimed, new = replies[3 * i: 3 * i + 3]
@@ -105,6 +108,15 @@ class Flusher:
                     seen.add((stream, entry_id))
                     entries.append((stream, entry_id, fields or None))
         return entries
+
+    def _read_batch(self, streams):
+        batch = self.redis.batch()
+        for stream in streams:
+            batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: "0"}, count=self.batch)
+            batch.on(stream).xautoclaim(stream, GROUP, self.consumer, self.claim_idle_ms, "0-0",
+                                        count=self.batch)
+            batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.batch)
+        return batch
 
     def _ack(self, entries):
         by_stream = {}
