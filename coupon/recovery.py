@@ -18,7 +18,6 @@ from coupon import db
 from coupon.campaigns import _row, delete_keys, drain_outbox, to_ms, utcnow
 from coupon.errors import NothingToRecover
 from coupon.keys import ACTIVE
-from coupon.outbox import GROUP
 from coupon.scripts import StoredClaim
 
 CHUNK = 2000  # rows read, and their claims written (about as many commands), per round trip
@@ -165,9 +164,8 @@ def live_status(row):
 
 
 def go_live(svc, keys, row, status, cursor, per_shard):
-    """Write the shards' state (from here they take claims) under a new epoch, the outboxes'
-    consumer group (a flusher that knew the lost one reads on), the registry of active
-    campaigns; then the meta hash, alone and last: from it workers serve the campaign again."""
+    """Write the shards' state (from here they take claims) under a new epoch and the registry of
+    active campaigns; then the meta hash, alone and last: from it workers serve the campaign again."""
     epoch = new_epoch()
     batch = svc.redis.batch()
     for shard, issued in zip(keys.all_shards(), per_shard):
@@ -175,7 +173,6 @@ def go_live(svc, keys, row, status, cursor, per_shard):
         if row.closes_at:
             state["closes_at"] = to_ms(row.closes_at)
         batch.on(shard.state).hset(shard.state, mapping=state)
-        batch.on(shard.outbox).xgroup_create(shard.outbox, GROUP, id="0", mkstream=True)
     batch.on(ACTIVE).sadd(ACTIVE, keys.campaign_id)
     batch.execute()
     svc.redis.hset(keys.meta, mapping={
