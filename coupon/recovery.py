@@ -33,7 +33,7 @@ class RecoveryReport:
     campaign_id: int
     status: str
     per_shard: list  # rows restored (users holding a ticket) per claim shard
-    cursor: int  # the highest serial of a row; serials above it were never handed out since
+    cursor: int  # the highest serial of a row: leases go on from there
     returned: int  # serials below the cursor that no row holds: handed out again first
     drained: int  # claims moved from the outbox streams Redis still held, before the rebuild
     last_synced: int  # issued, as the last stock sync before the loss counted it
