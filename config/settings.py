@@ -26,7 +26,7 @@ class Config:
     # a single Redis; and how long to wait for them (seconds, at most REDIS_TIMEOUT / 2) before
     # answering 503
     REDIS_REPLICA_ACKS = ""
-    REDIS_REPLICA_TIMEOUT = 0.5
+    REDIS_REPLICA_TIMEOUT = 1.0
     # Issuing
     BLOCK_SIZE = 2000  # most serials one worker leases at a time
     SINGLE_LEASE_TAIL = 64  # the last this many serials are leased only to waiting requests

@@ -10,7 +10,7 @@ from sqlalchemy import insert, select, update
 
 from coupon import db
 from coupon.errors import (
-    CampaignNotFound, InvalidCampaign, NoTicket, RateLimited, ReconcileMismatch, Unavailable,
+    CampaignLost, CampaignNotFound, InvalidCampaign, NoTicket, RateLimited, ReconcileMismatch, Unavailable,
 )
 from coupon.keys import ACTIVE
 from coupon.outbox import Flusher, outbox_stats
@@ -54,7 +54,7 @@ def new_epoch():
     return uuid.uuid4().hex[:12]
 
 
-def _row(engine, campaign_id):
+def campaign_row(engine, campaign_id):
     with engine.connect() as conn:
         row = conn.execute(select(db.campaigns).where(db.campaigns.c.id == campaign_id)).first()
     if row is None:
@@ -118,11 +118,21 @@ def preload(svc, campaign_id, total, status, opens_at, closes_at):
     batch.execute()
 
 
+def ensure_redis_holds(svc, row):
+    """Refuse to go on with a campaign that is not closed but that Redis no longer holds (restarted
+    empty, a cluster rebuilt): preloaded again it would issue serials the database has, and closed
+    it would lose the claims of its users; `recover` rebuilds it from the database first."""
+    if row.status != "closed" and not svc.redis.exists(svc.keys(row.id).meta):
+        raise CampaignLost(f"Redis no longer holds campaign {row.id}: `flask campaign recover "
+                           f"{row.id}` rebuilds it from the database")
+
+
 def open_campaign(svc, campaign_id):
     """Open a campaign now (or keep it open)."""
-    row = _row(svc.engine, campaign_id)
+    row = campaign_row(svc.engine, campaign_id)
     if row.status == "closed":
         raise InvalidCampaign(f"campaign {campaign_id} is closed; it cannot open again")
+    ensure_redis_holds(svc, row)
     now = utcnow()
     if row.closes_at and row.closes_at <= now:
         raise InvalidCampaign(f"campaign {campaign_id} ended at {iso(row.closes_at)}")
@@ -137,7 +147,7 @@ def open_campaign(svc, campaign_id):
 
 def stop_issuing(svc, campaign_id):
     """Stop issuing at once: every claim shard refuses from now on, every worker within a second."""
-    row = _row(svc.engine, campaign_id)
+    row = campaign_row(svc.engine, campaign_id)
     keys = svc.keys(campaign_id)
     if svc.redis.exists(keys.meta):
         batch = svc.redis.batch(durable=True)  # a close lost at failover would reopen the sale
@@ -160,21 +170,13 @@ def close_campaign(svc, campaign_id, progress=None):
     agree; otherwise ReconcileMismatch is raised and the keys stay for inspection. Safe to repeat.
     progress, if given, is called with the number of rows moved by each drain round.
     """
+    ensure_redis_holds(svc, campaign_row(svc.engine, campaign_id))
     stop_issuing(svc, campaign_id)  # from here on every claim script refuses: the set is final
     keys = svc.keys(campaign_id)
     if not svc.redis.exists(keys.meta):  # released by an earlier close
         rows = len(mysql_tickets(svc.engine, campaign_id))
         return Report(campaign_id, rows, rows, rows)
-    drainer = Flusher(svc, consumer=f"close:{socket.gethostname()}:{os.getpid()}", claim_idle=0)
-    stalled = 0
-    while outbox_stats(svc.redis, keys)[0] > 0:
-        moved = drainer.flush([campaign_id])
-        if progress:
-            progress(moved)
-        stalled = 0 if moved else stalled + 1
-        if stalled > 50:
-            raise Unavailable("the outbox does not drain; is another flusher stuck?")
-        time.sleep(0 if moved else 0.1)
+    drain_outbox(svc, campaign_id, progress)
     report = reconcile(svc.redis, svc.engine, keys)
     if not report.agree:
         raise ReconcileMismatch("\n".join(report.lines()))
@@ -184,6 +186,27 @@ def close_campaign(svc, campaign_id, progress=None):
         )
     release(svc, keys)
     return report
+
+
+def drain_outbox(svc, campaign_id, progress=None):
+    """Move every entry of a campaign's outbox streams into the database; return the rows moved.
+
+    Stop the claims first (their shards closed), or the streams may never be empty.
+    progress, if given, is called with the number of rows moved by each round.
+    """
+    keys = svc.keys(campaign_id)
+    drainer = Flusher(svc, consumer=f"drain:{socket.gethostname()}:{os.getpid()}", claim_idle=0)
+    stalled = drained = 0
+    while outbox_stats(svc.redis, keys)[0] > 0:
+        moved = drainer.flush([campaign_id])
+        drained += moved
+        if progress:
+            progress(moved)
+        stalled = 0 if moved else stalled + 1
+        if stalled > 50:
+            raise Unavailable("the outbox does not drain; is another flusher stuck?")
+        time.sleep(0 if moved else 0.1)
+    return drained
 
 
 def release(svc, keys):
@@ -216,7 +239,7 @@ def issued_in_redis(svc, campaign_id):
 
 def campaign_status(svc, campaign_id):
     """Public status of a campaign: from Redis while it is live, from MySQL after close."""
-    row = _row(svc.engine, campaign_id)
+    row = campaign_row(svc.engine, campaign_id)
     try:
         issued = issued_in_redis(svc, campaign_id)
     except RedisError:
@@ -257,7 +280,7 @@ def find_ticket(svc, campaign_id, user_id):
         batch.on(shard.claims).hget(shard.claims, user_id)
         live, held = batch.execute()
         if not live:
-            _row(svc.engine, campaign_id)  # CAMPAIGN_NOT_FOUND before any key is written for it
+            campaign_row(svc.engine, campaign_id)  # CAMPAIGN_NOT_FOUND before any key is written for it
         count_request(svc, shard, user_id)
     except RedisError:
         raise Unavailable() from None

@@ -17,6 +17,7 @@ from coupon.errors import CouponError
 from coupon.extensions import services
 from coupon.outbox import outbox_stats
 from coupon.jobs.scheduler import run_scheduler
+from coupon.recovery import count_rows, recover_campaign
 
 db_cli = AppGroup("db", help="Database schema.")
 campaign_cli = AppGroup("campaign", help="Create, open, close and inspect campaigns.")
@@ -91,6 +92,23 @@ def campaign_close(campaign_id):
         report = ops.close_campaign(service, campaign_id, progress=bar.update)
     click.echo("\n".join(report.lines()))
     click.echo(f"campaign {campaign_id} is closed")
+
+
+@campaign_cli.command("recover")
+@click.argument("campaign_id", type=int)
+@operator_errors
+def campaign_recover(campaign_id):
+    """Rebuild a campaign's Redis state from the database after Redis lost it; the sale goes on.
+
+    Refuses while Redis still holds the campaign. Prints what it restored and what may have been
+    lost: claims acknowledged to users but never flushed into the database.
+    """
+    service = svc()
+    rows = count_rows(service.engine, campaign_id)
+    with click.progressbar(length=rows, label="restoring claims", file=sys.stderr) as bar:
+        report = recover_campaign(service, campaign_id, progress=bar.update)
+    click.echo("\n".join(report.lines()))
+    click.echo(f"campaign {campaign_id} is live again")
 
 
 @campaign_cli.command("status")

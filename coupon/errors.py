@@ -30,7 +30,8 @@ def _error_code(status, code, message):
 
 
 # The table of codes. INVALID_CAMPAIGN: an operator's campaign definition is not acceptable
-# (CLI); RECONCILE_MISMATCH: Redis and the database disagree after a drain (the keys are kept).
+# (CLI); RECONCILE_MISMATCH: Redis and the database disagree after a drain (the keys are kept);
+# NOTHING_TO_RECOVER: `campaign recover` of a campaign Redis still holds, or a closed one (CLI).
 BadRequest = _error_code(400, "BAD_REQUEST", "the request is malformed")
 Unauthorized = _error_code(401, "UNAUTHORIZED", "a valid bearer token is required")
 NotFound = _error_code(404, "NOT_FOUND", "no such route")
@@ -50,6 +51,8 @@ RateLimited = _error_code(429, "RATE_LIMITED", "too many requests; retry later")
 Unavailable = _error_code(503, "UNAVAILABLE", "the service is unavailable; retry shortly")
 InvalidCampaign = _error_code(400, "INVALID_CAMPAIGN", "invalid campaign")
 ReconcileMismatch = _error_code(500, "RECONCILE_MISMATCH", "Redis and the database disagree")
+NothingToRecover = _error_code(409, "NOTHING_TO_RECOVER", "there is nothing to recover")
+CampaignLost = _error_code(409, "CAMPAIGN_LOST", "Redis lost this campaign; recover it first")
 
 
 class OtherHttpError(CouponError):

@@ -210,7 +210,7 @@ class Issuer:
             self._unknown[campaign_id] = time.monotonic() + self.refresh
             raise CampaignNotFound()
         if status != "closed":
-            raise Unavailable("the campaign is not loaded in Redis; ask an operator to open it")
+            raise Unavailable("the campaign is not loaded in Redis; ask an operator to recover it")
         return {"status": "closed"}
 
     # --- shutdown ---------------------------------------------------------------------

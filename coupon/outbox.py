@@ -92,13 +92,13 @@ class Flusher:
         """One round trip: per stream, what this consumer left pending, what dead ones left
         pending, then new entries. Returns [(stream, id, fields or None)]."""
         self._ensure_groups(streams)
-        batch = self.redis.batch(durable=True)
-        for stream in streams:
-            batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: "0"}, count=self.batch)
-            batch.on(stream).xautoclaim(stream, GROUP, self.consumer, self.claim_idle_ms, "0-0",
-                                        count=self.batch)
-            batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.batch)
-        replies = batch.execute(raise_on_error=False)
+        replies = self._read_batch(streams).execute(raise_on_error=False)
+        if any(isinstance(r, ResponseError) and "NOGROUP" in str(r) for r in replies):
+            # Redis lost streams we made the group of (restarted empty, the campaign recovered or
+            # preloaded since): make them again; what the failed round delivered is read as ours
+            self._grouped.clear()
+            self._ensure_groups(streams)
+            replies = self._read_batch(streams).execute(raise_on_error=False)
         errors = [r for r in replies if isinstance(r, Exception)]
         if errors and len(errors) == len(replies):
             raise errors[0]
@@ -113,6 +113,15 @@ class Flusher:
                     seen.add((stream, entry_id))
                     entries.append((stream, entry_id, fields or None))
         return entries
+
+    def _read_batch(self, streams):
+        batch = self.redis.batch(durable=True)
+        for stream in streams:
+            batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: "0"}, count=self.batch)
+            batch.on(stream).xautoclaim(stream, GROUP, self.consumer, self.claim_idle_ms, "0-0",
+                                        count=self.batch)
+            batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.batch)
+        return batch
 
     def _ack(self, entries):
         by_stream = {}

@@ -64,6 +64,10 @@ class StoredClaim(NamedTuple):
         serial, code, issued_at_ms = value.split("|")
         return cls(int(serial), code, int(issued_at_ms))
 
+    def encode(self):
+        """The value as claim.lua stores it (recover writes claims back from the rows)."""
+        return f"{self.serial}|{self.code}|{self.issued_at_ms}"
+
 
 class OutboxEntry(NamedTuple):
     """An entry claim.lua appends to a shard's outbox stream, with the same claim. Its fields:

@@ -134,9 +134,10 @@ def scheduler(env):
 
 
 @pytest.fixture
-def private_redis(tmp_path):
-    """A Redis of the test's own, with an append-only file: to kill and restart."""
-    server = RedisServer(tmp_path, appendfsync="always")
+def private_redis(tmp_path, request):
+    """A Redis of the test's own, with an append-only file: to kill and restart. Parametrized
+    indirectly, its appendfsync: "no file" for none (killed, it comes back empty)."""
+    server = RedisServer(tmp_path, appendfsync=getattr(request, "param", "always"))
     yield server
     server.stop()
 

@@ -171,6 +171,19 @@ def test_flusher_killed_between_commit_and_ack_replays_without_duplicates(svc):
     assert report.agree and report.mysql_rows == 300
 
 
+def test_a_flusher_makes_its_streams_again_after_redis_lost_them(svc):
+    campaign_id = open_campaign(svc, 500)
+    flusher = Flusher(svc, "long-lived")  # as the flush job's: it made the streams' group once
+    issue_directly(svc, campaign_id, "before")
+    assert flusher.flush([campaign_id]) == 1
+    for shard in svc.keys(campaign_id).all_shards():  # Redis restarted empty, the campaign recovered
+        svc.redis.delete(shard.outbox)
+    for user in ("after-1", "after-2"):
+        issue_directly(svc, campaign_id, user)
+    assert flusher.flush([campaign_id]) == 2
+    assert set(mysql_tickets(svc.engine, campaign_id)) == {"before", "after-1", "after-2"}
+
+
 def test_two_schedulers_one_leads_and_the_standby_takes_over(svc, signer, gunicorn, scheduler, redis_client):
     server = gunicorn(workers=2)
     pair = [scheduler(**FAST_JOBS), scheduler(**FAST_JOBS)]

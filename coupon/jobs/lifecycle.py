@@ -23,8 +23,11 @@ def open_and_close_due(svc):
             except CouponError as e:
                 log.error("closing campaign %d failed: %s", row.id, e.message)
         elif row.status == "scheduled" and row.opens_at <= now:
-            open_campaign(svc, row.id)
-            log.info("opened campaign %d", row.id)
+            try:
+                open_campaign(svc, row.id)
+                log.info("opened campaign %d", row.id)
+            except CouponError as e:  # Redis lost it: an operator recovers it
+                log.error("opening campaign %d failed: %s", row.id, e.message)
         elif row.status == "scheduled" and not svc.redis.exists(svc.keys(row.id).meta):
             # Redis lost a campaign that has not started issuing yet: load it again
             preload(svc, row.id, row.total, row.status, row.opens_at, row.closes_at)

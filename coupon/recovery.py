@@ -1,0 +1,177 @@
+"""Recover: rebuild a campaign's Redis state from the database, for a Redis that lost it.
+
+What the rows imply is written back: each claim into its shard (claims hash, claimed-serials
+bitmap, issued counter), the cursor at the highest serial issued, every serial below it that no
+row holds onto the returned list (leased and never claimed, or claimed and lost with Redis: they
+are handed out again first), the status and window. Then the sale goes on.
+
+What the database never had is gone: claims Redis acknowledged and had not flushed yet. The last
+stock sync's count against the rows says how many at least. The state gets a new epoch, so that
+serials leased before the loss are refused (lease.lua, claim.lua).
+"""
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from coupon import db
+from coupon.campaigns import campaign_row, delete_keys, drain_outbox, new_epoch, to_ms, utcnow
+from coupon.errors import NothingToRecover
+from coupon.keys import ACTIVE
+from coupon.scripts import StoredClaim
+
+CHUNK = 2000  # rows read, and their claims written (about as many commands), per round trip
+
+
+@dataclass
+class RecoveryReport:
+    campaign_id: int
+    status: str
+    per_shard: list  # rows restored (users holding a ticket) per claim shard
+    cursor: int  # the highest serial of a row: leases go on from there
+    returned: int  # serials below the cursor that no row holds: handed out again first
+    drained: int  # claims moved from the outbox streams Redis still held, before the rebuild
+    last_synced: int  # issued, as the last stock sync before the loss counted it
+
+    @property
+    def rows(self):
+        return sum(self.per_shard)
+
+    @property
+    def possibly_lost(self):
+        """Claims the last stock sync counted that no row holds: acknowledged, never flushed."""
+        return max(0, self.last_synced - self.rows)
+
+    def lines(self):
+        """The report for people: what was restored, then what may have been lost."""
+        out = [
+            f"campaign {self.campaign_id}: restored {self.rows} claims from the database "
+            f"(users per claim shard {min(self.per_shard)}..{max(self.per_shard)}), cursor "
+            f"{self.cursor}, {self.returned} serials returned for issue, status {self.status}"
+        ]
+        if self.drained:
+            out.append(f"  first drained {self.drained} claims from the outbox streams Redis still held")
+        counted = f"counted {self.last_synced} issued, the database holds {self.rows} rows"
+        if self.possibly_lost:
+            out += [
+                f"  possibly lost: {self.possibly_lost} claims: the last stock sync {counted}.",
+                "    Acknowledged to users, never flushed before Redis lost them: their serials may be",
+                "    issued again (they are returned, or above the cursor), and the users told of them",
+                "    have no row.",
+            ]
+        else:
+            out.append(f"  possibly lost: none that the last stock sync counted: it {counted}.")
+        out.append("  Not counted: any claims acknowledged after that stock sync and not flushed; "
+                   "they are lost as well.")
+        return out
+
+
+def count_rows(engine, campaign_id):
+    """The campaign's rows in the database (what recover restores)."""
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(db.coupons)
+                            .where(db.coupons.c.campaign_id == campaign_id)).scalar()
+
+
+def recover_campaign(svc, campaign_id, progress=None):
+    """Rebuild a campaign's Redis state from its rows, for a Redis that lost it; return a report.
+
+    Refuses while Redis holds the campaign (its meta hash), and for a closed campaign. The meta
+    hash is written last: until then workers do not serve the campaign, and recover may run
+    again after a failure. progress, if given, is called with the rows restored by each round.
+    """
+    row = campaign_row(svc.engine, campaign_id)
+    if row.status == "closed":
+        raise NothingToRecover(f"campaign {campaign_id} is closed; it is read from the database")
+    keys = svc.keys(campaign_id)
+    if svc.redis.exists(keys.meta):
+        raise NothingToRecover(
+            f"Redis still holds campaign {campaign_id}; recover is only for a Redis that lost it")
+    drained = save_what_redis_kept(svc, keys)
+    per_shard, cursor, returned = restore_claims(svc, keys, progress)
+    status = live_status(row)
+    go_live(svc, keys, row, status, cursor, per_shard)
+    return RecoveryReport(campaign_id, status, per_shard, cursor, returned, drained, row.issued)
+
+
+def save_what_redis_kept(svc, keys):
+    """Stop claims on the shards Redis still holds (a cluster that lost only some nodes) and drain
+    their outbox streams into the database, then delete every key of the campaign: what is left
+    of the lost state, or of a recover that failed halfway. Return the rows drained."""
+    batch = svc.redis.batch(durable=True)
+    for shard in keys.all_shards():
+        batch.on(shard.state).hset(shard.state, "closes_at", 0)  # 0: closed, as stop_issuing does
+    batch.execute()
+    drained = drain_outbox(svc, keys.campaign_id)
+    delete_keys(svc, keys)
+    return drained
+
+
+def restore_claims(svc, keys, progress=None):
+    """Write each row's claim into its shard, a chunk of rows in serial order per round trip, and
+    the serials between them that no row holds onto the returned list. Return (rows per shard,
+    the highest serial, serials returned)."""
+    shards = keys.all_shards()
+    per_shard, cursor, returned = [0] * keys.shards, 0, 0
+    for rows in rows_by_serial(svc.engine, keys.campaign_id):
+        batch = svc.redis.batch(durable=True)
+        claims, holes = {}, []
+        for user, serial, code, issued_at in rows:
+            holes.extend(range(cursor + 1, serial))
+            cursor = serial
+            k = keys.shard_of(user)
+            per_shard[k] += 1
+            claims.setdefault(k, {})[user] = StoredClaim(serial, code, to_ms(issued_at)).encode()
+            batch.on(shards[k].claimed).setbit(shards[k].claimed, serial, 1)
+        for k, mapping in claims.items():
+            batch.on(shards[k].claims).hset(shards[k].claims, mapping=mapping)
+        for i in range(0, len(holes), CHUNK):
+            batch.on(keys.returned).rpush(keys.returned, *holes[i:i + CHUNK])
+        batch.execute()
+        returned += len(holes)
+        if progress:
+            progress(len(rows))
+    return per_shard, cursor, returned
+
+
+def rows_by_serial(engine, campaign_id):
+    """The campaign's rows (user, serial, code, issued_at) in serial order, CHUNK at a time."""
+    c = db.coupons.c
+    after = 0
+    while True:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(c.user_id, c.serial, c.code, c.issued_at)
+                .where(c.campaign_id == campaign_id, c.serial > after)
+                .order_by(c.serial).limit(CHUNK)
+            ).all()
+        if not rows:
+            return
+        yield rows
+        after = rows[-1].serial
+
+
+def live_status(row):
+    """The status preload writes for a campaigns row: a scheduled one whose time has come is open."""
+    if row.status == "scheduled" and row.opens_at <= utcnow():
+        return "open"
+    return row.status
+
+
+def go_live(svc, keys, row, status, cursor, per_shard):
+    """Write the shards' state (from here they take claims) under a new epoch and the registry of
+    active campaigns; then the meta hash, alone and last: from it workers serve the campaign again."""
+    epoch = new_epoch()
+    batch = svc.redis.batch(durable=True)
+    for shard, issued in zip(keys.all_shards(), per_shard):
+        state = {"issued": issued, "epoch": epoch}
+        if row.closes_at:
+            state["closes_at"] = to_ms(row.closes_at)
+        batch.on(shard.state).hset(shard.state, mapping=state)
+    batch.on(ACTIVE).sadd(ACTIVE, keys.campaign_id)
+    batch.execute()
+    batch = svc.redis.batch(durable=True)
+    batch.on(keys.meta).hset(keys.meta, mapping={
+        "total": row.total, "cursor": cursor, "status": status, "opens_at": to_ms(row.opens_at),
+        "closes_at": to_ms(row.closes_at), "epoch": epoch,
+    })
+    batch.execute()
