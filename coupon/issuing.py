@@ -106,7 +106,7 @@ class Issuer:
         campaign.admit()
         return campaign
 
-    def issue(self, campaign, user_id):
+    def issue(self, campaign, user_id, reloaded=False):
         """Issue the user's ticket of an admitted campaign, or return the one they hold."""
         try:
             if not campaign.supply.at_hand:
@@ -133,10 +133,12 @@ class Issuer:
         except Closed:
             campaign.status = "closed"  # from now on answered at admission
             raise
-        except CampaignGone:  # released after close, or lost: load it afresh
+        except CampaignGone:  # released after close, lost, or recovered since: load it afresh
             self._campaigns.pop(campaign.campaign_id, None)
-            self.admit(campaign.campaign_id)
-            raise Unavailable() from None
+            fresh = self.admit(campaign.campaign_id)  # raises what the reloaded state knows
+            if reloaded:
+                raise Unavailable() from None
+            return self.issue(fresh, user_id, reloaded=True)
 
     def _ticket(self, campaign, user_id, reply):
         """The ticket a claim's reply gives, or the error it means."""
