@@ -10,7 +10,8 @@ from sqlalchemy import insert, select, update
 
 from coupon import db
 from coupon.errors import (
-    CampaignLost, CampaignNotFound, InvalidCampaign, NoTicket, RateLimited, ReconcileMismatch, Unavailable,
+    CampaignLost, CampaignNotFound, InvalidCampaign, NoTicket, RateLimited, ReconcileMismatch,
+    Unavailable,
 )
 from coupon.keys import ACTIVE
 from coupon.outbox import Flusher, outbox_stats
@@ -280,7 +281,7 @@ def find_ticket(svc, campaign_id, user_id):
         batch.on(shard.claims).hget(shard.claims, user_id)
         live, held = batch.execute()
         if not live:
-            campaign_row(svc.engine, campaign_id)  # CAMPAIGN_NOT_FOUND before any key is written for it
+            campaign_row(svc.engine, campaign_id)  # CAMPAIGN_NOT_FOUND before a key is written for it
         count_request(svc, shard, user_id)
     except RedisError:
         raise Unavailable() from None
