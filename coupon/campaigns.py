@@ -119,13 +119,23 @@ def preload(svc, campaign_id, total, status, opens_at, closes_at):
     batch.execute()
 
 
-def ensure_redis_holds(svc, row):
-    """Refuse to go on with a campaign that is not closed but that Redis no longer holds (restarted
-    empty, a cluster rebuilt): preloaded again it would issue serials the database has, and closed
-    it would lose the claims of its users; `recover` rebuilds it from the database first."""
-    if row.status != "closed" and not svc.redis.exists(svc.keys(row.id).meta):
+def redis_holds(svc, row):
+    """Whether Redis holds the campaign; False once it was released after close. Raise
+    CampaignLost for one not closed that Redis no longer holds (restarted empty, a cluster
+    rebuilt): preloaded again it would issue serials the database has, and closed it would lose
+    the claims of its users; `recover` rebuilds it from the database first."""
+    if svc.redis.exists(svc.keys(row.id).meta):
+        return True
+    if row.status != "closed":
         raise CampaignLost(f"Redis no longer holds campaign {row.id}: `flask campaign recover "
                            f"{row.id}` rebuilds it from the database")
+    return False
+
+
+def close_claim_shards(batch, keys):
+    """Queue what makes every claim shard of a campaign refuse claims from now on."""
+    for shard in keys.all_shards():
+        batch.on(shard.state).hset(shard.state, "closes_at", 0)  # 0: closed, whatever the clock
 
 
 def open_campaign(svc, campaign_id):
@@ -133,7 +143,7 @@ def open_campaign(svc, campaign_id):
     row = campaign_row(svc.engine, campaign_id)
     if row.status == "closed":
         raise InvalidCampaign(f"campaign {campaign_id} is closed; it cannot open again")
-    ensure_redis_holds(svc, row)
+    redis_holds(svc, row)  # or CampaignLost
     now = utcnow()
     if row.closes_at and row.closes_at <= now:
         raise InvalidCampaign(f"campaign {campaign_id} ended at {iso(row.closes_at)}")
@@ -147,13 +157,14 @@ def open_campaign(svc, campaign_id):
 
 
 def stop_issuing(svc, campaign_id):
-    """Stop issuing at once: every claim shard refuses from now on, every worker within a second."""
+    """Stop issuing at once: every claim shard refuses from now on, every worker within a second.
+    Return whether Redis holds the campaign (False: released by an earlier close)."""
     row = campaign_row(svc.engine, campaign_id)
     keys = svc.keys(campaign_id)
-    if svc.redis.exists(keys.meta):
+    held = redis_holds(svc, row)
+    if held:
         batch = svc.redis.batch(durable=True)  # a close lost at failover would reopen the sale
-        for shard in keys.all_shards():
-            batch.on(shard.state).hset(shard.state, "closes_at", 0)  # 0: closed, whatever the clock
+        close_claim_shards(batch, keys)
         batch.on(keys.meta).hset(keys.meta, "status", "closed")
         batch.execute()
     if row.status != "closed":
@@ -162,6 +173,7 @@ def stop_issuing(svc, campaign_id):
                 update(db.campaigns).where(db.campaigns.c.id == campaign_id)
                 .values(status="closed", closed_at=utcnow())
             )
+    return held
 
 
 def close_campaign(svc, campaign_id, progress=None):
@@ -171,10 +183,9 @@ def close_campaign(svc, campaign_id, progress=None):
     agree; otherwise ReconcileMismatch is raised and the keys stay for inspection. Safe to repeat.
     progress, if given, is called with the number of rows moved by each drain round.
     """
-    ensure_redis_holds(svc, campaign_row(svc.engine, campaign_id))
-    stop_issuing(svc, campaign_id)  # from here on every claim script refuses: the set is final
+    held = stop_issuing(svc, campaign_id)  # from here on every claim script refuses: the set is final
     keys = svc.keys(campaign_id)
-    if not svc.redis.exists(keys.meta):  # released by an earlier close
+    if not held:  # released by an earlier close
         rows = len(mysql_tickets(svc.engine, campaign_id))
         return Report(campaign_id, rows, rows, rows)
     drain_outbox(svc, campaign_id, progress)

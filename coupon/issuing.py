@@ -47,12 +47,16 @@ class LiveCampaign:
         self.claims = claims
         self.refresh_lock = threading.Lock()
         self.asked_for_serials_at = int(meta.get("wanted") or 0)  # the last call another worker made
-        self.epoch = meta.get("epoch", "")  # a new one means Redis lost the campaign: load it again
         self.apply(meta)
 
     @property
     def campaign_id(self):
         return self.keys.campaign_id
+
+    @property
+    def epoch(self):
+        """The epoch its serials were leased in: a new one in Redis means it was recovered."""
+        return self.supply.epoch
 
     def apply(self, meta):
         """Take in the campaign's meta hash; return True if another worker asked for serials since."""

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 
 from coupon import db
-from coupon.campaigns import campaign_row, delete_keys, drain_outbox, new_epoch, to_ms, utcnow
+from coupon.campaigns import (
+    campaign_row, close_claim_shards, delete_keys, drain_outbox, new_epoch, to_ms, utcnow,
+)
 from coupon.errors import NothingToRecover
 from coupon.keys import ACTIVE
 from coupon.scripts import StoredClaim
@@ -98,8 +100,7 @@ def save_what_redis_kept(svc, keys):
     their outbox streams into the database, then delete every key of the campaign: what is left
     of the lost state, or of a recover that failed halfway. Return the rows drained."""
     batch = svc.redis.batch(durable=True)
-    for shard in keys.all_shards():
-        batch.on(shard.state).hset(shard.state, "closes_at", 0)  # 0: closed, as stop_issuing does
+    close_claim_shards(batch, keys)
     batch.execute()
     drained = drain_outbox(svc, keys.campaign_id)
     delete_keys(svc, keys)

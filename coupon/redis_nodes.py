@@ -182,7 +182,7 @@ class RedisNodes:
     def batch(self, durable=False):
         """A Batch; durable: each node's replies only once REDIS_REPLICA_ACKS replicas hold its
         writes (else NotReplicated)."""
-        return Batch(self, durable and self.replica_acks > 0)
+        return Batch(self, durable)
 
 
 class _Queue:
@@ -206,9 +206,11 @@ class Batch:
     answers its commands with the error (their outcome unknown: never sent again here).
     """
 
-    def __init__(self, nodes, wait_replicas=False):
+    def __init__(self, nodes, durable=False):
         self._nodes = nodes
-        self._wait = (nodes.replica_acks, nodes.replica_timeout_ms) if wait_replicas else None
+        # durable: WAIT for (replicas, ms) after each node's commands; nothing when none are asked
+        self._wait = ((nodes.replica_acks, nodes.replica_timeout_ms)
+                      if durable and nodes.replica_acks else None)
         self._commands = []  # (key, method, args, kwargs, script or None)
 
     def on(self, key):

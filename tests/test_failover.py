@@ -59,6 +59,18 @@ class Sale:
         self.cluster.wait_healthy()
         return time.monotonic()
 
+    def check_and_close(self, web, signer, answers, tokens, window, on_it, only_on_it):
+        """After the flood: the answers (check_answers over `window`; with `only_on_it`, every 503
+        a user's of the shards `on_it`), then close and the rows (flood.close_and_check).
+        Returns the figures every failover test prints."""
+        unavailable = check_answers(answers, *window, self.keys, on_it if only_on_it else None)
+        told, unsure, holding = tickets_told(web.url, self.campaign_id, answers, tokens)
+        close_and_check(self.svc, signer, self.campaign_id, told)  # nothing acknowledged was lost
+        return dict(
+            requests=len(answers), outcomes=dict(outcomes(answers)), unavailable=len(unavailable),
+            of_them_on_its_shards=sum(self.keys.shard_of(a.user) in on_it for a in unavailable),
+            unanswered_users=unsure, of_them_holding=holding, rows=STOCK)
+
 
 def first_write(answers, since, shards, keys):
     """Seconds from `since` to the end of the first new ticket (201) on `shards` after it."""
@@ -126,18 +138,13 @@ def test_master_killed_while_its_replica_lags(victim, mysql_url, signer, private
         with once(lambda: sale.issued() >= 400, lag_then_kill):
             answers, tokens = demand(web.url, sale.campaign_id, signer, sale.issued, seconds=60)
 
-        unavailable = check_answers(answers, t["lag"], t["rejoined"] + REDIS_TIMEOUT, sale.keys,
-                                    None if home_on_it else on_it)
-        told, unsure, holding = tickets_told(web.url, sale.campaign_id, answers, tokens)
-        close_and_check(svc, signer, sale.campaign_id, told)  # nothing acknowledged was lost
+        seen = sale.check_and_close(web, signer, answers, tokens, (t["lag"], t["rejoined"] + REDIS_TIMEOUT),
+                                    on_it, only_on_it=not home_on_it)
         say(f"cluster, replica behind, kill -9 of the {victim}", shards_on_it=sorted(on_it),
             home_on_it=home_on_it, issued_at_fault=t["issued"],
             kill_to_promoted_s=round(t["promoted"] - t["down"], 2),
             kill_to_rejoined_s=round(t["rejoined"] - t["down"], 2),
-            kill_to_writes_again_s=first_write(answers, t["down"], on_it, sale.keys),
-            requests=len(answers), outcomes=dict(outcomes(answers)), unavailable=len(unavailable),
-            of_them_on_its_shards=sum(sale.keys.shard_of(a.user) in on_it for a in unavailable),
-            unanswered_users=unsure, of_them_holding=holding, rows=STOCK)
+            kill_to_writes_again_s=first_write(answers, t["down"], on_it, sale.keys), **seen)
 
 
 def test_master_hung_longer_than_the_node_timeout(mysql_url, signer, private_cluster):
@@ -171,17 +178,13 @@ def test_master_hung_longer_than_the_node_timeout(mysql_url, signer, private_clu
 
         assert t["promoted"] - t["down"] > NODE_TIMEOUT_MS / 1000  # it hung past the node timeout
         assert node.info("replication")["role"] == "slave"  # and came back as a replica
-        unavailable = check_answers(answers, t["down"], t["rejoined"] + REDIS_TIMEOUT, sale.keys)
-        told, unsure, holding = tickets_told(web.url, sale.campaign_id, answers, tokens)
-        close_and_check(svc, signer, sale.campaign_id, told)
+        seen = sale.check_and_close(web, signer, answers, tokens, (t["down"], t["rejoined"] + REDIS_TIMEOUT),
+                                    on_it, only_on_it=False)
         say("cluster, home master hung (SIGSTOP)", shards_on_it=sorted(on_it),
             issued_at_fault=t["issued"], hang_to_promoted_s=round(t["promoted"] - t["down"], 2),
             hung_s=round(t["resumed"] - t["down"], 2),
             hang_to_rejoined_s=round(t["rejoined"] - t["down"], 2),
-            hang_to_writes_again_s=first_write(answers, t["down"], on_it, sale.keys),
-            requests=len(answers), outcomes=dict(outcomes(answers)), unavailable=len(unavailable),
-            of_them_on_its_shards=sum(sale.keys.shard_of(a.user) in on_it for a in unavailable),
-            unanswered_users=unsure, of_them_holding=holding, rows=STOCK)
+            hang_to_writes_again_s=first_write(answers, t["down"], on_it, sale.keys), **seen)
 
 
 def test_node_back_as_replica_then_the_new_master_killed(mysql_url, signer, private_cluster):
@@ -216,14 +219,12 @@ def test_node_back_as_replica_then_the_new_master_killed(mysql_url, signer, priv
             answers, tokens = demand(web.url, sale.campaign_id, signer, sale.issued, seconds=90, pause=1.0)
 
         assert len(kills) == 2 and kills[1]["issued"] < STOCK, kills
-        unavailable = check_answers(answers, kills[0]["down"], kills[1]["rejoined"] + REDIS_TIMEOUT,
-                                    sale.keys, on_it)
-        told, unsure, holding = tickets_told(web.url, sale.campaign_id, answers, tokens)
-        close_and_check(svc, signer, sale.campaign_id, told)
+        seen = sale.check_and_close(web, signer, answers, tokens,
+                                    (kills[0]["down"], kills[1]["rejoined"] + REDIS_TIMEOUT), on_it,
+                                    only_on_it=True)
         say("cluster, killed node back as a replica, then the new master killed",
             shards_on_it=sorted(on_it), issued_at_kills=[k["issued"] for k in kills],
             kill_to_promoted_s=[round(k["promoted"] - k["down"], 2) for k in kills],
             kill_to_rejoined_s=[round(k["rejoined"] - k["down"], 2) for k in kills],
             kill_to_writes_again_s=[first_write(answers, k["down"], on_it, sale.keys) for k in kills],
-            requests=len(answers), outcomes=dict(outcomes(answers)), unavailable=len(unavailable),
-            unanswered_users=unsure, of_them_holding=holding, rows=STOCK)
+            **seen)

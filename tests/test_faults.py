@@ -11,14 +11,13 @@ import time
 
 import pytest
 from redis.exceptions import ResponseError
-from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from coupon import db
 from coupon.jobs.reclaim import claimed_serials
 from coupon.keys import SCHEDULER_LEADER
 from coupon.outbox import GROUP, outbox_stats
 from coupon.reconcile import mysql_tickets, redis_claims
+from coupon.recovery import count_rows
 from coupon.scripts import decode_serials
 from tests.flood import (REDIS_TIMEOUT, STOCK, close_and_check, demand, every, issued_counter, once,
                          outcomes, say, service_on, tickets_told)
@@ -167,12 +166,6 @@ def test_redis_killed_and_restarted_from_its_append_only_file(mysql_url, signer,
             unanswered_users=unsure, of_them_holding=holding, rows=STOCK)
 
 
-def rows_of(svc, campaign_id):
-    with svc.engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(db.coupons)
-                            .where(db.coupons.c.campaign_id == campaign_id)).scalar()
-
-
 def test_database_cut_during_the_flood(svc, signer, gunicorn, scheduler, mysql_url):
     url = make_url(mysql_url)
     proxy = TcpProxy(url.port or 3306, url.host)
@@ -190,17 +183,17 @@ def test_database_cut_during_the_flood(svc, signer, gunicorn, scheduler, mysql_u
             cut["at"] = time.monotonic()
             proxy.cut()
             time.sleep(0.5)  # a flush caught in flight has failed (or committed) by now
-            cut["rows"], cut["backlog"] = rows_of(svc, campaign_id), outbox_stats(svc.redis, keys)[0]
+            cut["rows"], cut["backlog"] = count_rows(svc.engine, campaign_id), outbox_stats(svc.redis, keys)[0]
             # at least 3 s, and 100 more coupons issued meanwhile (the machine may be busy)
             time.sleep(2.5)
             wait_until(lambda: issued() >= cut["issued"] + 100, timeout=10, what="issuing during the cut")
-            cut["rows_end"], cut["backlog_end"] = rows_of(svc, campaign_id), outbox_stats(svc.redis, keys)[0]
+            cut["rows_end"], cut["backlog_end"] = count_rows(svc.engine, campaign_id), outbox_stats(svc.redis, keys)[0]
             cut["issued_end"] = issued()
             proxy.restore()
             cut["restored"] = time.monotonic()
 
         # cut once the flush job is writing through the proxy
-        with once(lambda: rows_of(svc, campaign_id) >= 100, cut_for_a_while, poll=0.02):
+        with once(lambda: count_rows(svc.engine, campaign_id) >= 100, cut_for_a_while, poll=0.02):
             answers, tokens = demand(server.url, campaign_id, signer, issued, seconds=30)
         seen = outcomes(answers)
         assert set(seen) <= {200, 201, "SOLD_OUT"}, seen  # issuing is unaffected

@@ -106,11 +106,6 @@ def rows_of(svc, campaign_id):
             db.coupons.select().where(db.coupons.c.campaign_id == campaign_id))}
 
 
-def campaign_row(svc, campaign_id):
-    with svc.engine.connect() as conn:
-        return conn.execute(db.campaigns.select().where(db.campaigns.c.id == campaign_id)).one()
-
-
 @on_single_and_cluster
 def test_recover_rebuilds_what_the_rows_imply_and_the_sale_goes_on(svc, signer, runner, workers,
                                                                     redis_client):
@@ -136,7 +131,7 @@ def test_recover_rebuilds_what_the_rows_imply_and_the_sale_goes_on(svc, signer, 
             and f"cursor {cursor}, {holes} serials returned for issue, status open" in result.output)
     assert "possibly lost: none that the last stock sync counted: it counted 10 issued" in result.output
     assert f"campaign {campaign_id} is live again" in result.output
-    assert_rebuilt_from(redis_client, keys, rows, campaign_row(svc, campaign_id))
+    assert_rebuilt_from(redis_client, keys, rows, ops.campaign_row(svc.engine, campaign_id))
 
     # a worker that starts now sells on: the holders get their own tickets back (200), new users
     # serials no row holds
@@ -167,7 +162,7 @@ def test_recover_drains_the_shards_redis_kept_before_it_rebuilds(svc, signer, ru
     rows = rows_of(svc, campaign_id)
     assert {u: (r.serial, r.code) for u, r in rows.items()} == {
         u: (t["serial"], t["code"]) for u, t in told.items()}
-    assert_rebuilt_from(redis_client, keys, rows, campaign_row(svc, campaign_id))
+    assert_rebuilt_from(redis_client, keys, rows, ops.campaign_row(svc.engine, campaign_id))
 
 
 def test_recover_reports_claims_the_last_stock_sync_counted_that_no_row_holds(svc, signer, runner,
@@ -197,7 +192,7 @@ def test_recover_restores_the_window_and_opens_a_scheduled_campaign_whose_time_c
                                       closes_at=now + dt.timedelta(hours=1))
     lose(svc, campaign_id)
     assert recover(runner, campaign_id).exit_code == 0
-    assert_rebuilt_from(redis_client, svc.keys(campaign_id), {}, campaign_row(svc, campaign_id))
+    assert_rebuilt_from(redis_client, svc.keys(campaign_id), {}, ops.campaign_row(svc.engine, campaign_id))
     pending = ops.create_campaign(svc, "pending", 100)
     lose(svc, pending)
     assert recover(runner, pending).exit_code == 0
@@ -253,7 +248,7 @@ def test_redis_restarted_empty_mid_sale_then_recovered(mysql_url, signer, privat
             time.sleep(1.0)
             private_redis.start()  # empty
             loss["rows"] = mysql_tickets(svc.engine, campaign_id)
-            loss["synced"] = campaign_row(svc, campaign_id).issued
+            loss["synced"] = ops.campaign_row(svc.engine, campaign_id).issued
             loss["recovering"] = time.monotonic()
             loss["report"] = recover_campaign(svc, campaign_id)
             loss["recovered"] = time.monotonic()
