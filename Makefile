@@ -5,19 +5,26 @@ BIN := $(VENV)/bin
 export FLASK_APP := app.py
 SHELL := /bin/bash
 
-.PHONY: setup run test clean loadtest locust-ui lean-ramp bench cluster cluster-stop
+.PHONY: setup setup-dev run test clean loadtest locust-ui lean-ramp bench cluster cluster-stop
 
-$(BIN)/.installed: requirements.txt
+# what the service needs (requirements.txt, this project editable: pyproject.toml)
+$(BIN)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
 	touch $@
 
+# and the test and load tools
+$(BIN)/.installed-dev: $(BIN)/.installed requirements-dev.txt
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
 setup: $(BIN)/.installed
+setup-dev: $(BIN)/.installed-dev
 
 # The web server and the scheduler together; Ctrl-C (or either one exiting) stops both.
 # Redis: with no REDIS_URL set and nothing on :6379, a redis-server of its own that writes every
-# claim to instance/redis/ before the answer (appendfsync always: see README, Faults and durability).
+# claim to instance/redis/ before the answer (appendfsync always: see docs/operations.md).
 run: setup
 	$(BIN)/flask db init
 	@trap 'kill $$web $$jobs $$redis 2>/dev/null; wait' INT TERM EXIT; \
@@ -31,10 +38,10 @@ run: setup
 		echo "warning: this Redis keeps no append-only file: a restart loses the claims not yet flushed"; \
 	fi; \
 	PROMETHEUS_MULTIPROC_DIR=instance/prometheus $(BIN)/flask jobs run & jobs=$$!; \
-	$(BIN)/gunicorn -c config/gunicorn.conf.py app:app & web=$$!; \
+	$(BIN)/gunicorn -k gevent app:app & web=$$!; \
 	wait -n
 
-test: setup
+test: setup-dev
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Load tests against the running service (make run): SCENARIO=rush|ramp [USERS= STOCK= DURATION= HOST=]
@@ -42,30 +49,30 @@ SCENARIO ?= rush
 LOADTEST_ARGS = --scenario $(SCENARIO) $(if $(USERS),--users $(USERS)) $(if $(STOCK),--stock $(STOCK)) \
 	$(if $(DURATION),--duration $(DURATION)) $(if $(HOST),--host $(HOST))
 
-loadtest: setup
+loadtest: setup-dev
 	$(BIN)/python -m loadtest.run $(LOADTEST_ARGS)
 
-locust-ui: setup
+locust-ui: setup-dev
 	$(BIN)/python -m loadtest.run --ui $(LOADTEST_ARGS)
 
 # The ramp from plain gevent sockets instead of Locust [USERS= STOCK= DURATION= HOST=]
-lean-ramp: setup
+lean-ramp: setup-dev
 	$(BIN)/python -m loadtest.lean_ramp $(if $(USERS),--users $(USERS)) $(if $(STOCK),--stock $(STOCK)) \
 		$(if $(DURATION),--duration $(DURATION)) $(if $(HOST),--host $(patsubst http://%,%,$(HOST)))
 
 # wrk benchmark (a) ceiling (b) new tickets (c) sold out (d) flood; its own servers; figures to
 # reports/bench-*.md [DURATION=; WITH_OPS_PAGE=1: the operators' page open; RECORD=1: into BENCHMARKS.md]
-bench: setup
+bench: setup-dev
 	$(BIN)/python -m loadtest.bench $(if $(DURATION),--duration $(DURATION)) \
 		$(if $(WITH_OPS_PAGE),--with-ops-page) $(if $(RECORD),--record)
 
 # A local Redis Cluster (3 masters, 3 replicas, under instance/cluster/) for trying the service
 # on one: prints the REDIS_CLUSTER_NODES to export before `make run`.
-cluster: setup
-	$(BIN)/python -m tests.cluster start
+cluster: setup-dev
+	$(BIN)/python -m loadtest.cluster start
 
-cluster-stop: setup
-	$(BIN)/python -m tests.cluster stop
+cluster-stop: setup-dev
+	$(BIN)/python -m loadtest.cluster stop
 
 # everything made here: the virtualenv, SQLite, logs, metric files, make run's Redis data, reports
 clean:

@@ -1,72 +1,95 @@
-"""Settings of the service, one place for all of them.
+"""Settings of the service, one place for all of them (docs/configuration.md explains each).
 
-Precedence: the defaults below < the Python file named by ``COUPON_SETTINGS`` (default
-``instance/settings.py``, optional) < environment variables of the same name. Every
-variable is documented in ``.env.example``.
+Precedence: the defaults below < the Python file named by COUPON_SETTINGS (default
+instance/settings.py, optional) < environment variables of the same name, each read by the
+parser given here. Loaded with Flask's own config loading (load_into).
 """
 import os
 
 DEV_SECRET_KEY = "dev-secret-change-me"
+SQLITE_DEFAULT = "sqlite:///instance/coupon.db"
 
 
-class Config:
-    # Runtime mode: "development" or "production" (production refuses the dev secret)
-    ENV = "development"
+def optional_int(text):
+    """An integer, or None for an empty value."""
+    return int(text) if text.strip() else None
+
+
+# name: (default, parser of its environment variable)
+SETTINGS = {
+    # Runtime mode: development or production (production refuses the development secret and
+    # the SQLite default)
+    "ENV": ("development", str),
     # Signing of user tokens and ticket codes
-    SECRET_KEY = DEV_SECRET_KEY
-    TOKEN_TTL = 30 * 24 * 3600  # seconds a minted user token stays valid
+    "SECRET_KEY": (DEV_SECRET_KEY, str),
+    "TOKEN_TTL": (30 * 24 * 3600, int),  # seconds a minted user token stays valid
     # Storage
-    DATABASE_URL = "sqlite:///instance/coupon.db"
-    REDIS_URL = "redis://127.0.0.1:6379/0"
+    "DATABASE_URL": (SQLITE_DEFAULT, str),
+    "REDIS_URL": ("redis://127.0.0.1:6379/0", str),
     # Redis Cluster instead: "host:port,host:port,..." (several, so one down at start is no matter)
-    REDIS_CLUSTER_NODES = ""
-    REDIS_TIMEOUT = 2.0  # seconds; a Redis call slower than this answers 503
-    REDIS_POOL_SIZE = 64  # connections per worker process
-    # Replicas that must hold a write before it is acknowledged (WAIT): "" is 1 on a cluster, 0 on
-    # a single Redis; and how long to wait for them (seconds, at most REDIS_TIMEOUT / 2) before
-    # answering 503
-    REDIS_REPLICA_ACKS = ""
-    REDIS_REPLICA_TIMEOUT = 1.0
+    "REDIS_CLUSTER_NODES": ("", str),
+    "REDIS_TIMEOUT": (2.0, float),  # seconds; a Redis call slower than this answers 503
+    "REDIS_POOL_SIZE": (64, int),  # connections per worker process
+    # Replicas that must hold a write before it is acknowledged (WAIT): None is 1 on a cluster, 0
+    # on a single Redis; and how long to wait for them (seconds, at most REDIS_TIMEOUT / 2)
+    "REDIS_REPLICA_ACKS": (None, optional_int),
+    "REDIS_REPLICA_TIMEOUT": (1.0, float),
     # Issuing
-    BLOCK_SIZE = 2000  # most serials one worker leases at a time
-    SINGLE_LEASE_TAIL = 64  # the last this many serials are leased only to waiting requests
-    CLAIM_SHARDS = 12  # claim shards (hash tags) per campaign: spread evenly over 2, 3, 4 or 6 masters
-    LEASE_TTL = 30.0  # seconds a lease lives without renewal
-    STATE_REFRESH = 1.0  # seconds a worker trusts its cached window / sold-out state
-    CLAIM_BATCH_MAX = 256  # most claims sent in one script call
-    RATE_LIMIT = 20  # issue requests per user per window, summed over all workers; 0: no limit
-    RATE_LIMIT_WINDOW = 10  # seconds of the fixed rate-limit window
+    "BLOCK_SIZE": (2000, int),  # most serials one worker leases at a time
+    "SINGLE_LEASE_TAIL": (64, int),  # the last this many serials are leased only to waiting requests
+    "CLAIM_SHARDS": (12, int),  # claim shards (hash tags) per campaign: even over 2, 3, 4 or 6 masters
+    "LEASE_TTL": (30.0, float),  # seconds a lease lives without renewal
+    "STATE_REFRESH": (1.0, float),  # seconds a worker trusts its cached window / sold-out state
+    "CLAIM_BATCH_MAX": (256, int),  # most claims sent in one script call
+    "RATE_LIMIT": (20, int),  # requests per user per window, summed over all workers; 0: no limit
+    "RATE_LIMIT_WINDOW": (10, int),  # seconds of the fixed rate-limit window
     # Scheduler (flask jobs run): one leader at a time across hosts
-    SCHEDULER_LEASE = 10.0  # seconds; a standby takes over within this after the leader dies
-    FLUSH_INTERVAL = 0.5  # seconds between flushes of the outbox into the database
-    FLUSH_BATCH = 1000  # entries read per stream and round
-    FLUSH_CLAIM_IDLE = 5.0  # seconds before entries left pending by a dead flusher are taken over
-    STOCK_SYNC_INTERVAL = 5.0
-    LIFECYCLE_INTERVAL = 1.0
-    RECLAIM_INTERVAL = 5.0
+    "SCHEDULER_LEASE": (10.0, float),  # seconds; a standby takes over within this after the leader dies
+    "FLUSH_INTERVAL": (0.5, float),  # seconds between flushes of the outbox into the database
+    "FLUSH_BATCH": (1000, int),  # entries read per stream and round
+    "FLUSH_CLAIM_IDLE": (5.0, float),  # seconds before a dead flusher's pending entries are taken over
+    "STOCK_SYNC_INTERVAL": (5.0, float),
+    "LIFECYCLE_INTERVAL": (1.0, float),
+    "RECLAIM_INTERVAL": (5.0, float),
     # HTTP
-    MAX_CONTENT_LENGTH = 4096  # bytes; larger bodies answer 413
-    BODY_TIMEOUT = 5.0  # seconds from a request's arrival to the end of its body; later: 408
+    "MAX_CONTENT_LENGTH": (4096, int),  # bytes; larger bodies answer 413
+    "BODY_TIMEOUT": (5.0, float),  # seconds from a request's arrival to the end of its body; later: 408
     # The operators' page (/ops/): HTTP Basic with this password in production; none: no page
-    OPS_PASSWORD = ""
-
-    @classmethod
-    def load(cls):
-        """Return the settings as a dict: defaults, then the settings file, then the environment."""
-        values = {k: getattr(cls, k) for k in dir(cls) if k.isupper()}
-        path = os.environ.get("COUPON_SETTINGS", os.path.join("instance", "settings.py"))
-        if os.path.exists(path):
-            scope = {}
-            with open(path) as f:
-                exec(compile(f.read(), path, "exec"), scope)
-            values.update({k: v for k, v in scope.items() if k in values})
-        for key, default in list(values.items()):
-            if key in os.environ:
-                values[key] = type(default)(os.environ[key])
-        return values
+    "OPS_PASSWORD": ("", str),
+}
 
 
-def check_production(values):
-    """Refuse to run in production with the development secret."""
-    if values["ENV"] == "production" and values["SECRET_KEY"] in ("", DEV_SECRET_KEY):
+def from_environment(environ):
+    """The settings that environment variables set, each parsed; a value that does not parse is
+    refused with its name."""
+    values = {}
+    for name, (_, parse) in SETTINGS.items():
+        if name in environ:
+            try:
+                values[name] = parse(environ[name])
+            except ValueError:
+                raise RuntimeError(f"{name}={environ[name]!r} is not a valid {parse.__name__}") from None
+    return values
+
+
+def load_into(config, overrides=None):
+    """Fill a flask.Config: defaults, the settings file, the environment, then `overrides`;
+    refuse what production must not run with."""
+    config.from_mapping({name: default for name, (default, _) in SETTINGS.items()})
+    config.from_pyfile(os.path.abspath(os.environ.get("COUPON_SETTINGS", os.path.join("instance", "settings.py"))),
+                       silent=True)
+    config.from_mapping(from_environment(os.environ))
+    config.from_mapping(overrides or {})
+    check_production(config)
+    return config
+
+
+def check_production(config):
+    """Refuse to run in production with the development secret or the first run's SQLite file."""
+    if config["ENV"] != "production":
+        return
+    if config["SECRET_KEY"] in ("", DEV_SECRET_KEY):
         raise RuntimeError("SECRET_KEY must be set to a private value when ENV=production")
+    if config["DATABASE_URL"] in ("", SQLITE_DEFAULT):
+        raise RuntimeError("DATABASE_URL must name the production database (MySQL) when "
+                           "ENV=production, not the first run's SQLite file")

@@ -1,7 +1,7 @@
 """First-come-first-served coupon issuing service."""
 from flask import Flask
 
-from config.settings import Config, check_production
+from config import settings
 from coupon import extensions
 from coupon.errors import register_errorhandlers
 
@@ -9,9 +9,7 @@ from coupon.errors import register_errorhandlers
 def create_app(config=None):
     """Build the app: settings, gateways, routes, error handlers, CLI commands."""
     app = Flask(__name__, instance_relative_config=True)
-    app.config.update(Config.load())
-    app.config.update(config or {})
-    check_production(app.config)
+    settings.load_into(app.config, overrides=config)
     app.json.sort_keys = False
     register_extensions(app)
     register_blueprints(app)
@@ -25,12 +23,12 @@ def register_extensions(app):
 
 
 def register_blueprints(app):
-    from coupon import ops
+    from coupon import ops_page
     from coupon.api import IssueEndpoint, NoSessions, bp
     from coupon.bodies import BodyGuard
 
     app.register_blueprint(bp)
-    ops.register(app)  # the operators' page, where it is enabled
+    ops_page.register(app)  # the operators' page, where it is enabled
     app.session_interface = NoSessions()
     # the issue call without a body first (the flood's kind), then every body through the guard
     guarded = BodyGuard(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"], app.config["BODY_TIMEOUT"])

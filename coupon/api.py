@@ -1,20 +1,17 @@
 """The HTTP API: parse, call the service, map the outcome to a status."""
-import functools
 import json
 import re
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from flask.sessions import SessionInterface
-from redis.exceptions import RedisError
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.http import HTTP_STATUS_CODES
 
 from coupon.bodies import announces_body
-from coupon.campaigns import campaign_status, find_ticket, iso_ms
 from coupon.errors import JSON, BadRequest, CampaignNotFound, Unauthorized, as_coupon_error, error_answer
 from coupon.extensions import services
+from coupon.health import readiness
 from coupon.openapi import SPEC
+from coupon.queries import campaign_status, find_ticket
 
 bp = Blueprint("api", __name__)
 
@@ -58,24 +55,6 @@ def check_body(raw):
         raise BadRequest("the body must be empty or a JSON object")
 
 
-# A ticket's body, formatted rather than json.dumps'ed: every field is an int or a string of a
-# charset that needs no JSON escaping (user ids: signing.USER_ID; codes: hex; the time: ISO).
-# Compact and one line, as every other body (jsonify, errors.error_body).
-TICKET = '{"campaign_id":%d,"user_id":"%s","serial":%d,"code":"%s","issued_at":"%s"}\n'
-
-
-@functools.lru_cache(maxsize=4)  # the tickets of one second share all but the ms
-def iso_second(second):
-    return iso_ms(second * 1000)[:-5]  # without ".000Z"
-
-
-def ticket_body(ticket):
-    second, millis = divmod(ticket.issued_at_ms, 1000)
-    issued_at = "%s.%03dZ" % (iso_second(second), millis)
-    return (TICKET % (ticket.campaign_id, ticket.user_id, ticket.serial, ticket.code,
-                      issued_at)).encode()
-
-
 def answer_issue(svc, raw_id, authorization, read_body=None):
     """The answer to an issue call, as (body, status, headers); counted and timed. read_body,
     if the call has a body, reads it: only once the caller is known (bodies.py)."""
@@ -89,7 +68,7 @@ def answer_issue(svc, raw_id, authorization, read_body=None):
             check_body(read_body())
         ticket = svc.issuer.issue(campaign, user_id)
         outcome = "NEW" if ticket.new else "HELD"
-        return ticket_body(ticket), 201 if ticket.new else 200, []
+        return ticket.body(), 201 if ticket.new else 200, []
     except Exception as e:
         error = as_coupon_error(e)
         outcome = error.code
@@ -143,7 +122,7 @@ def ticket(raw_id):
     svc = services(current_app)
     campaign_id = campaign_id_of(raw_id)
     user_id = svc.signer.user_of(bearer_token(request.headers.get("Authorization", "")))
-    return jsonify(find_ticket(svc, campaign_id, user_id))
+    return Response(find_ticket(svc, campaign_id, user_id).body(), content_type=JSON)
 
 
 @bp.get("/openapi.json")
@@ -161,41 +140,6 @@ def metrics():
 @bp.get("/healthz")
 def healthz():
     return jsonify(status="ok")
-
-
-def readiness(svc):
-    """{"redis": "ok" or "down: <error>", "database": the same}; on a cluster also one entry
-    per master ("redis host:port"), and "redis" is ok only while every master is (and, with
-    REDIS_REPLICA_ACKS, has that many replicas keeping up)."""
-    checks = {"redis": "ok"}
-    try:
-        primaries = svc.redis.primaries()
-    except RedisError as e:
-        primaries, checks["redis"] = {}, f"down: {type(e).__name__}"
-    for name, node in primaries.items():  # every master: one down stops its users' sales
-        try:
-            state = "ok"
-            if svc.redis.replica_acks:  # a master short of replicas acknowledges nothing
-                info = node.info("replication")
-                replicas = int(info.get("min_slaves_good_slaves", info.get("connected_slaves", 0)))
-                if replicas < svc.redis.replica_acks:
-                    state = f"down: {replicas} of {svc.redis.replica_acks} replicas"
-            else:
-                node.ping()
-        except RedisError as e:
-            state = f"down: {type(e).__name__}"
-            svc.redis.refresh()  # a master gone: its replica may serve by the next look
-        if svc.redis.cluster:
-            checks[f"redis {name}"] = state
-        if state != "ok":
-            checks["redis"] = f"down: master {name}" if svc.redis.cluster else state
-    try:
-        with svc.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except SQLAlchemyError as e:
-        checks["database"] = f"down: {type(e).__name__}"
-    return checks
 
 
 @bp.get("/readyz")

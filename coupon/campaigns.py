@@ -1,66 +1,19 @@
-"""Campaign operations: create, open, close, status, tickets. Plain values in, plain values out."""
-import datetime as dt
+"""The operators' lifecycle of a campaign: create, open, stop issuing, close (drain, reconcile,
+release). Plain values in, plain values out; the CLI and the lifecycle job call these."""
 import os
 import socket
 import time
-import uuid
 
-from redis.exceptions import RedisError
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, update
 
-from coupon import db
-from coupon.errors import (
-    CampaignLost, CampaignNotFound, InvalidCampaign, NoTicket, RateLimited, ReconcileMismatch,
-    Unavailable,
-)
-from coupon.keys import ACTIVE
+from coupon import db, redis_state
+from coupon.clock import iso, utcnow
+from coupon.errors import InvalidCampaign, ReconcileMismatch, Unavailable
 from coupon.outbox import Flusher, outbox_stats
+from coupon.queries import campaign_row
 from coupon.reconcile import Report, mysql_tickets, reconcile
-from coupon.scripts import StoredClaim
 
 MAX_STOCK = 10_000_000
-UTC = dt.timezone.utc
-
-
-def utcnow():
-    return dt.datetime.now(UTC).replace(tzinfo=None)
-
-
-def parse_time(text):
-    """Parse an ISO 8601 time; a time without offset is UTC. Returns a naive UTC datetime."""
-    try:
-        value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidCampaign(f"not an ISO 8601 time: {text!r}") from None
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
-    return value
-
-
-def to_ms(value):
-    return int(value.replace(tzinfo=UTC).timestamp() * 1000) if value else 0
-
-
-def iso(value):
-    return value.replace(tzinfo=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z") if value else None
-
-
-def iso_ms(ms):
-    return iso(dt.datetime.fromtimestamp(ms / 1000, UTC).replace(tzinfo=None))
-
-
-def new_epoch():
-    """A campaign's epoch: its Redis state's identity, new when `recover` rebuilds it (lease.lua
-    and claim.lua refuse serials leased in another)."""
-    return uuid.uuid4().hex[:12]
-
-
-def campaign_row(engine, campaign_id):
-    with engine.connect() as conn:
-        row = conn.execute(select(db.campaigns).where(db.campaigns.c.id == campaign_id)).first()
-    if row is None:
-        raise CampaignNotFound(f"no campaign {campaign_id}")
-    return row
 
 
 def create_campaign(svc, name, stock, opens_at=None, closes_at=None):
@@ -86,56 +39,11 @@ def create_campaign(svc, name, stock, opens_at=None, closes_at=None):
                 issued=0, created_at=utcnow(),
             )
         ).inserted_primary_key[0]
+        keys = svc.keys(campaign_id)
         # a new id has no Redis state; anything there is left from a database since dropped
-        delete_keys(svc, svc.keys(campaign_id))
-        preload(svc, campaign_id, stock, status, opens_at, closes_at)
+        redis_state.delete_keys(svc.redis, keys)
+        redis_state.preload(svc.redis, keys, stock, status, opens_at, closes_at)
     return campaign_id
-
-
-def preload(svc, campaign_id, total, status, opens_at, closes_at):
-    """Write a campaign's window and stock into Redis; keep the cursor and epoch if they are there
-    already. Durable: replicas hold it before it counts (REDIS_REPLICA_ACKS).
-
-    The meta hash last: until it says so, the campaign is not open, and a failure before it
-    (one node down) leaves the campaign as it was."""
-    keys = svc.keys(campaign_id)
-    epoch = svc.redis.hget(keys.meta, "epoch") or new_epoch()
-    batch = svc.redis.batch(durable=True)
-    for shard in keys.all_shards():
-        batch.on(shard.state).hsetnx(shard.state, "issued", 0)  # the shard is live while it exists
-        batch.on(shard.state).hset(shard.state, "epoch", epoch)
-        if closes_at:
-            batch.on(shard.state).hset(shard.state, "closes_at", to_ms(closes_at))
-        else:
-            batch.on(shard.state).hdel(shard.state, "closes_at")
-    batch.on(keys.meta).hsetnx(keys.meta, "cursor", 0)
-    batch.on(ACTIVE).sadd(ACTIVE, campaign_id)
-    batch.execute()
-    batch = svc.redis.batch(durable=True)
-    batch.on(keys.meta).hset(keys.meta, mapping={
-        "total": total, "status": status, "opens_at": to_ms(opens_at), "closes_at": to_ms(closes_at),
-        "epoch": epoch,
-    })
-    batch.execute()
-
-
-def redis_holds(svc, row):
-    """Whether Redis holds the campaign; False once it was released after close. Raise
-    CampaignLost for one not closed that Redis no longer holds (restarted empty, a cluster
-    rebuilt): preloaded again it would issue serials the database has, and closed it would lose
-    the claims of its users; `recover` rebuilds it from the database first."""
-    if svc.redis.exists(svc.keys(row.id).meta):
-        return True
-    if row.status != "closed":
-        raise CampaignLost(f"Redis no longer holds campaign {row.id}: `flask campaign recover "
-                           f"{row.id}` rebuilds it from the database")
-    return False
-
-
-def close_claim_shards(batch, keys):
-    """Queue what makes every claim shard of a campaign refuse claims from now on."""
-    for shard in keys.all_shards():
-        batch.on(shard.state).hset(shard.state, "closes_at", 0)  # 0: closed, whatever the clock
 
 
 def open_campaign(svc, campaign_id):
@@ -143,7 +51,8 @@ def open_campaign(svc, campaign_id):
     row = campaign_row(svc.engine, campaign_id)
     if row.status == "closed":
         raise InvalidCampaign(f"campaign {campaign_id} is closed; it cannot open again")
-    redis_holds(svc, row)  # or CampaignLost
+    keys = svc.keys(campaign_id)
+    redis_state.redis_holds(svc.redis, keys, row)  # or CampaignLost
     now = utcnow()
     if row.closes_at and row.closes_at <= now:
         raise InvalidCampaign(f"campaign {campaign_id} ended at {iso(row.closes_at)}")
@@ -153,7 +62,7 @@ def open_campaign(svc, campaign_id):
             update(db.campaigns).where(db.campaigns.c.id == campaign_id)
             .values(status="open", opens_at=opens_at)
         )
-        preload(svc, campaign_id, row.total, "open", opens_at, row.closes_at)
+        redis_state.preload(svc.redis, keys, row.total, "open", opens_at, row.closes_at)
 
 
 def stop_issuing(svc, campaign_id):
@@ -161,12 +70,9 @@ def stop_issuing(svc, campaign_id):
     Return whether Redis holds the campaign (False: released by an earlier close)."""
     row = campaign_row(svc.engine, campaign_id)
     keys = svc.keys(campaign_id)
-    held = redis_holds(svc, row)
+    held = redis_state.redis_holds(svc.redis, keys, row)
     if held:
-        batch = svc.redis.batch(durable=True)  # a close lost at failover would reopen the sale
-        close_claim_shards(batch, keys)
-        batch.on(keys.meta).hset(keys.meta, "status", "closed")
-        batch.execute()
+        redis_state.stop_claims(svc.redis, keys)
     if row.status != "closed":
         with svc.engine.begin() as conn:
             conn.execute(
@@ -196,7 +102,7 @@ def close_campaign(svc, campaign_id, progress=None):
         conn.execute(
             update(db.campaigns).where(db.campaigns.c.id == campaign_id).values(issued=report.mysql_rows)
         )
-    release(svc, keys)
+    redis_state.release(svc.redis, keys)
     return report
 
 
@@ -219,116 +125,3 @@ def drain_outbox(svc, campaign_id, progress=None):
             raise Unavailable("the outbox does not drain; is another flusher stuck?")
         time.sleep(0 if moved else 0.1)
     return drained
-
-
-def release(svc, keys):
-    """Delete a closed campaign's Redis keys; from now on it is read from the database."""
-    svc.redis.srem(ACTIVE, keys.campaign_id)
-    delete_keys(svc, keys)
-
-
-def delete_keys(svc, keys):
-    """Delete every key of a campaign, one by one (they live on several nodes); the meta hash
-    last, so that until it is gone a close run again finds the campaign and finishes."""
-    batch = svc.redis.batch()
-    for key in keys.every_key():
-        if key != keys.meta:
-            batch.on(key).delete(key)
-    batch.execute()
-    svc.redis.delete(keys.meta)
-
-
-def issued_in_redis(svc, campaign_id):
-    """Sum the issued counters of a campaign's claim shards; None if Redis does not hold it."""
-    keys = svc.keys(campaign_id)
-    batch = svc.redis.batch()
-    batch.on(keys.meta).exists(keys.meta)
-    for shard in keys.all_shards():
-        batch.on(shard.state).hget(shard.state, "issued")
-    present, *counts = batch.execute()
-    return sum(int(c or 0) for c in counts) if present else None
-
-
-def campaign_status(svc, campaign_id):
-    """Public status of a campaign: from Redis while it is live, from MySQL after close."""
-    row = campaign_row(svc.engine, campaign_id)
-    try:
-        issued = issued_in_redis(svc, campaign_id)
-    except RedisError:
-        issued = None
-    return status_view(row, row.issued if issued is None else issued)
-
-
-def status_view(row, issued):
-    """The public status of a campaigns row with `issued` coupons."""
-    now = utcnow()
-    status = row.status
-    if status != "closed" and row.closes_at and now >= row.closes_at:
-        status = "closed"
-    elif status == "scheduled" and row.opens_at <= now:
-        status = "open"
-    if status == "open" and issued >= row.total:
-        status = "sold_out"
-    return {
-        "id": row.id, "name": row.name, "total": row.total, "issued": issued,
-        "remaining": row.total - issued, "status": status,
-        "opens_at": iso(row.opens_at), "closes_at": iso(row.closes_at),
-    }
-
-
-def list_campaigns(svc):
-    with svc.engine.connect() as conn:
-        ids = conn.execute(select(db.campaigns.c.id).order_by(db.campaigns.c.id)).scalars().all()
-    return [campaign_status(svc, i) for i in ids]
-
-
-def find_ticket(svc, campaign_id, user_id):
-    """Return the user's ticket as a dict: from Redis while the campaign is live, else MySQL."""
-    keys = svc.keys(campaign_id)
-    shard = keys.shard(keys.shard_of(user_id))
-    try:
-        batch = svc.redis.batch()
-        batch.on(keys.meta).exists(keys.meta)
-        batch.on(shard.claims).hget(shard.claims, user_id)
-        live, held = batch.execute()
-        if not live:
-            campaign_row(svc.engine, campaign_id)  # CAMPAIGN_NOT_FOUND before a key is written for it
-        count_request(svc, shard, user_id)
-    except RedisError:
-        raise Unavailable() from None
-    if held:
-        claim = StoredClaim.parse(held)
-        return ticket_dict(campaign_id, user_id, claim.serial, claim.code, claim.issued_at_ms)
-    if live:
-        raise NoTicket()
-    with svc.engine.connect() as conn:
-        row = conn.execute(
-            select(db.coupons).where(
-                db.coupons.c.campaign_id == campaign_id, db.coupons.c.user_id == user_id
-            )
-        ).first()
-    if row is None:
-        raise NoTicket()
-    return ticket_dict(campaign_id, user_id, row.serial, row.code, to_ms(row.issued_at))
-
-
-def count_request(svc, shard, user_id):
-    """Count a request of the user against RATE_LIMIT, with their issue calls (as claim.lua
-    does, in the same window hash); raise RateLimited past it."""
-    rate = svc.rate_limit
-    if not rate.limit:
-        return
-    window, left = rate.window()
-    key = shard.rate(window)
-    batch = svc.redis.batch()
-    batch.on(key).hincrby(key, user_id, 1)
-    batch.on(key).expire(key, rate.seconds)
-    if batch.execute()[0] > rate.limit:
-        raise RateLimited(retry_after=left)
-
-
-def ticket_dict(campaign_id, user_id, serial, code, issued_at_ms):
-    return {
-        "campaign_id": campaign_id, "user_id": user_id, "serial": serial, "code": code,
-        "issued_at": iso_ms(issued_at_ms),
-    }

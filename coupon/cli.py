@@ -1,27 +1,25 @@
-"""Operator commands: flask db ..., flask campaign ..., flask token ..., flask jobs ...
+"""Operator commands: flask db ..., flask campaign ..., flask token ... (`flask jobs` is jobs/cli.py).
 
 Each command is a thin layer over a service function; errors print a message and exit 1.
 """
 import functools
 import json
-import logging
 import sys
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from coupon import campaigns as ops
+from coupon import campaigns, queries
+from coupon.clock import parse_time
 from coupon.db import init_db
 from coupon.errors import CouponError
 from coupon.extensions import services
 from coupon.outbox import outbox_stats
-from coupon.jobs.scheduler import run_scheduler
 from coupon.recovery import count_rows, recover_campaign
 
 db_cli = AppGroup("db", help="Database schema.")
 campaign_cli = AppGroup("campaign", help="Create, open, close and inspect campaigns.")
-jobs_cli = AppGroup("jobs", help="The scheduler of the batch jobs.")
 
 
 def operator_errors(f):
@@ -46,9 +44,9 @@ class IsoTime(click.ParamType):
 
     def convert(self, value, param, ctx):
         try:
-            return ops.parse_time(value)
-        except CouponError as e:
-            self.fail(e.message, param, ctx)
+            return parse_time(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
 
 
 @db_cli.command("init")
@@ -60,13 +58,13 @@ def db_init():
 
 @campaign_cli.command("create")
 @click.option("--name", required=True, help="Shown to users.")
-@click.option("--stock", required=True, type=click.IntRange(1, ops.MAX_STOCK), help="Coupons.")
+@click.option("--stock", required=True, type=click.IntRange(1, campaigns.MAX_STOCK), help="Coupons.")
 @click.option("--opens-at", type=IsoTime(), help="Opens by itself then (UTC if no offset).")
 @click.option("--closes-at", type=IsoTime(), help="Stops issuing then (UTC if no offset).")
 @operator_errors
 def campaign_create(name, stock, opens_at, closes_at):
     """Create a campaign and print its id."""
-    click.echo(ops.create_campaign(svc(), name, stock, opens_at, closes_at))
+    click.echo(campaigns.create_campaign(svc(), name, stock, opens_at, closes_at))
 
 
 @campaign_cli.command("open")
@@ -74,7 +72,7 @@ def campaign_create(name, stock, opens_at, closes_at):
 @operator_errors
 def campaign_open(campaign_id):
     """Open a campaign now."""
-    ops.open_campaign(svc(), campaign_id)
+    campaigns.open_campaign(svc(), campaign_id)
     click.echo(f"campaign {campaign_id} is open")
 
 
@@ -89,7 +87,7 @@ def campaign_close(campaign_id):
     service = svc()
     backlog = outbox_stats(service.redis, service.keys(campaign_id))[0]
     with click.progressbar(length=backlog, label="draining outbox", file=sys.stderr) as bar:
-        report = ops.close_campaign(service, campaign_id, progress=bar.update)
+        report = campaigns.close_campaign(service, campaign_id, progress=bar.update)
     click.echo("\n".join(report.lines()))
     click.echo(f"campaign {campaign_id} is closed")
 
@@ -117,7 +115,7 @@ def campaign_recover(campaign_id):
 def campaign_status(campaign_id):
     """Print a campaign's status as JSON, with the outbox backlog and flush lag."""
     service = svc()
-    status = ops.campaign_status(service, campaign_id)
+    status = queries.campaign_status(service, campaign_id)
     backlog, lag = outbox_stats(service.redis, service.keys(campaign_id))
     status["outbox"] = {"backlog": backlog, "flush_lag_seconds": lag}
     click.echo(json.dumps(status, indent=2))
@@ -127,7 +125,7 @@ def campaign_status(campaign_id):
 @operator_errors
 def campaign_list():
     """List every campaign, one line each."""
-    for c in ops.list_campaigns(svc()):
+    for c in queries.list_campaigns(svc()):
         click.echo(f"{c['id']}\t{c['status']}\t{c['issued']}/{c['total']}\t{c['name']}")
 
 
@@ -167,15 +165,7 @@ def token_bulk(count, prefix, ttl):
         click.echo(f"{user_id}\t{signer.mint(user_id, ttl)}")
 
 
-@jobs_cli.command("run")
-def jobs_run():
-    """Run the scheduler in the foreground (flush, stock sync, lifecycle, reclaim)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_scheduler(current_app._get_current_object())
-
-
 def register(app):
-    app.cli.add_command(jobs_cli)
     app.cli.add_command(db_cli)
     app.cli.add_command(campaign_cli)
     app.cli.add_command(token_cli)

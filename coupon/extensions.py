@@ -1,8 +1,9 @@
 """The gateways a worker needs, built once in init_app and kept in app.extensions["coupon"]."""
 from coupon.db import make_engine
 from coupon.issuing import Issuer
-from coupon.keys import CampaignKeys, RateLimit
+from coupon.keys import CampaignKeys
 from coupon.metrics import Metrics
+from coupon.rate_limit import RateLimit
 from coupon.redis_nodes import RedisNodes
 from coupon.scripts import Scripts
 from coupon.signing import Signer

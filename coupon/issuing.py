@@ -12,30 +12,17 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 from sqlalchemy import select
 
 from coupon import db
 from coupon.claims import Claims
-from coupon.errors import CampaignNotFound, Closed, NotOpen, RateLimited, SoldOut, Unavailable
+from coupon.clock import now_ms
+from coupon.errors import CampaignNotFound, Closed, NotOpen, SoldOut, Unavailable
 from coupon.scripts import Claim
 from coupon.supply import TAIL_RECHECK, CampaignGone, SerialSupply
-
-
-@dataclass
-class Ticket:
-    campaign_id: int
-    user_id: str
-    serial: int
-    code: str
-    issued_at_ms: int
-    new: bool = True
-
-
-def now_ms():
-    return int(time.time() * 1000)
+from coupon.tickets import Ticket
 
 
 class LiveCampaign:
@@ -152,8 +139,7 @@ class Issuer:
         if reply.outcome is Claim.CLOSED:
             raise Closed()
         if reply.outcome is Claim.RATE_LIMITED:  # retry once this window is over
-            _, left = self.rate_limit.window()
-            raise RateLimited(retry_after=left)
+            raise self.rate_limit.exceeded()
         if reply.outcome is Claim.STALE:  # released, lost or recovered: the serial is not ours
             raise CampaignGone()
         raise AssertionError(f"no ticket in {reply}")

@@ -12,27 +12,12 @@ contiguous ranges of slots, so each owns its share of the shards (with the defau
 4 each on 3 masters, 3 on 4, 2 on 6). Campaigns share these slots; their home keys spread by id.
 """
 import functools
-import time
 import zlib
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 ACTIVE = "campaigns:active"  # set of campaign ids the jobs walk
 SCHEDULER_LEADER = "scheduler:leader"
-
-
-class RateLimit:
-    """The per-user rate limit: `limit` requests (0: no limit) per fixed window of `seconds`,
-    counted by claim.lua for issue calls and by campaigns.count_request for ticket lookups."""
-
-    def __init__(self, limit, seconds):
-        self.limit = limit
-        self.seconds = max(1, int(seconds))
-
-    def window(self):
-        """(number of the current window, seconds left in it)."""
-        now = int(time.time())
-        return now // self.seconds, self.seconds - now % self.seconds
 
 
 def active_campaigns(redis):

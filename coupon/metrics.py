@@ -1,7 +1,7 @@
 """Prometheus metrics: what operators watch during a sale or a load test.
 
 Under gunicorn each worker writes its values to files in PROMETHEUS_MULTIPROC_DIR (set up by
-config/gunicorn.conf.py) and /metrics sums them over the workers; without that variable (tests,
+gunicorn.conf.py) and /metrics sums them over the workers; without that variable (tests,
 `flask run`) they live in this process. On the hot path a request only appends its outcome and
 duration to a queue, never writes a file nor calls Redis: the queue is counted in bulk (one
 write per outcome) whenever the worker has no issue request in progress, at least every

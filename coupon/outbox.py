@@ -8,13 +8,13 @@ Only what replicas hold is read (a durable batch, REDIS_REPLICA_ACKS): a claim t
 loses was never acknowledged to its user, and must not have a row either, or its serial, issued
 again, would clash with it. A node down or unacknowledged holds back only its own streams.
 """
-import datetime as dt
 import time
 
 from redis.exceptions import ResponseError
 from sqlalchemy.dialects import mysql, sqlite
 
 from coupon import db
+from coupon.clock import from_ms
 from coupon.keys import active_campaigns
 from coupon.scripts import OutboxEntry
 
@@ -34,9 +34,8 @@ def insert_ignoring_duplicates(dialect_name):
 def entry_row(fields):
     """The coupons row of an outbox entry (its fields: scripts.OutboxEntry)."""
     entry = OutboxEntry.decode(fields)
-    issued_at = dt.datetime.fromtimestamp(entry.issued_at_ms / 1000, dt.timezone.utc)
     return {"campaign_id": entry.campaign_id, "user_id": entry.user_id, "serial": entry.serial,
-            "code": entry.code, "issued_at": issued_at.replace(tzinfo=None)}
+            "code": entry.code, "issued_at": from_ms(entry.issued_at_ms)}
 
 
 class Flusher:

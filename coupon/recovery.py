@@ -13,12 +13,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
-from coupon import db
-from coupon.campaigns import (
-    campaign_row, close_claim_shards, delete_keys, drain_outbox, new_epoch, to_ms, utcnow,
-)
+from coupon import db, redis_state
+from coupon.campaigns import drain_outbox
+from coupon.clock import to_ms, utcnow
 from coupon.errors import NothingToRecover
-from coupon.keys import ACTIVE
+from coupon.queries import campaign_row
 from coupon.scripts import StoredClaim
 
 CHUNK = 2000  # rows read, and their claims written (about as many commands), per round trip
@@ -91,7 +90,7 @@ def recover_campaign(svc, campaign_id, progress=None):
     drained = save_what_redis_kept(svc, keys)
     per_shard, cursor, returned = restore_claims(svc, keys, progress)
     status = live_status(row)
-    go_live(svc, keys, row, status, cursor, per_shard)
+    redis_state.restore(svc.redis, keys, row, status, cursor, per_shard)
     return RecoveryReport(campaign_id, status, per_shard, cursor, returned, drained, row.issued)
 
 
@@ -100,10 +99,10 @@ def save_what_redis_kept(svc, keys):
     their outbox streams into the database, then delete every key of the campaign: what is left
     of the lost state, or of a recover that failed halfway. Return the rows drained."""
     batch = svc.redis.batch(durable=True)
-    close_claim_shards(batch, keys)
+    redis_state.close_claim_shards(batch, keys)
     batch.execute()
     drained = drain_outbox(svc, keys.campaign_id)
-    delete_keys(svc, keys)
+    redis_state.delete_keys(svc.redis, keys)
     return drained
 
 
@@ -156,23 +155,3 @@ def live_status(row):
     if row.status == "scheduled" and row.opens_at <= utcnow():
         return "open"
     return row.status
-
-
-def go_live(svc, keys, row, status, cursor, per_shard):
-    """Write the shards' state (from here they take claims) under a new epoch and the registry of
-    active campaigns; then the meta hash, alone and last: from it workers serve the campaign again."""
-    epoch = new_epoch()
-    batch = svc.redis.batch(durable=True)
-    for shard, issued in zip(keys.all_shards(), per_shard):
-        state = {"issued": issued, "epoch": epoch}
-        if row.closes_at:
-            state["closes_at"] = to_ms(row.closes_at)
-        batch.on(shard.state).hset(shard.state, mapping=state)
-    batch.on(ACTIVE).sadd(ACTIVE, keys.campaign_id)
-    batch.execute()
-    batch = svc.redis.batch(durable=True)
-    batch.on(keys.meta).hset(keys.meta, mapping={
-        "total": row.total, "cursor": cursor, "status": status, "opens_at": to_ms(row.opens_at),
-        "closes_at": to_ms(row.closes_at), "epoch": epoch,
-    })
-    batch.execute()

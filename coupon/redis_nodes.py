@@ -79,7 +79,7 @@ class RedisNodes:
         )
         self._timeout = timeout
         acks = config["REDIS_REPLICA_ACKS"]
-        self.replica_acks = int(acks) if str(acks).strip() else int(self.cluster)
+        self.replica_acks = int(self.cluster) if acks is None else acks
         # at most half of REDIS_TIMEOUT, so that the reply comes before the socket gives up; never
         # 0, which would wait for ever
         self.replica_timeout_ms = max(1, int(min(config["REDIS_REPLICA_TIMEOUT"], timeout / 2) * 1000))

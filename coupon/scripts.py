@@ -1,4 +1,4 @@
-"""The Lua protocol: the scripts (one file each in scripts/, registered once per Redis client) and
+"""The Lua protocol: the scripts (one file each in lua/, registered once per Redis client) and
 what their replies and stored values mean. Nothing outside this module indexes a script's reply
 or splits a value a script stored.
 
@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from coupon.redis_nodes import Script
 
-SCRIPT_DIR = Path(__file__).parent / "scripts"
+SCRIPT_DIR = Path(__file__).parent / "lua"
 
 
 class Claim(enum.IntEnum):

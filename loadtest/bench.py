@@ -33,17 +33,15 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from redis import Redis
 
-from redis import Redis  # noqa: E402
-
-from coupon import campaigns as ops, create_app  # noqa: E402
-from loadtest.run import scrape  # noqa: E402
-from tests.support import (  # noqa: E402
-    Gunicorn, LocalCluster, RedisTarget, fresh_database, open_campaign, service_env, terminate,
+from coupon import create_app
+from coupon.redis_state import issued_in_redis
+from loadtest.harness import (
+    ROOT, Gunicorn, LocalCluster, RedisTarget, fresh_database, open_campaign, service_env, terminate,
     users,
 )
+from loadtest.run import scrape
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/coupon_bench")
@@ -226,7 +224,8 @@ def run(seconds, connections, only="abcdefg", with_ops_page=False):
             results[key] = r
         for key in "bdfg":
             if key in results:
-                results[key]["issued"] = ops.issued_in_redis(csvc if key in envs else svc, ids[key])
+                on = csvc if key in envs else svc
+                results[key]["issued"] = issued_in_redis(on.redis, on.keys(ids[key]))
     finally:  # stopped by pid even when a phase fails
         if server:
             server.stop()

@@ -1,5 +1,5 @@
 """The ceilings of the benchmark, served by the same gunicorn config as the product
-(`gunicorn -c config/gunicorn.conf.py loadtest.ceiling_app:app`), so a ratio product/ceiling
+(`gunicorn -k gevent loadtest.ceiling_app:app`), so a ratio product/ceiling
 measures our own cost only:
 
 app:  a bare Flask endpoint returning small JSON, nothing else (the issue's ceiling, (a));

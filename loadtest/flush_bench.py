@@ -19,10 +19,11 @@ import time
 
 from redis import Redis
 
-from coupon import campaigns as ops
 from coupon.outbox import Flusher, outbox_stats
+from coupon.reconcile import mysql_tickets
+from coupon.redis_state import issued_in_redis
 from loadtest import bench
-from tests.support import Scheduler, open_campaign
+from loadtest.harness import Scheduler, open_campaign
 
 ROOT = bench.ROOT
 REDIS_URL = os.environ.get("FLUSH_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
@@ -37,13 +38,14 @@ def fill_outbox(svc, campaign_id, rows):
     for serial in range(1, rows + 1):
         user = f"u{serial}"
         per_shard.setdefault(keys.shard_of(user), []).append((user, serial))
+    epoch = svc.redis.hget(keys.meta, "epoch")
     for k, claims in per_shard.items():
         shard = keys.shard(k)
         for i in range(0, len(claims), 500):
-            args = [campaign_id, 0, 10]  # rate limit off
+            args = [campaign_id, 0, 10, epoch]  # rate limit off
             for user, serial in claims[i:i + 500]:
                 args += [user, serial, svc.signer.ticket_code(campaign_id, serial)]
-            svc.scripts.claim(keys=[*shard.all(), shard.rate(0)], args=args)
+            svc.redis.run(svc.scripts.claim, [*shard.all(), shard.rate(0)], args)
 
 
 def flush_rate(svc, rows):
@@ -85,10 +87,10 @@ def flush_lag(svc, env, stock, seconds):
             sampler.join()
         server.stop()
         jobs.stop(30)
-    issued = ops.issued_in_redis(svc, keys)
+    issued = issued_in_redis(svc.redis, keys)
     return {"rps": result["rps"], "issued": issued, "max_backlog": max(b for b, _ in samples),
             "max_lag_s": max(lag for _, lag in samples), "drained_after_s": drained_after,
-            "rows": len(ops.mysql_tickets(svc.engine, campaign_id)) if hasattr(ops, "mysql_tickets") else None}
+            "rows": len(mysql_tickets(svc.engine, campaign_id))}
 
 
 def main():

@@ -13,18 +13,15 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
-import os  # noqa: E402
 import socket  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
 
 import gevent  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from coupon import create_app  # noqa: E402
+from loadtest.harness import open_campaign  # noqa: E402
 from loadtest.run import RAMP_SHARES, close  # noqa: E402
-from tests.support import open_campaign  # noqa: E402
 
 
 def schedule(users, duration):

@@ -24,15 +24,15 @@ import gc
 import itertools
 import json
 import os
-import sys
 import time
 
 from locust import FastHttpUser, LoadTestShape, constant, events, task
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from config.settings import Config  # noqa: E402
-from coupon.signing import Signer  # noqa: E402
-from loadtest.run import RAMP_SHARES  # noqa: E402
+from flask import Config
+
+from config import settings
+from coupon.signing import Signer
+from loadtest.run import RAMP_SHARES
 
 SCENARIO = os.environ.get("SCENARIO", "rush")
 if SCENARIO not in ("rush", "ramp"):
@@ -99,7 +99,7 @@ if SCENARIO == "ramp":
 @functools.cache
 def signer():
     """The service's Signer (its SECRET_KEY signs the tokens), made at the first use, not at import."""
-    config = Config.load()
+    config = settings.load_into(Config(os.getcwd()))
     return Signer(config["SECRET_KEY"], config["TOKEN_TTL"])
 
 

@@ -20,15 +20,13 @@ import time
 import urllib.request
 from collections import Counter
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from sqlalchemy import select
 
-from sqlalchemy import select  # noqa: E402
-
-from coupon import campaigns as ops, create_app, db  # noqa: E402
-from coupon.errors import CouponError  # noqa: E402
-from coupon.reconcile import redis_claims  # noqa: E402
-from tests.support import open_campaign  # noqa: E402
+from coupon import create_app, db
+from coupon.campaigns import close_campaign
+from coupon.errors import CouponError
+from coupon.reconcile import redis_claims
+from loadtest.harness import ROOT, open_campaign
 
 # the second post's k6 stages: users at the end of each, as a share of the peak (equal lengths)
 RAMP_SHARES = (1 / 6, 1, 1, 0)
@@ -136,7 +134,7 @@ def database_tickets(svc, campaign_id):
 def close(svc, campaign_id, said="closed: "):
     """Close the campaign (stop, drain, reconcile, release) and say what happened."""
     try:
-        report = ops.close_campaign(svc, campaign_id)
+        report = close_campaign(svc, campaign_id)
     except CouponError as e:
         return f"close failed: {e.code}: {e.message}"
     return said + "; ".join(report.lines())

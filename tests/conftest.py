@@ -8,10 +8,11 @@ import redis
 
 from coupon import create_app
 from coupon.signing import Signer
-from tests.support import (
-    SECRET, Gunicorn, LocalCluster, RedisServer, RedisTarget, Scheduler, app_config, fresh_database,
+from loadtest.harness import (
+    SECRET, Gunicorn, LocalCluster, RedisServer, RedisTarget, Scheduler, fresh_database,
     service_env,
 )
+from tests.support import app_config
 from tests.flood import NODE_TIMEOUT_MS
 
 MYSQL_URL = os.environ.get("TEST_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/coupon_test")

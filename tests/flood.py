@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from coupon import campaigns as ops
-from coupon import create_app
+from coupon import campaigns, create_app, redis_state
 from coupon.reconcile import mysql_tickets
-from tests.support import FAST_JOBS, Gunicorn, Scheduler, app_config, flood, request, service_env, wait_until
+from loadtest.harness import Gunicorn, Scheduler, service_env, wait_until
+from tests.support import FAST_JOBS, app_config, flood, request
 
 STOCK = 1000
 USERS = 5000  # distinct users; a fifth of each wave are earlier users asking again
@@ -47,7 +47,7 @@ def issued_counter(svc, campaign_id):
     """issued() -> the campaign's issued counters summed in Redis; 0 while Redis is unreachable."""
     def issued():
         try:
-            return ops.issued_in_redis(svc, campaign_id) or 0
+            return redis_state.issued_in_redis(svc.redis, svc.keys(campaign_id)) or 0
         except RedisError:
             return 0
 
@@ -173,7 +173,7 @@ def close_and_check(svc, signer, campaign_id, told, lost_with_redis=()):
     told of, STOCK of them, serials 1..STOCK once each, every code the ticket's. Users in
     `lost_with_redis` were told of a ticket that Redis lost before it reached the database: they
     may have no row."""
-    report = ops.close_campaign(svc, campaign_id)  # raises unless Redis and MySQL agree
+    report = campaigns.close_campaign(svc, campaign_id)  # raises unless Redis and MySQL agree
     assert report.mysql_rows == report.redis_claims == report.redis_counter == STOCK
     rows = mysql_tickets(svc.engine, campaign_id)
     lost = sorted((u, t, rows.get(u)) for u, t in told.items()

@@ -1,192 +1,31 @@
-"""The harness the tests and loadtest/ share: real servers on free ports, real concurrent
-clients, a fresh database, campaigns and users, and the checks more than one test makes."""
+"""What more than one test uses: HTTP calls on fresh connections, a flood of concurrent clients,
+the test app's settings, the checks of exact tickets, a TCP proxy to cut. The processes, the
+database and the campaigns they run on come from loadtest/harness.py."""
 import http.client
 import json
-import os
 import re
-import shutil
-import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
 
 import pytest
-import redis
-from redis.cluster import RedisCluster
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
-from coupon import campaigns as ops
-from coupon.db import init_db, make_engine
+from loadtest.harness import SECRET, RedisTarget, free_port
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SECRET = "test-secret-not-for-production"
 # the scheduler's jobs at a pace a test can wait for
 FAST_JOBS = dict(FLUSH_INTERVAL=0.2, STOCK_SYNC_INTERVAL=0.5, LIFECYCLE_INTERVAL=0.5,
                  RECLAIM_INTERVAL=0.5, SCHEDULER_LEASE=2, FLUSH_CLAIM_IDLE=1)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(check, timeout=20.0, interval=0.05, what="condition"):
-    """Poll check() until it returns a truthy value; fail after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-            if value:
-                return value
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 # a test that runs on a single Redis and on the session's Redis Cluster (fixture redis_kind)
 on_single_and_cluster = pytest.mark.parametrize("redis_kind", ["single", "cluster"])
 
 
-class RedisTarget(NamedTuple):
-    """Where the service under test keeps its live state: a single Redis (its URL), or a
-    Redis Cluster (its startup nodes)."""
-
-    url: str = "redis://127.0.0.1:6379/0"
-    cluster_nodes: str = ""
-
-    @classmethod
-    def of(cls, target):
-        """A RedisTarget, or the URL of a single Redis."""
-        return target if isinstance(target, cls) else cls(target)
-
-    def settings(self):
-        return dict(REDIS_URL=self.url, REDIS_CLUSTER_NODES=self.cluster_nodes)
-
-    def client(self):
-        """A client to look at what the service wrote (decoded)."""
-        if self.cluster_nodes:
-            host, port = self.cluster_nodes.split(",")[0].split(":")
-            return RedisCluster(host=host, port=int(port), decode_responses=True)
-        return redis.Redis.from_url(self.url, decode_responses=True)
-
-
 def app_config(database_url, redis_target, **extra):
     """The settings of an app made in this process (create_app); redis_target: RedisTarget.of."""
     return dict(TESTING=True, SECRET_KEY=SECRET, DATABASE_URL=database_url,
                 **RedisTarget.of(redis_target).settings(), **extra)
-
-
-def service_env(database_url, redis_target, **extra):
-    """The environment of a service process (gunicorn, `flask jobs run`); extra overrides any
-    setting, SECRET_KEY too. The settings file named does not exist: instance/settings.py is
-    not read."""
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=database_url, SECRET_KEY=SECRET, **RedisTarget.of(redis_target).settings(),
-        COUPON_SETTINGS=os.path.join(ROOT, "tests", "no-settings-file.py"),
-        PYTHONPATH=ROOT,
-    )
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
-def terminate(proc, timeout):
-    """Stop a process gracefully (SIGTERM); kill it if it has not exited after timeout seconds."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-class ChildProcess:
-    """A process a test started (self.proc, logging to self.log), stopped by its pid."""
-
-    stop_timeout = 20  # seconds between SIGTERM and kill
-
-    def kill(self):
-        """Die at once (kill -9), without a chance to clean up."""
-        self.proc.kill()
-        self.proc.wait()
-
-    def stop(self, timeout=None):
-        terminate(self.proc, timeout or self.stop_timeout)
-        self.log.close()
-
-
-class Gunicorn(ChildProcess):
-    """A real gunicorn master with the product's config (-k gevent) serving `app` on a free
-    loopback port, ready once /healthz answers. It logs to `log_path` (default
-    instance/gunicorn-<port>.log); with private_metrics, its PROMETHEUS_MULTIPROC_DIR is a fresh
-    temporary folder, removed on stop, so that /metrics counts this server's requests only."""
-
-    def __init__(self, env, workers=2, app="app:app", log_path=None, private_metrics=False, **settings):
-        self.app = app
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(env, BIND=f"127.0.0.1:{self.port}", WEB_WORKERS=str(workers), LOG_LEVEL="warning")
-        self.metrics_dir = tempfile.mkdtemp(prefix="gunicorn-prom-") if private_metrics else None
-        if self.metrics_dir:
-            env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
-        env.update({k: str(v) for k, v in settings.items()})
-        self.log_path = log_path or os.path.join(ROOT, "instance", f"gunicorn-{self.port}.log")
-        self.log = open(self.log_path, "w+")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
-             "--no-control-socket", app],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_until(self._healthy, timeout=30, what=f"gunicorn {app} to answer /healthz")
-        except BaseException:
-            self.stop()
-            raise
-
-    def _healthy(self):
-        if self.proc.poll() is not None:
-            self.log.seek(0)
-            raise RuntimeError(f"gunicorn {self.app} exited ({self.log_path}):\n" + self.log.read())
-        return get(self.url, "/healthz")[0] == 200
-
-    def worker_pids(self):
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)],
-                             capture_output=True, text=True).stdout
-        return [int(p) for p in out.split()]
-
-    stop_timeout = 30
-
-    def stop(self, timeout=None):
-        super().stop(timeout)
-        if self.metrics_dir:
-            shutil.rmtree(self.metrics_dir, ignore_errors=True)
-
-
-class Scheduler(ChildProcess):
-    """A real `flask jobs run` process (the APScheduler leader or a standby), logging to
-    `log_path` (default instance/jobs-<ns>.log)."""
-
-    def __init__(self, env, log_path=None, **settings):
-        env = dict(env, FLASK_APP="app.py", **{k: str(v) for k, v in settings.items()})
-        self.log_path = log_path or os.path.join(ROOT, "instance", f"jobs-{time.time_ns()}.log")
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "flask", "jobs", "run"], cwd=ROOT, env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-
-    def output(self):
-        with open(self.log_path) as f:
-            return f.read()
 
 
 def request(base_url, method, path, token=None, body=None, headers=None, timeout=30):
@@ -242,41 +81,14 @@ def fresh_window(window, need):
         time.sleep(left + 0.01)
 
 
-def fresh_database(database_url):
-    """Drop and create the database of `database_url` (a SQLite file is only added to), with
-    the tables."""
-    url = make_url(database_url)
-    if url.get_backend_name() != "sqlite":
-        server = create_engine(url.set(database=""))
-        with server.begin() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS `{url.database}`"))
-            conn.execute(text(f"CREATE DATABASE `{url.database}` CHARACTER SET utf8mb4"))
-        server.dispose()
-    engine = make_engine(database_url)
-    init_db(engine)
-    engine.dispose()
-
-
 def issue_directly(svc, campaign_id, user_id):
     """Issue through this process's Issuer, as a worker would (no HTTP): the ticket."""
     return svc.issuer.issue(svc.issuer.admit(campaign_id), user_id)
 
 
-def open_campaign(svc, stock, name="flood"):
-    """Create a campaign of `stock` coupons and open it; return its id."""
-    campaign_id = ops.create_campaign(svc, name, stock)
-    ops.open_campaign(svc, campaign_id)
-    return campaign_id
-
-
 def campaign_ids_in_keys(keys):
     """The campaign ids Redis keys belong to: {c:ID}:... (home) and {sK.N}:c:ID:... (shards)."""
     return {int(m.group(1)) for key in keys for m in [re.search(r"(?:^\{|\}:)c:(\d+)", key)] if m}
-
-
-def users(signer, count, prefix="u", ttl=None):
-    """[(user id, bearer token)] of users <prefix>0 .. <prefix><count - 1>."""
-    return [(f"{prefix}{i}", signer.mint(f"{prefix}{i}", ttl)) for i in range(count)]
 
 
 def assert_exact_tickets(results, signer, campaign_id, stock):
@@ -307,137 +119,6 @@ def assert_error(response, status, code):
     assert response.json["error"]["code"] == code
     assert response.json["error"]["message"]
     assert "Traceback" not in response.get_data(as_text=True)
-
-
-class RedisServer(ChildProcess):
-    """A private `redis-server` on a free loopback port, logging every write to an append-only
-    file in `folder` (fsync per `appendfsync`; "no file": none), so that it can be killed (what
-    is not in the append-only file is lost) and started again. `extra`: more arguments."""
-
-    stop_timeout = 10
-
-    def __init__(self, folder, appendfsync="always", *extra, detach=False):
-        self.folder = str(folder)
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        aof = ["--appendonly", "no"] if appendfsync == "no file" else \
-            ["--appendonly", "yes", "--appendfsync", appendfsync]
-        self.args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                     "--dir", self.folder, *aof, "--save", "", *extra]
-        self.detach = detach  # in a session of its own: it outlives this process (make cluster)
-        self.log = open(os.path.join(self.folder, "redis-server.log"), "a")
-        self.proc = None
-        self.start()
-
-    def start(self):
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=self.detach)
-        with self.client() as client:
-            wait_until(client.ping, timeout=10, what="redis-server to answer PING")
-
-    def client(self, timeout=2):
-        return redis.Redis(port=self.port, socket_timeout=timeout, decode_responses=True)
-
-    def info(self, section):
-        with self.client() as client:
-            return client.info(section)
-
-
-class LocalCluster:
-    """A real Redis Cluster on free loopback ports: `masters` masters, each with one replica
-    (`redis-server --cluster-enabled yes` joined by `redis-cli --cluster create`), every node a
-    RedisServer in its own folder under `folder`, stopped by its pid. The tests' session cluster,
-    the fault tests' own ones, and `make cluster` (tests/cluster.py).
-
-    A master takes writes only while its replica is linked and has acknowledged within
-    `max_lag_s` seconds (min-replicas-to-write 1): one cut off from its replica, or a promoted
-    replica whose old master has not come back as its replica, refuses writes (NOREPLICAS)."""
-
-    def __init__(self, folder, masters=3, node_timeout_ms=3000, appendfsync="no file", extra=(),
-                 detach=False, max_lag_s=10):
-        self.folder = str(folder)
-        self.nodes = []
-        try:
-            for i in range(2 * masters):
-                node_folder = os.path.join(self.folder, f"node-{i}")
-                os.makedirs(node_folder, exist_ok=True)
-                self.nodes.append(RedisServer(
-                    node_folder, appendfsync, "--cluster-enabled", "yes",
-                    "--cluster-config-file", "nodes.conf", "--cluster-port", str(free_port()),
-                    "--cluster-node-timeout", str(node_timeout_ms),
-                    # a master down stops only its own slots, not the whole cluster
-                    "--cluster-require-full-coverage", "no",
-                    "--min-replicas-to-write", "1", "--min-replicas-max-lag", str(max_lag_s),
-                    # a node back after a failover syncs from its new master at once, not 5 s later
-                    "--repl-diskless-sync-delay", "0",
-                    *extra, detach=detach))
-            subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
-                            "--cluster-replicas", "1", "--cluster-yes"],
-                           check=True, capture_output=True, timeout=60)
-            self.wait_healthy(masters)
-        except BaseException:
-            self.stop()
-            raise
-
-    @property
-    def startup_nodes(self):
-        """REDIS_CLUSTER_NODES for this cluster."""
-        return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
-
-    def live(self):
-        return [n for n in self.nodes if n.proc.poll() is None]
-
-    def wait_healthy(self, masters=3, timeout=60):
-        """Until every live node says cluster_state:ok and `masters` masters each have a replica
-        whose link to it is up, and take writes."""
-        def healthy():
-            for node in self.live():
-                with node.client() as client:
-                    if client.cluster("info")["cluster_state"] != "ok":
-                        return False
-            replicas = [n.info("replication") for n in self.live()]
-            linked = [r for r in replicas if r["role"] == "slave" and r["master_link_status"] == "up"]
-            # and each master counts its replica as good: it takes writes (min-replicas-to-write)
-            writable = [r for r in replicas
-                        if r["role"] == "master" and r.get("min_slaves_good_slaves", 1) >= 1]
-            return len(writable) == masters and len(linked) >= masters
-        wait_until(healthy, timeout=timeout, interval=0.2, what="the cluster to be ok, every replica linked")
-
-    def slot_map(self):
-        """[(first slot, last slot, port of its master)] as the first live node that answers
-        sees the cluster (one may hang: SIGSTOP)."""
-        for node in self.live():
-            try:
-                with node.client(timeout=0.5) as client:
-                    slots = client.execute_command("CLUSTER SLOTS")
-            except redis.RedisError:
-                continue
-            return [(first, last, int(master[1])) for first, last, master, *_ in slots]
-        raise RuntimeError("no node of the cluster answers")
-
-    def master_of(self, slot):
-        """The node that serves `slot` as master (None if that master is dead)."""
-        port = next(port for first, last, port in self.slot_map() if first <= slot <= last)
-        return next((n for n in self.live() if n.port == port), None)
-
-    def masters(self):
-        ports = {port for _, _, port in self.slot_map()}
-        return [n for n in self.live() if n.port in ports]
-
-    def replica_of(self, master):
-        """The live node that replicates `master`."""
-        return next(n for n in self.live() if n is not master and
-                    n.info("replication").get("master_port") == master.port)
-
-    def flush(self):
-        for node in self.live():
-            if node.info("replication")["role"] == "master":
-                with node.client() as client:
-                    client.flushall()
-
-    def stop(self):
-        for node in self.nodes:
-            node.stop()
 
 
 class TcpProxy:

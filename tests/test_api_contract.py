@@ -3,10 +3,10 @@ import datetime as dt
 
 import pytest
 
-from coupon import campaigns as ops
-from coupon import create_app
+from coupon import campaigns, clock, create_app
 from coupon.signing import Signer
-from tests.support import RedisTarget, on_single_and_cluster, app_config, assert_error, free_port, issue, open_campaign
+from loadtest.harness import RedisTarget, free_port, open_campaign
+from tests.support import app_config, assert_error, issue, on_single_and_cluster
 
 pytestmark = on_single_and_cluster
 
@@ -70,28 +70,28 @@ def test_bad_request_body(client, signer, open_id):
 
 
 def test_not_open_before_opens_at_and_pending(client, svc, signer):
-    soon = ops.utcnow() + dt.timedelta(hours=1)
-    scheduled = ops.create_campaign(svc, "later", 10, opens_at=soon)
-    pending = ops.create_campaign(svc, "pending", 10)
+    soon = clock.utcnow() + dt.timedelta(hours=1)
+    scheduled = campaigns.create_campaign(svc, "later", 10, opens_at=soon)
+    pending = campaigns.create_campaign(svc, "pending", 10)
     for campaign_id in (scheduled, pending):
         assert_error(issue(client, campaign_id, signer.mint("alice")), 409, "NOT_OPEN")
 
 
 def test_scheduled_campaign_opens_by_itself(client, svc, signer):
-    opens_at = ops.utcnow() + dt.timedelta(seconds=1.5)
-    campaign_id = ops.create_campaign(svc, "at the minute", 10, opens_at=opens_at)
+    opens_at = clock.utcnow() + dt.timedelta(seconds=1.5)
+    campaign_id = campaigns.create_campaign(svc, "at the minute", 10, opens_at=opens_at)
     assert_error(issue(client, campaign_id, signer.mint("alice")), 409, "NOT_OPEN")
-    while ops.utcnow() < opens_at:
+    while clock.utcnow() < opens_at:
         pass
     assert issue(client, campaign_id, signer.mint("alice")).status_code == 201
 
 
 def test_closed_after_close_and_after_closes_at(client, svc, signer, open_id):
     assert issue(client, open_id, signer.mint("alice")).status_code == 201
-    ops.stop_issuing(svc, open_id)
+    campaigns.stop_issuing(svc, open_id)
     assert_error(issue(client, open_id, signer.mint("bob")), 409, "CLOSED")
-    ended = ops.create_campaign(svc, "short", 10, closes_at=ops.utcnow() + dt.timedelta(seconds=1))
-    ops.open_campaign(svc, ended)
+    ended = campaigns.create_campaign(svc, "short", 10, closes_at=clock.utcnow() + dt.timedelta(seconds=1))
+    campaigns.open_campaign(svc, ended)
     assert issue(client, ended, signer.mint("carol")).status_code == 201
     while client.get(f"/api/v1/campaigns/{ended}").json["status"] != "closed":
         pass
@@ -142,7 +142,7 @@ def test_status_and_health(client, open_id):
 
 
 def test_create_clears_stale_redis_state(svc, redis_client):
-    campaign_id = ops.create_campaign(svc, "x", 5)
+    campaign_id = campaigns.create_campaign(svc, "x", 5)
     keys = svc.keys(campaign_id)
     assert redis_client.hget(keys.meta, "cursor") == "0"
 

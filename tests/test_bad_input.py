@@ -5,7 +5,8 @@ import pytest
 from itsdangerous import URLSafeSerializer
 
 from coupon.signing import Signer
-from tests.support import SECRET, assert_error, campaign_ids_in_keys, issue, open_campaign
+from loadtest.harness import SECRET, open_campaign
+from tests.support import assert_error, campaign_ids_in_keys, issue
 
 
 

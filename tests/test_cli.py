@@ -6,7 +6,8 @@ import pytest
 from config.settings import DEV_SECRET_KEY
 from coupon import create_app
 from coupon.signing import Signer
-from tests.support import SECRET, app_config, on_single_and_cluster
+from loadtest.harness import SECRET
+from tests.support import app_config, on_single_and_cluster
 
 
 def test_db_init_is_idempotent(runner):

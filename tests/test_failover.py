@@ -13,7 +13,7 @@ from redis.crc import key_slot
 
 from tests.flood import (NODE_TIMEOUT_MS, REDIS_TIMEOUT, STOCK, close_and_check, demand, issued_counter,
                          once, outcomes, say, service_on, tickets_told)
-from tests.support import RedisTarget, open_campaign, wait_until
+from loadtest.harness import RedisTarget, open_campaign, wait_until
 
 pytestmark = pytest.mark.fault
 

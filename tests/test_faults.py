@@ -13,7 +13,7 @@ import pytest
 from redis.exceptions import ResponseError
 from sqlalchemy.engine import make_url
 
-from coupon.jobs.reclaim import claimed_serials
+from jobs.reclaim import claimed_serials
 from coupon.keys import SCHEDULER_LEADER
 from coupon.outbox import GROUP, outbox_stats
 from coupon.reconcile import mysql_tickets, redis_claims
@@ -21,7 +21,8 @@ from coupon.recovery import count_rows
 from coupon.scripts import decode_serials
 from tests.flood import (REDIS_TIMEOUT, STOCK, close_and_check, demand, every, issued_counter, once,
                          outcomes, say, service_on, tickets_told)
-from tests.support import FAST_JOBS, TcpProxy, open_campaign, wait_until
+from loadtest.harness import open_campaign, wait_until
+from tests.support import FAST_JOBS, TcpProxy
 
 pytestmark = pytest.mark.fault
 

@@ -9,10 +9,12 @@ from urllib.parse import quote
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coupon import campaigns as ops
+from coupon import campaigns
 from coupon.openapi import SPEC
+from coupon.queries import campaign_status, list_campaigns
 from coupon.signing import Signer
-from tests.support import SECRET, campaign_ids_in_keys
+from loadtest.harness import SECRET
+from tests.support import campaign_ids_in_keys
 
 EXAMPLES = 3000
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -37,12 +39,12 @@ def test_openapi_document_is_served_and_complete(app, client):
 
 def test_fuzz_public_api(app, client, svc, redis_client):
     stock = 40
-    open_id = ops.create_campaign(svc, "fuzz", stock)
-    ops.open_campaign(svc, open_id)
-    pending_id = ops.create_campaign(svc, "fuzz pending", 5)
-    closed_id = ops.create_campaign(svc, "fuzz closed", 5)
-    ops.open_campaign(svc, closed_id)
-    ops.stop_issuing(svc, closed_id)
+    open_id = campaigns.create_campaign(svc, "fuzz", stock)
+    campaigns.open_campaign(svc, open_id)
+    pending_id = campaigns.create_campaign(svc, "fuzz pending", 5)
+    closed_id = campaigns.create_campaign(svc, "fuzz closed", 5)
+    campaigns.open_campaign(svc, closed_id)
+    campaigns.stop_issuing(svc, closed_id)
     real_ids = [open_id, pending_id, closed_id]
 
     signer = Signer(SECRET, 3600)
@@ -124,9 +126,9 @@ def test_fuzz_public_api(app, client, svc, redis_client):
     # the run reached the interesting answers, not only the cheap rejections
     assert {200, 201, 401, 404, 405, 409} <= set(seen["statuses"])
     # nothing half-written: every new ticket is counted, no more than the stock, no stray keys
-    issued = ops.campaign_status(svc, open_id)["issued"]
+    issued = campaign_status(svc, open_id)["issued"]
     assert issued == len(new_tickets) <= stock
     tagged = campaign_ids_in_keys(redis_client.scan_iter(count=1000))
     # (a rate-limit window of a campaign that exists counts a ticket lookup, even one closed long
     # ago: earlier tests' campaigns are in the database)
-    assert tagged <= {c["id"] for c in ops.list_campaigns(svc)}
+    assert tagged <= {c["id"] for c in list_campaigns(svc)}

@@ -28,7 +28,8 @@ from typing import NamedTuple
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import fresh_window, get, open_campaign, request
+from loadtest.harness import open_campaign
+from tests.support import fresh_window, get, request
 
 HOST = "127.0.0.1"
 BODY_TIMEOUT = 2  # seconds: the servers of these tests (the fuzz: 1)

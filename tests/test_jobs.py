@@ -8,15 +8,17 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
-from coupon import campaigns as ops
-from coupon import db
+from coupon import campaigns, clock, db, queries
 from coupon.keys import SCHEDULER_LEADER
 from coupon.outbox import Flusher, outbox_stats
 from coupon.reconcile import mysql_tickets, reconcile
-from coupon.jobs.lifecycle import open_and_close_due
-from coupon.jobs.stock_sync import sync_stock
-from tests.support import (FAST_JOBS, on_single_and_cluster, answered, assert_exact_tickets, flood, free_port, issue_call,
-                           issue_directly, open_campaign, request, users, wait_until)
+from jobs.lifecycle import open_and_close_due
+from jobs.stock_sync import sync_stock
+from loadtest.harness import free_port, open_campaign, users, wait_until
+from tests.support import (
+    FAST_JOBS, answered, assert_exact_tickets, flood, issue_call, issue_directly,
+    on_single_and_cluster, request,
+)
 
 
 def backlog(svc, campaign_id):
@@ -209,19 +211,19 @@ def test_two_schedulers_one_leads_and_the_standby_takes_over(svc, signer, gunico
 
 
 def test_lifecycle_opens_and_closes_due_campaigns_and_stock_sync(svc):
-    now = ops.utcnow()
-    due = ops.create_campaign(svc, "due", 10, opens_at=now - dt.timedelta(seconds=1))
+    now = clock.utcnow()
+    due = campaigns.create_campaign(svc, "due", 10, opens_at=now - dt.timedelta(seconds=1))
     closes_at = now + dt.timedelta(seconds=3)  # room for a loaded machine to get to open it
-    ending = ops.create_campaign(svc, "ending", 10, closes_at=closes_at)
-    ops.open_campaign(svc, ending)
+    ending = campaigns.create_campaign(svc, "ending", 10, closes_at=closes_at)
+    campaigns.open_campaign(svc, ending)
     issue_directly(svc, ending, "alice")
     open_and_close_due(svc)
-    assert ops.campaign_status(svc, due)["status"] == "open"
+    assert queries.campaign_status(svc, due)["status"] == "open"
     sync_stock(svc)
     with svc.engine.connect() as conn:
         issued = conn.execute(select(db.campaigns.c.issued).where(db.campaigns.c.id == ending)).scalar()
     assert issued == 1
-    time.sleep(max(0.0, (closes_at - ops.utcnow()).total_seconds()) + 0.1)
+    time.sleep(max(0.0, (closes_at - clock.utcnow()).total_seconds()) + 0.1)
     open_and_close_due(svc)
-    assert ops.campaign_status(svc, ending)["status"] == "closed"
+    assert queries.campaign_status(svc, ending)["status"] == "closed"
     assert mysql_tickets(svc.engine, ending) == {"alice": (1, svc.signer.ticket_code(ending, 1))}

@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-from coupon import campaigns as ops
-from coupon import create_app
+from coupon import create_app, queries
 from coupon.errors import SoldOut
 from coupon.scripts import decode_serials
 from coupon.supply import TAIL_RECHECK
-from tests.support import on_single_and_cluster, app_config, flood, issue_call, issue_directly, open_campaign, users
+from loadtest.harness import open_campaign, users
+from tests.support import app_config, flood, issue_call, issue_directly, on_single_and_cluster
 
 pytestmark = on_single_and_cluster
 
@@ -57,7 +57,7 @@ def test_a_dry_worker_gets_the_serials_an_idle_one_holds(workers, redis_client):
     assert more > 0  # b got serials that a gave back, without waiting for a's lease to expire
     rest = issue_until_sold_out(a, campaign_id, "d")
     assert 1 + first + 1 + more + rest == 200
-    assert ops.campaign_status(a, campaign_id)["issued"] == 200
+    assert queries.campaign_status(a, campaign_id)["issued"] == 200
 
 
 def test_a_lease_whose_give_back_failed_is_settled_at_the_next_refill(workers, redis_client):
@@ -94,7 +94,7 @@ def test_at_the_tail_a_user_who_holds_a_ticket_takes_no_serial(workers, redis_cl
     assert held_by(b, campaign_id) == 0 and redis_client.zcard(keys.leases) == 0
     bob = issue_directly(b, campaign_id, "bob")  # a user without a ticket gets one the same way
     assert bob.new and bob.serial != first.serial
-    assert ops.campaign_status(a, campaign_id)["issued"] == 2
+    assert queries.campaign_status(a, campaign_id)["issued"] == 2
 
 
 def test_holders_asking_again_at_the_tail_leave_the_last_coupons_to_new_users(svc, signer, gunicorn):
@@ -114,4 +114,4 @@ def test_holders_asking_again_at_the_tail_leave_the_last_coupons_to_new_users(sv
     answers = {user: status for user, status, _ in results if user.startswith("n")}
     assert answers == {user: 201 for user, _ in newcomers}
     assert {status for user, status, _ in results if user.startswith("h")} == {200}
-    assert ops.campaign_status(svc, campaign_id)["issued"] == 60
+    assert queries.campaign_status(svc, campaign_id)["issued"] == 60

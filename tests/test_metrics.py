@@ -3,7 +3,8 @@ import http.client
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import flood, get, issue_call, open_campaign, users
+from loadtest.harness import open_campaign, users
+from tests.support import flood, get, issue_call
 
 
 def samples(text):

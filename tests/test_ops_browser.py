@@ -8,8 +8,9 @@ import time
 import pytest
 from playwright.sync_api import sync_playwright
 
-from coupon import campaigns as ops
-from tests.support import FAST_JOBS, ROOT, flood, issue_call, open_campaign, users
+from coupon import campaigns
+from loadtest.harness import ROOT, open_campaign, users
+from tests.support import FAST_JOBS, flood, issue_call
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 REPORTS = os.path.join(ROOT, "reports")
@@ -73,7 +74,7 @@ def test_page_follows_a_sale_and_replays_it(browser, gunicorn, scheduler, svc, s
     page.screenshot(path=os.path.join(REPORTS, "ops-live.png"), full_page=True)
 
     # closed: the sale replayed from the database, with the reconciliation result
-    ops.close_campaign(svc, campaign_id)
+    campaigns.close_campaign(svc, campaign_id)
     page.wait_for_function("!window.opsPage.state.campaign.live", timeout=FOLLOWS_WITHIN_MS + 1000)
     page.wait_for_function("window.opsPage.charts.replay && window.opsPage.charts.replay.data[1].length > 0")
     replayed = page.evaluate("window.opsPage.charts.replay.data[1]")

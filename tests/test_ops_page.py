@@ -7,11 +7,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coupon import campaigns as ops
-from coupon import create_app
+from coupon import campaigns, create_app
 from coupon.keys import SCHEDULER_LEADER
 from coupon.outbox import Flusher
-from tests.support import app_config, assert_error, issue, issue_directly, open_campaign, on_single_and_cluster
+from loadtest.harness import open_campaign
+from tests.support import app_config, assert_error, issue, issue_directly, on_single_and_cluster
 
 PASSWORD = "ops-password-for-tests"
 
@@ -72,7 +72,7 @@ def test_live_json_shows_a_sale_in_progress(client, svc, signer, redis_client):
 def test_live_campaigns_come_first_then_recently_closed(client, svc, signer):
     closed = open_campaign(svc, 2, "ops closed")
     issue_directly(svc, closed, "x")
-    ops.close_campaign(svc, closed)
+    campaigns.close_campaign(svc, closed)
     older, newer = open_campaign(svc, 5, "ops older"), open_campaign(svc, 5, "ops newer")
 
     state = client.get("/ops/live.json").json
@@ -103,7 +103,7 @@ def test_replay_of_a_closed_sale(client, svc):
     time.sleep(1.1)  # the last two a second later
     for user in ("r4", "r5"):
         issue_directly(svc, campaign_id, user)
-    ops.close_campaign(svc, campaign_id)
+    campaigns.close_campaign(svc, campaign_id)
 
     replay = client.get(f"/ops/campaigns/{campaign_id}/replay.json").json
     assert (replay["rows"], replay["total"], replay["step_seconds"]) == (5, 5, 1)
@@ -119,7 +119,7 @@ def test_replay_of_a_closed_sale(client, svc):
 def test_replay_reconciles_a_campaign_redis_still_holds(client, svc):
     campaign_id = open_campaign(svc, 5, "ops kept")
     issue_directly(svc, campaign_id, "k1")
-    ops.stop_issuing(svc, campaign_id)  # closed, but not drained: the row is not in the database
+    campaigns.stop_issuing(svc, campaign_id)  # closed, but not drained: the row is not in the database
 
     replay = client.get(f"/ops/campaigns/{campaign_id}/replay.json").json
     assert replay["rows"] == 0 and replay["sold_out_after_seconds"] is None

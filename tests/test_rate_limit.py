@@ -3,10 +3,11 @@ every worker of every instance."""
 import time
 from collections import Counter, defaultdict
 
-from coupon import campaigns as ops
-from coupon import create_app
-from tests.support import (on_single_and_cluster, app_config, assert_error, flood, fresh_window, issue, open_campaign, request,
-                           users)
+from coupon import create_app, queries
+from loadtest.harness import open_campaign, users
+from tests.support import (
+    app_config, assert_error, flood, fresh_window, issue, on_single_and_cluster, request,
+)
 
 pytestmark = on_single_and_cluster
 
@@ -31,7 +32,7 @@ def test_over_the_limit_is_429_with_retry_after(mysql_url, redis_target, svc, si
 
     rate_keys = list(redis_client.scan_iter("*:rate:*"))
     assert rate_keys and all(0 < redis_client.ttl(key) <= 2 for key in rate_keys)  # they expire
-    assert ops.campaign_status(svc, campaign_id)["issued"] == 2  # a 429 takes no coupon
+    assert queries.campaign_status(svc, campaign_id)["issued"] == 2  # a 429 takes no coupon
 
     fresh_window(2, need=2)  # the next window: alice may ask again
     assert issue(client, campaign_id, alice).status_code == 200
@@ -70,7 +71,7 @@ def test_limit_holds_summed_over_workers_and_instances(svc, signer, gunicorn, re
             assert 1 <= int(headers["Retry-After"]) <= window
     for user in tokens:
         assert answers[user] == {201: 1, 200: limit - 1, 429: repeats - limit}, (user, answers[user])
-    assert ops.campaign_status(svc, campaign_id)["issued"] == people
+    assert queries.campaign_status(svc, campaign_id)["issued"] == people
 
     keys = svc.keys(campaign_id)
     counted = {}

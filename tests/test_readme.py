@@ -4,7 +4,8 @@ import json
 import os
 import re
 
-from tests.support import ROOT, issue, open_campaign
+from loadtest.harness import ROOT, open_campaign
+from tests.support import issue
 
 CODE = re.compile(r"[0-9A-F]{20}")
 

@@ -6,9 +6,8 @@ import time
 
 import pytest
 
-from coupon import campaigns as ops
-from coupon import create_app, db
-from coupon.jobs.stock_sync import sync_stock
+from coupon import campaigns, clock, create_app, db, queries, redis_state
+from jobs.stock_sync import sync_stock
 from coupon.keys import ACTIVE
 from coupon.outbox import Flusher, outbox_stats
 from coupon.recovery import recover_campaign
@@ -16,7 +15,8 @@ from coupon.reconcile import mysql_tickets
 from coupon.scripts import StoredClaim
 from tests.flood import (STOCK, close_and_check, demand, issued_counter, once, outcomes, say,
                          service_on, tickets_told)
-from tests.support import app_config, issue, on_single_and_cluster, open_campaign, wait_until
+from loadtest.harness import open_campaign, wait_until
+from tests.support import app_config, issue, on_single_and_cluster
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def flush(svc, campaign_id):
 
 def lose(svc, campaign_id):
     """What Redis holds of the campaign is gone, as after a restart without a file."""
-    ops.delete_keys(svc, svc.keys(campaign_id))
+    redis_state.delete_keys(svc.redis, svc.keys(campaign_id))
     svc.redis.srem(ACTIVE, campaign_id)
 
 
@@ -80,7 +80,7 @@ def assert_rebuilt_from(redis_client, keys, rows, row):
     epoch = meta.pop("epoch")
     assert len(epoch) >= 12
     assert meta == {"total": str(row.total), "cursor": str(cursor), "status": "open",
-                    "opens_at": str(ops.to_ms(row.opens_at)), "closes_at": str(ops.to_ms(row.closes_at))}
+                    "opens_at": str(clock.to_ms(row.opens_at)), "closes_at": str(clock.to_ms(row.closes_at))}
     held = {r.serial for r in rows.values()}
     holes = [str(s) for s in range(1, cursor) if s not in held]
     assert redis_client.lrange(keys.returned, 0, -1) == holes
@@ -89,12 +89,12 @@ def assert_rebuilt_from(redis_client, keys, rows, row):
     for k, shard in enumerate(keys.all_shards()):
         mine = {u: r for u, r in rows.items() if keys.shard_of(u) == k}
         assert redis_client.hgetall(shard.claims) == {
-            u: StoredClaim(r.serial, r.code, ops.to_ms(r.issued_at)).encode() for u, r in mine.items()}
+            u: StoredClaim(r.serial, r.code, clock.to_ms(r.issued_at)).encode() for u, r in mine.items()}
         assert redis_client.bitcount(shard.claimed) == len(mine)
         assert all(redis_client.getbit(shard.claimed, r.serial) for r in mine.values())
         state = {"issued": str(len(mine)), "epoch": epoch}
         if row.closes_at:
-            state["closes_at"] = str(ops.to_ms(row.closes_at))
+            state["closes_at"] = str(clock.to_ms(row.closes_at))
         assert redis_client.hgetall(shard.state) == state
         assert redis_client.xlen(shard.outbox) == 0
 
@@ -131,7 +131,7 @@ def test_recover_rebuilds_what_the_rows_imply_and_the_sale_goes_on(svc, signer, 
             and f"cursor {cursor}, {holes} serials returned for issue, status open" in result.output)
     assert "possibly lost: none that the last stock sync counted: it counted 10 issued" in result.output
     assert f"campaign {campaign_id} is live again" in result.output
-    assert_rebuilt_from(redis_client, keys, rows, ops.campaign_row(svc.engine, campaign_id))
+    assert_rebuilt_from(redis_client, keys, rows, queries.campaign_row(svc.engine, campaign_id))
 
     # a worker that starts now sells on: the holders get their own tickets back (200), new users
     # serials no row holds
@@ -162,7 +162,7 @@ def test_recover_drains_the_shards_redis_kept_before_it_rebuilds(svc, signer, ru
     rows = rows_of(svc, campaign_id)
     assert {u: (r.serial, r.code) for u, r in rows.items()} == {
         u: (t["serial"], t["code"]) for u, t in told.items()}
-    assert_rebuilt_from(redis_client, keys, rows, ops.campaign_row(svc.engine, campaign_id))
+    assert_rebuilt_from(redis_client, keys, rows, queries.campaign_row(svc.engine, campaign_id))
 
 
 def test_recover_reports_claims_the_last_stock_sync_counted_that_no_row_holds(svc, signer, runner,
@@ -187,19 +187,19 @@ def test_recover_reports_claims_the_last_stock_sync_counted_that_no_row_holds(sv
 
 def test_recover_restores_the_window_and_opens_a_scheduled_campaign_whose_time_came(svc, runner,
                                                                                      redis_client):
-    now = ops.utcnow()
-    campaign_id = ops.create_campaign(svc, "scheduled", 100, opens_at=now - dt.timedelta(minutes=1),
+    now = clock.utcnow()
+    campaign_id = campaigns.create_campaign(svc, "scheduled", 100, opens_at=now - dt.timedelta(minutes=1),
                                       closes_at=now + dt.timedelta(hours=1))
     lose(svc, campaign_id)
     assert recover(runner, campaign_id).exit_code == 0
-    assert_rebuilt_from(redis_client, svc.keys(campaign_id), {}, ops.campaign_row(svc.engine, campaign_id))
-    pending = ops.create_campaign(svc, "pending", 100)
+    assert_rebuilt_from(redis_client, svc.keys(campaign_id), {}, queries.campaign_row(svc.engine, campaign_id))
+    pending = campaigns.create_campaign(svc, "pending", 100)
     lose(svc, pending)
     assert recover(runner, pending).exit_code == 0
     meta = redis_client.hgetall(svc.keys(pending).meta)
     assert (meta["status"], meta["opens_at"], meta["cursor"]) == ("pending", "0", "0")
     for done in (campaign_id, pending):  # not for the schedulers of later tests to open
-        ops.close_campaign(svc, done)
+        campaigns.close_campaign(svc, done)
 
 
 @on_single_and_cluster
@@ -248,7 +248,7 @@ def test_redis_restarted_empty_mid_sale_then_recovered(mysql_url, signer, privat
             time.sleep(1.0)
             private_redis.start()  # empty
             loss["rows"] = mysql_tickets(svc.engine, campaign_id)
-            loss["synced"] = ops.campaign_row(svc.engine, campaign_id).issued
+            loss["synced"] = queries.campaign_row(svc.engine, campaign_id).issued
             loss["recovering"] = time.monotonic()
             loss["report"] = recover_campaign(svc, campaign_id)
             loss["recovered"] = time.monotonic()

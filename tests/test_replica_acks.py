@@ -15,8 +15,8 @@ from coupon.errors import Unavailable
 from coupon.keys import ACTIVE, SCHEDULER_LEADER
 from coupon.redis_nodes import barrier_key
 from coupon.scripts import Lease, StoredClaim, decode_serials
-from tests.support import (RedisServer, app_config, assert_error, issue, on_single_and_cluster,
-                           open_campaign, wait_until)
+from loadtest.harness import RedisServer, open_campaign, wait_until
+from tests.support import app_config, assert_error, issue, on_single_and_cluster
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def replica_pair(tmp_path):
 
 @pytest.fixture
 def acked_app(mysql_url, replica_pair):
-    app = create_app(app_config(mysql_url, replica_pair[0].url, REDIS_REPLICA_ACKS="1",
+    app = create_app(app_config(mysql_url, replica_pair[0].url, REDIS_REPLICA_ACKS=1,
                                 REDIS_REPLICA_TIMEOUT=0.2))
     yield app
     app.extensions["coupon"].engine.dispose()

@@ -1,7 +1,7 @@
 """Smoke test of the embedded default: SQLite instead of MySQL, same code paths."""
-from coupon import campaigns as ops
-from coupon import create_app
-from tests.support import Gunicorn, app_config, flood, issue_call, service_env, users
+from coupon import create_app, queries
+from loadtest.harness import Gunicorn, service_env, users
+from tests.support import app_config, flood, issue_call
 
 
 def test_first_run_on_sqlite(tmp_path, redis_target, signer):
@@ -20,4 +20,4 @@ def test_first_run_on_sqlite(tmp_path, redis_target, signer):
         server.stop()
     assert sorted(status for _, status, _ in results) == [201] * 20 + [409] * 20
     assert len({body["serial"] for _, status, body in results if status == 201}) == 20
-    assert ops.campaign_status(app.extensions["coupon"], campaign_id)["issued"] == 20
+    assert queries.campaign_status(app.extensions["coupon"], campaign_id)["issued"] == 20

@@ -7,11 +7,10 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 from coupon.keys import SCHEDULER_LEADER
-from tests.support import ROOT, wait_until
+from loadtest.harness import GUNICORN, ROOT, wait_until
 
 
 def test_an_address_in_use_is_refused_at_once_with_a_hint(env):
@@ -20,7 +19,7 @@ def test_an_address_in_use_is_refused_at_once_with_a_hint(env):
         taken.listen()
         port = taken.getsockname()[1]
         done = subprocess.run(
-            [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "--no-control-socket", "app:app"],
+            [GUNICORN, "-k", "gevent", "app:app"],
             cwd=ROOT, env=dict(env, BIND=f"127.0.0.1:{port}"), capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert f"127.0.0.1:{port} is in use" in done.stderr and "BIND=" in done.stderr, done.stderr

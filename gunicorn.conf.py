@@ -1,4 +1,10 @@
-"""gunicorn settings: `gunicorn -c config/gunicorn.conf.py app:app`. Environment overrides."""
+"""gunicorn's settings and hooks: `gunicorn -k gevent app:app`, typed in the repository root,
+reads this file by itself (and so does `-c gunicorn.conf.py`). Environment variables override.
+
+The service's protections live in hooks, which every way of starting gunicorn keeps, rather than
+in a worker class, which `-k` on the command line replaces: on_starting mixes them into whatever
+worker class gunicorn was told (WorkerProtections).
+"""
 import errno
 import os
 import socket
@@ -19,9 +25,10 @@ OUR_PARSE_ERRORS = (http_errors.ConfigurationProblem, http_errors.InvalidRespons
                     http_errors.InvalidResponseHeaderName)
 
 
-class FairGeventWorker(GeventWorker):
-    """The gevent worker, yielding to the other connections after each request, answering the
-    requests it cannot parse in the JSON error shape, and closing a connection on the app's word.
+class WorkerProtections:
+    """Mixed into the worker class: yield to the other connections after each request (a gevent
+    worker), answer the requests gunicorn cannot parse in the JSON error shape, let the app close
+    a connection, quit once on Ctrl-C.
 
     A keep-alive connection whose client sends the next request at once is otherwise served
     again and again before the others: a p99 of ~1 s at 100 connections on a bare endpoint,
@@ -42,7 +49,8 @@ class FairGeventWorker(GeventWorker):
         try:
             return super().handle_request(*args)
         finally:
-            gevent.sleep(0)
+            if isinstance(self, GeventWorker):
+                gevent.sleep(0)
 
     def load_wsgi(self):
         super().load_wsgi()
@@ -76,8 +84,15 @@ class FairGeventWorker(GeventWorker):
             self.log.debug("Failed to send error message.")
 
 
+def protected(worker_class):
+    """worker_class with the service's protections mixed in."""
+    if issubclass(worker_class, WorkerProtections):
+        return worker_class
+    return type(f"Protected{worker_class.__name__}", (WorkerProtections, worker_class), {})
+
+
 bind = os.environ.get("BIND", "127.0.0.1:8000")
-worker_class = FairGeventWorker
+worker_class = "gevent"  # the protections are mixed in by on_starting, whatever -k says
 workers = int(os.environ.get("WEB_WORKERS", "2"))
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "2000"))
 keepalive = int(os.environ.get("KEEPALIVE", "5"))
@@ -87,6 +102,10 @@ max_requests_jitter = int(os.environ.get("MAX_REQUESTS_JITTER", "0"))
 accesslog = os.environ.get("ACCESS_LOG") or None  # off by default: it costs at a flood
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
+# gunicornc's control socket would be one per user ($HOME/.gunicorn/gunicorn.ctl), shared by
+# every gunicorn of that user: a second server takes it over. This service is run by signals
+# (TERM, HUP, TTIN/TTOU) and its service manager, so it has none.
+control_socket_disable = True
 
 # /metrics sums the workers' values from files here (prometheus-client multiprocess mode); set
 # before any worker forks, so each imports prometheus-client in that mode. The jobs process shares
@@ -95,8 +114,9 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join("instance", "prom
 
 
 def on_starting(server):
-    """Refuse an address in use; remove the metric files of processes that are gone (a previous
-    run), keep live ones'."""
+    """Mix the protections into the worker class; refuse an address in use; remove the metric
+    files of processes that are gone (a previous run), keep live ones'."""
+    on_reload(server)
     refuse_address_in_use(server.cfg.address)
     folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(folder, exist_ok=True)
@@ -104,6 +124,15 @@ def on_starting(server):
         pid = name.rsplit(".", 1)[0].rsplit("_", 1)[-1]
         if name.endswith(".db") and not (pid.isdigit() and _alive(int(pid))):
             os.remove(os.path.join(folder, name))
+
+
+def on_reload(server):
+    """Mix the protections into the worker class (again after SIGHUP, which reads it anew)."""
+    server.worker_class = protected(server.worker_class)
+    if not issubclass(server.worker_class, GeventWorker):
+        server.log.warning(
+            "worker class %s: this service is built for -k gevent (one worker serves thousands "
+            "of connections and shares Redis round trips between them)", server.cfg.worker_class_str)
 
 
 def refuse_address_in_use(addresses):

@@ -4,12 +4,13 @@ import os
 import socket
 import time
 
+from redis.backoff import ExponentialBackoff
 from sqlalchemy.exc import SQLAlchemyError
 
 from coupon.outbox import Flusher
 
 log = logging.getLogger(__name__)
-MAX_BACKOFF = 30.0
+MAX_BACKOFF = 30.0  # seconds between tries at most, while the database is down
 
 
 class FlushJob:
@@ -17,6 +18,7 @@ class FlushJob:
         self.metrics = svc.metrics
         self.flusher = Flusher(svc, consumer=f"jobs:{socket.gethostname()}:{os.getpid()}")
         self.interval = interval
+        self.backoff = ExponentialBackoff(cap=MAX_BACKOFF, base=interval)
         self.failures = 0
         self.retry_at = 0.0
         self.outage_since = None
@@ -29,7 +31,7 @@ class FlushJob:
             moved = self.flusher.flush(until=time.monotonic() + 5 * self.interval + 1)
         except SQLAlchemyError as e:
             self.failures += 1
-            self.retry_at = time.monotonic() + min(MAX_BACKOFF, self.interval * 2 ** self.failures)
+            self.retry_at = time.monotonic() + self.backoff.compute(self.failures)
             if self.outage_since is None:  # once per outage, not once per try
                 self.outage_since = time.monotonic()
                 log.error("database unreachable, outbox entries wait in Redis: %s", e.__class__.__name__)

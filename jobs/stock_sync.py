@@ -2,15 +2,15 @@
 from sqlalchemy import bindparam, update
 
 from coupon import db
-from coupon.campaigns import issued_in_redis
 from coupon.keys import active_campaigns
+from coupon.redis_state import issued_in_redis
 
 
 def sync_stock(svc):
     """Walk the registry of active campaigns (never SCAN) and store their issued counters."""
     rows = []
     for campaign_id in active_campaigns(svc.redis):
-        issued = issued_in_redis(svc, campaign_id)
+        issued = issued_in_redis(svc.redis, svc.keys(campaign_id))
         if issued is not None:
             rows.append({"cid": campaign_id, "count": issued})
     if rows:

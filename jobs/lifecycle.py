@@ -4,8 +4,10 @@ import logging
 from sqlalchemy import select
 
 from coupon import db
-from coupon.campaigns import close_campaign, open_campaign, preload, utcnow
+from coupon.campaigns import close_campaign, open_campaign
+from coupon.clock import utcnow
 from coupon.errors import CouponError
+from coupon.redis_state import preload
 
 log = logging.getLogger(__name__)
 
@@ -30,4 +32,4 @@ def open_and_close_due(svc):
                 log.error("opening campaign %d failed: %s", row.id, e.message)
         elif row.status == "scheduled" and not svc.redis.exists(svc.keys(row.id).meta):
             # Redis lost a campaign that has not started issuing yet: load it again
-            preload(svc, row.id, row.total, row.status, row.opens_at, row.closes_at)
+            preload(svc.redis, svc.keys(row.id), row.total, row.status, row.opens_at, row.closes_at)

@@ -4,8 +4,8 @@ under instance/cluster/node-N/, each master taking writes only while its replica
 min-replicas-to-write 1, min-replicas-max-lag 4). Its processes outlive this command; their pids are kept in
 instance/cluster/pids, and `stop` ends them by pid.
 
-    python -m tests.cluster start    # prints the REDIS_CLUSTER_NODES to export
-    python -m tests.cluster stop
+    python -m loadtest.cluster start    # prints the REDIS_CLUSTER_NODES to export
+    python -m loadtest.cluster stop
 """
 import glob
 import os
@@ -13,7 +13,7 @@ import shutil
 import signal
 import sys
 
-from tests.support import ROOT, LocalCluster
+from loadtest.harness import ROOT, LocalCluster
 
 FOLDER = os.path.join(ROOT, "instance", "cluster")
 PIDS = os.path.join(FOLDER, "pids")

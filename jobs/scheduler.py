@@ -17,10 +17,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from coupon.extensions import services
 from coupon.keys import SCHEDULER_LEADER
-from coupon.jobs.flush import FlushJob
-from coupon.jobs.lifecycle import open_and_close_due
-from coupon.jobs.reclaim import reclaim_expired
-from coupon.jobs.stock_sync import sync_stock
+from jobs.flush import FlushJob
+from jobs.lifecycle import open_and_close_due
+from jobs.reclaim import reclaim_expired
+from jobs.stock_sync import sync_stock
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,14 @@ from redis.exceptions import RedisError
 from sqlalchemy import func, select
 
 from coupon import db
-from coupon.api import campaign_id_of, readiness
-from coupon.campaigns import campaign_status, iso, status_view
+from coupon.api import campaign_id_of
+from coupon.clock import iso
 from coupon.errors import CampaignNotFound, Unauthorized, error_response
 from coupon.extensions import services
+from coupon.health import readiness
 from coupon.keys import SCHEDULER_LEADER, active_campaigns
 from coupon.outbox import outbox_stats
+from coupon.queries import campaign_status, status_view
 from coupon.reconcile import reconcile
 from coupon.scripts import decode_serials
 

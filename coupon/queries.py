@@ -1,0 +1,83 @@
+"""The read side: a campaign's row and public status, the list of campaigns, a user's ticket.
+From Redis while a campaign is live, from the database once it was closed and released."""
+from redis.exceptions import RedisError
+from sqlalchemy import select
+
+from coupon import db
+from coupon.clock import iso, to_ms, utcnow
+from coupon.errors import CampaignNotFound, NoTicket, Unavailable
+from coupon.redis_state import issued_in_redis
+from coupon.scripts import StoredClaim
+from coupon.tickets import Ticket
+
+
+def campaign_row(engine, campaign_id):
+    with engine.connect() as conn:
+        row = conn.execute(select(db.campaigns).where(db.campaigns.c.id == campaign_id)).first()
+    if row is None:
+        raise CampaignNotFound(f"no campaign {campaign_id}")
+    return row
+
+
+def campaign_status(svc, campaign_id):
+    """Public status of a campaign: from Redis while it is live, from MySQL after close."""
+    row = campaign_row(svc.engine, campaign_id)
+    try:
+        issued = issued_in_redis(svc.redis, svc.keys(campaign_id))
+    except RedisError:
+        issued = None
+    return status_view(row, row.issued if issued is None else issued)
+
+
+def status_view(row, issued):
+    """The public status of a campaigns row with `issued` coupons."""
+    now = utcnow()
+    status = row.status
+    if status != "closed" and row.closes_at and now >= row.closes_at:
+        status = "closed"
+    elif status == "scheduled" and row.opens_at <= now:
+        status = "open"
+    if status == "open" and issued >= row.total:
+        status = "sold_out"
+    return {
+        "id": row.id, "name": row.name, "total": row.total, "issued": issued,
+        "remaining": row.total - issued, "status": status,
+        "opens_at": iso(row.opens_at), "closes_at": iso(row.closes_at),
+    }
+
+
+def list_campaigns(svc):
+    with svc.engine.connect() as conn:
+        ids = conn.execute(select(db.campaigns.c.id).order_by(db.campaigns.c.id)).scalars().all()
+    return [campaign_status(svc, i) for i in ids]
+
+
+def find_ticket(svc, campaign_id, user_id):
+    """Return the user's Ticket: from Redis while the campaign is live, else from the database.
+    Counted against the user's rate limit."""
+    keys = svc.keys(campaign_id)
+    shard = keys.shard(keys.shard_of(user_id))
+    try:
+        batch = svc.redis.batch()
+        batch.on(keys.meta).exists(keys.meta)
+        batch.on(shard.claims).hget(shard.claims, user_id)
+        live, held = batch.execute()
+        if not live:
+            campaign_row(svc.engine, campaign_id)  # CAMPAIGN_NOT_FOUND before a key is written for it
+        svc.rate_limit.count_lookup(svc.redis, shard, user_id)
+    except RedisError:
+        raise Unavailable() from None
+    if held:
+        claim = StoredClaim.parse(held)
+        return Ticket(campaign_id, user_id, claim.serial, claim.code, claim.issued_at_ms, new=False)
+    if live:
+        raise NoTicket()
+    with svc.engine.connect() as conn:
+        row = conn.execute(
+            select(db.coupons).where(
+                db.coupons.c.campaign_id == campaign_id, db.coupons.c.user_id == user_id
+            )
+        ).first()
+    if row is None:
+        raise NoTicket()
+    return Ticket(campaign_id, user_id, row.serial, row.code, to_ms(row.issued_at), new=False)

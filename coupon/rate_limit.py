@@ -1,0 +1,39 @@
+"""The per-user rate limit: RATE_LIMIT requests per fixed window of RATE_LIMIT_WINDOW seconds,
+summed over every worker and host, issue calls and ticket lookups together.
+
+Counted in one hash per claim shard and window (keys.ShardKeys.rate) that expires by itself:
+claim.lua counts an issue call in the same call as its claim (no extra round trip), and
+count_lookup counts a ticket lookup. Answers a worker gives from its own state (sold out, not
+open, closed) are not counted: they cost nothing.
+"""
+import time
+
+from coupon.errors import RateLimited
+
+
+class RateLimit:
+    def __init__(self, limit, seconds):
+        self.limit = limit  # 0: no limit
+        self.seconds = max(1, int(seconds))
+
+    def window(self):
+        """(number of the current window, seconds left in it)."""
+        now = int(time.time())
+        return now // self.seconds, self.seconds - now % self.seconds
+
+    def exceeded(self):
+        """The answer to a request over the limit: retry once this window is over."""
+        return RateLimited(retry_after=self.window()[1])
+
+    def count_lookup(self, redis, shard, user_id):
+        """Count a ticket lookup of the user, in the window hash claim.lua counts issue calls in;
+        raise RateLimited past the limit."""
+        if not self.limit:
+            return
+        window, left = self.window()
+        key = shard.rate(window)
+        batch = redis.batch()
+        batch.on(key).hincrby(key, user_id, 1)
+        batch.on(key).expire(key, self.seconds)
+        if batch.execute()[0] > self.limit:
+            raise RateLimited(retry_after=left)
