@@ -114,25 +114,30 @@ class ChildProcess:
 class Gunicorn(ChildProcess):
     """A real gunicorn master started as the design card says, `gunicorn -k gevent app:app` in the
     repository root (so with ./gunicorn.conf.py), serving `app` on a free loopback port (BIND),
-    ready once /healthz answers. It logs to `log_path` (default
-    instance/gunicorn-<port>.log); with private_metrics, its PROMETHEUS_MULTIPROC_DIR is a fresh
-    temporary folder, removed on stop, so that /metrics counts this server's requests only."""
+    ready once /healthz answers; with options, as `gunicorn -k gevent -w N -b ADDR app:app` instead.
+    It logs to `log_path` (default instance/gunicorn-<port>.log); with private_metrics, its
+    PROMETHEUS_MULTIPROC_DIR is a fresh temporary folder, removed on stop, so that /metrics counts
+    this server's requests only."""
 
-    def __init__(self, env, workers=2, app="app:app", log_path=None, private_metrics=False, **settings):
+    def __init__(self, env, workers=2, app="app:app", log_path=None, private_metrics=False,
+                 options=False, **settings):
         self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.command = [GUNICORN, "-k", "gevent", app]
+        if options:  # the command line overrides what gunicorn.conf.py reads from the environment
+            self.command[3:3] = ["-w", str(workers), "-b", f"127.0.0.1:{self.port}"]
         env = dict(env, BIND=f"127.0.0.1:{self.port}", WEB_WORKERS=str(workers), LOG_LEVEL="warning")
+        if options:
+            del env["BIND"], env["WEB_WORKERS"]
         self.metrics_dir = tempfile.mkdtemp(prefix="gunicorn-prom-") if private_metrics else None
         if self.metrics_dir:
             env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         env.update({k: str(v) for k, v in settings.items()})
         self.log_path = log_path or os.path.join(ROOT, "instance", f"gunicorn-{self.port}.log")
         self.log = open(self.log_path, "w+")
-        self.proc = subprocess.Popen(
-            [GUNICORN, "-k", "gevent", app],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-        )
+        self.proc = subprocess.Popen(self.command, cwd=ROOT, env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
         try:
             wait_until(self._healthy, timeout=30, what=f"gunicorn {app} to answer /healthz")
         except BaseException:
