@@ -35,9 +35,9 @@ def source_files():
 
 
 def settings_the_code_reads():
-    from config.settings import Config
+    from config.settings import SETTINGS
 
-    names = {name for name in dir(Config) if name.isupper() and not name.startswith("_")}
+    names = set(SETTINGS)
     for path in source_files():
         with open(path, encoding="utf-8") as f:
             text = f.read()
