@@ -1,1 +1,1 @@
-"""Settings: class defaults < optional settings file < environment variables."""
+"""Settings (settings.py): defaults < optional settings file < environment variables."""
