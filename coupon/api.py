@@ -6,6 +6,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from flask.sessions import SessionInterface
 from werkzeug.http import HTTP_STATUS_CODES
 
+from coupon import db
 from coupon.bodies import announces_body
 from coupon.errors import JSON, BadRequest, CampaignNotFound, Unauthorized, as_coupon_error, error_answer
 from coupon.extensions import services
@@ -16,7 +17,6 @@ from coupon.queries import campaign_status, find_ticket
 bp = Blueprint("api", __name__)
 
 CAMPAIGN_ID = re.compile(r"[1-9][0-9]{0,9}")
-MAX_CAMPAIGN_ID = 2**31 - 1
 
 
 class NoSessions(SessionInterface):
@@ -30,7 +30,7 @@ class NoSessions(SessionInterface):
 
 def campaign_id_of(raw):
     """Only ids that can name a campaign get further; anything else is simply not found."""
-    if not CAMPAIGN_ID.fullmatch(raw) or int(raw) > MAX_CAMPAIGN_ID:
+    if not CAMPAIGN_ID.fullmatch(raw) or int(raw) > db.MAX_ID:
         raise CampaignNotFound()
     return int(raw)
 

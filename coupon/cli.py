@@ -1,6 +1,8 @@
 """Operator commands: flask db ..., flask campaign ..., flask token ... (`flask jobs` is jobs/cli.py).
 
-Each command is a thin layer over a service function; errors print a message and exit 1.
+Each command is a thin layer over a service function. A refusal or a store that fails prints
+`Error: CODE: message` and exits 1; a mistyped command, option or value exits 2 (click's usage
+error), naming what to fix.
 """
 import functools
 import json
@@ -9,21 +11,24 @@ import sys
 import click
 from flask import current_app
 from flask.cli import AppGroup
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 
 from coupon import campaigns, queries
-from coupon.clock import parse_time
+from coupon.clock import parse_time, utcnow
 from coupon.db import init_db
-from coupon.errors import CouponError
+from coupon.errors import BadRequest, CouponError
 from coupon.extensions import services
 from coupon.outbox import outbox_stats
-from coupon.recovery import count_rows, recover_campaign
+from coupon.recovery import count_rows, lost_campaign, recover_campaign
+from coupon.signing import check_user_id
 
 db_cli = AppGroup("db", help="Database schema.")
 campaign_cli = AppGroup("campaign", help="Create, open, close and inspect campaigns.")
 
 
 def operator_errors(f):
-    """Turn domain errors into a one-line message and exit status 1."""
+    """Turn domain errors, and Redis or the database failing, into one line and exit status 1."""
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
@@ -31,12 +36,26 @@ def operator_errors(f):
             return f(*args, **kwargs)
         except CouponError as e:
             raise click.ClickException(f"{e.code}: {e.message}") from None
+        except (RedisError, SQLAlchemyError) as e:
+            store = "Redis" if isinstance(e, RedisError) else "the database"
+            detail = str(getattr(e, "orig", None) or e).splitlines()[0]
+            raise click.ClickException(f"UNAVAILABLE: {store} failed: {detail}") from None
 
     return wrapper
 
 
 def svc():
     return services(current_app)
+
+
+class UserId(click.ParamType):
+    name = "user id"
+
+    def convert(self, value, param, ctx):
+        try:
+            return check_user_id(value)
+        except BadRequest as e:
+            self.fail(e.message, param, ctx)
 
 
 class IsoTime(click.ParamType):
@@ -64,7 +83,11 @@ def db_init():
 @operator_errors
 def campaign_create(name, stock, opens_at, closes_at):
     """Create a campaign and print its id."""
-    click.echo(campaigns.create_campaign(svc(), name, stock, opens_at, closes_at))
+    campaign_id = campaigns.create_campaign(svc(), name, stock, opens_at, closes_at)
+    if opens_at and opens_at <= utcnow():
+        click.echo(f"note: --opens-at is in the past: campaign {campaign_id} opens at once "
+                   "(the scheduler's next round)", err=True)
+    click.echo(campaign_id)
 
 
 @campaign_cli.command("open")
@@ -85,6 +108,7 @@ def campaign_close(campaign_id):
     Exits 1 and keeps the keys if Redis and the database differ. Safe to run again.
     """
     service = svc()
+    queries.campaign_row(service.engine, campaign_id)  # an unknown id: refused before anything
     backlog = outbox_stats(service.redis, service.keys(campaign_id))[0]
     with click.progressbar(length=backlog, label="draining outbox", file=sys.stderr) as bar:
         report = campaigns.close_campaign(service, campaign_id, progress=bar.update)
@@ -102,6 +126,7 @@ def campaign_recover(campaign_id):
     lost: claims acknowledged to users but never flushed into the database.
     """
     service = svc()
+    lost_campaign(service, campaign_id)  # its refusals before anything is written
     rows = count_rows(service.engine, campaign_id)
     with click.progressbar(length=rows, label="restoring claims", file=sys.stderr) as bar:
         report = recover_campaign(service, campaign_id, progress=bar.update)
@@ -130,20 +155,23 @@ def campaign_list():
 
 
 class TokenGroup(AppGroup):
-    """`flask token USER_ID` is `flask token mint USER_ID`; other words name a subcommand."""
+    """`flask token [--ttl N] USER_ID` is `flask token mint [--ttl N] USER_ID`; `mint`, `bulk` and
+    `--help` first name the subcommand or ask for help."""
 
-    def resolve_command(self, ctx, args):
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] != "--help":
             args = ["mint", *args]
-        return super().resolve_command(ctx, args)
+        return super().parse_args(ctx, args)
 
 
 token_cli = TokenGroup("token", help="Bearer tokens for users (`flask token USER_ID` mints one).")
-TTL = click.option("--ttl", type=click.IntRange(1), help="Seconds the tokens stay valid [TOKEN_TTL].")
+MAX_TTL = 366 * 24 * 3600  # a year: a longer-lived token is a standing key to the user's coupons
+TTL = click.option("--ttl", type=click.IntRange(1, MAX_TTL),
+                   help="Seconds the tokens stay valid, at most a year [TOKEN_TTL].")
 
 
 @token_cli.command("mint")
-@click.argument("user_id")
+@click.argument("user_id", type=UserId())
 @TTL
 @operator_errors
 def token_mint(user_id, ttl):
@@ -153,13 +181,16 @@ def token_mint(user_id, ttl):
 
 @token_cli.command("bulk")
 @click.option("--count", required=True, type=click.IntRange(1, 10_000_000), help="How many tokens.")
-@click.option("--prefix", default="user-", show_default=True, help="User id prefix.")
+@click.option("--prefix", default="user-", show_default=True, type=UserId(), help="User id prefix.")
 @TTL
 @operator_errors
 def token_bulk(count, prefix, ttl):
     """Print COUNT lines `user_id<TAB>token`, for users PREFIX1, PREFIX2, ... (zero-padded)."""
     signer = svc().signer
     width = len(str(count))
+    if len(prefix) + width > 64:
+        raise click.BadParameter(f"user ids are at most 64 characters: {prefix!r} leaves {64 - len(prefix)} "
+                                 f"for the {width} digits of the number", param_hint="'--prefix'")
     for i in range(1, count + 1):
         user_id = f"{prefix}{i:0{width}d}"
         click.echo(f"{user_id}\t{signer.mint(user_id, ttl)}")

@@ -9,6 +9,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import make_url
 
 metadata = MetaData()
+MAX_ID = 2**31 - 1  # ids are INTEGER columns: anything above names no row
 MILLIS = DateTime().with_variant(mysql.DATETIME(fsp=3), "mysql", "mariadb")  # ticket times in ms
 
 campaigns = Table(

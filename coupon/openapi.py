@@ -3,6 +3,7 @@
 Kept by hand and small; tests/test_fuzz.py checks that every route of the app is in it and
 drives generated requests from it.
 """
+from coupon.db import MAX_ID
 from coupon.errors import HTTP_ERRORS, RateLimited
 
 
@@ -24,7 +25,7 @@ def _errors(*statuses):
 CAMPAIGN_ID = {
     "name": "campaign_id", "in": "path", "required": True,
     "description": "Anything but a whole number from 1 to 2147483647 answers 404 CAMPAIGN_NOT_FOUND.",
-    "schema": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
 }
 BEARER = [{"bearer": []}]
 OPS = [{"ops": []}]

@@ -12,6 +12,8 @@ from coupon.tickets import Ticket
 
 
 def campaign_row(engine, campaign_id):
+    if not 1 <= campaign_id <= db.MAX_ID:  # no such row, and no query the driver cannot bind
+        raise CampaignNotFound(f"no campaign {campaign_id}")
     with engine.connect() as conn:
         row = conn.execute(select(db.campaigns).where(db.campaigns.c.id == campaign_id)).first()
     if row is None:

@@ -80,18 +80,25 @@ def recover_campaign(svc, campaign_id, progress=None):
     hash is written last: until then workers do not serve the campaign, and recover may run
     again after a failure. progress, if given, is called with the rows restored by each round.
     """
-    row = campaign_row(svc.engine, campaign_id)
-    if row.status == "closed":
-        raise NothingToRecover(f"campaign {campaign_id} is closed; it is read from the database")
+    row = lost_campaign(svc, campaign_id)
     keys = svc.keys(campaign_id)
-    if svc.redis.exists(keys.meta):
-        raise NothingToRecover(
-            f"Redis still holds campaign {campaign_id}; recover is only for a Redis that lost it")
     drained = save_what_redis_kept(svc, keys)
     per_shard, cursor, returned = restore_claims(svc, keys, progress)
     status = live_status(row)
     redis_state.restore(svc.redis, keys, row, status, cursor, per_shard)
     return RecoveryReport(campaign_id, status, per_shard, cursor, returned, drained, row.issued)
+
+
+def lost_campaign(svc, campaign_id):
+    """The campaigns row of a campaign Redis lost; raise NothingToRecover for one it holds or a
+    closed one (CampaignNotFound for an unknown id)."""
+    row = campaign_row(svc.engine, campaign_id)
+    if row.status == "closed":
+        raise NothingToRecover(f"campaign {campaign_id} is closed; it is read from the database")
+    if svc.redis.exists(svc.keys(campaign_id).meta):
+        raise NothingToRecover(
+            f"Redis still holds campaign {campaign_id}; recover is only for a Redis that lost it")
+    return row
 
 
 def save_what_redis_kept(svc, keys):
