@@ -73,10 +73,14 @@ def run_locust(args, campaign_id, name, timeline_dir):
             cmd += ["-u", str(users), "-r", str(users)]
         print(f"Locust UI on http://localhost:8089 (host {args.host}, campaign {campaign_id}, "
               f"scenario {args.scenario}); Ctrl-C to stop, close the campaign and check.", flush=True)
+        if args.scenario == "ramp":
+            print(f"The ramp's shape sets users and their start rate ({users} at its peak): the form's "
+                  "greyed-out 0s are not used.", flush=True)
+        locust = subprocess.Popen(cmd, cwd=ROOT, env=env)
         try:
-            subprocess.run(cmd, cwd=ROOT, env=env)
-        except KeyboardInterrupt:
-            pass
+            locust.wait()
+        except KeyboardInterrupt:  # Locust got the same Ctrl-C: it stops and writes its report
+            locust.wait(timeout=60)
         return
     if args.scenario == "rush":  # every user at once, for --duration seconds
         cmd += ["--headless", "-u", str(users), "-r", str(users), "-t", f"{args.duration}s"]
@@ -99,10 +103,14 @@ def read_timeline(folder):
 
 def locust_totals(name):
     """Locust's final figures, from its JSON file: requests, failures, req/s, and latency in ms
-    (p50, p95, p99, max). Not from its stats CSV: that is rewritten every second while the test
-    runs, and the last second's requests never reach it."""
-    with open(f"reports/{name}.json") as f:
-        entries = json.load(f)
+    (p50, p95, p99, max); None if Locust wrote none (it did not run, or was killed). Not from its
+    stats CSV: that is rewritten every second while the test runs, and the last second's requests
+    never reach it."""
+    try:
+        with open(f"reports/{name}.json") as f:
+            entries = json.load(f)
+    except (OSError, ValueError):
+        return None
     times = Counter()
     for entry in entries:
         times.update({int(ms): n for ms, n in entry["response_times"].items()})
@@ -191,10 +199,12 @@ def server_latency(host):
 def server_line(before, after):
     """The server's own view of the run's latency: time in the worker, queueing before it not
     included; beside Locust's figures, it tells the load generator's tail from the service's."""
+    if not after:
+        return "server side: no figures (/metrics unreachable)"
     run = {bound: after[bound] - before.get(bound, 0) for bound in after}
     total = run.get(float("inf"), 0)
     if not total:
-        return "server side: no figures (/metrics unreachable)"
+        return "server side: no issue answers during the run"
     p99 = min(bound for bound, n in run.items() if n >= 0.99 * total)
     return (f"server side (time in the worker, /metrics): {run[0.025] / total:.1%} under 25 ms, "
             f"{run[0.1] / total:.1%} under 100 ms, p99 <= {p99 * 1000:g} ms")
@@ -203,17 +213,22 @@ def server_line(before, after):
 def summary(args, name, campaign_id, timeline, checks, closed, server):
     totals = locust_totals(name)
     answers = Counter(outcome for _, _, outcome, _ in timeline)
+    if totals is None:
+        locust = [f"Locust wrote no final figures (reports/{name}.json): stopped before it started?"]
+    else:
+        locust = [
+            f"requests {totals['requests']}  failures {totals['failures']}  req/s {totals['rps']:.0f}"
+            + ("" if totals["requests"] == len(timeline) else
+               f"  (answers recorded: {len(timeline)}; the difference did not finish before Locust stopped)"),
+            f"latency ms  p50 {totals['p50']}  p95 {totals['p95']}  p99 {totals['p99']}  "
+            f"max {totals['max']:.0f}"]
     last_new = max((t for t, _, outcome, _ in timeline if outcome == "NEW"), default=None)
     early = sum(1 for t, _, o, _ in timeline if o == "SOLD_OUT" and last_new and t < last_new)
     first_sold_out = min((t for t, _, o, _ in timeline if o == "SOLD_OUT"), default=None)
     first = timeline[0][0] if timeline else 0
     lines = [
         f"== loadtest {args.scenario}: campaign {campaign_id}, stock {args.stock}, host {args.host}",
-        f"requests {totals['requests']}  failures {totals['failures']}  req/s {totals['rps']:.0f}"
-        + ("" if totals["requests"] == len(timeline) else
-           f"  (answers recorded: {len(timeline)}; the difference did not finish before Locust stopped)"),
-        f"latency ms  p50 {totals['p50']}  p95 {totals['p95']}  p99 {totals['p99']}  "
-        f"max {totals['max']:.0f}",
+        *locust,
         f"            {server}",
         "answers     " + "  ".join(f"{k} {v}" for k, v in sorted(answers.items())),
         f"issued      {sum(1 for o in answers.elements() if o == 'NEW')} "
