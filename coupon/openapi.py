@@ -105,8 +105,22 @@ SPEC = {
                 "security": OPS,
                 "parameters": [{"name": "campaign", "in": "query", "required": False,
                                 "description": "the campaign to show (default: the newest live one)",
-                                "schema": {"type": "integer", "minimum": 1}}],
+                                "schema": {"type": "integer", "minimum": 1}},
+                               {"name": "since", "in": "query", "required": False,
+                                "description": "the previous poll's `now`: the outbox's highest "
+                                               "backlog and lag since then are reported",
+                                "schema": {"type": "number"}}],
                 "responses": {"200": {"description": "live figures", **_json("Object")},
+                              **_errors(401, 404, 503)},
+            },
+        },
+        "/ops/campaigns/{campaign_id}/history.json": {
+            "get": {
+                "summary": "A live sale's coupons issued per second from its opening, counted by "
+                           "the database, up to the oldest claim not yet written there",
+                "security": OPS,
+                "parameters": [CAMPAIGN_ID],
+                "responses": {"200": {"description": "the history", **_json("Object")},
                               **_errors(401, 404, 503)},
             },
         },
@@ -119,6 +133,11 @@ SPEC = {
                 "responses": {"200": {"description": "the replay", **_json("Object")},
                               **_errors(401, 404, 503)},
             },
+        },
+        "/favicon.ico": {
+            "get": {"summary": "The operators' page's icon",
+                    "responses": {"200": {"description": "an SVG",
+                                          "content": {"image/svg+xml": {"schema": {"type": "string"}}}}}},
         },
         "/openapi.json": {
             "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}},

@@ -5,30 +5,37 @@ stock and issued, outbox backlog and flush lag, leases, health. Figures of this 
 over its gunicorn workers, all campaigns together): answers by outcome, time in the worker,
 claims flushed by a scheduler sharing its metrics folder, serials in its workers' local blocks.
 The JSON carries counters; the page turns them into rates and keeps the recent history itself,
-so a poll costs a few Redis and database round trips and no state on the server.
+so a poll costs a few Redis and database round trips. A sale's coupons per second since its
+opening come from the database, counted there (GROUP BY the second), once when the page selects
+it. While a page polls a campaign, the worker reads its outbox every SAMPLE_SECONDS, so that a
+poll can say the highest backlog and lag since the previous one (a sawtooth: it grows between
+flushes and drops at each, which a once-a-second sample would alias).
 
 In production the page asks for HTTP Basic with OPS_PASSWORD (any user name); with no password
 set it is not registered at all (404 to every method). In development it is open.
 """
+import datetime as dt
 import hmac
 import math
+import os
 import socket
+import threading
 import time
-from collections import Counter
+from collections import deque
 
-from flask import Blueprint, current_app, jsonify, render_template, request, url_for
+from flask import Blueprint, current_app, jsonify, render_template, request, send_from_directory, url_for
 from redis.exceptions import RedisError
-from sqlalchemy import func, select
+from sqlalchemy import Integer, cast, func, select, text
 
 from coupon import db
 from coupon.api import campaign_id_of
-from coupon.clock import iso
+from coupon.clock import from_ms, iso, to_ms
 from coupon.errors import CampaignNotFound, Unauthorized, error_response
 from coupon.extensions import services
 from coupon.health import readiness
 from coupon.keys import SCHEDULER_LEADER, active_campaigns
 from coupon.outbox import outbox_stats
-from coupon.queries import campaign_status, status_view
+from coupon.queries import campaign_row, campaign_status, status_view
 from coupon.reconcile import reconcile
 from coupon.scripts import decode_serials
 
@@ -36,7 +43,9 @@ bp = Blueprint("ops", __name__, url_prefix="/ops")
 
 POLL_SECONDS = 1.0
 RECENT_CLOSED = 10  # closed campaigns listed after the live ones
-REPLAY_POINTS = 3600  # a longer sale is replayed in steps of several seconds
+REPLAY_POINTS = 3600  # a longer sale is counted in steps of several seconds
+SAMPLE_SECONDS = 0.1  # the outbox is read this often while a page polls the campaign
+WATCH_SECONDS = 5.0  # and for this long after the last poll
 
 
 def enabled(config):
@@ -45,9 +54,17 @@ def enabled(config):
 
 
 def register(app):
+    app.add_url_rule("/favicon.ico", "favicon", favicon)  # where browsers ask for it by themselves
     if enabled(app.config):
         app.register_blueprint(bp)
         app.extensions["coupon_ops"] = {}  # figures of finished sales, computed once
+        app.extensions["coupon_ops_outbox"] = OutboxWatch()
+
+
+def favicon():
+    """The page's icon (the API's own answers are JSON), an SVG."""
+    return send_from_directory(os.path.join(current_app.root_path, "static"), "favicon.svg",
+                               mimetype="image/svg+xml", max_age=86400)
 
 
 @bp.before_request
@@ -67,14 +84,20 @@ def require_password():
 @bp.get("/")
 def page():
     return render_template("ops.html", host=socket.gethostname(), poll_seconds=POLL_SECONDS,
-                           live_url=url_for("ops.live"))
+                           sample_seconds=SAMPLE_SECONDS, live_url=url_for("ops.live"))
 
 
 @bp.get("/live.json")
 def live():
     raw = request.args.get("campaign", "")
     campaign_id = campaign_id_of(raw) if raw else None
-    return jsonify(live_state(services(current_app), campaign_id, current_app.extensions["coupon_ops"]))
+    return jsonify(live_state(services(current_app), campaign_id, current_app.extensions["coupon_ops"],
+                              current_app.extensions["coupon_ops_outbox"], since_of(request.args)))
+
+
+@bp.get("/campaigns/<raw_id>/history.json")
+def history(raw_id):
+    return jsonify(sale_history(services(current_app), campaign_id_of(raw_id)))
 
 
 @bp.get("/campaigns/<raw_id>/replay.json")
@@ -83,21 +106,32 @@ def replay(raw_id):
     return jsonify(sale_replay(svc, campaign_id_of(raw_id), current_app.extensions["coupon_ops"]))
 
 
-def live_state(svc, campaign_id, finished):
-    """What the page shows now; `finished` caches the figures of sales that can no longer move."""
+def since_of(args):
+    """The `since` of a poll (the previous poll's `now`), or None if absent or not a number."""
+    try:
+        since = float(args.get("since", ""))
+    except ValueError:
+        return None
+    return since if math.isfinite(since) else None
+
+
+def live_state(svc, campaign_id, finished, outbox_watch, since=None):
+    """What the page shows now; `finished` caches the figures of sales that can no longer move;
+    `since`: the previous poll's `now`, for the highest outbox figures in between."""
     health = health_checks(svc)
     redis_up = health["redis"]["ok"]
     active = active_campaigns(svc.redis) if redis_up else []
     campaigns = campaign_list(svc, active)
     if campaign_id is None and campaigns:
         campaign_id = campaigns[0]["id"]
+    listed = next((c for c in campaigns if c["id"] == campaign_id), None)
     return {
         "now": time.time(),
         "host": socket.gethostname(),
         "health": health,
         "this_host": svc.metrics.totals(),
         "campaigns": campaigns,
-        "campaign": campaign_view(svc, campaign_id, campaign_id in active, finished)
+        "campaign": campaign_view(svc, campaign_id, listed, finished, outbox_watch, since)
         if campaign_id else None,
     }
 
@@ -132,19 +166,76 @@ def campaign_list(svc, active):
     return live + [dict(status_view(row, row.issued), live=False) for row in closed]
 
 
-def campaign_view(svc, campaign_id, live, finished):
-    view = dict(campaign_status(svc, campaign_id), live=live)
+def campaign_view(svc, campaign_id, listed, finished, outbox_watch, since):
+    # the figures of the list when it holds the campaign: the sidebar and the headline agree
+    view = dict(listed) if listed else dict(campaign_status(svc, campaign_id), live=False)
     if view["status"] == "closed":
         view["replay_url"] = url_for("ops.replay", raw_id=campaign_id)
-    if not live:
+    if not view["live"]:
         return view
-    keys = svc.keys(campaign_id)
-    backlog, lag = outbox_stats(svc.redis, keys)
-    view["outbox"] = {"backlog": backlog, "flush_lag_seconds": lag}
-    view["leases"] = leases(svc, keys)
+    view["history_url"] = url_for("ops.history", raw_id=campaign_id)
+    view["outbox"] = outbox_watch.read(svc, campaign_id, since)
+    view["leases"] = leases(svc, svc.keys(campaign_id))
     if view["issued"] >= view["total"]:
         view["sold_out_after_seconds"] = sold_out_after(svc, campaign_id, finished)
+        if view["sold_out_after_seconds"] is not None:  # every row is in: the replay is whole
+            view["replay_url"] = url_for("ops.replay", raw_id=campaign_id)
     return view
+
+
+class OutboxWatch:
+    """A worker's readings of the outbox of the campaigns its pages poll: every SAMPLE_SECONDS,
+    until WATCH_SECONDS after the last poll, by one thread (a greenlet under gevent). The backlog
+    grows between flushes and drops at each; a once-a-second poll alone would draw that sawtooth
+    as a slow climb and fall. So a poll reports the highest reading since the previous poll."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.polled = {}  # campaign id -> time.monotonic() of the last poll
+        self.readings = {}  # campaign id -> deque of (time, backlog, lag)
+        self.thread = None
+
+    def read(self, svc, campaign_id, since):
+        """{backlog, flush_lag_seconds} now, and the highest of the readings after `since` (this
+        one included): peak_backlog, peak_flush_lag_seconds, and how many readings that is."""
+        backlog, lag = outbox_stats(svc.redis, svc.keys(campaign_id))
+        now = time.time()
+        with self.lock:
+            self.polled[campaign_id] = time.monotonic()
+            if campaign_id not in self.readings:
+                self.readings[campaign_id] = deque(maxlen=int(2 * WATCH_SECONDS / SAMPLE_SECONDS))
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._watch, args=(svc,), daemon=True,
+                                               name="ops-outbox-watch")
+                self.thread.start()
+            window = [r for r in self.readings[campaign_id] if since is not None and r[0] > since]
+        window.append((now, backlog, lag))
+        return {"backlog": backlog, "flush_lag_seconds": lag,
+                "peak_backlog": max(r[1] for r in window),
+                "peak_flush_lag_seconds": max(r[2] for r in window), "readings": len(window)}
+
+    def _watch(self, svc):
+        try:
+            while True:
+                with self.lock:
+                    now = time.monotonic()
+                    for campaign_id in [c for c, t in self.polled.items() if now - t > WATCH_SECONDS]:
+                        del self.polled[campaign_id], self.readings[campaign_id]
+                    watched = list(self.polled)
+                if not watched:
+                    return
+                for campaign_id in watched:
+                    try:
+                        backlog, lag = outbox_stats(svc.redis, svc.keys(campaign_id))
+                    except RedisError:
+                        continue  # Redis down shows in the page's health
+                    with self.lock:
+                        if campaign_id in self.readings:
+                            self.readings[campaign_id].append((time.time(), backlog, lag))
+                time.sleep(SAMPLE_SECONDS)
+        finally:
+            with self.lock:
+                self.thread = None
 
 
 def leases(svc, keys):
@@ -164,7 +255,7 @@ def sold_out_after(svc, campaign_id, finished):
     """Seconds from open to the last coupon, once every row is in the database; else None."""
     key = ("sold_out_after", campaign_id)
     if key not in finished:
-        row, rows, last = issued_rows(svc, campaign_id)
+        row, rows, _, last = issued_rows(svc, campaign_id)
         if rows < row.total or row.opens_at is None:
             return None
         finished[key] = round((last - row.opens_at).total_seconds(), 3)
@@ -172,15 +263,61 @@ def sold_out_after(svc, campaign_id, finished):
 
 
 def issued_rows(svc, campaign_id):
-    """(campaign row, its coupon rows in the database, the last one's issued_at)."""
+    """(campaign row, its coupon rows in the database, the first and the last one's issued_at)."""
+    row = campaign_row(svc.engine, campaign_id)
     c = db.coupons.c
     with svc.engine.connect() as conn:
-        row = conn.execute(select(db.campaigns).where(db.campaigns.c.id == campaign_id)).first()
-        if row is None:
-            raise CampaignNotFound()
-        rows, last = conn.execute(select(func.count(), func.max(c.issued_at))
-                                  .where(c.campaign_id == campaign_id)).one()
-    return row, rows, last
+        rows, first, last = conn.execute(select(func.count(), func.min(c.issued_at), func.max(c.issued_at))
+                                         .where(c.campaign_id == campaign_id)).one()
+    return row, rows, first, last
+
+
+def epoch_second(column, dialect):
+    """SQL: a column of naive UTC datetimes as whole epoch seconds, computed by the database."""
+    if dialect == "sqlite":
+        return cast(func.strftime("%s", column), Integer)
+    # TIMESTAMPDIFF does not depend on the session's time zone (UNIX_TIMESTAMP would)
+    return func.timestampdiff(text("SECOND"), dt.datetime(1970, 1, 1), column)
+
+
+def step_of(seconds):
+    """Seconds a step of a sale this long: one, or several so that it has REPLAY_POINTS at most."""
+    return max(1, math.ceil(seconds / REPLAY_POINTS))
+
+
+def issues_per_step(svc, campaign_id, start, steps, step):
+    """Coupons issued in each of `steps` steps of `step` seconds from epoch second `start`,
+    counted by the database: GROUP BY the step, one row a step, never the coupons' rows. Rows
+    stamped before `start` count in the first step; none after the last step is counted."""
+    c = db.coupons.c
+    with svc.engine.connect() as conn:
+        index = ((epoch_second(c.issued_at, conn.dialect.name) - start) // step).label("step")
+        counts = conn.execute(
+            select(index, func.count())
+            .where(c.campaign_id == campaign_id, c.issued_at < from_ms((start + steps * step) * 1000))
+            .group_by(index)).all()
+    issues = [0] * steps
+    for i, n in counts:
+        issues[max(0, int(i))] += n
+    return issues
+
+
+def sale_history(svc, campaign_id):
+    """A live sale's coupons per step (a second, or several in a long sale) from its opening to
+    `until` (epoch s), from the rows in the database: those issued before `until` are all there
+    (the flush job writes rows a flush interval or so after they were issued). The page counts
+    what follows from the live polls."""
+    row = campaign_row(svc.engine, campaign_id)
+    # every claim older than the oldest entry still in the outbox is in the database
+    now = time.time()
+    _, lag = outbox_stats(svc.redis, svc.keys(campaign_id))
+    complete = math.floor(now - lag - 0.001)  # lag is rounded to the ms
+    start = min(complete, to_ms(row.opens_at) // 1000) if row.opens_at else complete
+    step = step_of(complete - start)
+    steps = (complete - start) // step  # whole steps only
+    issues = issues_per_step(svc, campaign_id, start, steps, step) if steps else []
+    return {"id": campaign_id, "start": start, "step_seconds": step, "issues": issues,
+            "until": start + steps * step, "rows": sum(issues)}
 
 
 def sale_replay(svc, campaign_id, finished):
@@ -189,22 +326,21 @@ def sale_replay(svc, campaign_id, finished):
     key = ("replay", campaign_id)
     if key in finished:
         return finished[key]
-    row = issued_rows(svc, campaign_id)[0]
-    c = db.coupons.c
-    with svc.engine.connect() as conn:
-        times = conn.execute(select(c.issued_at).where(c.campaign_id == campaign_id)).scalars().all()
-    start = row.opens_at or min(times, default=None)
-    offsets = [max(0.0, (t - start).total_seconds()) for t in times]
-    length = int(max(offsets, default=-1)) + 1
-    step = max(1, math.ceil(length / REPLAY_POINTS))
-    per_step = Counter(int(o) // step for o in offsets)
+    row, rows, first, last = issued_rows(svc, campaign_id)
+    opened = row.opens_at or first
+    issues, step = [], 1
+    if rows:
+        start = to_ms(opened) // 1000
+        step = step_of(to_ms(last) // 1000 + 1 - start)
+        steps = max(1, (to_ms(last) // 1000 - start) // step + 1)  # rows before the opening: the first
+        issues = issues_per_step(svc, campaign_id, start, steps, step)
     keys_kept = svc.redis.exists(svc.keys(campaign_id).meta)
     replay = {
-        "id": campaign_id, "name": row.name, "total": row.total, "rows": len(times),
-        "opened_at": iso(start), "step_seconds": step,
-        "issues": [per_step.get(i, 0) for i in range(math.ceil(length / step))],
-        "sold_out_after_seconds": round(max(offsets), 3) if len(times) >= row.total else None,
-        "reconciliation": reconciliation(svc, row, len(times), keys_kept),
+        "id": campaign_id, "name": row.name, "total": row.total, "rows": rows,
+        "opened_at": iso(opened), "step_seconds": step, "issues": issues,
+        "sold_out_after_seconds": max(0.0, round((last - opened).total_seconds(), 3))
+        if rows and rows >= row.total else None,
+        "reconciliation": reconciliation(svc, row, rows, keys_kept),
     }
     if row.status == "closed" and not keys_kept:  # released: nothing of it can change
         finished[key] = replay

@@ -1,8 +1,10 @@
 """The operators' page in a real browser: headless Chromium (Debian's, driven by Playwright, which
 downloads no browser of its own) against real gunicorn workers and a real scheduler. The page's
-issued count and chart follow a sale within 2 s; a closed sale is replayed. Screenshots go to
-reports/ (ops-live.png, ops-closed.png)."""
+issued count and chart follow a sale within 2 s; a closed sale is replayed; a page opened late
+shows the sale from its opening. Screenshots go to reports/ (ops-live.png, ops-closed.png,
+ops-late.png)."""
 import os
+import threading
 import time
 
 import pytest
@@ -10,6 +12,7 @@ from playwright.sync_api import sync_playwright
 
 from coupon import campaigns
 from loadtest.harness import ROOT, open_campaign, users
+from coupon.outbox import outbox_stats
 from tests.support import FAST_JOBS, flood, issue_call
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -30,6 +33,69 @@ def browser():
 def shown_issued(page):
     """The issued count the page shows in its stock bar: '1,234 of 5,000 issued ...'."""
     return int(page.text_content("#bar-text").split(" of ")[0].replace(",", ""))
+
+
+def shown_in_list(page):
+    """The issued count of the selected campaign in the list: '1,234 / 5,000'."""
+    return int(page.text_content("#campaigns li.selected .count").split(" / ")[0].replace(",", ""))
+
+
+def test_page_opened_late_shows_the_sale_from_its_opening(browser, gunicorn, scheduler, svc, signer):
+    server = gunicorn(workers=2, private_metrics=True)
+    scheduler(**FAST_JOBS)
+    campaign_id = open_campaign(svc, 1000, "Opened late")
+    crowd = users(signer, 600, prefix="late-")
+    # two waves 2 s apart before anyone looks, all written to the database
+    for wave in (crowd[:120], crowd[120:200]):
+        assert all(status == 201 for _, status, _ in
+                   flood([issue_call(server.url, campaign_id, u, t) for u, t in wave], concurrency=20))
+        time.sleep(2)
+    deadline = time.monotonic() + 20
+    while outbox_stats(svc.redis, svc.keys(campaign_id))[0] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    opened = time.time()
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    errors, refused = [], []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("response", lambda r: refused.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.goto(f"{server.url}/ops/?campaign={campaign_id}")
+    page.wait_for_function("window.opsPage.history() && window.opsPage.polls >= 2")
+
+    # the issued chart begins at the opening, with the seconds of both waves from the rows
+    history = page.evaluate("window.opsPage.history()")
+    assert history["rows"] == 200 and history["step_seconds"] == 1
+    ts, per_second = page.evaluate("window.opsPage.charts.issued.data")
+    assert ts[0] == history["start"] + 1  # the end of the opening's second
+    busy = [t for t, v in zip(ts, per_second) if v > 0]
+    assert len(busy) >= 2 and busy[-1] - busy[0] >= 1.5 and busy[-1] < opened
+    # the chart accounts for every coupon: its rates times their intervals make the count shown
+    edges = [history["start"]] + ts
+    assert round(sum(v * (b - a) for a, b, v in zip(edges, ts, per_second))) == shown_issued(page) == 200
+    assert "from the database" in page.text_content("#note-issued")
+    assert "in all" in page.text_content("#key-answers")  # this host's totals, not only rates
+
+    # the sale goes on with the page open: the list and the headline show the same count
+    seller = threading.Thread(target=lambda: [
+        (flood([issue_call(server.url, campaign_id, u, t) for u, t in crowd[s:s + 50]], concurrency=10),
+         time.sleep(0.3)) for s in range(200, len(crowd), 50)])
+    seller.start()
+    seen = []
+    while seller.is_alive():
+        seen.append(page.evaluate("""() => [
+            document.querySelector('#campaigns li.selected .count').textContent.split(' / ')[0],
+            document.getElementById('bar-text').textContent.split(' of ')[0]]"""))
+        page.wait_for_timeout(50)
+    seller.join()
+    assert all(listed == shown for listed, shown in seen), [p for p in seen if p[0] != p[1]]
+    assert len({shown for _, shown in seen}) >= 3  # it moved while we looked
+    page.wait_for_function("document.getElementById('bar-text').textContent.startsWith('600 of')",
+                           timeout=FOLLOWS_WITHIN_MS)
+    assert shown_in_list(page) == shown_issued(page) == 600
+    ts, per_second = page.evaluate("window.opsPage.charts.issued.data")
+    assert any(v > 0 for t, v in zip(ts, per_second) if t > opened)  # the polls extend it
+    os.makedirs(REPORTS, exist_ok=True)
+    page.screenshot(path=os.path.join(REPORTS, "ops-late.png"), full_page=True)
+    assert errors == [] and refused == []
 
 
 def test_page_follows_a_sale_and_replays_it(browser, gunicorn, scheduler, svc, signer):

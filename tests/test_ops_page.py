@@ -1,13 +1,18 @@
 """The operators' page (/ops/) through Flask's test client, against the real Redis and MariaDB:
 what live.json and replay.json say, bad ids, and HTTP Basic in production (401, 404)."""
 import base64
+import threading
 import time
+from collections import Counter
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coupon import campaigns, create_app
+from sqlalchemy import select
+
+from coupon import campaigns, create_app, db
+from coupon.clock import parse_time, to_ms
 from coupon.keys import SCHEDULER_LEADER
 from coupon.outbox import Flusher
 from loadtest.harness import open_campaign
@@ -116,6 +121,119 @@ def test_replay_of_a_closed_sale(client, svc):
     assert "agreed at close on 5 tickets; database rows now 5" in replay["reconciliation"]["lines"][0]
 
 
+def rows_per_second(svc, campaign_id):
+    """The campaign's coupons in the database counted per epoch second, here in Python."""
+    with svc.engine.connect() as conn:
+        times = conn.execute(select(db.coupons.c.issued_at)
+                             .where(db.coupons.c.campaign_id == campaign_id)).scalars().all()
+    return Counter(to_ms(t) // 1000 for t in times)
+
+
+def per_second(start, step, issues):
+    """{epoch second: coupons} of a history or replay counted per second, the empty ones left out."""
+    assert step == 1
+    return {start + i: n for i, n in enumerate(issues) if n}
+
+
+def test_history_of_a_live_sale_counts_the_rows_per_second(client, svc):
+    campaign_id = open_campaign(svc, 100, "ops history")
+    for user in ("h1", "h2", "h3"):
+        issue_directly(svc, campaign_id, user)
+    time.sleep(1.1)
+    for user in ("h4", "h5"):
+        issue_directly(svc, campaign_id, user)
+    time.sleep(1.1)  # the history ends at a whole second: the one of h4 and h5 is over
+    Flusher(svc, consumer="test").flush([campaign_id])
+    pending = issue_directly(svc, campaign_id, "h6")  # in the outbox, not in the database
+    time.sleep(1.1)  # its second is over too: the history must stop before it all the same
+
+    view = client.get(f"/ops/live.json?campaign={campaign_id}").json["campaign"]
+    assert view["history_url"] == f"/ops/campaigns/{campaign_id}/history.json"
+    history = client.get(view["history_url"]).json
+    opened = to_ms(parse_time(view["opens_at"])) // 1000
+    assert history["start"] == opened and history["step_seconds"] == 1
+    assert history["until"] == history["start"] + len(history["issues"])
+    # up to the oldest claim not yet in the database (h6), every row, counted per second
+    assert history["until"] <= pending.issued_at_ms / 1000
+    assert history["rows"] == sum(history["issues"]) == 5
+    assert per_second(history["start"], 1, history["issues"]) == rows_per_second(svc, campaign_id)
+    assert len(rows_per_second(svc, campaign_id)) >= 2  # two seconds at least: a shape to compare
+
+
+def test_sold_out_sale_not_closed_has_its_replay_once_its_rows_are_in(client, svc):
+    campaign_id = open_campaign(svc, 3, "ops sold out replay")
+    issue_directly(svc, campaign_id, "s1")
+    time.sleep(1.1)
+    issue_directly(svc, campaign_id, "s2")
+    issue_directly(svc, campaign_id, "s3")
+    view = client.get(f"/ops/live.json?campaign={campaign_id}").json["campaign"]
+    assert view["status"] == "sold_out" and "replay_url" not in view  # the rows are not all in
+    Flusher(svc, consumer="test").flush([campaign_id])
+
+    view = client.get(f"/ops/live.json?campaign={campaign_id}").json["campaign"]
+    assert (view["status"], view["live"]) == ("sold_out", True)
+    replay = client.get(view["replay_url"]).json
+    assert (replay["rows"], replay["total"]) == (3, 3)
+    start = to_ms(parse_time(replay["opened_at"])) // 1000
+    assert per_second(start, replay["step_seconds"], replay["issues"]) == rows_per_second(svc, campaign_id)
+    assert 1.0 <= replay["sold_out_after_seconds"] == view["sold_out_after_seconds"] < 30
+    assert replay["reconciliation"]["agree"] is True
+
+
+def test_a_poll_says_the_highest_backlog_since_the_previous_one(client, svc):
+    campaign_id = open_campaign(svc, 100, "ops peak")
+    first = client.get(f"/ops/live.json?campaign={campaign_id}").json  # the worker starts reading
+    for user in ("p1", "p2", "p3", "p4", "p5"):
+        issue_directly(svc, campaign_id, user)
+    time.sleep(1.0)  # ten readings' time at least once, even on a loaded machine
+    Flusher(svc, consumer="test").flush([campaign_id])
+
+    second = client.get(f"/ops/live.json?campaign={campaign_id}&since={first['now']}").json
+    outbox = second["campaign"]["outbox"]
+    assert (outbox["backlog"], outbox["flush_lag_seconds"]) == (0, 0.0)  # now: flushed
+    assert outbox["peak_backlog"] == 5 and outbox["peak_flush_lag_seconds"] > 0  # in between
+    assert outbox["readings"] >= 2
+    third = client.get(f"/ops/live.json?campaign={campaign_id}&since={second['now']}").json
+    assert third["campaign"]["outbox"]["peak_backlog"] == 0  # nothing since the second poll
+    without = client.get(f"/ops/live.json?campaign={campaign_id}&since=nan").json["campaign"]["outbox"]
+    assert without["readings"] == 1 and without["peak_backlog"] == 0  # this poll's reading only
+
+
+def test_the_list_and_the_campaign_give_the_same_figure(client, svc, make_app, mysql_url):
+    campaign_id = open_campaign(svc, 100_000, "ops agree")
+    other_host = make_app().extensions["coupon"]  # issues meanwhile, as another host would
+    stop = threading.Event()
+
+    def sell():
+        n = 0
+        while not stop.is_set():
+            issue_directly(other_host, campaign_id, f"agree{n}")
+            n += 1
+
+    seller = threading.Thread(target=sell)
+    seller.start()
+    try:
+        seen = []
+        for _ in range(60):
+            state = client.get(f"/ops/live.json?campaign={campaign_id}").json
+            [listed] = [c for c in state["campaigns"] if c["id"] == campaign_id]
+            seen.append((listed["issued"], state["campaign"]["issued"]))
+    finally:
+        stop.set()
+        seller.join()
+    assert len({shown for shown, _ in seen}) > 10  # the sale moved while the page polled
+    assert all(listed == shown for listed, shown in seen)
+
+
+def test_the_page_says_loading_until_its_first_poll_and_has_an_icon(client):
+    page = client.get("/ops/").data.decode()
+    assert "loading…" in page and "none yet" not in page
+    assert '<link rel="icon" href="/favicon.ico" type="image/svg+xml">' in page
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.mimetype == "image/svg+xml"
+    assert icon.data.startswith(b"<svg") and len(icon.data) < 1024
+
+
 def test_replay_reconciles_a_campaign_redis_still_holds(client, svc):
     campaign_id = open_campaign(svc, 5, "ops kept")
     issue_directly(svc, campaign_id, "k1")
@@ -154,6 +272,7 @@ def test_production_without_a_password_has_no_page(make_app):
         for method in ("GET", "POST", "DELETE"):
             assert_error(client.open(path, method=method, headers=basic("ops", "")), 404, "NOT_FOUND")
     assert client.get("/healthz").status_code == 200  # the rest of the service is there
+    assert client.get("/favicon.ico").status_code == 200
 
 
 def test_fuzz_production_authorization(make_app):

@@ -1,10 +1,13 @@
 // The operators' live page: polls live.json every second, turns its counters into rates, keeps
-// the last five minutes itself and draws them with uPlot. The server keeps no history.
+// the last five minutes itself and draws them with uPlot. The coupons issued per second since the
+// opening come from the database once, when a campaign is selected (history.json); the polls
+// extend them.
 "use strict";
 (function () {
   const root = document.getElementById("ops");
   const POLL_MS = Number(root.dataset.pollSeconds) * 1000;
   const HISTORY = 300; // polls kept: five minutes at one a second
+  const ISSUED_POINTS = 7200; // points of the issued chart kept: the history and two hours of polls
   // the answers chart's series: label, colour, the outcome codes counted (null: every other one)
   const OUTCOMES = [
     ["201 new", "#2e7d32", ["NEW"]],
@@ -22,13 +25,16 @@
   let previous = null; // the last state, for rates
   let lastAnswer = 0; // Date.now() of the last good poll
   let recent = emptyHistory();
-  let replayOf = null; // campaign id whose replay is shown
+  let issued = {t: [], perSecond: []}; // the issued chart: each point the rate since the one before
+  let mark = null; // {now, issued}: the last count of coupons issued the chart has accounted for
+  let history = null; // history.json of the selected campaign, once fetched
+  let historyOf = null; // campaign id whose history was asked for
+  let replayOf = null; // campaign id and status whose replay is shown
   let replayClock = ""; // what the replay says of the sale's length
   const charts = {};
 
   function emptyHistory() {
-    return {t: [], issued: [], answers: OUTCOMES.map(() => []), p50: [], p99: [],
-            backlog: [], lag: []};
+    return {t: [], answers: OUTCOMES.map(() => []), p50: [], p99: [], backlog: [], lag: []};
   }
 
   // ---- figures ----
@@ -59,6 +65,27 @@
     return null;
   }
 
+  // a count of the coupons issued at time `now`: a point of the rate since the last count
+  function countIssued(now, count) {
+    if (mark && now > mark.now && count >= mark.issued) {
+      issued.t.push(now);
+      issued.perSecond.push((count - mark.issued) / (now - mark.now));
+      if (issued.t.length > ISSUED_POINTS) { issued.t.shift(); issued.perSecond.shift(); }
+    }
+    if (!mark || now > mark.now) mark = {now, issued: count};
+  }
+
+  // the sale so far from the database: a point at the end of each step; the polls that came
+  // before it are counted again after it (the rows lag the live count by about a flush)
+  function useHistory(r) {
+    const before = mark;
+    history = r;
+    issued = {t: r.issues.map((_, i) => r.start + (i + 1) * r.step_seconds),
+              perSecond: r.issues.map((n) => n / r.step_seconds)};
+    mark = {now: r.until, issued: r.rows};
+    if (before) countIssued(before.now, before.issued);
+  }
+
   function record(state) {
     const c = state.campaign;
     const p = previous && previous.campaign && c && previous.campaign.id === c.id ? previous : null;
@@ -66,15 +93,16 @@
     const host = state.this_host, before = p ? p.this_host : null;
     const h = recent;
     h.t.push(state.now);
-    h.issued.push(p ? rate(c.issued, p.campaign.issued, seconds) : null);
+    countIssued(state.now, c.issued);
     OUTCOMES.forEach(([, , codes], i) => h.answers[i].push(
       p ? rate(outcomeCount(host.answers, codes), outcomeCount(before.answers, codes), seconds) : null));
     h.p50.push(p ? quantile(0.5, host.latency_buckets, before.latency_buckets) : null);
     h.p99.push(p ? quantile(0.99, host.latency_buckets, before.latency_buckets) : null);
-    h.backlog.push(c && c.outbox ? c.outbox.backlog : null);
-    h.lag.push(c && c.outbox ? c.outbox.flush_lag_seconds : null);
+    // the highest readings since the previous poll: the backlog is a sawtooth between flushes
+    h.backlog.push(c.outbox.peak_backlog);
+    h.lag.push(c.outbox.peak_flush_lag_seconds);
     if (h.t.length > HISTORY) {
-      for (const series of [h.t, h.issued, ...h.answers, h.p50, h.p99, h.backlog, h.lag]) series.shift();
+      for (const series of [h.t, ...h.answers, h.p50, h.p99, h.backlog, h.lag]) series.shift();
     }
   }
 
@@ -95,6 +123,7 @@
 
   // ---- charts ----
   const clockTime = (t) => new Date(t * 1000).toLocaleTimeString("en-GB");
+  const CLOCK_TICKS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200]; // whole seconds
   // a chart without uPlot's legend (keys of our own, with the current values, sit below it)
   function chart(id, series, axes, scales, xAxis) {
     const target = $(id);
@@ -102,7 +131,7 @@
       width: Math.max(300, target.clientWidth), height: 190,
       scales: Object.assign({x: {time: true}}, scales || {}),
       series: [{}, ...series],
-      axes: [xAxis || {values: (u, ticks) => ticks.map(clockTime)}, ...axes],
+      axes: [xAxis || {values: (u, ticks) => ticks.map(clockTime), incrs: CLOCK_TICKS}, ...axes],
       legend: {show: false}, cursor: {drag: {x: false, y: false}},
     };
     return new uPlot(opts, [[], ...series.map(() => [])], target);
@@ -127,27 +156,37 @@
                            [{label: "per s"}]);
     charts.latency = chart("chart-latency", [line("p50", "#1565c0"), line("p99", "#c62828")],
                            [{label: "ms"}]);
+    // a step a poll: the highest reading over the interval that ends at the poll
+    const peak = {paths: uPlot.paths.stepped({align: -1}), points: {show: false}};
     charts.outbox = chart("chart-outbox",
-                          [line("backlog", "#6a1b9a", {scale: "entries"}), line("flush lag s", "#ef6c00", {scale: "s"})],
+                          [line("backlog", "#6a1b9a", Object.assign({scale: "entries"}, peak)),
+                           line("flush lag s", "#ef6c00", Object.assign({scale: "s"}, peak))],
                           [{label: "entries", scale: "entries"}, {label: "s", scale: "s", side: 1, grid: {show: false}}],
                           {entries: {range: (u, min, max) => [0, Math.max(10, max)]},
                            s: {range: (u, min, max) => [0, Math.max(1, max)]}});
   }
 
-  function drawLive() {
-    const h = recent;
-    charts.issued.setData([h.t, h.issued]);
+  function drawLive(state) {
+    const h = recent, c = state.campaign, totals = state.this_host.answers;
+    charts.issued.setData([issued.t, issued.perSecond]);
     charts.latency.setData([h.t, h.p50, h.p99]);
     charts.outbox.setData([h.t, h.backlog, h.lag]);
     // the outcomes seen in the window, and always the two a sale is made of
-    const seen = OUTCOMES.map(([label], i) => i === 0 || i === 2 || recent.answers[i].some((v) => v > 0));
+    const total = OUTCOMES.map(([, , codes]) => outcomeCount(totals, codes));
+    const seen = OUTCOMES.map((_, i) => i === 0 || i === 2 || total[i] > 0 || recent.answers[i].some((v) => v > 0));
     seen.forEach((show, i) => { if (charts.answers.series[i + 1].show !== show) charts.answers.setSeries(i + 1, {show}); });
     charts.answers.setData([h.t, ...h.answers]);
-    key("key-issued", [["issued / s", "#2e7d32", number(last(h.issued))]]);
-    key("key-answers", OUTCOMES.filter((_, i) => seen[i]).map(([label, colour], i) =>
-      [label, colour, number(last(h.answers[OUTCOMES.findIndex(([l]) => l === label)])) + "/s"]));
+    key("key-issued", [["issued / s", "#2e7d32", number(last(issued.perSecond))],
+                       ["in all", "transparent", number(c.issued)]]);
+    text("note-issued", !history ? (historyOf === c.id ? "the sale so far is being read from the database…" : "") :
+      history.issues.length ? `From the opening to ${clockTime(history.until)} from the database's rows ` +
+        `(${history.step_seconds > 1 ? `per ${history.step_seconds} s` : "per second"}; they lag the sale by about a flush), ` +
+        "then from the live count, a point a poll." : "From the live count, a point a poll.");
+    key("key-answers", OUTCOMES.map(([label, colour], i) => [label, colour,
+      `${number(last(h.answers[i]))}/s · ${number(total[i])} in all`]).filter((_, i) => seen[i]));
     key("key-latency", [["p50", "#1565c0", number(last(h.p50), 1) + " ms"], ["p99", "#c62828", number(last(h.p99), 1) + " ms"]]);
-    key("key-outbox", [["backlog", "#6a1b9a", number(last(h.backlog))], ["flush lag", "#ef6c00", number(last(h.lag), 1) + " s"]]);
+    key("key-outbox", [["backlog", "#6a1b9a", `highest ${number(last(h.backlog))} · now ${number(c.outbox.backlog)}`],
+                       ["flush lag", "#ef6c00", `highest ${number(last(h.lag), 2)} s · now ${number(c.outbox.flush_lag_seconds, 2)} s`]]);
   }
 
   window.addEventListener("resize", () => {
@@ -168,7 +207,10 @@
 
   function showCampaigns(campaigns, current) {
     const list = $("campaigns");
-    if (!campaigns.length) return;
+    if (!campaigns.length) {
+      list.innerHTML = '<li class="empty">none yet: <code>flask campaign create</code></li>';
+      return;
+    }
     list.replaceChildren(...campaigns.map((c) => {
       const li = document.createElement("li");
       li.className = (c.id === current ? "selected " : "") + (c.live ? "live" : "closed");
@@ -194,14 +236,23 @@
 
   function select(id) {
     selected = String(id);
-    previous = null;
-    recent = emptyHistory();
-    replayOf = null;
-    replayClock = "";
+    forget();
     poll();
   }
 
-  function showCampaign(state) {
+  // a campaign shown anew: nothing of the one before carries over
+  function forget() {
+    previous = null;
+    recent = emptyHistory();
+    issued = {t: [], perSecond: []};
+    mark = null;
+    history = null;
+    historyOf = null;
+    replayOf = null;
+    replayClock = "";
+  }
+
+  async function showCampaign(state) {
     const c = state.campaign;
     $("campaign").hidden = !c;
     if (!c) return;
@@ -229,18 +280,35 @@
     }
     text("clock", clock);
     $("live").hidden = !c.live;
-    if (c.live) showLive(state);
-    if (c.replay_url && replayOf !== c.id) showReplay(c);
+    if (c.live) {
+      if (historyOf !== c.id) await loadHistory(c);
+      if (String(c.id) !== selected && selected) return; // another campaign was chosen meanwhile
+      showLive(state);
+    }
+    if (c.replay_url && replayOf !== `${c.id} ${c.status}`) showReplay(c);
     $("replay").hidden = !c.replay_url;
+  }
+
+  // the sale so far, once a selection: the polls after it extend it
+  async function loadHistory(c) {
+    historyOf = c.id;
+    try {
+      const response = await fetch(c.history_url, {cache: "no-store"});
+      if (!response.ok) throw new Error(response.status);
+      const r = await response.json();
+      if (historyOf === r.id) useHistory(r);
+    } catch (e) {
+      text("note-issued", `The sale so far could not be read (${e.message}): from the live count only.`);
+    }
   }
 
   function showLive(state) {
     const c = state.campaign, h = recent;
     liveCharts();
     record(state);
-    drawLive();
+    drawLive(state);
     const answered = h.answers.reduce((sum, series) => sum + (last(series) || 0), 0);
-    text("t-issued-rate", number(last(h.issued)));
+    text("t-issued-rate", number(last(issued.perSecond)));
     text("t-answer-rate", h.t.length > 1 ? number(answered) : "–");
     text("t-latency", `${number(last(h.p50), 1)} · ${number(last(h.p99), 1)}`);
     text("t-backlog", number(c.outbox.backlog));
@@ -264,7 +332,7 @@
   }
 
   async function showReplay(c) {
-    replayOf = c.id;
+    replayOf = `${c.id} ${c.status}`;
     const response = await fetch(c.replay_url, {cache: "no-store"});
     const r = await response.json();
     if (!response.ok) {
@@ -272,15 +340,15 @@
       return;
     }
     const xs = r.issues.map((_, i) => i * r.step_seconds);
-    if (replayOf !== c.id) return; // another campaign was chosen meanwhile
+    if (replayOf !== `${c.id} ${c.status}`) return; // another campaign was chosen meanwhile
     const per = r.step_seconds > 1 ? `per ${r.step_seconds} s` : "per second";
     const soldOut = r.sold_out_after_seconds === null ?
       `not sold out: ${number(r.rows)} of ${number(r.total)} issued` :
       `sold out after ${duration(r.sold_out_after_seconds)}`;
     const peak = Math.max(0, ...r.issues) / r.step_seconds;
     text("replay-caption", `The sale replayed from the database: coupons issued ${per} from opening`);
-    replayClock = `closed · ${soldOut}`;
-    text("clock", replayClock);
+    replayClock = `${c.status.replace("_", " ")} · ${soldOut}`;
+    if (!c.live) text("clock", replayClock);
     if (charts.replay) charts.replay.destroy();
     // bars, one a step, each centred on its step: [0, 1) s is the bar at 0.5 s
     charts.replay = chart("chart-replay",
@@ -303,16 +371,22 @@
   }
 
   async function poll() {
-    const url = root.dataset.liveUrl + (selected ? `?campaign=${encodeURIComponent(selected)}` : "");
+    const query = new URLSearchParams();
+    if (selected) query.set("campaign", selected);
+    if (previous) query.set("since", previous.now); // for the highest outbox readings since then
+    const url = `${root.dataset.liveUrl}?${query}`;
     try {
       const response = await fetch(url, {cache: "no-store"});
       const state = await response.json();
       if (!response.ok) throw new Error(state.error ? `${state.error.code}: ${state.error.message}` : response.status);
       if (selected && state.campaign && String(state.campaign.id) !== selected) return;
       lastAnswer = Date.now();
+      // none selected: the newest live campaign, which may change
+      if (state.campaign && previous && previous.campaign && previous.campaign.id !== state.campaign.id) forget();
       showHealth(state.health);
       showCampaigns(state.campaigns, state.campaign && state.campaign.id);
-      showCampaign(state);
+      await showCampaign(state);
+      if (selected && state.campaign && String(state.campaign.id) !== selected) return;
       previous = state;
       window.opsPage.state = state;
       window.opsPage.polls += 1;
@@ -334,7 +408,8 @@
   }
 
   // for tests and curious operators: window.opsPage.charts.issued.data
-  window.opsPage = {charts, recent: () => recent, state: null, polls: 0}; // recent: the history kept
+  // recent: the polls kept; history: history.json of the campaign shown
+  window.opsPage = {charts, recent: () => recent, history: () => history, state: null, polls: 0};
   // one poll at a time: the next is scheduled when the last has answered
   (async function loop() {
     await poll();
