@@ -133,7 +133,7 @@ def openapi():
 @bp.get("/metrics")
 def metrics():
     svc = services(current_app)
-    body, content_type = svc.metrics.scrape(svc.redis, svc.keys)
+    body, content_type = svc.metrics.scrape(svc)
     return Response(body, content_type=content_type)
 
 

@@ -1,14 +1,27 @@
-"""Readiness: whether this process can serve, check by check (/readyz, the operators' page)."""
+"""Readiness: whether this process can serve, check by check (/readyz, the operators' page,
+the coupon_ready gauges of /metrics)."""
+from typing import NamedTuple
+
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
+
+
+class Readiness(NamedTuple):
+    checks: dict  # what readiness() returns
+    replicas: dict  # master name -> replicas keeping up with it, of the masters that answered
 
 
 def readiness(svc):
     """{"redis": "ok" or "down: <error>", "database": the same}; on a cluster also one entry
     per master ("redis host:port"), and "redis" is ok only while every master is (and, with
     REDIS_REPLICA_ACKS, has that many replicas keeping up)."""
-    checks = {"redis": "ok"}
+    return check_readiness(svc).checks
+
+
+def check_readiness(svc):
+    """The checks of readiness() and each master's replicas: one INFO per master, one SELECT 1."""
+    checks, replicas = {"redis": "ok"}, {}
     try:
         primaries = svc.redis.primaries()
     except RedisError as e:
@@ -16,13 +29,11 @@ def readiness(svc):
     for name, node in primaries.items():  # every master: one down stops its users' sales
         try:
             state = "ok"
-            if svc.redis.replica_acks:  # a master short of replicas acknowledges nothing
-                info = node.info("replication")
-                replicas = int(info.get("min_slaves_good_slaves", info.get("connected_slaves", 0)))
-                if replicas < svc.redis.replica_acks:
-                    state = f"down: {replicas} of {svc.redis.replica_acks} replicas"
-            else:
-                node.ping()
+            info = node.info("replication")  # as cheap as a PING, and it counts the replicas
+            # min_slaves_good_slaves: those within min-replicas-max-lag, when the master sets it
+            replicas[name] = int(info.get("min_slaves_good_slaves", info.get("connected_slaves", 0)))
+            if replicas[name] < svc.redis.replica_acks:  # short of replicas it acknowledges nothing
+                state = f"down: {replicas[name]} of {svc.redis.replica_acks} replicas"
         except RedisError as e:
             state = f"down: {type(e).__name__}"
             svc.redis.refresh()  # a master gone: its replica may serve by the next look
@@ -36,4 +47,4 @@ def readiness(svc):
         checks["database"] = "ok"
     except SQLAlchemyError as e:
         checks["database"] = f"down: {type(e).__name__}"
-    return checks
+    return Readiness(checks, replicas)

@@ -18,6 +18,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 ACTIVE = "campaigns:active"  # set of campaign ids the jobs walk
 SCHEDULER_LEADER = "scheduler:leader"
+JOB_SUCCESS = "scheduler:job_success"  # hash: job name -> epoch seconds of its last success
 
 
 def active_campaigns(redis):

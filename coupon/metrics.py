@@ -5,11 +5,18 @@ gunicorn.conf.py) and /metrics sums them over the workers; without that variable
 `flask run`) they live in this process. On the hot path a request only appends its outcome and
 duration to a queue, never writes a file nor calls Redis: the queue is counted in bulk (one
 write per outcome) whenever the worker has no issue request in progress, at least every
-FLUSH_EVERY seconds under load, and before each scrape. The outbox backlog and flush lag are
-read from Redis when /metrics is scraped, at most once per OUTBOX_CACHE seconds per worker.
+FLUSH_EVERY seconds under load, and before each scrape.
 
-The jobs process calls record_flushed(n); its figure shows in the web's /metrics when it runs with
-the same PROMETHEUS_MULTIPROC_DIR (the files of live processes survive a gunicorn restart).
+The global figures (the same whichever host answers: outbox, stock, leases, lost campaigns, the
+scheduler's leader and jobs) and this host's readiness are read from Redis and the database when
+/metrics is scraped, at most once per SCRAPE_CACHE seconds per worker, a bounded number of
+commands whatever the request rate. Redis or the database down fails no scrape: the figures read
+from it are absent (coupon_ready says why).
+
+The jobs process calls record_flushed(n) and record_job_failure(name); those figures show in the
+web's /metrics when it runs with the same PROMETHEUS_MULTIPROC_DIR (the files of live processes
+survive a gunicorn restart). Its leader records each job's last success in Redis
+(record_job_success), which every host exports.
 """
 import os
 import time
@@ -20,11 +27,16 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from redis.exceptions import RedisError
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
-from coupon.keys import active_campaigns
+from coupon import db
+from coupon.health import check_readiness
+from coupon.keys import JOB_SUCCESS, SCHEDULER_LEADER, active_campaigns
 from coupon.outbox import outbox_stats
 
 OUTBOX_CACHE = 2.0  # seconds a scrape reuses the outbox figures read from Redis
+SCRAPE_CACHE = 2.0  # seconds a scrape reuses the other figures read from Redis or the database
 FLUSH_EVERY = 0.25  # seconds answers may wait to be counted while requests are in progress
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -49,6 +61,10 @@ class Metrics:
             ["campaign_id"], multiprocess_mode="livesum", registry=None)
         self.flushed = Counter("coupon_flushed", "Claims the flush job wrote to the database.",
                                registry=None)
+        # "name", not "job": Prometheus gives every series of a target a "job" label of its own
+        self.job_failures = Counter(
+            "coupon_job_failures", "Runs of a scheduled job that did not succeed, in this host's "
+            "scheduler.", ["name"], registry=None)
         # In multiprocess mode every inc/observe takes a lock, calls getpid() and writes a file:
         # ~3 us each. So requests only queue (outcome, seconds); deque and list appends and pops
         # are atomic, so this holds under threads as well as greenlets.
@@ -63,6 +79,10 @@ class Metrics:
         """Count n claims moved from the outbox into the database (called by the flush job)."""
         if n:
             self.flushed.inc(n)
+
+    def record_job_failure(self, name):
+        """Count a run of the scheduler's job `name` that did not succeed."""
+        self.job_failures.labels(name).inc()
 
     def block_gauge(self, campaign_id):
         """The gauge child of one campaign's local block (its serial supply keeps it up to date)."""
@@ -103,15 +123,19 @@ class Metrics:
 
             multiprocess.MultiProcessCollector(registry)
         else:
-            for collector in (self.issues, self.issue_seconds, self.block, self.flushed):
+            for collector in (self.issues, self.issue_seconds, self.block, self.flushed,
+                              self.job_failures):
                 registry.register(collector)
         return registry
 
-    def scrape(self, redis, keys):
+    def scrape(self, svc):
         """(text, content type) of /metrics, with every answer given so far counted."""
         if self._registry is None:  # built on the first scrape
             self._registry = self._host_registry()
-            self._registry.register(OutboxCollector(redis, keys))
+            for collector in (OutboxCollector(svc.redis, svc.keys), ReadinessCollector(svc),
+                              SchedulerCollector(svc.redis), CampaignsCollector(svc),
+                              LostCampaignsCollector(svc)):
+                self._registry.register(collector)
         self.count_answers()
         return generate_latest(self._registry), CONTENT_TYPE_LATEST
 
@@ -173,3 +197,171 @@ class OutboxCollector:
             backlog.add_metric([str(campaign_id)], entries)
             lag.add_metric([str(campaign_id)], seconds)
         return [backlog, lag]
+
+
+def record_job_success(redis, name):
+    """Note in Redis that the scheduler's job `name` has just succeeded (read by every host's
+    /metrics). The scheduler host's clock: Prometheus compares it with its own."""
+    redis.hset(JOB_SUCCESS, name, round(time.time(), 3))
+
+
+class ScrapeCollector:
+    """Figures read at scrape time by read(), at most once per SCRAPE_CACHE seconds; absent
+    (None) until the next read when Redis or the database failed (and not asked again before
+    then: a Redis that hangs costs a scrape REDIS_TIMEOUT once per SCRAPE_CACHE, not every time)."""
+
+    def __init__(self):
+        self._read_at = float("-inf")
+        self._figures = None
+
+    def figures(self):
+        if time.monotonic() - self._read_at > SCRAPE_CACHE:
+            try:
+                self._figures = self.read()
+            except (RedisError, SQLAlchemyError):
+                self._figures = None
+            self._read_at = time.monotonic()
+        return self._figures
+
+    def read(self):
+        raise NotImplementedError
+
+    def collect(self):
+        figures = self.figures()
+        return [] if figures is None else self.families(figures)
+
+
+class ReadinessCollector(ScrapeCollector):
+    """This host's readiness check by check (those of /readyz), and each Redis master's replicas:
+    one INFO per master and one SELECT 1 per read."""
+
+    def __init__(self, svc):
+        super().__init__()
+        self.svc = svc
+
+    def read(self):
+        return check_readiness(self.svc)
+
+    def families(self, figures):
+        ready = GaugeMetricFamily(
+            "coupon_ready", "1 if this host's readiness check passes (as /readyz), else 0.",
+            labels=["check"])
+        for check, state in figures.checks.items():
+            ready.add_metric([check], 1 if state == "ok" else 0)
+        replicas = GaugeMetricFamily(
+            "coupon_redis_master_replicas", "Replicas keeping up with a Redis master.",
+            labels=["master"])
+        for master, n in figures.replicas.items():
+            replicas.add_metric([master], n)
+        required = GaugeMetricFamily(
+            "coupon_redis_replicas_required",
+            "Replicas each master needs to acknowledge a write (REDIS_REPLICA_ACKS).",
+            value=self.svc.redis.replica_acks)
+        return [ready, replicas, required]
+
+
+class SchedulerCollector(ScrapeCollector):
+    """Whether a scheduler leads and when each job last succeeded: two commands per read."""
+
+    def __init__(self, redis):
+        super().__init__()
+        self.redis = redis
+
+    def read(self):
+        batch = self.redis.batch()
+        batch.on(SCHEDULER_LEADER).exists(SCHEDULER_LEADER)
+        batch.on(JOB_SUCCESS).hgetall(JOB_SUCCESS)
+        return batch.execute()
+
+    def families(self, figures):
+        led, successes = figures
+        leader = GaugeMetricFamily(
+            "coupon_scheduler_leader", "1 if a scheduler (`flask jobs run`) holds the leader lease.",
+            value=1 if led else 0)
+        success = GaugeMetricFamily(
+            "coupon_job_last_success_timestamp_seconds",
+            "When a scheduled job last succeeded (epoch seconds, the scheduler host's clock).",
+            labels=["name"])
+        for name, at in sorted(successes.items()):
+            success.add_metric([name], float(at))
+        return [leader, success]
+
+
+class CampaignsCollector(ScrapeCollector):
+    """Stock and leases of the active campaigns: per read, the registry, each node's clock, and
+    one batch of 3 + CLAIM_SHARDS commands per campaign."""
+
+    def __init__(self, svc):
+        super().__init__()
+        self.redis = svc.redis
+        self.keys = svc.keys
+        # the reclaim job settles leases expired more than 2 x REDIS_TIMEOUT ago (jobs/scheduler.py)
+        # every RECLAIM_INTERVAL: one expired longer than both it has missed
+        config = svc.config
+        self.grace_ms = int((2 * config["REDIS_TIMEOUT"] + config["RECLAIM_INTERVAL"]) * 1000)
+
+    def read(self):
+        campaigns = [self.keys(c) for c in active_campaigns(self.redis)]
+        clocks = {}  # node -> its clock (epoch ms), what lease.lua stamped the expiries with
+        batch = self.redis.batch()
+        for keys in campaigns:
+            node = self.redis.client_for(keys.leases)
+            if node not in clocks:
+                clocks[node] = self.redis.time_at(keys.leases)
+            batch.on(keys.meta).hget(keys.meta, "total")
+            batch.on(keys.leases).zcard(keys.leases)
+            batch.on(keys.leases).zcount(keys.leases, "-inf", clocks[node] - self.grace_ms)
+            for shard in keys.all_shards():
+                batch.on(shard.state).hget(shard.state, "issued")
+        replies = batch.execute()
+        figures, per = {}, 3 + (campaigns[0].shards if campaigns else 0)
+        for i, keys in enumerate(campaigns):
+            total, leases, expired, *issued = replies[i * per:(i + 1) * per]
+            if total is not None:  # else released (closed) since the registry was read
+                figures[keys.campaign_id] = (int(total), sum(int(n or 0) for n in issued),
+                                             leases, expired)
+        return figures
+
+    def families(self, figures):
+        labels = ["campaign_id"]
+        total = GaugeMetricFamily("coupon_campaign_total", "Coupons of an active campaign.",
+                                  labels=labels)
+        issued = GaugeMetricFamily("coupon_campaign_issued",
+                                   "Coupons of an active campaign issued so far (from Redis).",
+                                   labels=labels)
+        leases = GaugeMetricFamily("coupon_leases", "Leases of serials standing in Redis.",
+                                   labels=labels)
+        expired = GaugeMetricFamily(
+            "coupon_leases_expired", "Leases expired longer ago than the reclaim job should take "
+            "to give their serials back (2 x REDIS_TIMEOUT + RECLAIM_INTERVAL).", labels=labels)
+        for campaign_id, figure in figures.items():
+            for family, value in zip((total, issued, leases, expired), figure):
+                family.add_metric([str(campaign_id)], value)
+        return [total, issued, leases, expired]
+
+
+class LostCampaignsCollector(ScrapeCollector):
+    """Whether Redis holds each campaign the database has not closed (those it lost answer
+    CAMPAIGN_LOST): per read, one SELECT of their ids and one EXISTS per campaign."""
+
+    def __init__(self, svc):
+        super().__init__()
+        self.svc = svc
+
+    def read(self):
+        with self.svc.engine.connect() as conn:
+            ids = conn.execute(select(db.campaigns.c.id).where(db.campaigns.c.status != "closed")
+                               .order_by(db.campaigns.c.id)).scalars().all()
+        batch = self.svc.redis.batch()
+        for campaign_id in ids:
+            meta = self.svc.keys(campaign_id).meta
+            batch.on(meta).exists(meta)
+        return dict(zip(ids, batch.execute())) if ids else {}
+
+    def families(self, figures):
+        lost = GaugeMetricFamily(
+            "coupon_campaign_lost", "1 if Redis no longer holds a campaign the database has not "
+            "closed (`flask campaign recover` it), else 0.", labels=["campaign_id"])
+        for campaign_id, held in figures.items():
+            lost.add_metric([str(campaign_id)], 0 if held else 1)
+        return [lost]

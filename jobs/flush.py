@@ -24,8 +24,10 @@ class FlushJob:
         self.outage_since = None
 
     def __call__(self):
+        """Flush what the outbox holds; False while the database is down (a failed try, or
+        waiting out the backoff before the next)."""
         if time.monotonic() < self.retry_at:
-            return
+            return False
         try:
             # stop after a while so that the other jobs and the leader lease keep their turn
             moved = self.flusher.flush(until=time.monotonic() + 5 * self.interval + 1)
@@ -35,9 +37,10 @@ class FlushJob:
             if self.outage_since is None:  # once per outage, not once per try
                 self.outage_since = time.monotonic()
                 log.error("database unreachable, outbox entries wait in Redis: %s", e.__class__.__name__)
-            return
+            return False
         if self.outage_since is not None:
             log.warning("database back after %.1f s", time.monotonic() - self.outage_since)
             self.outage_since = None
         self.failures = 0
         self.metrics.record_flushed(moved)
+        return True

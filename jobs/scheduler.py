@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from coupon.extensions import services
 from coupon.keys import SCHEDULER_LEADER
+from coupon.metrics import record_job_success
 from jobs.flush import FlushJob
 from jobs.lifecycle import open_and_close_due
 from jobs.reclaim import reclaim_expired
@@ -71,22 +72,36 @@ def run_scheduler(app):
     )
 
     def leader_only(name, job):
+        """The job, run only while this scheduler leads. A run fails when the job raises or
+        returns False (the flush job while the database is down: it logs that itself); each
+        failure is counted (coupon_job_failures_total), each success recorded in Redis for
+        every host's /metrics (coupon_job_last_success_timestamp_seconds)."""
         failing = []  # the error of the current outage, logged once
+        svc.metrics.job_failures.labels(name)  # 0 from the start, so that rate() sees the first
 
         def run():
             if not lease.leads():
                 return
             with app.app_context():
                 try:
-                    job()
+                    done = job()
                 except (RedisError, SQLAlchemyError) as e:  # an outage: once, not every run
+                    svc.metrics.record_job_failure(name)
                     if not failing:
                         log.error("job %s failed, retrying every run: %s", name, e.__class__.__name__)
                     failing[:] = [e]
                     return
                 except Exception:  # a bug: log it in full, and try again at the next run
+                    svc.metrics.record_job_failure(name)
                     log.exception("job %s failed", name)
                     return
+            if done is False:
+                svc.metrics.record_job_failure(name)
+                return
+            try:
+                record_job_success(svc.redis, name)
+            except RedisError:
+                pass  # Redis went down just now: the next run fails, and says so
             if failing:
                 log.warning("job %s works again", name)
                 failing.clear()
