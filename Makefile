@@ -76,5 +76,6 @@ cluster-stop: setup-dev
 
 # everything made here: the virtualenv, SQLite, logs, metric files, make run's Redis data, reports
 clean:
-	rm -rf $(VENV) instance/*.db instance/*.db-* instance/*.log instance/prometheus instance/redis instance/cluster \
+	rm -rf $(VENV) instance/*.db instance/*.db-* instance/*.log instance/logs instance/test-runs instance/prometheus \
+		instance/redis instance/cluster \
 		reports .pytest_cache .hypothesis

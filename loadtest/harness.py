@@ -24,6 +24,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET = "test-secret-not-for-production"
 # gunicorn of the virtualenv this runs in, as a user types it
 GUNICORN = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+# where the servers log unless told otherwise (the test suite: a folder per run, tests/conftest.py)
+LOG_DIR = os.path.join(ROOT, "instance", "logs")
+
+
+def log_file(name):
+    """A new log file of that name in LOG_DIR, opened for writing and reading."""
+    os.makedirs(LOG_DIR, exist_ok=True)
+    return open(os.path.join(LOG_DIR, name), "w+")
 
 
 def free_port():
@@ -115,7 +123,7 @@ class Gunicorn(ChildProcess):
     """A real gunicorn master started as the design card says, `gunicorn -k gevent app:app` in the
     repository root (so with ./gunicorn.conf.py), serving `app` on a free loopback port (BIND),
     ready once /healthz answers; with options, as `gunicorn -k gevent -w N -b ADDR app:app` instead.
-    It logs to `log_path` (default instance/gunicorn-<port>.log); with private_metrics, its
+    It logs to `log_path` (default LOG_DIR/gunicorn-<port>.log); with private_metrics, its
     PROMETHEUS_MULTIPROC_DIR is a fresh temporary folder, removed on stop, so that /metrics counts
     this server's requests only."""
 
@@ -134,8 +142,8 @@ class Gunicorn(ChildProcess):
         if self.metrics_dir:
             env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         env.update({k: str(v) for k, v in settings.items()})
-        self.log_path = log_path or os.path.join(ROOT, "instance", f"gunicorn-{self.port}.log")
-        self.log = open(self.log_path, "w+")
+        self.log = open(log_path, "w+") if log_path else log_file(f"gunicorn-{self.port}.log")
+        self.log_path = self.log.name
         self.proc = subprocess.Popen(self.command, cwd=ROOT, env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT)
         try:
@@ -170,12 +178,12 @@ class Gunicorn(ChildProcess):
 
 class Scheduler(ChildProcess):
     """A real `flask jobs run` process (the APScheduler leader or a standby), logging to
-    `log_path` (default instance/jobs-<ns>.log)."""
+    `log_path` (default LOG_DIR/jobs-<ns>.log)."""
 
     def __init__(self, env, log_path=None, **settings):
         env = dict(env, FLASK_APP="app.py", **{k: str(v) for k, v in settings.items()})
-        self.log_path = log_path or os.path.join(ROOT, "instance", f"jobs-{time.time_ns()}.log")
-        self.log = open(self.log_path, "w")
+        self.log = open(log_path, "w+") if log_path else log_file(f"jobs-{time.time_ns()}.log")
+        self.log_path = self.log.name
         self.proc = subprocess.Popen([sys.executable, "-m", "flask", "jobs", "run"], cwd=ROOT, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
 
