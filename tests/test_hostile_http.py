@@ -10,7 +10,7 @@ deadline, so that what is tested is what the server does on the wire:
   over the limit (chunked or not), bodies shorter than their Content-Length, campaign and user
   ids with a line feed after them, requests gunicorn itself cannot parse (request line, URI,
   headers, transfer coding), request smuggling shapes;
-- pipelined requests answered in order, ticket lookups counted by the rate limit;
+- pipelined requests answered in order;
 - idle and slow-header connections (fewer than the workers hold) dropped by the server while
   real users are served;
 - a byte-level fuzz of the HTTP framing (Hypothesis): no 500, every error the JSON shape, no hang.
@@ -28,7 +28,7 @@ from typing import NamedTuple
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import fresh_window, get, open_campaign, request
+from tests.support import get, open_campaign, request
 
 HOST = "127.0.0.1"
 BODY_TIMEOUT = 2  # seconds: the servers of these tests (the fuzz: 1)
@@ -497,25 +497,6 @@ def test_gunicorn_parse_errors_are_json_errors(gunicorn, svc, signer):
         assert answer is not None and answer.status in {s for s, _ in expected}, f"{data[:60]!r}: {answer}"
         assert error_of(answer) in expected, f"{data[:60]!r}: {answer}"
     assert_no_traceback(server)
-
-
-def test_ticket_lookups_count_with_issue_calls_against_the_rate_limit(gunicorn, svc, signer):
-    server = gunicorn(workers=2, BODY_TIMEOUT=BODY_TIMEOUT, RATE_LIMIT=5, RATE_LIMIT_WINDOW=3600)
-    campaign_id = open_campaign(svc, 10, "ticket rate")
-    token = signer.mint("alice")
-    lookup = head_of("GET", f"/api/v1/campaigns/{campaign_id}/ticket", f"Authorization: Bearer {token}")
-    fresh_window(3600, need=60)
-    with RawConnection(server.port) as conn:  # one keep-alive connection
-        conn.send(issue_head(campaign_id, token))
-        assert conn.answer().status == 201
-        answers = []
-        for _ in range(10):
-            conn.send(lookup)
-            answers.append(conn.answer())
-    assert [a.status for a in answers[:4]] == [200] * 4, [str(a) for a in answers[:4]]
-    for answer in answers[4:]:
-        assert_error(answer, 429, "RATE_LIMITED")
-        assert int(answer.headers["retry-after"]) > 0
 
 
 def test_smuggling_shapes_are_400_and_closed(gunicorn, svc, signer):
