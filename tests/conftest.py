@@ -17,12 +17,16 @@ from tests.flood import NODE_TIMEOUT_MS
 
 MYSQL_URL = os.environ.get("TEST_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/coupon_test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+UNIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "unit")  # tests that need neither
 
 
-def pytest_sessionstart(session):
-    """Stop at once, in one line per missing service, when Redis or MariaDB does not answer."""
+def pytest_collection_finish(session):
+    """Stop before the first test, in one line per missing service, when Redis or MariaDB does
+    not answer and a test collected needs them (any outside tests/unit/)."""
     from tests.services import missing_services
 
+    if all(item.path.is_relative_to(UNIT) for item in session.items):
+        return
     missing = missing_services(MYSQL_URL, REDIS_URL)
     if missing:
         raise pytest.UsageError("the tests need " + "\n  and ".join(missing))

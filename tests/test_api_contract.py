@@ -1,5 +1,7 @@
-"""Every error code of the HTTP contract, as JSON with a stable code, and nothing half-written."""
+"""The HTTP contract: its answers and every error code as JSON with a stable code, identity from
+the token only, no admin operation over HTTP; nothing half-written."""
 import datetime as dt
+import time
 
 import pytest
 
@@ -161,3 +163,35 @@ def test_issue_answers_alike_with_and_without_a_body(client, signer, open_id):
         assert bare.status_code == with_body.status_code == status
         assert bare.get_data() == with_body.get_data()
         assert bare.headers["Content-Type"] == with_body.headers["Content-Type"] == "application/json"
+
+
+def test_cli_token_ttl_expires(runner, client, open_id):
+    token = runner.invoke(args=["token", "alice", "--ttl", "1"]).output.strip()
+    assert issue(client, open_id, token).status_code == 201
+    time.sleep(2.05)  # expiry is a whole second: past it whatever the rounding
+    assert_error(issue(client, open_id, token), 401, "UNAUTHORIZED")
+    response = client.get(f"/api/v1/campaigns/{open_id}/ticket", headers={"Authorization": f"Bearer {token}"})
+    assert_error(response, 401, "UNAUTHORIZED")
+
+
+def test_identity_ignores_user_id_in_body_and_query(client, signer, open_id, redis_client):
+    token = signer.mint("alice")
+    response = issue(client, open_id, token, json={"user_id": "mallory", "serial": 1},
+                     query_string={"user_id": "mallory"})
+    assert response.status_code == 201 and response.json["user_id"] == "alice"
+    mallory = client.get(f"/api/v1/campaigns/{open_id}/ticket", query_string={"user_id": "alice"},
+                         headers={"Authorization": f"Bearer {signer.mint('mallory')}"})
+    assert_error(mallory, 404, "NO_TICKET")  # asking for alice's ticket by query gets nothing
+    assert client.get(f"/api/v1/campaigns/{open_id}").json["issued"] == 1
+
+
+def test_no_admin_operation_over_http(client, open_id):
+    """Campaigns are managed with the CLI only: nothing that changes one answers over HTTP."""
+    paths = ["/api/v1/campaigns", f"/api/v1/campaigns/{open_id}/open", f"/api/v1/campaigns/{open_id}/close",
+             "/admin", "/api/v1/admin/campaigns"]
+    for path in paths:
+        for method in ("POST", "PUT", "DELETE"):
+            assert client.open(path, method=method, json={"name": "x", "stock": 1}).status_code in (404, 405)
+    for method in ("PUT", "PATCH", "DELETE"):
+        assert_error(client.open(f"/api/v1/campaigns/{open_id}", method=method), 405, "METHOD_NOT_ALLOWED")
+    assert client.get(f"/api/v1/campaigns/{open_id}").json["status"] == "open"

@@ -10,7 +10,7 @@ deadline, so that what is tested is what the server does on the wire:
   over the limit (chunked or not), bodies shorter than their Content-Length, campaign and user
   ids with a line feed after them, requests gunicorn itself cannot parse (request line, URI,
   headers, transfer coding), request smuggling shapes;
-- pipelined requests answered in order, ticket lookups counted by the rate limit;
+- pipelined requests answered in order;
 - idle and slow-header connections (fewer than the workers hold) dropped by the server while
   real users are served;
 - a byte-level fuzz of the HTTP framing (Hypothesis): no 500, every error the JSON shape, no hang.
@@ -29,11 +29,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loadtest.harness import open_campaign
-from tests.support import fresh_window, get, request
+from tests.support import get, request
 
 HOST = "127.0.0.1"
 BODY_TIMEOUT = 2  # seconds: the servers of these tests (the fuzz: 1)
 HANG = 10.0  # seconds: no answer and no close within this is a hang
+# The floods below bound each real user's call by USER_CALL: far above what the workers' backlog
+# costs under load (the slowest calls of a busy 2-core machine: ~2 s), far below the wait for a
+# slot that only the server's own keep-alive expiry frees (KEEPALIVE, set well above it): what a
+# user would see if the defence were absent (their call times out after 5 s).
+USER_CALL = 4.0
 
 
 # --- raw HTTP: exact bytes out, answers parsed back with a deadline ---
@@ -337,11 +342,15 @@ class RealUsers(threading.Thread):
         times = [t for _, t in self.calls] or [float("nan")]
         return len(self.calls), max(times), statistics.median(times)
 
-    def assert_served_within(self, seconds):
-        """Every call had its ticket within `seconds`."""
+    def assert_served_within(self, seconds, median=None):
+        """Every call had its ticket within `seconds`; and, if given, the median call within
+        `median` seconds."""
         late = [f"{status} after {t:.3f} s" for status, t in self.calls
                 if status not in (200, 201) or t >= seconds]
         assert self.calls and not late, f"{len(late)} of {len(self.calls)} calls: {', '.join(late)}"
+        times = sorted(t for _, t in self.calls)
+        assert median is None or statistics.median(times) < median, (
+            f"median call {statistics.median(times):.3f} s; calls: {', '.join(f'{t:.3f}' for t in times)} s")
 
 
 def attack(server, campaign_id, signer, limit, *waves):
@@ -372,7 +381,7 @@ def report(what, swarm, dropped, users):
           f"({swarm.failed} failed to connect), at most {swarm.peak} held open at once, "
           f"all dropped by the server {dropped if dropped is None else round(dropped, 1)} s after "
           f"the first; real users: {calls} calls, slowest {slowest * 1000:.0f} ms, "
-          f"median {median * 1000:.0f} ms")
+          f"median {median * 1000:.0f} ms, {sum(t >= 0.5 for _, t in users.calls)} of 500 ms or more")
 
 
 # --- the tests ---
@@ -413,15 +422,19 @@ def test_unfinished_bodies_are_answered_401_at_once_or_408_and_closed(gunicorn, 
 
 
 def test_body_slowloris_flood_above_capacity_leaves_real_users_served(gunicorn, svc, signer):
-    """4,100 connections (2 workers x 2,000 hold 4,000) each announcing a body it never sends."""
-    server = gunicorn(workers=2, BODY_TIMEOUT=BODY_TIMEOUT)
+    """4,100 connections (2 workers x 2,000 hold 4,000) each announcing a body it never sends.
+    Each is answered 401 and closed at once: a keep-alive expiry (20 s here) would come too late
+    for the users above capacity, and for the 30 s the swarm has to be dropped in."""
+    server = gunicorn(workers=2, BODY_TIMEOUT=BODY_TIMEOUT, KEEPALIVE=20)
     campaign_id = open_campaign(svc, 1000, "body slowloris")
     partial = issue_head(campaign_id, None, "Content-Length: 100") + b"{"
     swarm, dropped, users = attack(server, campaign_id, signer, 30, (4100, partial, False))
     report("body slowloris", swarm, dropped, users)
     assert swarm.opened == 4100
     assert dropped is not None, f"{len(swarm.sockets)} still open after 30 s"
-    users.assert_served_within(1.0)
+    # the calls during the flood wait for the workers to get through the connections ahead of
+    # them (up to ~2 s on a busy machine); none waits for a slot (20 s)
+    users.assert_served_within(USER_CALL)
 
 
 def test_client_errors_are_4xx_json_without_traceback(gunicorn, svc, signer):
@@ -500,25 +513,6 @@ def test_gunicorn_parse_errors_are_json_errors(gunicorn, svc, signer):
     assert_no_traceback(server)
 
 
-def test_ticket_lookups_count_with_issue_calls_against_the_rate_limit(gunicorn, svc, signer):
-    server = gunicorn(workers=2, BODY_TIMEOUT=BODY_TIMEOUT, RATE_LIMIT=5, RATE_LIMIT_WINDOW=3600)
-    campaign_id = open_campaign(svc, 10, "ticket rate")
-    token = signer.mint("alice")
-    lookup = head_of("GET", f"/api/v1/campaigns/{campaign_id}/ticket", f"Authorization: Bearer {token}")
-    fresh_window(3600, need=60)
-    with RawConnection(server.port) as conn:  # one keep-alive connection
-        conn.send(issue_head(campaign_id, token))
-        assert conn.answer().status == 201
-        answers = []
-        for _ in range(10):
-            conn.send(lookup)
-            answers.append(conn.answer())
-    assert [a.status for a in answers[:4]] == [200] * 4, [str(a) for a in answers[:4]]
-    for answer in answers[4:]:
-        assert_error(answer, 429, "RATE_LIMITED")
-        assert int(answer.headers["retry-after"]) > 0
-
-
 def test_smuggling_shapes_are_400_and_closed(gunicorn, svc, signer):
     server = gunicorn(workers=2, BODY_TIMEOUT=BODY_TIMEOUT)
     campaign_id = open_campaign(svc, 10, "smuggling")
@@ -549,8 +543,8 @@ def test_pipelined_issue_calls_are_answered_in_order(gunicorn, svc, signer):
 
 def test_idle_and_slow_header_connections_are_dropped_while_real_users_are_served(gunicorn, svc, signer):
     """3,000 idle keep-alive connections and 200 slow headers: under what the workers hold (2 x
-    2,000); above it, new connections wait in the listen queue for KEEPALIVE (README)."""
-    server = gunicorn(workers=2, BODY_TIMEOUT=BODY_TIMEOUT)
+    2,000); above it, new connections wait in the listen queue for KEEPALIVE (README), here 10 s."""
+    server = gunicorn(workers=2, BODY_TIMEOUT=BODY_TIMEOUT, KEEPALIVE=10)
     campaign_id = open_campaign(svc, 1000, "idle")
     waves = [(200, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: a", True),  # header slowloris
              (1000, head_of("GET", "/healthz"), False),  # idle after one request
@@ -558,8 +552,10 @@ def test_idle_and_slow_header_connections_are_dropped_while_real_users_are_serve
     swarm, dropped, users = attack(server, campaign_id, signer, 30, *waves)
     report("idle and slow-header connections", swarm, dropped, users)
     assert swarm.opened == 3200
-    assert dropped is not None and dropped <= 15, f"{len(swarm.sockets)} open, {dropped} s"
-    users.assert_served_within(1.0)
+    assert dropped is not None and dropped <= 20, f"{len(swarm.sockets)} open, {dropped} s"
+    # under capacity no call waits for one of them to expire; most are served at once (~5 ms),
+    # the slowest while the swarm is being opened (up to ~2 s on a busy machine)
+    users.assert_served_within(USER_CALL, median=0.5)
 
 
 # --- the fuzz ---

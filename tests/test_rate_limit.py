@@ -1,12 +1,13 @@
 """The per-user rate limit on issue: counted in Redis by the claim script, so it holds summed over
-every worker of every instance."""
+every worker of every instance; ticket lookups count against it with the issue calls."""
 import time
 from collections import Counter, defaultdict
 
 from coupon import create_app, queries
 from loadtest.harness import open_campaign, users
-from tests.support import (
-    app_config, assert_error, flood, fresh_window, issue, on_single_and_cluster, request,
+from tests.support import app_config, assert_error, flood, fresh_window, issue, on_single_and_cluster, request
+from tests.test_hostile_http import (
+    BODY_TIMEOUT, RawConnection, assert_error as assert_answer_error, head_of, issue_head,
 )
 
 pytestmark = on_single_and_cluster
@@ -78,3 +79,22 @@ def test_limit_holds_summed_over_workers_and_instances(svc, signer, gunicorn, re
     for shard in keys.all_shards():
         counted.update(redis_client.hgetall(shard.rate(int(time.time()) // window)))
     assert counted == {user: str(repeats) for user in tokens}
+
+
+def test_ticket_lookups_count_with_issue_calls_against_the_rate_limit(gunicorn, svc, signer):
+    server = gunicorn(workers=2, BODY_TIMEOUT=BODY_TIMEOUT, RATE_LIMIT=5, RATE_LIMIT_WINDOW=3600)
+    campaign_id = open_campaign(svc, 10, "ticket rate")
+    token = signer.mint("alice")
+    lookup = head_of("GET", f"/api/v1/campaigns/{campaign_id}/ticket", f"Authorization: Bearer {token}")
+    fresh_window(3600, need=60)
+    with RawConnection(server.port) as conn:  # one keep-alive connection
+        conn.send(issue_head(campaign_id, token))
+        assert conn.answer().status == 201
+        answers = []
+        for _ in range(10):
+            conn.send(lookup)
+            answers.append(conn.answer())
+    assert [a.status for a in answers[:4]] == [200] * 4, [str(a) for a in answers[:4]]
+    for answer in answers[4:]:
+        assert_answer_error(answer, 429, "RATE_LIMITED")
+        assert int(answer.headers["retry-after"]) > 0

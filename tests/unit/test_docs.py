@@ -6,7 +6,7 @@ import os
 import re
 import unicodedata
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 NAME = r"([A-Z][A-Z0-9_]*)"
 # how the code reads a setting: from the environment, or from the loaded settings

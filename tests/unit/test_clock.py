@@ -1,0 +1,86 @@
+"""Time: ISO 8601 in (any offset, UTC without one), naive UTC datetimes inside, epoch ms in
+Redis, ISO 8601 with milliseconds and Z out."""
+import datetime as dt
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from coupon.clock import from_ms, iso, iso_ms, parse_time, to_ms
+
+UTC = dt.timezone.utc
+# naive UTC datetimes as the service keeps them: the database's DATETIME(3) holds milliseconds
+moments = st.datetimes(dt.datetime(1970, 1, 2), dt.datetime(9999, 12, 30)).map(
+    lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000))
+offsets = st.integers(-14 * 60, 14 * 60).map(lambda m: dt.timezone(dt.timedelta(minutes=m)))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2030-01-02T03:04:05Z", dt.datetime(2030, 1, 2, 3, 4, 5)),
+    ("2030-01-02T03:04:05", dt.datetime(2030, 1, 2, 3, 4, 5)),  # no offset: UTC
+    ("2030-01-02T12:04:05+09:00", dt.datetime(2030, 1, 2, 3, 4, 5)),
+    ("2030-01-01T22:04:05.250-05:00", dt.datetime(2030, 1, 2, 3, 4, 5, 250_000)),
+    ("  2030-01-02 03:04:05Z\n", dt.datetime(2030, 1, 2, 3, 4, 5)),
+    ("2030-01-02", dt.datetime(2030, 1, 2)),
+])
+def test_parse_time_gives_naive_utc(text, expected):
+    value = parse_time(text)
+    assert value == expected and value.tzinfo is None
+
+
+@pytest.mark.parametrize("text", ["", "tomorrow", "2030-13-01T00:00:00", "2030-01-02T25:00",
+                                  "1700000000", "2030-01-02T03:04:05+25:00"])
+def test_parse_time_refuses_what_is_not_iso_8601(text):
+    with pytest.raises(ValueError, match="not an ISO 8601 time"):
+        parse_time(text)
+
+
+@given(moment=moments, offset=offsets)
+def test_parse_time_reads_a_time_at_any_offset_as_the_same_utc_moment(moment, offset):
+    local = moment.replace(tzinfo=UTC).astimezone(offset)
+    assert parse_time(local.isoformat()) == moment
+
+
+def test_to_ms_and_iso_of_known_moments():
+    moment = dt.datetime(2023, 11, 14, 22, 13, 20, 123_000)
+    assert to_ms(moment) == 1_700_000_000_123
+    assert iso(moment) == "2023-11-14T22:13:20.123Z"
+    assert iso_ms(1_700_000_000_123) == "2023-11-14T22:13:20.123Z"
+    assert iso(dt.datetime(2023, 11, 14, 22, 13, 20, 123_999)) == "2023-11-14T22:13:20.123Z"
+
+
+def test_no_time_is_zero_ms_and_no_iso():
+    """A campaign without opens_at/closes_at: 0 in Redis's meta hash, null in the API."""
+    assert to_ms(None) == 0
+    assert iso(None) is None
+
+
+@given(moment=moments)
+def test_iso_of_a_moment_reads_back_as_it(moment):
+    assert parse_time(iso(moment)) == moment
+
+
+# every ms a DATETIME can hold after the epoch (kept in integers: no float rounding)
+exact_ms = st.integers(0, 253_402_300_799_999)
+EPOCH = dt.datetime(1970, 1, 1)
+
+
+@given(ms=exact_ms)
+def test_a_moment_through_epoch_ms_renders_as_itself(ms):
+    """A ticket's issued_at goes into Redis as ms (recover: to_ms of the row) and out as ISO
+    (iso_ms): the answer after a recovery must be the one the user had."""
+    moment = EPOCH + dt.timedelta(milliseconds=ms)
+    assert to_ms(moment) == ms
+    assert iso_ms(to_ms(moment)) == iso(moment)
+
+
+@given(ms=exact_ms)
+def test_epoch_ms_through_iso_comes_back_as_it(ms):
+    assert to_ms(parse_time(iso_ms(ms))) == ms
+
+
+def test_to_ms_is_exact_where_float_seconds_were_not():
+    """Found by Hypothesis: float seconds * 1000 truncated to the ms before for these."""
+    for ms in (545_417_903_578, 2_192_929_573_200):  # 1987-04-14, 2039-06-29
+        assert to_ms(EPOCH + dt.timedelta(milliseconds=ms)) == ms
+        assert from_ms(ms) == EPOCH + dt.timedelta(milliseconds=ms)

@@ -1,0 +1,116 @@
+"""The Lua protocol's Python side: script replies and stored values decoded, and encoded back."""
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from coupon.scripts import (
+    Claim, ClaimReply, Lease, LeaseReply, OutboxEntry, StoredClaim, decode_serials,
+)
+
+codes = st.text("0123456789ABCDEF", min_size=20, max_size=20)
+serials = st.integers(1, 10_000_000)
+times_ms = st.integers(0, 2**42)
+
+
+# --- claim.lua ---
+
+@given(outcome=st.sampled_from([Claim.NEW, Claim.HELD]), serial=serials, code=codes,
+       issued_at_ms=times_ms, as_text=st.booleans())
+def test_a_claim_reply_with_a_ticket_decodes_to_it(outcome, serial, code, issued_at_ms, as_text):
+    """Redis answers a Lua number as an integer; a number stored as a string comes back as one."""
+    number = str if as_text else int
+    reply = ClaimReply.decode([int(outcome), number(serial), code, number(issued_at_ms)])
+    assert reply == (outcome, serial, code, issued_at_ms)
+    assert reply.ticket
+
+
+@pytest.mark.parametrize("outcome", [c for c in Claim if c not in (Claim.NEW, Claim.HELD)])
+def test_a_claim_reply_without_a_ticket_is_its_outcome_alone(outcome):
+    reply = ClaimReply.decode([int(outcome)])
+    assert reply == (outcome, 0, "", 0)
+    assert not reply.ticket
+
+
+@pytest.mark.parametrize("outcome, unused", [
+    (Claim.NEW, False), (Claim.HELD, True), (Claim.SERIAL_TAKEN, False), (Claim.CLOSED, True),
+    (Claim.RATE_LIMITED, True), (Claim.NEEDS_SERIAL, False), (Claim.STALE, False),
+])
+def test_the_offered_serial_is_free_again_exactly_when_claim_lua_left_it_unclaimed(outcome, unused):
+    """SERIAL_TAKEN: another claim holds it; NEEDS_SERIAL, STALE: nothing was offered or it is of
+    another epoch. Freeing one of those would hand a serial out twice, or one not ours."""
+    assert ClaimReply(outcome).serial_unused is unused
+
+
+def test_an_outcome_claim_lua_does_not_have_is_an_error():
+    with pytest.raises(ValueError):
+        ClaimReply.decode([99])
+
+
+@given(serial=serials, code=codes, issued_at_ms=times_ms)
+def test_a_stored_claim_encodes_and_parses_back(serial, code, issued_at_ms):
+    claim = StoredClaim(serial, code, issued_at_ms)
+    assert StoredClaim.parse(claim.encode()) == claim
+
+
+def test_a_stored_claim_is_serial_code_and_time_between_bars():
+    assert StoredClaim.parse("17|0A1B2C3D4E5F60718293|1700000000123") == (
+        17, "0A1B2C3D4E5F60718293", 1700000000123)
+    assert StoredClaim(17, "C0DE", 5).encode() == "17|C0DE|5"
+
+
+@given(campaign_id=st.integers(1, 2**31 - 1), user_id=st.from_regex(r"[A-Za-z0-9_.:@-]{1,64}", fullmatch=True),
+       serial=serials, code=codes, issued_at_ms=times_ms)
+def test_an_outbox_entry_decodes_from_its_stream_fields(campaign_id, user_id, serial, code, issued_at_ms):
+    fields = {"c": str(campaign_id), "u": user_id, "s": str(serial), "k": code, "t": str(issued_at_ms)}
+    assert OutboxEntry.decode(fields) == (campaign_id, user_id, serial, code, issued_at_ms)
+
+
+# --- lease.lua ---
+
+def test_a_lease_is_its_range_then_the_returned_serials():
+    reply = LeaseReply.decode([1, 10, 14, 0, 3, 7])
+    assert reply == (Lease.LEASED, (10, 11, 12, 13, 14, 3, 7), False, False)
+
+
+def test_a_lease_of_returned_serials_only_has_an_empty_range():
+    """lease.lua answers start > end when the cursor did not move."""
+    assert LeaseReply.decode([1, 0, -1, 0, 5, 6]).serials == (5, 6)
+    assert LeaseReply.decode([1, 8, 7, 1, 2]) == (Lease.LEASED, (2,), True, False)
+
+
+def test_sold_out_says_whether_other_workers_hold_serials():
+    assert LeaseReply.decode([0, 0]) == (Lease.SOLD_OUT, (), False, False)
+    assert LeaseReply.decode([0, 1]) == (Lease.SOLD_OUT, (), False, True)
+
+
+@pytest.mark.parametrize("raw, outcome", [([-1], Lease.UNKNOWN), ([-2], Lease.NOT_OPEN),
+                                          ([-3], Lease.CLOSED), ([-4], Lease.EXPIRED)])
+def test_a_refusal_is_its_outcome_alone(raw, outcome):
+    assert LeaseReply.decode(raw) == (outcome, (), False, False)
+
+
+# --- the serials a lease records: "start-end[,serial...][,t]" ---
+
+def test_decode_serials_of_ranges_and_single_serials():
+    assert decode_serials("1-5,9,12") == [1, 2, 3, 4, 5, 9, 12]
+    assert decode_serials("7") == [7]
+    assert decode_serials("5-5") == [5]  # a range of one, as lease.lua writes it
+    assert decode_serials("") == []
+
+
+def test_the_tail_marker_is_not_a_serial():
+    assert decode_serials("1-3,t") == [1, 2, 3]
+    assert decode_serials("4,8,t") == [4, 8]
+    assert decode_serials("t") == []
+
+
+parts = st.lists(st.tuples(serials, st.integers(0, 50)), max_size=8)
+
+
+@given(parts=parts, tail=st.booleans())
+def test_decode_serials_expands_what_lease_lua_records(parts, tail):
+    encoded = ",".join(f"{start}-{start + extra}" if extra else f"{start}" for start, extra in parts)
+    if tail:
+        encoded += ",t"
+    expected = [s for start, extra in parts for s in range(start, start + extra + 1)]
+    assert decode_serials(encoded) == expected

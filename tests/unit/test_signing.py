@@ -1,0 +1,96 @@
+"""User ids, tokens and ticket codes: no service needed."""
+import re
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from itsdangerous import URLSafeSerializer
+
+from coupon.errors import BadRequest, Unauthorized
+from coupon.signing import Signer, check_user_id
+
+SECRET = "unit-test-secret"
+user_ids = st.from_regex(r"[A-Za-z0-9_.:@-]{1,64}", fullmatch=True)
+
+
+def forged(payload, secret=SECRET):
+    """A token signed as Signer signs, carrying any payload."""
+    return URLSafeSerializer(secret, salt="coupon-user-token").dumps(payload)
+
+
+@given(user_id=user_ids)
+def test_user_ids_of_the_allowed_characters_are_accepted_as_they_are(user_id):
+    assert check_user_id(user_id) == user_id
+
+
+@pytest.mark.parametrize("user_id", [
+    "", "a" * 65, "a b", "eve\n", "\neve", "a/b", "a\x00", "é", "١", "a,b", None, 5, ["a"],
+])
+def test_other_user_ids_are_bad_requests(user_id):
+    with pytest.raises(BadRequest, match="user id must be"):
+        check_user_id(user_id)
+
+
+@given(user_id=user_ids)
+def test_a_minted_token_names_its_user(user_id):
+    signer = Signer(SECRET, 3600)
+    token = signer.mint(user_id)
+    assert signer.user_of(token) == user_id
+    assert signer.user_of(token) == user_id  # again, remembered
+    assert Signer(SECRET, 60).user_of(token) == user_id  # any worker with the secret
+
+
+def test_minting_for_a_bad_user_id_is_refused():
+    with pytest.raises(BadRequest):
+        Signer(SECRET, 3600).mint("mallory!")
+
+
+def test_an_expired_token_is_unauthorized():
+    signer = Signer(SECRET, 3600)
+    with pytest.raises(Unauthorized, match="expired"):
+        signer.user_of(signer.mint("alice", ttl=-10))
+    with pytest.raises(Unauthorized, match="expired"):
+        signer.user_of(Signer(SECRET, -10).mint("alice"))
+
+
+@pytest.mark.parametrize("token", [
+    "garbage", "", "x" * 3000,
+    Signer("another-secret", 3600).mint("alice"),
+    forged(["mallory!", int(time.time()) + 600]),  # a user id mint would refuse
+    forged(["alice", None]), forged(["alice", "soon"]), forged(["alice", 1.5e12]),
+    forged({"user_id": "alice"}), forged(["alice"]), forged([5, int(time.time()) + 600]),
+])
+def test_tokens_not_minted_by_this_secret_or_not_a_user_and_expiry_are_unauthorized(token):
+    with pytest.raises(Unauthorized):
+        Signer(SECRET, 3600).user_of(token)
+
+
+def test_a_tampered_token_is_unauthorized():
+    signer = Signer(SECRET, 3600)
+    payload, _, signature = signer.mint("alice").rpartition(".")
+    other = "A" if payload[-1] != "A" else "B"
+    for token in (payload[:-1] + other + "." + signature, payload + "." + signature[::-1], payload):
+        with pytest.raises(Unauthorized):
+            signer.user_of(token)
+
+
+@given(campaign_id=st.integers(1, 2**31 - 1), serial=st.integers(1, 10_000_000))
+def test_a_ticket_code_is_80_bits_in_upper_hex_and_the_same_every_time(campaign_id, serial):
+    code = Signer(SECRET, 3600).ticket_code(campaign_id, serial)
+    assert re.fullmatch(r"[0-9A-F]{20}", code)
+    assert Signer(SECRET, 1).ticket_code(campaign_id, serial) == code  # recomputable to verify
+    assert Signer("another-secret", 3600).ticket_code(campaign_id, serial) != code
+
+
+@given(tickets=st.lists(st.tuples(st.integers(1, 300), st.integers(1, 300)), min_size=2,
+                        max_size=50, unique=True))
+def test_different_tickets_have_different_codes(tickets):
+    signer = Signer(SECRET, 3600)
+    codes = [signer.ticket_code(c, s) for c, s in tickets]
+    assert len(set(codes)) == len(codes)
+
+
+def test_campaign_and_serial_do_not_run_together():
+    signer = Signer(SECRET, 3600)
+    assert signer.ticket_code(1, 23) != signer.ticket_code(12, 3)
