@@ -1,13 +1,17 @@
 """Fixtures: a real MariaDB database the suite creates, a Redis db (or, for tests parametrized
 with support.on_single_and_cluster, a real Redis Cluster) flushed around each test, the app,
-its test client and CLI runner, and real gunicorn servers."""
+its test client and CLI runner, and real gunicorn servers. The servers of a run log to a folder
+of its own, removed when every test passed."""
 import os
+import shutil
+import time
 
 import pytest
 import redis
 
 from coupon import create_app
 from coupon.signing import Signer
+from loadtest import harness
 from loadtest.harness import (
     SECRET, Gunicorn, LocalCluster, RedisServer, RedisTarget, Scheduler, fresh_database,
     service_env,
@@ -18,6 +22,21 @@ from tests.flood import NODE_TIMEOUT_MS
 MYSQL_URL = os.environ.get("TEST_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/coupon_test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 UNIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "unit")  # tests that need neither
+
+
+def pytest_configure(config):
+    harness.LOG_DIR = os.path.join(harness.ROOT, "instance", "test-runs",
+                                   time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if exitstatus == 0:
+        shutil.rmtree(harness.LOG_DIR, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus):
+    if exitstatus != 0 and os.path.isdir(harness.LOG_DIR):
+        terminalreporter.write_line(f"the servers' logs of this run: {harness.LOG_DIR}")
 
 
 def pytest_collection_finish(session):
