@@ -13,7 +13,7 @@ import pytest
 
 from loadtest.harness import ROOT, open_campaign, users
 from tests.support import FAST_JOBS, flood, issue_call
-from tests.test_docs import anchors, slug
+from tests.unit.test_docs import anchors, slug
 from tests.test_metrics import raw_get, samples
 
 RULES = os.path.join(ROOT, "deploy", "prometheus", "alerts.yml")
