@@ -48,24 +48,22 @@ def svc():
     return services(current_app)
 
 
-class UserId(click.ParamType):
-    name = "user id"
+class Checked(click.ParamType):
+    """A value the service checks (`check` returns it or raises one of `errors`): a refusal is
+    click's usage error, naming the option."""
+
+    def __init__(self, name, check, errors):
+        self.name, self.check, self.errors = name, check, errors
 
     def convert(self, value, param, ctx):
         try:
-            return check_user_id(value)
-        except BadRequest as e:
-            self.fail(e.message, param, ctx)
+            return self.check(value)
+        except self.errors as e:
+            self.fail(getattr(e, "message", str(e)), param, ctx)
 
 
-class IsoTime(click.ParamType):
-    name = "ISO-8601 time"
-
-    def convert(self, value, param, ctx):
-        try:
-            return parse_time(value)
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
+USER_ID = Checked("user id", check_user_id, BadRequest)
+ISO_TIME = Checked("ISO-8601 time", parse_time, ValueError)
 
 
 @db_cli.command("init")
@@ -78,8 +76,8 @@ def db_init():
 @campaign_cli.command("create")
 @click.option("--name", required=True, help="Shown to users.")
 @click.option("--stock", required=True, type=click.IntRange(1, campaigns.MAX_STOCK), help="Coupons.")
-@click.option("--opens-at", type=IsoTime(), help="Opens by itself then (UTC if no offset).")
-@click.option("--closes-at", type=IsoTime(), help="Stops issuing then (UTC if no offset).")
+@click.option("--opens-at", type=ISO_TIME, help="Opens by itself then (UTC if no offset).")
+@click.option("--closes-at", type=ISO_TIME, help="Stops issuing then (UTC if no offset).")
 @operator_errors
 def campaign_create(name, stock, opens_at, closes_at):
     """Create a campaign and print its id."""
@@ -171,7 +169,7 @@ TTL = click.option("--ttl", type=click.IntRange(1, MAX_TTL),
 
 
 @token_cli.command("mint")
-@click.argument("user_id", type=UserId())
+@click.argument("user_id", type=USER_ID)
 @TTL
 @operator_errors
 def token_mint(user_id, ttl):
@@ -181,7 +179,7 @@ def token_mint(user_id, ttl):
 
 @token_cli.command("bulk")
 @click.option("--count", required=True, type=click.IntRange(1, 10_000_000), help="How many tokens.")
-@click.option("--prefix", default="user-", show_default=True, type=UserId(), help="User id prefix.")
+@click.option("--prefix", default="user-", show_default=True, type=USER_ID, help="User id prefix.")
 @TTL
 @operator_errors
 def token_bulk(count, prefix, ttl):

@@ -35,8 +35,7 @@ from coupon.health import check_readiness
 from coupon.keys import JOB_SUCCESS, SCHEDULER_LEADER, active_campaigns
 from coupon.outbox import outbox_stats
 
-OUTBOX_CACHE = 2.0  # seconds a scrape reuses the outbox figures read from Redis
-SCRAPE_CACHE = 2.0  # seconds a scrape reuses the other figures read from Redis or the database
+SCRAPE_CACHE = 2.0  # seconds a scrape reuses the figures read from Redis or the database
 FLUSH_EVERY = 0.25  # seconds answers may wait to be counted while requests are in progress
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -165,40 +164,6 @@ class Metrics:
                                     for b, n in sorted(buckets.items())]}
 
 
-class OutboxCollector:
-    """Outbox backlog and flush lag of the active campaigns, read from Redis at scrape time."""
-
-    def __init__(self, redis, keys):
-        self.redis = redis
-        self.keys = keys  # campaign id -> CampaignKeys
-        self._cached_at = float("-inf")
-        self._figures = {}
-
-    def figures(self):
-        if time.monotonic() - self._cached_at > OUTBOX_CACHE:
-            figures = {}
-            try:
-                for campaign_id in active_campaigns(self.redis):
-                    figures[campaign_id] = outbox_stats(self.redis, self.keys(campaign_id))
-            except RedisError:
-                return self._figures  # the last known figures; Redis being down shows elsewhere
-            self._figures, self._cached_at = figures, time.monotonic()
-        return self._figures
-
-    def collect(self):
-        backlog = GaugeMetricFamily(
-            "coupon_outbox_backlog", "Claims in Redis not yet in the database.", labels=["campaign_id"]
-        )
-        lag = GaugeMetricFamily(
-            "coupon_flush_lag_seconds", "Age of the oldest claim not yet in the database.",
-            labels=["campaign_id"],
-        )
-        for campaign_id, (entries, seconds) in self.figures().items():
-            backlog.add_metric([str(campaign_id)], entries)
-            lag.add_metric([str(campaign_id)], seconds)
-        return [backlog, lag]
-
-
 def record_job_success(redis, name):
     """Note in Redis that the scheduler's job `name` has just succeeded (read by every host's
     /metrics). The scheduler host's clock: Prometheus compares it with its own."""
@@ -229,6 +194,32 @@ class ScrapeCollector:
     def collect(self):
         figures = self.figures()
         return [] if figures is None else self.families(figures)
+
+
+class OutboxCollector(ScrapeCollector):
+    """Outbox backlog and flush lag of the active campaigns: per read, the registry and one batch
+    of 2 x CLAIM_SHARDS commands per campaign."""
+
+    def __init__(self, redis, keys):
+        super().__init__()
+        self.redis = redis
+        self.keys = keys  # campaign id -> CampaignKeys
+
+    def read(self):
+        return {c: outbox_stats(self.redis, self.keys(c)) for c in active_campaigns(self.redis)}
+
+    def families(self, figures):
+        backlog = GaugeMetricFamily(
+            "coupon_outbox_backlog", "Claims in Redis not yet in the database.", labels=["campaign_id"]
+        )
+        lag = GaugeMetricFamily(
+            "coupon_flush_lag_seconds", "Age of the oldest claim not yet in the database.",
+            labels=["campaign_id"],
+        )
+        for campaign_id, (entries, seconds) in figures.items():
+            backlog.add_metric([str(campaign_id)], entries)
+            lag.add_metric([str(campaign_id)], seconds)
+        return [backlog, lag]
 
 
 class ReadinessCollector(ScrapeCollector):

@@ -14,7 +14,6 @@ flushes and drops at each, which a once-a-second sample would alias).
 In production the page asks for HTTP Basic with OPS_PASSWORD (any user name); with no password
 set it is not registered at all (404 to every method). In development it is open.
 """
-import datetime as dt
 import hmac
 import math
 import os
@@ -29,7 +28,7 @@ from sqlalchemy import Integer, cast, func, select, text
 
 from coupon import db
 from coupon.api import campaign_id_of
-from coupon.clock import from_ms, iso, to_ms
+from coupon.clock import EPOCH, from_ms, iso, to_ms
 from coupon.errors import CampaignNotFound, Unauthorized, error_response
 from coupon.extensions import services
 from coupon.health import readiness
@@ -277,7 +276,7 @@ def epoch_second(column, dialect):
     if dialect == "sqlite":
         return cast(func.strftime("%s", column), Integer)
     # TIMESTAMPDIFF does not depend on the session's time zone (UNIX_TIMESTAMP would)
-    return func.timestampdiff(text("SECOND"), dt.datetime(1970, 1, 1), column)
+    return func.timestampdiff(text("SECOND"), EPOCH, column)
 
 
 def step_of(seconds):
