@@ -1,19 +1,25 @@
-"""The operators' lifecycle of a campaign: create, open, stop issuing, close (drain, reconcile,
-release). Plain values in, plain values out; the CLI and the lifecycle job call these."""
+"""The operators' lifecycle of a campaign: create, open, add stock, stop issuing, close (drain,
+reconcile, release). Plain values in, plain values out; the CLI and the lifecycle job call these."""
 import os
+import re
 import socket
 import time
+import uuid
+from typing import NamedTuple
 
-from sqlalchemy import insert, update
+from redis.exceptions import RedisError
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from coupon import db, redis_state
 from coupon.clock import iso, utcnow
-from coupon.errors import InvalidCampaign, ReconcileMismatch, Unavailable
+from coupon.errors import InvalidCampaign, ReconcileMismatch, RequestIdReused, Unavailable
 from coupon.outbox import Flusher, outbox_stats
 from coupon.queries import campaign_row
 from coupon.reconcile import Report, mysql_tickets, reconcile
 
 MAX_STOCK = 10_000_000
+REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 def create_campaign(svc, name, stock, opens_at=None, closes_at=None):
@@ -63,6 +69,105 @@ def open_campaign(svc, campaign_id):
             .values(status="open", opens_at=opens_at)
         )
         redis_state.preload(svc.redis, keys, row.total, "open", opens_at, row.closes_at)
+
+
+def new_request_id():
+    return uuid.uuid4().hex
+
+
+def check_request_id(request_id):
+    if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
+        raise InvalidCampaign("a request id is 1-64 characters of A-Z a-z 0-9 _ . : -")
+    return request_id
+
+
+class StockAdded(NamedTuple):
+    campaign_id: int
+    request_id: str
+    amount: int
+    total: int  # the campaign's total in the database, this addition included
+    new: bool  # False: the request id named an earlier addition; nothing more was added
+
+
+def add_stock(svc, campaign_id, amount, request_id=None):
+    """Add `amount` coupons to a campaign not closed: serials after the existing ones, issued
+    from the next lease on (a worker that answered SOLD_OUT asks again within STATE_REFRESH).
+
+    The database first: the campaigns row's total and a stock_additions row, in one transaction;
+    then Redis's total is raised to the database's (raise_total.lua), so Redis never holds more
+    stock than the database. If Redis fails after the commit, the stock sync job raises it. Asked
+    again with the same request id, it adds nothing more (and raises Redis again)."""
+    if not isinstance(amount, int) or not 1 <= amount <= MAX_STOCK:
+        raise InvalidCampaign(f"the stock to add must be a whole number from 1 to {MAX_STOCK}")
+    request_id = check_request_id(request_id or new_request_id())
+    row = campaign_row(svc.engine, campaign_id)
+    keys = svc.keys(campaign_id)
+    added = earlier_addition(svc, campaign_id, request_id, amount)
+    if added is None:
+        redis_state.redis_holds(svc.redis, keys, row)  # or CampaignLost: recover it first
+        added = record_addition(svc, row, request_id, amount)
+    try:
+        held = svc.scripts.raise_total(keys, added.total)
+    except RedisError as e:
+        raise Unavailable(f"the database holds the addition (total {added.total}), Redis failed "
+                          f"({e}): the stock sync job raises Redis to it once Redis answers, or "
+                          f"run again with --request-id {request_id}") from None
+    if held is None:  # closed and released since, or lost
+        redis_state.redis_holds(svc.redis, keys, campaign_row(svc.engine, campaign_id))
+        if added.new:
+            raise InvalidCampaign(f"campaign {campaign_id} was closed meanwhile: none of the "
+                                  f"{amount} coupons added was issued")
+    return added
+
+
+def earlier_addition(svc, campaign_id, request_id, amount):
+    """The StockAdded of an earlier addition under this request id, with the campaign's total
+    now; None if there was none. The same request id for another amount is refused."""
+    a, c = db.stock_additions.c, db.campaigns.c
+    with svc.engine.connect() as conn:
+        earlier = conn.execute(
+            select(a.amount, c.total).join_from(db.stock_additions, db.campaigns, a.campaign_id == c.id)
+            .where(a.campaign_id == campaign_id, a.request_id == request_id)
+        ).first()
+    if earlier is None:
+        return None
+    if earlier.amount != amount:
+        raise RequestIdReused(f"request id {request_id} added {earlier.amount} coupons to campaign "
+                              f"{campaign_id}, not {amount}")
+    return StockAdded(campaign_id, request_id, amount, earlier.total, new=False)
+
+
+def record_addition(svc, row, request_id, amount):
+    """Raise the campaigns row's total and record the addition, in one transaction; refused
+    for a campaign closed (or ended) by then, or one it would take past MAX_STOCK."""
+    campaign_id, c = row.id, db.campaigns.c
+    if row.status == "closed" or (row.closes_at and row.closes_at <= utcnow()):
+        raise closed_to_stock(campaign_id)
+    try:
+        with svc.engine.begin() as conn:
+            # the conditions again in the update itself: a close or another addition may have
+            # come in between, and the row stays locked until the commit
+            raised = conn.execute(
+                update(db.campaigns)
+                .where(c.id == campaign_id, c.status != "closed", c.total + amount <= MAX_STOCK)
+                .values(total=c.total + amount)
+            ).rowcount
+            status, total = conn.execute(select(c.status, c.total).where(c.id == campaign_id)).one()
+            if not raised and status == "closed":
+                raise closed_to_stock(campaign_id)
+            if not raised:
+                raise InvalidCampaign(f"campaign {campaign_id} has {total} coupons: adding "
+                                      f"{amount} would pass {MAX_STOCK}")
+            conn.execute(insert(db.stock_additions).values(
+                campaign_id=campaign_id, request_id=request_id, amount=amount, total_after=total,
+                added_at=utcnow()))
+    except IntegrityError:  # the same request id, asked at the same time: that one added it
+        return earlier_addition(svc, campaign_id, request_id, amount)
+    return StockAdded(campaign_id, request_id, amount, total, new=True)
+
+
+def closed_to_stock(campaign_id):
+    return InvalidCampaign(f"campaign {campaign_id} is closed; it takes no more stock")
 
 
 def stop_issuing(svc, campaign_id):

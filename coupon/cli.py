@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from coupon import campaigns, queries
 from coupon.clock import parse_time, utcnow
 from coupon.db import init_db
-from coupon.errors import BadRequest, CouponError
+from coupon.errors import BadRequest, CouponError, InvalidCampaign
 from coupon.extensions import services
 from coupon.outbox import outbox_stats
 from coupon.recovery import count_rows, lost_campaign, recover_campaign
@@ -97,6 +97,29 @@ def campaign_open(campaign_id):
     click.echo(f"campaign {campaign_id} is open")
 
 
+@campaign_cli.command("add-stock")
+@click.argument("campaign_id", type=int)
+@click.argument("amount", type=click.IntRange(1, campaigns.MAX_STOCK))
+@click.option("--request-id", type=Checked("request id", campaigns.check_request_id, InvalidCampaign),
+              help="Names this addition: asked again with it, nothing more is added [a new one].")
+@operator_errors
+def campaign_add_stock(campaign_id, amount, request_id):
+    """Add AMOUNT coupons to a live campaign, issued after the existing ones.
+
+    Safe to run again with the same --request-id (printed when not given).
+    """
+    if request_id is None:
+        request_id = campaigns.new_request_id()
+        click.echo(f"request id {request_id} (if this fails, run again with --request-id "
+                   f"{request_id}: it adds nothing twice)", err=True)
+    added = campaigns.add_stock(svc(), campaign_id, amount, request_id)
+    if added.new:
+        click.echo(f"campaign {campaign_id}: added {amount} coupons, {added.total} in all")
+    else:
+        click.echo(f"campaign {campaign_id}: request {request_id} had added {amount} coupons "
+                   f"already; nothing more added, {added.total} in all")
+
+
 @campaign_cli.command("close")
 @click.argument("campaign_id", type=int)
 @operator_errors
@@ -136,11 +159,13 @@ def campaign_recover(campaign_id):
 @click.argument("campaign_id", type=int)
 @operator_errors
 def campaign_status(campaign_id):
-    """Print a campaign's status as JSON, with the outbox backlog and flush lag."""
+    """Print a campaign's status as JSON, with the outbox backlog, the flush lag and the stock
+    added since it was created."""
     service = svc()
     status = queries.campaign_status(service, campaign_id)
     backlog, lag = outbox_stats(service.redis, service.keys(campaign_id))
     status["outbox"] = {"backlog": backlog, "flush_lag_seconds": lag}
+    status["stock_additions"] = queries.stock_additions(service.engine, campaign_id)
     click.echo(json.dumps(status, indent=2))
 
 

@@ -42,6 +42,21 @@ coupons = Table(
 )
 
 
+# add-stock: one row per addition, so that an addition asked again (same request id) adds nothing
+stock_additions = Table(
+    "stock_additions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("campaign_id", Integer, nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("amount", Integer, nullable=False),
+    Column("total_after", Integer, nullable=False),  # the campaign's total once it was added
+    Column("added_at", DateTime, nullable=False),
+    UniqueConstraint("campaign_id", "request_id", name="uq_stock_request"),
+    mysql_engine="InnoDB",
+)
+
+
 def make_engine(url):
     """Create the engine; for SQLite, create the file's folder and let threads share it."""
     parsed = make_url(url)

@@ -31,7 +31,8 @@ def _error_code(status, code, message):
 
 # The table of codes. INVALID_CAMPAIGN: an operator's campaign definition is not acceptable
 # (CLI); RECONCILE_MISMATCH: Redis and the database disagree after a drain (the keys are kept);
-# NOTHING_TO_RECOVER: `campaign recover` of a campaign Redis still holds, or a closed one (CLI).
+# NOTHING_TO_RECOVER: `campaign recover` of a campaign Redis still holds, or a closed one;
+# REQUEST_ID_REUSED: `campaign add-stock --request-id` of an earlier addition of another amount (CLI).
 BadRequest = _error_code(400, "BAD_REQUEST", "the request is malformed")
 Unauthorized = _error_code(401, "UNAUTHORIZED", "a valid bearer token is required")
 NotFound = _error_code(404, "NOT_FOUND", "no such route")
@@ -53,6 +54,7 @@ InvalidCampaign = _error_code(400, "INVALID_CAMPAIGN", "invalid campaign")
 ReconcileMismatch = _error_code(500, "RECONCILE_MISMATCH", "Redis and the database disagree")
 NothingToRecover = _error_code(409, "NOTHING_TO_RECOVER", "there is nothing to recover")
 CampaignLost = _error_code(409, "CAMPAIGN_LOST", "Redis lost this campaign; recover it first")
+RequestIdReused = _error_code(409, "REQUEST_ID_REUSED", "this request id named another request")
 
 
 class OtherHttpError(CouponError):

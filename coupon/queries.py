@@ -48,6 +48,16 @@ def status_view(row, issued):
     }
 
 
+def stock_additions(engine, campaign_id):
+    """The additions `add-stock` made to a campaign, oldest first."""
+    a = db.stock_additions.c
+    with engine.connect() as conn:
+        rows = conn.execute(select(a.request_id, a.amount, a.total_after, a.added_at)
+                            .where(a.campaign_id == campaign_id).order_by(a.id)).all()
+    return [{"request_id": r.request_id, "amount": r.amount, "total_after": r.total_after,
+             "added_at": iso(r.added_at)} for r in rows]
+
+
 def list_campaigns(svc):
     with svc.engine.connect() as conn:
         ids = conn.execute(select(db.campaigns.c.id).order_by(db.campaigns.c.id)).scalars().all()

@@ -17,12 +17,14 @@ class Report:
     extra_in_mysql: list = field(default_factory=list)  # users
     different: list = field(default_factory=list)  # (user, redis (serial, code), mysql (serial, code))
     duplicate_serials: list = field(default_factory=list)
+    beyond_total: list = field(default_factory=list)  # serials above the campaign's total
 
     @property
     def agree(self):
         return (
             self.redis_claims == self.redis_counter == self.mysql_rows
-            and not (self.missing_in_mysql or self.extra_in_mysql or self.different or self.duplicate_serials)
+            and not (self.missing_in_mysql or self.extra_in_mysql or self.different
+                     or self.duplicate_serials or self.beyond_total)
         )
 
     def lines(self, limit=20):
@@ -35,7 +37,8 @@ class Report:
         for title, items in (("missing in the database", self.missing_in_mysql),
                              ("in the database, not in redis", self.extra_in_mysql),
                              ("different ticket", self.different),
-                             ("serial held twice", self.duplicate_serials)):
+                             ("serial held twice", self.duplicate_serials),
+                             ("serial above the campaign's total", self.beyond_total)):
             if items:
                 out.append(f"  {title}: {len(items)}")
                 out.extend(f"    {item}" for item in items[:limit])
@@ -52,6 +55,11 @@ def redis_claims(redis, keys):
     return claims, counter
 
 
+def campaign_total(engine, campaign_id):
+    with engine.connect() as conn:
+        return conn.execute(select(db.campaigns.c.total).where(db.campaigns.c.id == campaign_id)).scalar()
+
+
 def mysql_tickets(engine, campaign_id):
     c = db.coupons.c
     with engine.connect() as conn:
@@ -60,6 +68,7 @@ def mysql_tickets(engine, campaign_id):
 
 
 def reconcile(redis, engine, keys):
+    total = campaign_total(engine, keys.campaign_id)
     stored, counter = redis_claims(redis, keys)
     claims = {user: (claim.serial, claim.code) for user, claim in stored.items()}
     rows = mysql_tickets(engine, keys.campaign_id)
@@ -71,4 +80,5 @@ def reconcile(redis, engine, keys):
     for user, (serial, _) in claims.items():
         holders.setdefault(serial, []).append(user)
     report.duplicate_serials = sorted((s, sorted(us)) for s, us in holders.items() if len(us) > 1)
+    report.beyond_total = sorted(s for s in holders if s > total)
     return report

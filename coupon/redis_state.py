@@ -109,9 +109,16 @@ def delete_keys(redis, keys):
 
 def issued_in_redis(redis, keys):
     """Sum the issued counters of a campaign's claim shards; None if Redis does not hold it."""
+    stock = stock_in_redis(redis, keys)
+    return stock and stock[1]
+
+
+def stock_in_redis(redis, keys):
+    """(total, issued) of a campaign as Redis holds it (issued: its shards' counters summed);
+    None if Redis does not hold it."""
     batch = redis.batch()
-    batch.on(keys.meta).exists(keys.meta)
+    batch.on(keys.meta).hget(keys.meta, "total")
     for shard in keys.all_shards():
         batch.on(shard.state).hget(shard.state, "issued")
-    present, *counts = batch.execute()
-    return sum(int(c or 0) for c in counts) if present else None
+    total, *counts = batch.execute()
+    return None if total is None else (int(total), sum(int(c or 0) for c in counts))

@@ -139,6 +139,7 @@ class Scripts:
         self.claim = load("claim")
         self._lease, self._renew, self._give_back = load("lease"), load("renew"), load("give_back")
         self._leader, self._resign = load("leader"), load("resign")
+        self._raise_total = load("raise_total")
 
     def lease(self, keys, epoch, lease_id, most, ttl_ms, tail, waiting):
         """Lease up to `most` serials for `ttl_ms` (the same ones again for the same lease id),
@@ -158,6 +159,12 @@ class Scripts:
         given = self.redis.run(self._give_back, [keys.leases, keys.lease_serials, keys.returned],
                                [lease_id, *serials])
         return None if given < 0 else given
+
+    def raise_total(self, keys, total):
+        """Raise a campaign's stock to `total` (never lower it), once replicas hold it; return the
+        total Redis holds now, or None if it does not hold the campaign."""
+        held = self.redis.run(self._raise_total, [keys.meta], [total], durable=True)
+        return None if held < 0 else held
 
     def lead(self, key, ident, ttl_ms):
         """Take or keep the scheduler's leader lease; True if `ident` leads now."""

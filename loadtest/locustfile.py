@@ -7,15 +7,17 @@ rush: a flood of distinct users, like the Locust run of the first post (wait_tim
       is gone and 409 SOLD_OUT after. (A virtual user repeating its own id would be answered 429 by
       the per-user rate limit, RATE_LIMIT per RATE_LIMIT_WINDOW, which is right but not a rush.)
 ramp: the k6 stages of the second post (10 s to 1/6 of the peak, 10 s to the peak, 10 s at the peak,
-      10 s down to 0) with a 1 s think time, the peak scaled by PEAK_USERS (default 1000); each
-      virtual user is one user who asks again after each answer (200 once it holds a ticket).
+      10 s down to 0) with a 1 s think time, scaled by the peak (-u, or the web form's users) and
+      the rate of the climb to it (-r, the form's ramp up); each virtual user is one user who asks
+      again after each answer (200 once it holds a ticket).
 
 Tokens are minted here with the service's SECRET_KEY (config.settings) and the project's Signer.
 201, 200 and 409 SOLD_OUT are successes; anything else is a failure. With TIMELINE_DIR set, each
 locust process writes every answer (time received, user, outcome, serial) to a CSV there, which
 loadtest/run.py reads for its checks.
 
-Environment: CAMPAIGN_ID (required), SCENARIO, PEAK_USERS, RAMP_STAGE (seconds a stage, 10),
+Environment: CAMPAIGN_ID (required), SCENARIO, PEAK_USERS and RAMP_STAGE (seconds a stage, 10;
+the ramp's, when no -u is given),
 USER_PREFIX (user ids, default lt-), TIMELINE_DIR.
 """
 import csv
@@ -32,7 +34,7 @@ from flask import Config
 
 from config import settings
 from coupon.signing import Signer
-from loadtest.run import RAMP_SHARES
+from loadtest.run import RAMP_SHARES, ramp_stage
 
 SCENARIO = os.environ.get("SCENARIO", "rush")
 if SCENARIO not in ("rush", "ramp"):
@@ -81,15 +83,21 @@ class CouponUser(FastHttpUser):
 if SCENARIO == "ramp":
 
     class OpeningRamp(LoadTestShape):
-        """The second post's k6 stages, as (end of stage in s, users at its end)."""
+        """The second post's k6 stages (RAMP_SHARES of the peak at each stage's end), each as long
+        as the climb to the peak takes at the ramp-up rate. The peak and that rate are the web
+        form's fields, or -u and -r (`make loadtest` and `make locust-ui` fill them in); without
+        -u, PEAK_USERS and RAMP_STAGE."""
 
-        stages = [(RAMP_STAGE * (i + 1), round(PEAK_USERS * share))
-                  for i, share in enumerate(RAMP_SHARES)]
+        use_common_options = True  # the form's users and ramp up mean what their labels say
 
         def tick(self):
+            options = self.runner.environment.parsed_options
+            peak = options.num_users or PEAK_USERS
+            stage = ramp_stage(peak, options.spawn_rate) if options.num_users else RAMP_STAGE
             t = self.get_run_time()
             start, users = 0.0, 0
-            for end, target in self.stages:
+            for i, share in enumerate(RAMP_SHARES):
+                end, target = stage * (i + 1), round(peak * share)
                 if t < end:  # move from `users` to `target` over this stage
                     return target, max(1.0, abs(target - users) / (end - start))
                 start, users = end, target

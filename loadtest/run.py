@@ -29,7 +29,18 @@ from coupon.reconcile import redis_claims
 from loadtest.harness import ROOT, open_campaign
 
 # the second post's k6 stages: users at the end of each, as a share of the peak (equal lengths)
-RAMP_SHARES = (1 / 6, 1, 1, 0)
+RAMP_SHARES = (1 / 6, 1, 1, 0)  # of the peak, at the end of each stage of the ramp
+CLIMB = max(b - a for a, b in zip((0, *RAMP_SHARES), RAMP_SHARES))  # the steepest stage's rise
+
+
+def ramp_rate(peak, stage):
+    """The ramp-up rate (users started a second) of the climb to the peak, with stages of `stage` s."""
+    return CLIMB * peak / stage
+
+
+def ramp_stage(peak, rate):
+    """The seconds of a stage of the ramp to `peak` users that climbs at `rate` users a second."""
+    return CLIMB * peak / rate
 
 
 def parse_args():
@@ -60,32 +71,30 @@ def wait_for_service(host):
 
 def run_locust(args, campaign_id, name, timeline_dir):
     users = args.users
+    # rush: every user at once; ramp: the climb's rate that makes stages of duration / 4
+    rate = users if args.scenario == "rush" else ramp_rate(users, args.duration / len(RAMP_SHARES))
     env = dict(os.environ, CAMPAIGN_ID=str(campaign_id), SCENARIO=args.scenario,
-               PEAK_USERS=str(users), RAMP_STAGE=str(args.duration / len(RAMP_SHARES)),
                USER_PREFIX=f"{name}-", TIMELINE_DIR=timeline_dir, PYTHONPATH=ROOT)
     cmd = [os.path.join(os.path.dirname(sys.executable), "locust"),
            "-f", os.path.join(ROOT, "loadtest", "locustfile.py"), "--host", args.host,
            "--html", f"reports/{name}.html", "--csv", f"reports/{name}", "--loglevel", "WARNING",
-           "--json-file", f"reports/{name}"]
-    if args.ui:
+           "--json-file", f"reports/{name}", "-u", str(users), "-r", f"{rate:g}"]
+    if args.ui:  # -u and -r fill in the form's fields, which mean what their labels say
         cmd += ["--web-host", "127.0.0.1", "--web-port", "8089"]
-        if args.scenario == "rush":  # the ramp's shape sets users itself (Locust warns otherwise)
-            cmd += ["-u", str(users), "-r", str(users)]
         print(f"Locust UI on http://localhost:8089 (host {args.host}, campaign {campaign_id}, "
               f"scenario {args.scenario}); Ctrl-C to stop, close the campaign and check.", flush=True)
         if args.scenario == "ramp":
-            print(f"The ramp's shape sets users and their start rate ({users} at its peak): the form's "
-                  "greyed-out 0s are not used.", flush=True)
+            print(f"The ramp: its peak is the form's users ({users}), its climb to the peak starts "
+                  f"users at the form's ramp up ({rate:g}/s); 4 stages as long as that climb.", flush=True)
         locust = subprocess.Popen(cmd, cwd=ROOT, env=env)
         try:
             locust.wait()
         except KeyboardInterrupt:  # Locust got the same Ctrl-C: it stops and writes its report
             locust.wait(timeout=60)
         return
-    if args.scenario == "rush":  # every user at once, for --duration seconds
-        cmd += ["--headless", "-u", str(users), "-r", str(users), "-t", f"{args.duration}s"]
-    else:  # the shape drives users and time
-        cmd += ["--headless"]
+    cmd += ["--headless"]
+    if args.scenario == "rush":  # every user at once, for --duration seconds (the ramp ends itself)
+        cmd += ["-t", f"{args.duration}s"]
     cmd += ["--only-summary", "--stop-timeout", "5"]
     print(f"locust {args.scenario}: {users} users, {args.duration} s, campaign {campaign_id} ...", flush=True)
     # exit status 1 only says there were failures; the summary shows them

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import redis
+from playwright.sync_api import sync_playwright
 
 from coupon import create_app
 from coupon.signing import Signer
@@ -172,3 +173,17 @@ def private_cluster(tmp_path):
     cluster = LocalCluster(tmp_path, node_timeout_ms=NODE_TIMEOUT_MS)
     yield cluster
     cluster.stop()
+
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture
+def browser():
+    """Headless Debian chromium, driven by Playwright (which downloads no browser of its own)."""
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run installs it)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield browser
+        browser.close()

@@ -7,27 +7,13 @@ import os
 import threading
 import time
 
-import pytest
-from playwright.sync_api import sync_playwright
-
 from coupon import campaigns
 from loadtest.harness import ROOT, open_campaign, users
 from coupon.outbox import outbox_stats
 from tests.support import FAST_JOBS, flood, issue_call
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 REPORTS = os.path.join(ROOT, "reports")
 FOLLOWS_WITHIN_MS = 2000  # the page polls every second
-
-
-@pytest.fixture
-def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run installs it)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield browser
-        browser.close()
 
 
 def shown_issued(page):

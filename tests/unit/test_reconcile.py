@@ -10,6 +10,7 @@ KINDS = {  # field: its title in the report
     "extra_in_mysql": "in the database, not in redis",
     "different": "different ticket",
     "duplicate_serials": "serial held twice",
+    "beyond_total": "serial above the campaign's total",
 }
 
 
