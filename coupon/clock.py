@@ -1,7 +1,11 @@
 """Times, one set of helpers: the database keeps naive UTC datetimes, Redis and the wire epoch
-milliseconds, people ISO 8601."""
+milliseconds, people ISO 8601; and Redis's clock, which judges every window (RedisClock)."""
 import datetime as dt
+import threading
 import time
+from collections import deque
+
+from redis.exceptions import RedisError
 
 UTC = dt.timezone.utc
 EPOCH = dt.datetime(1970, 1, 1)
@@ -46,3 +50,46 @@ def iso(value):
 
 def iso_ms(ms):
     return iso(from_ms(ms))
+
+
+class RedisClock:
+    """Redis's clock as this process reads it: the local clock plus its offset to Redis's TIME.
+
+    The scripts judge a campaign's window by Redis's clock; a worker that judged it by its own
+    would answer NOT_OPEN after the opening, or CLOSED before the close, by however far its
+    host's clock is off. So the offset is measured (on the first call, then on the first call
+    every SAMPLE_EVERY seconds), corrected for half the round trip; of the last KEEP samples the
+    one of the shortest round trip counts (a round trip stretched by a busy loop tells least).
+    Redis down: the last offset stands."""
+
+    SAMPLE_EVERY = 5.0
+    KEEP = 6
+
+    def __init__(self, read_redis_ms):
+        self.read_redis_ms = read_redis_ms  # () -> Redis's TIME in epoch ms
+        self.samples = deque(maxlen=self.KEEP)  # (round trip in s, offset in ms)
+        self.offset_ms = 0
+        self.next_sample = 0.0  # monotonic
+        self._sampling = threading.Lock()
+
+    def now_ms(self):
+        if time.monotonic() >= self.next_sample and self._sampling.acquire(blocking=False):
+            try:
+                self.sample()
+            finally:
+                self._sampling.release()
+        return now_ms() + self.offset_ms
+
+    def sample(self):
+        self.next_sample = time.monotonic() + self.SAMPLE_EVERY
+        sent = time.time()
+        try:
+            redis_ms = self.read_redis_ms()
+        except RedisError:
+            return
+        received = time.time()
+        self.add(received - sent, redis_ms - (sent + received) * 500)
+
+    def add(self, round_trip, offset_ms):
+        self.samples.append((round_trip, offset_ms))
+        self.offset_ms = round(min(self.samples)[1])

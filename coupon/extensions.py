@@ -1,7 +1,8 @@
 """The gateways a worker needs, built once in init_app and kept in app.extensions["coupon"]."""
+from coupon.clock import RedisClock
 from coupon.db import make_engine
 from coupon.issuing import Issuer
-from coupon.keys import CampaignKeys
+from coupon.keys import ACTIVE, CampaignKeys
 from coupon.metrics import Metrics
 from coupon.rate_limit import RateLimit
 from coupon.redis_nodes import RedisNodes
@@ -17,9 +18,12 @@ class Services:
         self.scripts = Scripts(self.redis)
         self.signer = Signer(config["SECRET_KEY"], config["TOKEN_TTL"])
         self.metrics = Metrics()
-        self.rate_limit = RateLimit(config["RATE_LIMIT"], config["RATE_LIMIT_WINDOW"])
+        # one clock for every window: Redis's (with a cluster, the node of the registry's; the
+        # nodes' clocks are kept together by NTP)
+        self.clock = RedisClock(lambda: self.redis.time_at(ACTIVE))
+        self.rate_limit = RateLimit(config["RATE_LIMIT"], config["RATE_LIMIT_WINDOW"], self.clock)
         self.issuer = Issuer(self.redis, self.scripts, self.engine, self.signer, config,
-                             self.keys, self.metrics, self.rate_limit)
+                             self.keys, self.metrics, self.rate_limit, self.clock)
 
     def keys(self, campaign_id):
         """The Redis keys of a campaign (the one place they are built)."""

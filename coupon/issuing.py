@@ -18,7 +18,6 @@ from sqlalchemy import select
 
 from coupon import db
 from coupon.claims import Claims
-from coupon.clock import now_ms
 from coupon.errors import CampaignNotFound, Closed, NotOpen, SoldOut, Unavailable
 from coupon.scripts import Claim
 from coupon.supply import TAIL_RECHECK, CampaignGone, SerialSupply
@@ -55,9 +54,8 @@ class LiveCampaign:
         self.loaded_at = time.monotonic()
         return news
 
-    def admit(self):
-        """Raise the answer that this worker already knows, if any."""
-        now = now_ms()
+    def admit(self, now):
+        """Raise the answer that this worker already knows, if any, at `now` (Redis's clock, ms)."""
         if self.status == "closed" or (self.closes_at and now >= self.closes_at):
             raise Closed()
         if self.status == "pending" or now < self.opens_at:
@@ -71,7 +69,7 @@ class Issuer:
 
     UNKNOWN_CACHE_MAX = 4096
 
-    def __init__(self, redis, scripts, engine, signer, config, keys, metrics, rate_limit):
+    def __init__(self, redis, scripts, engine, signer, config, keys, metrics, rate_limit, clock):
         self.redis = redis
         self.scripts = scripts
         self.engine = engine
@@ -80,6 +78,7 @@ class Issuer:
         self.keys = keys  # campaign id -> CampaignKeys
         self.metrics = metrics
         self.rate_limit = rate_limit
+        self.clock = clock  # clock.RedisClock: the window is judged by Redis's clock, as lease.lua does
         self.refresh = config["STATE_REFRESH"]
         worker_id = "%s:%d:%s" % (os.uname().nodename, os.getpid(), uuid.uuid4().hex[:8])
         lease_numbers = itertools.count(1)
@@ -94,7 +93,7 @@ class Issuer:
         """Raise what this worker already knows the answer is (sold out, not open, closed);
         else return the campaign, for issue()."""
         campaign = self.campaign(campaign_id)
-        campaign.admit()
+        campaign.admit(self.clock.now_ms())
         return campaign
 
     def issue(self, campaign, user_id, reloaded=False):

@@ -4,21 +4,21 @@ summed over every worker and host, issue calls and ticket lookups together.
 Counted in one hash per claim shard and window (keys.ShardKeys.rate) that expires by itself:
 claim.lua counts an issue call in the same call as its claim (no extra round trip), and
 count_lookup counts a ticket lookup. Answers a worker gives from its own state (sold out, not
-open, closed) are not counted: they cost nothing.
+open, closed) are not counted: they cost nothing. Windows are numbered by Redis's clock, so that
+every host counts in the same one whatever its own clock says.
 """
-import time
-
 from coupon.errors import RateLimited
 
 
 class RateLimit:
-    def __init__(self, limit, seconds):
+    def __init__(self, limit, seconds, clock):
         self.limit = limit  # 0: no limit
         self.seconds = max(1, int(seconds))
+        self.clock = clock  # clock.RedisClock
 
     def window(self):
         """(number of the current window, seconds left in it)."""
-        now = int(time.time())
+        now = self.clock.now_ms() // 1000
         return now // self.seconds, self.seconds - now % self.seconds
 
     def exceeded(self):

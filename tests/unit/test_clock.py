@@ -1,12 +1,15 @@
 """Time: ISO 8601 in (any offset, UTC without one), naive UTC datetimes inside, epoch ms in
 Redis, ISO 8601 with milliseconds and Z out."""
 import datetime as dt
+import time
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coupon.clock import from_ms, iso, iso_ms, parse_time, to_ms
+from redis.exceptions import RedisError
+
+from coupon.clock import RedisClock, from_ms, iso, iso_ms, parse_time, to_ms
 
 UTC = dt.timezone.utc
 # naive UTC datetimes as the service keeps them: the database's DATETIME(3) holds milliseconds
@@ -84,3 +87,40 @@ def test_to_ms_is_exact_where_float_seconds_were_not():
     for ms in (545_417_903_578, 2_192_929_573_200):  # 1987-04-14, 2039-06-29
         assert to_ms(EPOCH + dt.timedelta(milliseconds=ms)) == ms
         assert from_ms(ms) == EPOCH + dt.timedelta(milliseconds=ms)
+
+
+# --- Redis's clock, as a worker reads it ---
+
+def test_redis_clock_is_the_local_clock_plus_the_offset_it_measured():
+    clock = RedisClock(lambda: time.time() * 1000 - 3000)  # a Redis 3 s behind this host
+    assert abs(clock.now_ms() - (time.time() * 1000 - 3000)) <= 5
+    assert abs(clock.offset_ms + 3000) <= 5
+
+
+def test_the_sample_of_the_shortest_round_trip_counts_among_the_last_few():
+    clock = RedisClock(None)
+    for round_trip, offset in [(0.040, 900), (0.001, 100), (0.030, -700)]:
+        clock.add(round_trip, offset)
+    assert clock.offset_ms == 100
+    for _ in range(RedisClock.KEEP):  # the fast one ages out
+        clock.add(0.020, 300)
+    assert clock.offset_ms == 300
+
+
+def test_it_samples_on_the_first_call_then_every_few_seconds_and_keeps_its_offset_while_redis_fails():
+    calls, offset = [], [1000]
+
+    def read():
+        calls.append(1)
+        if offset[0] is None:
+            raise RedisError("down")
+        return time.time() * 1000 + offset[0]
+
+    clock = RedisClock(read)
+    clock.now_ms()
+    clock.now_ms()
+    assert len(calls) == 1 and abs(clock.offset_ms - 1000) <= 5
+    offset[0] = None
+    clock.next_sample = 0  # the next call samples again: Redis fails, the offset stands
+    assert abs(clock.now_ms() - (time.time() * 1000 + 1000)) <= 5
+    assert len(calls) == 2 and clock.next_sample > time.monotonic()

@@ -1,18 +1,22 @@
-"""The rate limit's fixed windows (counting needs Redis: tests/test_rate_limit.py)."""
+"""The rate limit's fixed windows, numbered by Redis's clock (counting needs Redis:
+tests/test_rate_limit.py)."""
 import time
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from coupon.clock import RedisClock
 from coupon.rate_limit import RateLimit
 
 
-@given(seconds=st.integers(-5, 100_000))
-def test_a_rate_window_is_the_fixed_window_of_now_with_the_seconds_left_in_it(seconds):
-    rate = RateLimit(10, seconds)
+@given(seconds=st.integers(-5, 100_000), offset_ms=st.integers(-10_000, 10_000))
+def test_a_rate_window_is_the_fixed_window_of_redis_now_with_the_seconds_left_in_it(seconds, offset_ms):
+    clock = RedisClock(lambda: time.time() * 1000 + offset_ms)
+    rate = RateLimit(10, seconds, clock)
     assert rate.seconds == max(1, seconds)
-    before = int(time.time())
+    before = (clock.now_ms() - 2) // 1000  # the offset measured is off by the round trip at most
     window, left = rate.window()
-    after = int(time.time())
+    after = (clock.now_ms() + 2) // 1000
     assert 1 <= left <= rate.seconds
     assert before <= window * rate.seconds + (rate.seconds - left) <= after
+    assert abs(clock.offset_ms - offset_ms) <= 2
