@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export FLASK_APP := app.py
 SHELL := /bin/bash
 
-.PHONY: setup setup-dev run test clean loadtest locust-ui lean-ramp bench cluster cluster-stop
+.PHONY: setup setup-dev run test clean loadtest locust-ui lean-ramp bench bench-scale cluster cluster-stop
 
 # what the service needs (requirements.txt, this project editable: pyproject.toml)
 $(BIN)/.installed: requirements.txt pyproject.toml
@@ -65,6 +65,10 @@ lean-ramp: setup-dev
 bench: setup-dev
 	$(BIN)/python -m loadtest.bench $(if $(DURATION),--duration $(DURATION)) \
 		$(if $(WITH_OPS_PAGE),--with-ops-page) $(if $(RECORD),--record)
+
+# what a big sale costs: memory per coupon, recover and close of one campaign of N [N=1000000]
+bench-scale: setup-dev
+	$(BIN)/python -m loadtest.bench_scale $(if $(N),--n $(N))
 
 # A local Redis Cluster (3 masters, 3 replicas, under instance/cluster/) for trying the service
 # on one: prints the REDIS_CLUSTER_NODES to export before `make run`.

@@ -20,7 +20,7 @@ from coupon.db import init_db
 from coupon.errors import BadRequest, CouponError, InvalidCampaign
 from coupon.extensions import services
 from coupon.outbox import outbox_stats
-from coupon.recovery import count_rows, lost_campaign, recover_campaign
+from coupon.recovery import lost_campaign, recover_campaign
 from coupon.signing import check_user_id
 
 db_cli = AppGroup("db", help="Database schema.")
@@ -148,7 +148,7 @@ def campaign_recover(campaign_id):
     """
     service = svc()
     lost_campaign(service, campaign_id)  # its refusals before anything is written
-    rows = count_rows(service.engine, campaign_id)
+    rows = queries.count_rows(service.engine, campaign_id)
     with click.progressbar(length=rows, label="restoring claims", file=sys.stderr) as bar:
         report = recover_campaign(service, campaign_id, progress=bar.update)
     click.echo("\n".join(report.lines()))

@@ -1,7 +1,7 @@
 """The read side: a campaign's row and public status, the list of campaigns, a user's ticket.
 From Redis while a campaign is live, from the database once it was closed and released."""
 from redis.exceptions import RedisError
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from coupon import db
 from coupon.clock import iso, to_ms, utcnow
@@ -9,6 +9,8 @@ from coupon.errors import CampaignNotFound, NoTicket, Unavailable
 from coupon.redis_state import issued_in_redis
 from coupon.scripts import StoredClaim
 from coupon.tickets import Ticket
+
+CHUNK = 2000  # rows read a round (rows_by_serial)
 
 
 def campaign_row(engine, campaign_id):
@@ -56,6 +58,30 @@ def stock_additions(engine, campaign_id):
                             .where(a.campaign_id == campaign_id).order_by(a.id)).all()
     return [{"request_id": r.request_id, "amount": r.amount, "total_after": r.total_after,
              "added_at": iso(r.added_at)} for r in rows]
+
+
+def count_rows(engine, campaign_id):
+    """The campaign's rows in the database (what recover restores)."""
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(db.coupons)
+                            .where(db.coupons.c.campaign_id == campaign_id)).scalar()
+
+
+def rows_by_serial(engine, campaign_id):
+    """The campaign's rows (user, serial, code, issued_at) in serial order, CHUNK at a time."""
+    c = db.coupons.c
+    after = 0
+    while True:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(c.user_id, c.serial, c.code, c.issued_at)
+                .where(c.campaign_id == campaign_id, c.serial > after)
+                .order_by(c.serial).limit(CHUNK)
+            ).all()
+        if not rows:
+            return
+        yield rows
+        after = rows[-1].serial
 
 
 def list_campaigns(svc):

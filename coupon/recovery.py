@@ -11,13 +11,11 @@ serials leased before the loss are refused (lease.lua, claim.lua).
 """
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
-
-from coupon import db, redis_state
+from coupon import redis_state
 from coupon.campaigns import drain_outbox
 from coupon.clock import to_ms, utcnow
 from coupon.errors import NothingToRecover
-from coupon.queries import campaign_row
+from coupon.queries import campaign_row, rows_by_serial
 from coupon.scripts import StoredClaim
 
 CHUNK = 2000  # rows read, and their claims written (about as many commands), per round trip
@@ -64,13 +62,6 @@ class RecoveryReport:
         out.append("  Not counted: any claims acknowledged after that stock sync and not flushed; "
                    "they are lost as well.")
         return out
-
-
-def count_rows(engine, campaign_id):
-    """The campaign's rows in the database (what recover restores)."""
-    with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(db.coupons)
-                            .where(db.coupons.c.campaign_id == campaign_id)).scalar()
 
 
 def recover_campaign(svc, campaign_id, progress=None):
@@ -138,23 +129,6 @@ def restore_claims(svc, keys, progress=None):
         if progress:
             progress(len(rows))
     return per_shard, cursor, returned
-
-
-def rows_by_serial(engine, campaign_id):
-    """The campaign's rows (user, serial, code, issued_at) in serial order, CHUNK at a time."""
-    c = db.coupons.c
-    after = 0
-    while True:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                select(c.user_id, c.serial, c.code, c.issued_at)
-                .where(c.campaign_id == campaign_id, c.serial > after)
-                .order_by(c.serial).limit(CHUNK)
-            ).all()
-        if not rows:
-            return
-        yield rows
-        after = rows[-1].serial
 
 
 def live_status(row):

@@ -16,8 +16,8 @@ from sqlalchemy.engine import make_url
 from jobs.reclaim import claimed_serials
 from coupon.keys import SCHEDULER_LEADER
 from coupon.outbox import GROUP, outbox_stats
+from coupon.queries import count_rows
 from coupon.reconcile import mysql_tickets, redis_claims
-from coupon.recovery import count_rows
 from coupon.scripts import decode_serials
 from tests.flood import (REDIS_TIMEOUT, STOCK, close_and_check, demand, every, issued_counter, once,
                          outcomes, say, service_on, tickets_told)

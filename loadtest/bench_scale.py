@@ -1,0 +1,93 @@
+"""What a big sale costs: `make bench-scale [N=1000000]` (N up to 10,000,000).
+
+  (1) N claims of one campaign through claim.lua (the script and layout of real issuing, in
+      batches of 500: this machine would flood 1M users through HTTP for many minutes), flushed
+      into the database by the Flusher;
+  (2) Redis memory per held coupon: used_memory (and MEMORY USAGE of the campaign's keys) after
+      the outbox drained, less what it was before;
+  (3) `flask campaign recover` after the campaign's keys are deleted (Redis lost it): seconds
+      and peak RSS of the command;
+  (4) `flask campaign close`: seconds and peak RSS of the command, its report.
+
+Uses Redis db 13 and the MariaDB database `coupon_scalebench` (made anew); prints a table.
+"""
+import argparse
+import os
+import subprocess
+import time
+
+from redis import Redis
+
+from coupon import redis_state
+from coupon.outbox import Flusher, outbox_stats
+from coupon.queries import count_rows
+from loadtest import bench
+from loadtest.flush_bench import fill_outbox
+from loadtest.harness import ROOT, open_campaign
+
+REDIS_URL = os.environ.get("SCALE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+DATABASE_URL = os.environ.get("SCALE_BENCH_DATABASE_URL",
+                              "mysql+pymysql://root@127.0.0.1:3306/coupon_scalebench")
+FLASK = os.path.join(ROOT, ".venv", "bin", "flask")
+
+
+def flask(env, *args):
+    """Run `flask ARGS` as an operator would; return (seconds, its peak RSS in MB, its output)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen([FLASK, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own resource usage
+    seconds = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"flask {' '.join(args)} failed:\n{out}")
+    return seconds, usage.ru_maxrss / 1024, out
+
+
+def campaign_bytes(redis, keys):
+    return sum(redis.memory_usage(key) or 0 for key in keys.every_key())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1_000_000)
+    args = parser.parse_args()
+    if not 1000 <= args.n <= 10_000_000:
+        raise SystemExit("N is from 1000 to 10,000,000")
+    svc, env = bench.prepare(DATABASE_URL, REDIS_URL)
+    raw = Redis.from_url(REDIS_URL)
+    rows = []
+
+    before = raw.info("memory")["used_memory"]
+    campaign_id = open_campaign(svc, args.n, "scale")
+    keys = svc.keys(campaign_id)
+    started = time.perf_counter()
+    fill_outbox(svc, campaign_id, args.n)
+    rows.append(("claims through claim.lua", f"{time.perf_counter() - started:.1f} s", ""))
+    started, flusher = time.perf_counter(), Flusher(svc, "scale-bench")
+    while outbox_stats(svc.redis, keys)[0]:
+        flusher.flush([campaign_id])
+    rows.append(("flushed into the database", f"{time.perf_counter() - started:.1f} s",
+                 f"{count_rows(svc.engine, campaign_id):,} rows"))
+    used = raw.info("memory")["used_memory"] - before
+    rows.append(("Redis memory per held coupon", f"{used / args.n:.0f} B (used_memory)",
+                 f"{campaign_bytes(raw, keys) / args.n:.0f} B (MEMORY USAGE of its keys)"))
+
+    redis_state.delete_keys(svc.redis, keys)  # Redis lost the campaign
+    seconds, peak, _ = flask(env, "campaign", "recover", str(campaign_id))
+    rows.append(("flask campaign recover", f"{seconds:.1f} s ({seconds / args.n * 1e6:.1f} s per million)",
+                 f"peak RSS {peak:.0f} MB"))
+    seconds, peak, out = flask(env, "campaign", "close", str(campaign_id))
+    rows.append(("flask campaign close", f"{seconds:.1f} s ({seconds / args.n * 1e6:.1f} s per million)",
+                 f"peak RSS {peak:.0f} MB"))
+    report = next(line for line in out.splitlines() if line.startswith("campaign "))
+
+    print(f"== bench-scale: one campaign of {args.n:,} coupons")
+    for what, figure, more in rows:
+        print(f"  {what:<30} {figure:<34} {more}")
+    print(f"  close's report: {report}")
+    raw.flushdb()
+
+
+if __name__ == "__main__":
+    main()
