@@ -15,8 +15,8 @@ from coupon import db, redis_state
 from coupon.clock import iso, utcnow
 from coupon.errors import InvalidCampaign, ReconcileMismatch, RequestIdReused, Unavailable
 from coupon.outbox import Flusher, outbox_stats
-from coupon.queries import campaign_row
-from coupon.reconcile import Report, mysql_tickets, reconcile
+from coupon.queries import campaign_row, count_rows
+from coupon.reconcile import Report, reconcile
 
 MAX_STOCK = 10_000_000
 REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -197,7 +197,7 @@ def close_campaign(svc, campaign_id, progress=None):
     held = stop_issuing(svc, campaign_id)  # from here on every claim script refuses: the set is final
     keys = svc.keys(campaign_id)
     if not held:  # released by an earlier close
-        rows = len(mysql_tickets(svc.engine, campaign_id))
+        rows = count_rows(svc.engine, campaign_id)
         return Report(campaign_id, rows, rows, rows)
     drain_outbox(svc, campaign_id, progress)
     report = reconcile(svc.redis, svc.engine, keys)

@@ -10,7 +10,7 @@ from coupon.redis_state import issued_in_redis
 from coupon.scripts import StoredClaim
 from coupon.tickets import Ticket
 
-CHUNK = 2000  # rows read a round (rows_by_serial)
+CHUNK = 2000  # rows read a round (rows_by_serial), by default
 
 
 def campaign_row(engine, campaign_id):
@@ -67,16 +67,17 @@ def count_rows(engine, campaign_id):
                             .where(db.coupons.c.campaign_id == campaign_id)).scalar()
 
 
-def rows_by_serial(engine, campaign_id):
-    """The campaign's rows (user, serial, code, issued_at) in serial order, CHUNK at a time."""
+def rows_by_serial(engine, campaign_id, columns=("user_id", "serial", "code", "issued_at"),
+                   chunk=CHUNK):
+    """The campaign's rows (those columns of them) in serial order, `chunk` at a time."""
     c = db.coupons.c
     after = 0
     while True:
         with engine.connect() as conn:
             rows = conn.execute(
-                select(c.user_id, c.serial, c.code, c.issued_at)
+                select(*(c[name] for name in columns))
                 .where(c.campaign_id == campaign_id, c.serial > after)
-                .order_by(c.serial).limit(CHUNK)
+                .order_by(c.serial).limit(chunk)
             ).all()
         if not rows:
             return

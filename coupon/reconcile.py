@@ -4,7 +4,11 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 
 from coupon import db
+from coupon.queries import rows_by_serial
 from coupon.scripts import StoredClaim
+
+TICKET = ("user_id", "serial", "code")  # what is compared of a row
+CHUNK = 10_000  # rows read a round: a few MB
 
 
 @dataclass
@@ -68,17 +72,90 @@ def mysql_tickets(engine, campaign_id):
 
 
 def reconcile(redis, engine, keys):
+    """Compare a campaign's claims in Redis with its rows, in memory that does not grow with it.
+
+    Each side is streamed in chunks into, per claim shard, a count and an order-independent
+    digest of its tickets (user, serial, code); a shard whose count and digest agree with the
+    rows of its users holds exactly those tickets (the rows have no user or serial twice: their
+    unique keys). Only the shards that differ are compared ticket by ticket, so that the report
+    names every difference."""
     total = campaign_total(engine, keys.campaign_id)
-    stored, counter = redis_claims(redis, keys)
-    claims = {user: (claim.serial, claim.code) for user, claim in stored.items()}
-    rows = mysql_tickets(engine, keys.campaign_id)
-    report = Report(keys.campaign_id, len(claims), counter, len(rows))
+    counter, in_redis = 0, []
+    for shard in keys.all_shards():
+        in_redis.append(Tally.of(ticket_of_claim(user, value) for user, value in
+                                 redis.client_for(shard.claims).hscan_iter(shard.claims, count=1000)))
+        counter += int(redis.hget(shard.state, "issued") or 0)
+    in_mysql = [Tally() for _ in in_redis]
+    for rows in rows_by_serial(engine, keys.campaign_id, TICKET, chunk=CHUNK):
+        for user, serial, code in rows:
+            in_mysql[keys.shard_of(user)].add((user, serial, code))
+    report = Report(keys.campaign_id, sum(t.count for t in in_redis), counter,
+                    sum(t.count for t in in_mysql))
+    differing = [shard for shard, r, m in zip(keys.all_shards(), in_redis, in_mysql) if r != m]
+    if differing:
+        compare_tickets(report, redis, engine, keys, differing, total)
+    # the rows' serials are those of every shard that agrees
+    report.beyond_total = sorted({*report.beyond_total, *serials_above(engine, keys.campaign_id, total)})
+    return report
+
+
+def ticket_of_claim(user, value):
+    claim = StoredClaim.parse(value)
+    return user, claim.serial, claim.code
+
+
+class Tally:
+    """How many tickets, and the sum of their hashes: equal for equal sets of tickets in any order.
+    (Python's hash of a tuple: keyed per process, and both sides are summed in this one.)"""
+
+    __slots__ = ("count", "digest")
+
+    def __init__(self):
+        self.count, self.digest = 0, 0
+
+    @classmethod
+    def of(cls, tickets):
+        tally = cls()
+        for ticket in tickets:
+            tally.add(ticket)
+        return tally
+
+    def add(self, ticket):
+        self.count += 1
+        self.digest = (self.digest + hash(ticket)) & 0xFFFFFFFFFFFFFFFF
+
+    def __eq__(self, other):
+        return (self.count, self.digest) == (other.count, other.digest)
+
+
+def compare_tickets(report, redis, engine, keys, shards, total):
+    """Name each difference between the claims of these shards and the rows of their users."""
+    claims = {user: (serial, code) for shard in shards for user, serial, code in
+              (ticket_of_claim(u, v) for u, v in redis.client_for(shard.claims).hscan_iter(shard.claims, count=1000))}
+    indexes = {shard.index for shard in shards}
+    serials = {serial for serial, _ in claims.values()}
+    rows, holder_of = {}, {}  # the rows of these shards' users; who holds these serials in the rows
+    for chunk in rows_by_serial(engine, keys.campaign_id, TICKET, chunk=CHUNK):
+        for user, serial, code in chunk:
+            if keys.shard_of(user) in indexes:
+                rows[user] = (serial, code)
+            if serial in serials:
+                holder_of[serial] = user
     report.missing_in_mysql = sorted(set(claims) - set(rows))
     report.extra_in_mysql = sorted(set(rows) - set(claims))
     report.different = sorted((u, claims[u], rows[u]) for u in set(claims) & set(rows) if claims[u] != rows[u])
     holders = {}
     for user, (serial, _) in claims.items():
-        holders.setdefault(serial, []).append(user)
+        holders.setdefault(serial, set()).add(user)
+    for serial, user in holder_of.items():  # held in a shard that agrees with the rows
+        if keys.shard_of(user) not in indexes:
+            holders[serial].add(user)
     report.duplicate_serials = sorted((s, sorted(us)) for s, us in holders.items() if len(us) > 1)
-    report.beyond_total = sorted(s for s in holders if s > total)
-    return report
+    report.beyond_total = sorted(s for s in serials if s > total)
+
+
+def serials_above(engine, campaign_id, total):
+    c = db.coupons.c
+    with engine.connect() as conn:
+        return conn.execute(select(c.serial).where(c.campaign_id == campaign_id, c.serial > total)
+                            .order_by(c.serial)).scalars().all()

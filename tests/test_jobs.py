@@ -11,7 +11,7 @@ from sqlalchemy import select
 from coupon import campaigns, clock, db, queries
 from coupon.keys import SCHEDULER_LEADER
 from coupon.outbox import Flusher, outbox_stats
-from coupon.reconcile import mysql_tickets, reconcile
+from coupon.reconcile import mysql_tickets, reconcile, redis_claims
 from jobs.lifecycle import open_and_close_due
 from jobs.stock_sync import sync_stock
 from loadtest.harness import free_port, open_campaign, users, wait_until
@@ -100,6 +100,45 @@ def test_reconcile_reports_a_difference_and_keeps_the_keys(svc, signer, runner, 
     assert result.exit_code == 1
     assert "different ticket: 1" in result.output and "'b'" in result.output
     assert redis_client.exists(svc.keys(campaign_id).meta)
+
+
+@on_single_and_cluster
+def test_reconcile_names_every_difference_of_every_kind(svc, redis_client):
+    """The streamed comparison (counts and digests per shard) finds each kind of difference, and
+    the ticket-by-ticket look at the shards that differ names it, whichever shard it is in."""
+    campaign_id = open_campaign(svc, 300)
+    for i in range(200):
+        issue_directly(svc, campaign_id, f"user-{i}")
+    Flusher(svc, "test").flush([campaign_id])
+    keys = svc.keys(campaign_id)
+    assert reconcile(svc.redis, svc.engine, keys).agree
+    claim_of = redis_claims(svc.redis, keys)[0]
+    serial_of = {user: claim.serial for user, claim in claim_of.items()}
+    c = db.coupons.c
+    with svc.engine.begin() as conn:  # hands on the rows
+        conn.execute(db.coupons.delete().where(c.user_id == "user-1"))
+        conn.execute(db.coupons.update().where(c.user_id == "user-2").values(code="FORGED"))
+        conn.execute(db.coupons.insert().values(campaign_id=campaign_id, user_id="stranger", serial=290,
+                                                code="X", issued_at=clock.utcnow()))
+        conn.execute(db.campaigns.update().where(db.campaigns.c.id == campaign_id).values(total=280))
+    # and on Redis: a serial claimed again, by a user of another shard than its holder's, whose
+    # shard otherwise agrees with the rows
+    touched = {keys.shard_of(u) for u in ("user-1", "user-2", "stranger")}
+    original = next(u for u in serial_of if keys.shard_of(u) not in touched)
+    twin = next(f"twin-{i}" for i in range(100) if keys.shard_of(f"twin-{i}") != keys.shard_of(original))
+    shard = keys.shard(keys.shard_of(twin))
+    redis_client.hset(shard.claims, twin, f"{serial_of[original]}|{claim_of[original].code}|1")
+    redis_client.hincrby(shard.state, "issued", 1)
+
+    report = reconcile(svc.redis, svc.engine, keys)
+
+    assert not report.agree
+    assert (report.redis_claims, report.redis_counter, report.mysql_rows) == (201, 201, 200)
+    assert report.missing_in_mysql == sorted(["user-1", twin])
+    assert report.extra_in_mysql == ["stranger"]
+    assert [u for u, _, _ in report.different] == ["user-2"]
+    assert report.duplicate_serials == [(serial_of[original], sorted([original, twin]))]
+    assert report.beyond_total == [290]
 
 
 @on_single_and_cluster
