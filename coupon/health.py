@@ -21,7 +21,8 @@ def readiness(svc):
 
 
 def check_readiness(svc):
-    """The checks of readiness() and each master's replicas: one INFO per master, one SELECT 1."""
+    """The checks of readiness() and each master's replicas: one INFO per master, one SELECT 1
+    (and the settings' verdict, read every few seconds)."""
     checks, replicas = {"redis": "ok"}, {}
     try:
         primaries = svc.redis.primaries()

@@ -39,8 +39,9 @@ def setting_problems(name, info, production, cluster):
     if not numbers:
         unchecked.append(f"Redis {name}: its version could not be checked (INFO says {version!r})")
     elif numbers < MIN_VERSION:
-        problems.append(f"Redis {name} is version {version}; the scripts need {'.'.join(map(str, MIN_VERSION))} "
-                        "or newer (LPOP with a count, XAUTOCLAIM): upgrade it")
+        needed = ".".join(map(str, MIN_VERSION))
+        problems.append(f"Redis {name} is version {version}; the scripts need {needed} or newer "
+                        "(LPOP with a count, XAUTOCLAIM): upgrade it")
     policy = info.get("maxmemory_policy")
     if policy is None:
         unchecked.append(f"Redis {name}: maxmemory-policy could not be checked (INFO does not say it); "

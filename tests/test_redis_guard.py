@@ -58,7 +58,8 @@ def test_production_is_not_ready_and_the_scheduler_idle_until_redis_is_fixed(mys
         assert "maxmemory-policy allkeys-lru" in settings and "set maxmemory-policy noeviction" in settings
         assert "appendonly no" in settings and "set appendonly yes" in settings
         assert body["checks"]["redis"] == body["checks"]["database"] == "ok"
-        wait_until(lambda: "set maxmemory-policy noeviction" in jobs.output(), what="the scheduler to say why")
+        wait_until(lambda: "set maxmemory-policy noeviction" in jobs.output(),
+                   what="the scheduler to say why")
         for _ in range(4):  # a lifecycle run every 0.5 s, none acting
             assert status_of(svc.engine, campaign_id) == "scheduled"
             time.sleep(0.5)

@@ -103,7 +103,8 @@ def test_redis_at_maxmemory_during_the_flood(mysql_url, signer, private_redis):
         told, unsure, holding = tickets_told(web.url, campaign_id, answers, tokens)
         close_and_check(svc, signer, campaign_id, told)
         assert redis_state.issued_in_redis(svc.redis, svc.keys(campaign_id)) is None  # released
-        say("redis at maxmemory", issued_when_full=full["issued"], full_s=round(full["raised"] - full["at"], 1),
+        say("redis at maxmemory", issued_when_full=full["issued"],
+            full_s=round(full["raised"] - full["at"], 1),
             requests=len(answers), users=len(tokens), outcomes=dict(seen),
             answers_while_full=dict(outcomes(during)),
             latency_503_ms_p50_max=(round(took[len(took) // 2] * 1000, 1), round(took[-1] * 1000, 1)),
