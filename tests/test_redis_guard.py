@@ -3,6 +3,8 @@ production not ready and the scheduler idle while it lasts, ready again once an 
 (no restart); what cannot be checked is said, not fatal. The service's Redis user may not run
 CONFIG, as on managed Redis: the checks read INFO only."""
 import logging
+import subprocess
+import sys
 import time
 
 import pytest
@@ -11,7 +13,8 @@ from sqlalchemy import select
 from coupon import campaigns, create_app, db, redis_guard
 from coupon.clock import utcnow
 from coupon.keys import SCHEDULER_LEADER
-from loadtest.harness import Gunicorn, RedisServer, RedisTarget, Scheduler, service_env, wait_until
+from loadtest.harness import (ROOT, Gunicorn, RedisServer, RedisTarget, Scheduler, service_env,
+                              wait_until)
 from tests.support import FAST_JOBS, app_config, get
 
 PROBLEM_WAIT = redis_guard.CHECK_EVERY * 2 + 10  # seconds: a fix is seen within a re-check
@@ -131,3 +134,12 @@ def test_every_master_of_a_cluster_is_checked(mysql_url, session_cluster, monkey
             admin.config_set("maxmemory-policy", "noeviction")
     assert client.get("/readyz").status_code == 200
     app.extensions["coupon"].engine.dispose()
+
+
+def test_the_cli_says_it_at_start(mysql_url, lossy_redis):
+    env = dict(service_env(mysql_url, service_user(lossy_redis)), FLASK_APP="app.py")
+    done = subprocess.run([sys.executable, "-m", "flask", "campaign", "list"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr  # a warning in development: the command runs
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("Redis 127.0.0.1:") and "set maxmemory-policy noeviction" in line
