@@ -20,8 +20,6 @@ def create_app(config=None):
 
 def register_extensions(app):
     extensions.init_app(app)
-    # said at the start of every process (web worker, scheduler, CLI): a Redis that would lose claims
-    extensions.services(app).redis_guard.verdict()
 
 
 def register_blueprints(app):

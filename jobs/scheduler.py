@@ -130,6 +130,7 @@ def run_scheduler(app):
 
     signal.signal(signal.SIGTERM, stop)
     log.info("scheduler %s started; jobs: %s", lease.ident, ", ".join(jobs))
+    svc.redis_guard.verdict()  # say at once what in Redis's settings would lose claims
     try:
         scheduler.start()
     except KeyboardInterrupt:
