@@ -26,41 +26,41 @@ def shard_state(client, shard, rate):
 def test_claim_script_is_all_or_nothing_at_maxmemory(mysql_url, signer, private_redis):
     app = create_app(app_config(mysql_url, private_redis.url, RATE_LIMIT=5))
     svc = app.extensions["coupon"]
-    campaign_id = open_campaign(svc, 10_000)
+    campaign_id = open_campaign(svc, 10_000_000)
     keys = svc.keys(campaign_id)
     epoch = svc.redis.hget(keys.meta, "epoch")
     send = ClaimSender(svc.redis, svc.scripts.claim, keys, epoch, svc.rate_limit)
-    users = [u for u in (f"{'u' * 58}-{i}" for i in range(40_000)) if keys.shard_of(u) == 0]
+    users = [u for u in (f"user-{i}" for i in range(2_000)) if keys.shard_of(u) == 0]
     shard, rate = keys.shard(0), keys.shard(0).rate(svc.rate_limit.window()[0])
 
-    def claims(batch, first_serial):
-        return [(0, u, first_serial + i, signer.ticket_code(campaign_id, first_serial + i))
-                for i, u in enumerate(batch)]
+    def claims(batch, serials):
+        return [(0, u, n, signer.ticket_code(campaign_id, n)) for u, n in zip(batch, serials)]
 
     client = private_redis.client()
     try:
-        send(claims(users[:10], 1))  # the script loaded, the shard's keys made
-        # 300 claims: their arguments take ~60 kB while the call runs, what they write ~190 kB
-        # for good (measured). From 100 kB under the limit the call starts below it and ends
-        # past it, every claim written whole
+        send(claims(users[:10], range(1, 11)))  # the script loaded, the shard's keys made
+        # 21 claims, of a few kB of arguments; the 11th's serial, 9,000,000, grows the shard's
+        # claimed bitmap by ~1.1 MB. From 100 kB under the limit the call starts below it, passes
+        # it halfway, and writes the claims after that one too
         client.config_set("maxmemory", client.info("memory")["used_memory"] + 100_000)
-        replies = send(claims(users[10:310], 11))
-        assert [r.outcome.name for r in replies] == ["NEW"] * 300
+        serials = [*range(11, 21), 9_000_000, *range(21, 31)]
+        replies = send(claims(users[10:31], serials))
+        assert [r.outcome.name for r in replies] == ["NEW"] * 21
         assert client.info("memory")["used_memory"] > int(client.config_get("maxmemory")["maxmemory"])
         written = shard_state(client, shard, rate)
-        assert written[:4] == (310, 310, 310, "310")
+        assert written[:4] == (31, 31, 31, "31")
 
         # past the limit as it starts: refused at its first write, nothing written (not even the
         # rate limit's count), whatever the batch holds: new users, users holding a ticket
-        batch = claims(users[310:410], 311) + claims(users[:50], 5001)
+        batch = claims(users[31:51], range(31, 51)) + claims(users[:10], range(5001, 5011))
         replies = send(batch)
         assert all(isinstance(r, OutOfMemoryError) for r in replies)
         assert shard_state(client, shard, rate) == written
 
         client.config_set("maxmemory", 0)  # memory raised: the same batch goes through
         outcome = [r.outcome.name for r in send(batch)]
-        assert outcome == ["NEW"] * 100 + ["HELD"] * 50
-        assert shard_state(client, shard, rate)[:4] == (410, 410, 410, "410")
+        assert outcome == ["NEW"] * 20 + ["HELD"] * 10
+        assert shard_state(client, shard, rate)[:4] == (51, 51, 51, "51")
     finally:
         client.config_set("maxmemory", 0)
         client.close()
