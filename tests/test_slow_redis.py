@@ -6,6 +6,7 @@ uncertain are settled: issued = N after the reclaim, Redis and the database agre
 import time
 
 import pytest
+
 from loadtest.harness import RedisTarget, open_campaign, wait_until
 from tests.flood import (REDIS_TIMEOUT, STOCK, close_and_check, demand, every, issued_counter,
                          outcomes, say, tickets_told)
@@ -13,9 +14,13 @@ from tests.support import FAST_JOBS, TcpProxy
 
 pytestmark = pytest.mark.fault
 
-# (round trip added, its jitter, until issued reaches this); then the stall, then none
-PHASES = [(0.020, 0.0, 250), (0.200, 0.100, 500)]
-STALL = (REDIS_TIMEOUT * 1.5, 8.0)  # seconds added to each round trip, for seconds
+STALL = f"stall {REDIS_TIMEOUT * 1.5:.1f} s"  # past REDIS_TIMEOUT: every call times out
+# each phase: its name, the round trip it adds, the jitter of that (±, uniform), and when it ends:
+# once issued reaches a count, or seconds after it began
+PLAN = [("20 ms", 0.020, 0.0, ("issued", 250)),
+        ("200 ± 100 ms", 0.200, 0.100, ("issued", 500)),
+        (STALL, REDIS_TIMEOUT * 1.5, 0.0, ("seconds", 8.0)),
+        ("none", 0.0, 0.0, None)]
 
 
 def quantiles(answers):
@@ -36,39 +41,32 @@ def test_redis_slow_then_stalled_then_fast(svc, signer, gunicorn, scheduler, red
         scheduler(**FAST_JOBS, REDIS_TIMEOUT=0.5)  # its reclaim grace: 1 s
         campaign_id = open_campaign(svc, STOCK)
         issued = issued_counter(svc, campaign_id)
-        marks = []  # (monotonic, name of the phase that starts)
+        marks = []  # (monotonic, name) of each phase as it began
 
-        def start(name, rtt, jitter=0.0):
+        def start(name, rtt, jitter, _):
             proxy.slow(rtt, jitter)
             marks.append((time.monotonic(), name))
 
-        start(f"{PHASES[0][0] * 1000:.0f} ms", *PHASES[0][:2])
-
         def next_phase():
-            name = marks[-1][1]
-            done = len(marks) - 1  # phases of PHASES left behind
-            if done < len(PHASES) - 1 and issued() >= PHASES[done][2]:
-                rtt, jitter, _ = PHASES[done + 1]
-                start(f"{rtt * 1000:.0f} ± {jitter * 1000:.0f} ms", rtt, jitter)
-            elif done == len(PHASES) - 1 and issued() >= PHASES[done][2]:
-                start(f"stall {STALL[0]:.1f} s", STALL[0])
-            elif name.startswith("stall") and time.monotonic() - marks[-1][0] >= STALL[1]:
-                start("none", 0.0)
+            began, ends = marks[-1][0], PLAN[len(marks) - 1][3]
+            if ends and (issued() if ends[0] == "issued" else time.monotonic() - began) >= ends[1]:
+                start(*PLAN[len(marks)])
 
+        start(*PLAN[0])
         with every(0.02, next_phase):
             answers, tokens = demand(web.url, campaign_id, signer, issued, seconds=60, wave=50)
 
         seen = outcomes(answers)
         assert set(seen) <= {200, 201, "SOLD_OUT", 503}, seen  # never a 500, never a hang
         assert all(a.body["error"]["code"] == "UNAVAILABLE" for a in answers if a.status == 503)
-        assert [name for _, name in marks][-2:] == [f"stall {STALL[0]:.1f} s", "none"], marks
+        assert [name for _, name in marks] == [name for name, *_ in PLAN], marks
         ends = [at for at, _ in marks[1:]] + [float("inf")]
         phases = {name: [a for a in answers if at <= a.started and a.started + a.took < end]
                   for (at, name), end in zip(marks, ends)}
         for name, inside in phases.items():  # what users saw, by the phase their request fell in
             say(f"slow redis: {name}", all=quantiles(inside), outcomes=dict(outcomes(inside)),
                 issue_2xx=quantiles([a for a in inside if a.status in (200, 201)]))
-        stalled = phases[f"stall {STALL[0]:.1f} s"]
+        stalled = phases[STALL]
         # every call needing Redis times out: 503, or a 409 the worker knew
         assert {a.status for a in stalled} <= {503, 409} and sum(a.status == 503 for a in stalled) > 10
         assert sum(a.status in (200, 201) for a in phases["none"]) > 0  # fast again by itself
