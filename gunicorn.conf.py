@@ -173,9 +173,21 @@ def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
 
 
+def post_worker_init(worker):
+    """A worker that starts says what in Redis's settings would lose claims (coupon.redis_guard)."""
+    services = _services(worker)
+    if services is not None:
+        services.redis_guard.verdict()
+
+
 def worker_exit(server, worker):
     """A worker that stops cleanly gives the unused serials of its blocks back to Redis."""
-    app = getattr(worker, "served_app", None)
-    services = getattr(app, "extensions", {}).get("coupon") if app else None
+    services = _services(worker)
     if services is not None:
         services.issuer.give_back_all()
+
+
+def _services(worker):
+    """The coupon app's gateways in this worker (None before the app is loaded, or another app)."""
+    app = getattr(worker, "served_app", None)
+    return getattr(app, "extensions", {}).get("coupon") if app else None

@@ -144,6 +144,11 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    checks = readiness(services(current_app))
+    svc = services(current_app)
+    checks = readiness(svc)
     ready = all(v == "ok" for v in checks.values())
-    return jsonify(status="ready" if ready else "not ready", checks=checks), 200 if ready else 503
+    body = dict(status="ready" if ready else "not ready", checks=checks)
+    warnings = svc.redis_guard.verdict().warnings  # what does not refuse readiness, said anyway
+    if warnings:
+        body["warnings"] = list(warnings)
+    return jsonify(body), 200 if ready else 503

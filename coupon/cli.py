@@ -45,7 +45,10 @@ def operator_errors(f):
 
 
 def svc():
-    return services(current_app)
+    """The services, having said first what in Redis's settings would lose claims (redis_guard)."""
+    service = services(current_app)
+    service.redis_guard.verdict()
+    return service
 
 
 class Checked(click.ParamType):

@@ -5,6 +5,7 @@ from coupon.issuing import Issuer
 from coupon.keys import ACTIVE, CampaignKeys
 from coupon.metrics import Metrics
 from coupon.rate_limit import RateLimit
+from coupon.redis_guard import RedisGuard
 from coupon.redis_nodes import RedisNodes
 from coupon.scripts import Scripts
 from coupon.signing import Signer
@@ -14,6 +15,7 @@ class Services:
     def __init__(self, config):
         self.config = config
         self.redis = RedisNodes(config)
+        self.redis_guard = RedisGuard(self.redis, production=config["ENV"] == "production")
         self.engine = make_engine(config["DATABASE_URL"])
         self.scripts = Scripts(self.redis)
         self.signer = Signer(config["SECRET_KEY"], config["TOKEN_TTL"])

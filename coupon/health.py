@@ -13,14 +13,16 @@ class Readiness(NamedTuple):
 
 
 def readiness(svc):
-    """{"redis": "ok" or "down: <error>", "database": the same}; on a cluster also one entry
-    per master ("redis host:port"), and "redis" is ok only while every master is (and, with
-    REDIS_REPLICA_ACKS, has that many replicas keeping up)."""
+    """{"redis": "ok" or "down: <error>", "redis settings": "ok" or, in production, what in
+    Redis's settings would lose claims (redis_guard), "database": as "redis"}; on a cluster also
+    one entry per master ("redis host:port"), and "redis" is ok only while every master is (and,
+    with REDIS_REPLICA_ACKS, has that many replicas keeping up)."""
     return check_readiness(svc).checks
 
 
 def check_readiness(svc):
-    """The checks of readiness() and each master's replicas: one INFO per master, one SELECT 1."""
+    """The checks of readiness() and each master's replicas: one INFO per master, one SELECT 1
+    (and the settings' verdict, read every few seconds)."""
     checks, replicas = {"redis": "ok"}, {}
     try:
         primaries = svc.redis.primaries()
@@ -41,6 +43,8 @@ def check_readiness(svc):
             checks[f"redis {name}"] = state
         if state != "ok":
             checks["redis"] = f"down: master {name}" if svc.redis.cluster else state
+    verdict = svc.redis_guard.verdict()  # cached: read every few seconds, not per call
+    checks["redis settings"] = "; ".join(verdict.problems) if verdict.refuses else "ok"
     try:
         with svc.engine.connect() as conn:
             conn.execute(text("SELECT 1"))

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from sqlalchemy import select
 
 from coupon import db
@@ -114,6 +114,11 @@ class Issuer:
                 code = self.signer.ticket_code(campaign.campaign_id, serial)
                 try:
                     reply = campaign.claims.claim(user_id, serial, code)
+                except OutOfMemoryError:
+                    # at maxmemory (noeviction) Redis refuses a script at its first write: claim.lua
+                    # wrote nothing, and the serial is free for the next request
+                    campaign.supply.done(lease, serial, unused=True)
+                    raise Unavailable() from None
                 except RedisError:
                     campaign.supply.done(lease, serial, uncertain=True)
                     raise Unavailable() from None

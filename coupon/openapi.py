@@ -77,7 +77,8 @@ SPEC = {
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
         "/readyz": {
             "get": {
-                "summary": "Readiness: Redis and the database reachable",
+                "summary": "Readiness: Redis and the database reachable; in production, Redis set "
+                           "to keep every claim",
                 "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
             },
         },

@@ -1,8 +1,10 @@
 """What more than one test uses: HTTP calls on fresh connections, a flood of concurrent clients,
-the test app's settings, the checks of exact tickets, a TCP proxy to cut. The processes, the
-database and the campaigns they run on come from loadtest/harness.py."""
+the test app's settings, the checks of exact tickets, a TCP proxy to slow down or cut. The
+processes, the database and the campaigns they run on come from loadtest/harness.py."""
 import http.client
 import json
+import queue
+import random
 import re
 import socket
 import threading
@@ -122,8 +124,9 @@ def assert_error(response, status, code):
 
 
 class TcpProxy:
-    """A loopback TCP forwarder to `upstream` that a test can cut (listener and every connection
-    closed, so clients see refused and dropped connections) and restore on the same port."""
+    """A loopback TCP forwarder to `upstream` that a test can slow down (latency added to every
+    round trip, with jitter), cut (listener and every connection closed, so clients see refused
+    and dropped connections) and restore on the same port."""
 
     def __init__(self, upstream_port, upstream_host="127.0.0.1"):
         self.upstream = (upstream_host, upstream_port)
@@ -131,7 +134,12 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._sockets = set()
         self._listener = None
+        self._one_way = (0.0, 0.0)  # seconds each chunk waits each way, and its jitter (±, uniform)
         self.restore()
+
+    def slow(self, rtt, jitter=0.0):
+        """Add `rtt` seconds (± `jitter`) to every round trip from now on, half of it each way."""
+        self._one_way = (rtt / 2, jitter / 2)
 
     def restore(self):
         listener = socket.socket()
@@ -168,11 +176,27 @@ class TcpProxy:
                     return
                 self._sockets.update((client, upstream))
             for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+                chunks = queue.SimpleQueue()  # (when due, bytes); None: src ended
+                threading.Thread(target=self._read, args=(src, chunks), daemon=True).start()
+                threading.Thread(target=self._deliver, args=(chunks, src, dst), daemon=True).start()
 
-    def _pipe(self, src, dst):
+    def _read(self, src, chunks):
         try:
             while data := src.recv(65536):
+                delay, jitter = self._one_way
+                chunks.put((time.monotonic() + max(0.0, delay + random.uniform(-jitter, jitter)), data))
+        except OSError:
+            pass
+        finally:
+            chunks.put(None)
+
+    def _deliver(self, chunks, src, dst):
+        """Send each chunk once its time has come, in the order read (a delay of its own for
+        each, not one added to the next: latency, not a slower link)."""
+        try:
+            while (chunk := chunks.get()) is not None:
+                due, data = chunk
+                time.sleep(max(0.0, due - time.monotonic()))
                 dst.sendall(data)
         except OSError:
             pass
