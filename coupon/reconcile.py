@@ -82,15 +82,17 @@ def reconcile(redis, engine, keys):
     total = campaign_total(engine, keys.campaign_id)
     counter, in_redis = 0, []
     for shard in keys.all_shards():
-        in_redis.append(Tally.of(ticket_of_claim(user, value) for user, value in
-                                 redis.client_for(shard.claims).hscan_iter(shard.claims, count=1000)))
+        in_redis.append(tally(ticket_of_claim(user, value) for user, value in
+                              redis.client_for(shard.claims).hscan_iter(shard.claims, count=1000)))
         counter += int(redis.hget(shard.state, "issued") or 0)
-    in_mysql = [Tally() for _ in in_redis]
+    counts, digests, shard_of = [0] * keys.shards, [0] * keys.shards, keys.shard_of
     for rows in rows_by_serial(engine, keys.campaign_id, TICKET, chunk=CHUNK):
-        for user, serial, code in rows:
-            in_mysql[keys.shard_of(user)].add((user, serial, code))
-    report = Report(keys.campaign_id, sum(t.count for t in in_redis), counter,
-                    sum(t.count for t in in_mysql))
+        for user, serial, code in rows:  # the hot loop of a close: kept plain
+            k = shard_of(user)
+            counts[k] += 1
+            digests[k] += hash((user, serial, code))
+    in_mysql = [(count, digest & DIGEST_MASK) for count, digest in zip(counts, digests)]
+    report = Report(keys.campaign_id, sum(c for c, _ in in_redis), counter, sum(counts))
     differing = [shard for shard, r, m in zip(keys.all_shards(), in_redis, in_mysql) if r != m]
     if differing:
         compare_tickets(report, redis, engine, keys, differing, total)
@@ -104,28 +106,17 @@ def ticket_of_claim(user, value):
     return user, claim.serial, claim.code
 
 
-class Tally:
-    """How many tickets, and the sum of their hashes: equal for equal sets of tickets in any order.
-    (Python's hash of a tuple: keyed per process, and both sides are summed in this one.)"""
+DIGEST_MASK = 2**64 - 1
 
-    __slots__ = ("count", "digest")
 
-    def __init__(self):
-        self.count, self.digest = 0, 0
-
-    @classmethod
-    def of(cls, tickets):
-        tally = cls()
-        for ticket in tickets:
-            tally.add(ticket)
-        return tally
-
-    def add(self, ticket):
-        self.count += 1
-        self.digest = (self.digest + hash(ticket)) & 0xFFFFFFFFFFFFFFFF
-
-    def __eq__(self, other):
-        return (self.count, self.digest) == (other.count, other.digest)
+def tally(tickets):
+    """(how many, the sum of their hashes modulo 2**64): equal for equal sets of tickets, in any
+    order. Python's hash of a tuple is keyed per process: both sides are summed in this one."""
+    count = digest = 0
+    for ticket in tickets:
+        count += 1
+        digest += hash(ticket)
+    return count, digest & DIGEST_MASK
 
 
 def compare_tickets(report, redis, engine, keys, shards, total):
