@@ -7,6 +7,7 @@ ever fetched: never one a token names (jku, x5u).
 """
 import json
 import logging
+import threading
 import time
 import urllib.request
 
@@ -52,35 +53,41 @@ class Keyring:
         self.version = 0  # raised whenever the published keys change
         self.next_refresh = 0.0  # the first use fetches
         self.last_attempt = float("-inf")
+        self.fetching = threading.Lock()  # one fetch at a time (a greenlet's lock under gevent)
 
     def refresh_if_due(self):
-        if self.clock() >= self.next_refresh:
+        if self.clock() >= self.next_refresh and not self.fetching.locked():
             self.refresh()
 
     def refresh(self):
         """Fetch the JWKS; on failure keep the keys held and try again after min_refresh."""
-        now = self.clock()
-        # set before the fetch: the other greenlets of this worker go on with the keys held
-        self.last_attempt, self.next_refresh = now, now + self.min_refresh
-        try:
-            document = fetch(self.url)
-            keys = keys_of(document)
-            if not keys:
-                raise ValueError("no usable signing key with a kid")
-        except (OSError, ValueError) as e:
-            log.warning("JWKS %s not refreshed (keeping %d keys): %s", self.url, len(self.keys), e)
-            return
-        if document != self.document:
-            self.version += 1
-        self.keys, self.document = keys, document
-        self.next_refresh = now + self.refresh_every
+        with self.fetching:
+            now = self.clock()
+            # set before the fetch: the other greenlets go on with the keys held meanwhile
+            self.last_attempt, self.next_refresh = now, now + self.min_refresh
+            try:
+                document = fetch(self.url)
+                keys = keys_of(document)
+                if not keys:
+                    raise ValueError("no usable signing key with a kid")
+            except (OSError, ValueError) as e:
+                log.warning("JWKS %s not refreshed (keeping %d keys): %s", self.url, len(self.keys), e)
+                return
+            if document != self.document:
+                self.version += 1
+            self.keys, self.document = keys, document
+            self.next_refresh = now + self.refresh_every
 
     def key(self, kid, alg):
         """The key named kid, for alg; an unknown kid fetches the JWKS again (rate-limited)."""
         if not isinstance(kid, str):
             raise Unauthorized("the token names no key (kid) of the JWKS")
-        if kid not in self.keys and self.clock() - self.last_attempt >= self.min_refresh:
-            self.refresh()
+        if kid not in self.keys:
+            if self.fetching.locked():
+                with self.fetching:
+                    pass  # a fetch under way (the first one, say): its keys may have kid
+            elif self.clock() - self.last_attempt >= self.min_refresh:
+                self.refresh()
         by_alg = self.keys.get(kid)
         if by_alg is None:
             raise Unauthorized(f"the token's key {kid[:40]!r} (kid) is not in the JWKS")
