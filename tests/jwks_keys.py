@@ -1,11 +1,14 @@
 """Signing keys of a test IdP and their JWKS, made once per test process, and a JWKS served over
 HTTP on a loopback port (a stdlib http.server thread) that a test can rotate or take down."""
+import hashlib
+import hmac
 import json
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
 
@@ -37,6 +40,19 @@ def jwks_of(*kids):
 
 def sign(kid, claims, alg=None):
     return jwt.encode(claims, KEYS[kid].private, algorithm=alg or KEYS[kid].alg, headers={"kid": kid})
+
+
+def rsa_public_pem(kid="rsa-1"):
+    return KEYS[kid].private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def by_hand(header, claims, key=None):
+    """A token of any header and claims, HMAC-SHA256-signed with key (PyJWT refuses a PEM as an
+    HMAC secret: the classic confusion, built here), or unsigned."""
+    b64 = lambda data: jwt.utils.base64url_encode(data).decode()  # noqa: E731
+    head = b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())
+    return head + "." + (b64(hmac.digest(key, head.encode(), hashlib.sha256)) if key else "")
 
 
 class JwksServer:

@@ -3,19 +3,15 @@ rotation in the middle of a flood, every bad token, the IdP down at start and in
 
 No timed assertions: what must happen after a refresh is waited for (bounded), and what must never
 happen is checked on every answer on the way."""
-import hashlib
-import hmac
 import itertools
-import json
 import time
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from coupon.signing import Signer
 from loadtest.harness import SECRET, open_campaign, wait_until
-from tests.jwks_keys import KEYS, JwksServer, sign
+from tests.jwks_keys import KEYS, JwksServer, by_hand, rsa_public_pem, sign
 from tests.support import flood, issue_call, request
 
 ISSUER, AUDIENCE = "https://login.test.example/", "coupon-service"
@@ -81,18 +77,6 @@ def test_keys_rotated_in_the_middle_of_a_flood(idp, gunicorn, svc):
     after = wave(server, campaign_id, [token(k) for k in ("rsa-1", "rsa-2") * 50] + before)
     for kid, status, body in after:  # the tokens verified before it was removed included
         assert (status in (200, 201)) == (kid == "rsa-2") and (kid == "rsa-2" or unknown_kid(status, body))
-
-
-def rsa_public_pem():
-    return KEYS["rsa-1"].private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def by_hand(header, claims, key=None):
-    """A token of any header and claims, HMAC-SHA256-signed with key (or unsigned)."""
-    b64 = lambda d: jwt.utils.base64url_encode(d).decode()  # noqa: E731
-    head = b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())
-    return head + "." + (b64(hmac.digest(key, head.encode(), hashlib.sha256)) if key else "")
 
 
 def test_every_bad_token_is_a_401_naming_its_check_and_fetches_nothing_it_names(idp, gunicorn, svc):

@@ -1,19 +1,16 @@
 """JWTs of the platform's IdP: keys from a JWKS (a file here; over HTTP in tests/test_jwks.py),
 every check a token can fail, the refresh rules. No service needed."""
-import hashlib
-import hmac
 import json
 import time
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from coupon import jwks
 from coupon.errors import Unauthorized
 from coupon.jwks import Keyring
 from coupon.signing import Signer
-from tests.jwks_keys import KEYS, jwks_of
+from tests.jwks_keys import KEYS, by_hand, jwks_of, rsa_public_pem
 
 SECRET = "unit-test-secret"
 ISSUER, AUDIENCE = "https://login.shop.example/", "coupon-service"
@@ -108,21 +105,11 @@ def test_another_user_claim():
     assert signer.user_of(signer.mint("dave")) == "dave"
 
 
-def rsa_public_pem():
-    return KEYS["rsa-1"].private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def unsigned(header, payload):
-    b64 = lambda d: jwt.utils.base64url_encode(json.dumps(d).encode()).decode()  # noqa: E731
-    return f"{b64(header)}.{b64(payload)}."
-
-
 @pytest.mark.parametrize("make, message", [
-    (lambda: unsigned({"alg": "none", "kid": "rsa-1"}, claims()), "alg 'none' is not accepted"),
-    (lambda: unsigned({"alg": "None"}, claims()), "alg 'None' is not accepted"),
+    (lambda: by_hand({"alg": "none", "kid": "rsa-1"}, claims()), "alg 'none' is not accepted"),
+    (lambda: by_hand({"alg": "None"}, claims()), "alg 'None' is not accepted"),
     # the classic confusion: HS256 with the RSA public key as the secret
-    (lambda: hs_with_key(rsa_public_pem()), "signature does not verify"),
+    (lambda: by_hand({"alg": "HS256", "kid": "rsa-1"}, claims(), rsa_public_pem()), "signature does not verify"),
     (lambda: signed("rsa-1", headers={"jku": "http://127.0.0.1:1/evil.json"}), r"names a key of its own \(jku\)"),
     (lambda: signed("rsa-1", headers={"x5u": "http://127.0.0.1:1/evil.pem"}), r"names a key of its own \(x5u\)"),
     (lambda: signed("rsa-1", headers={"jwk": KEYS["rsa-2"].public}), r"names a key of its own \(jwk\)"),
@@ -132,8 +119,8 @@ def unsigned(header, payload):
     (lambda: "e30." + signed("rsa-1").split(".", 1)[1], "alg 'None' is not accepted"),  # header {}
     (lambda: signed("rsa-1").rsplit(".", 1)[0] + "." + signed("rsa-2").rsplit(".", 1)[1], "signature"),
     (lambda: signed("rsa-2"), r"key 'rsa-2' \(kid\) is not in the JWKS"),
-    (lambda: unsigned({"alg": "RS256"}, claims()) + "c2ln", r"names no key \(kid\)"),
-    (lambda: unsigned({"alg": "ES384", "kid": "ec-1"}, claims()) + "c2ln", "not the algorithm of key 'ec-1'"),
+    (lambda: by_hand({"alg": "RS256"}, claims()) + "c2ln", r"names no key \(kid\)"),
+    (lambda: by_hand({"alg": "ES384", "kid": "ec-1"}, claims()) + "c2ln", "not the algorithm of key 'ec-1'"),
     (lambda: signed("rsa-1", exp=None), "no exp claim"),
     (lambda: signed("rsa-1", exp=int(time.time()) - 60), r"expired \(exp\)"),
     (lambda: signed("rsa-1", nbf=int(time.time()) + 60), r"not valid yet \(nbf"),
@@ -148,13 +135,6 @@ def test_bad_tokens_are_unauthorized_naming_the_check_and_fetch_nothing(signer, 
     signer.user_of(signed("rsa-1"))  # the first fetch
     refused(signer, make(), message)
     assert fetches[0] == 1
-
-
-def hs_with_key(key):
-    """An HS256 token signed with `key` (PyJWT refuses a PEM as an HMAC secret: so, by hand)."""
-    b64 = lambda d: jwt.utils.base64url_encode(d).decode()  # noqa: E731
-    head = b64(json.dumps({"alg": "HS256", "kid": "rsa-1"}).encode()) + "." + b64(json.dumps(claims()).encode())
-    return head + "." + b64(hmac.digest(key, head.encode(), hashlib.sha256))
 
 
 def test_within_the_leeway_a_token_is_still_good(signer):
