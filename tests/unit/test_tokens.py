@@ -5,6 +5,8 @@ import time
 
 import jwt
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from coupon import jwks
 from coupon.errors import Unauthorized
@@ -135,6 +137,13 @@ def test_bad_tokens_are_unauthorized_naming_the_check_and_fetch_nothing(signer, 
     signer.user_of(signed("rsa-1"))  # the first fetch
     refused(signer, make(), message)
     assert fetches[0] == 1
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=200) | st.from_regex(r"[A-Za-z0-9_=.-]{0,300}", fullmatch=True))
+def test_any_text_is_a_user_or_unauthorized_never_another_error(signer, text):
+    with pytest.raises(Unauthorized):
+        signer.user_of(text)
 
 
 def test_within_the_leeway_a_token_is_still_good(signer):
