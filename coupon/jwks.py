@@ -5,6 +5,7 @@ every unknown kid; here the last good set stays in use while the IdP is unreacha
 happens at most once per `min_refresh` seconds whatever tokens arrive. Only the configured URL is
 ever fetched: never one a token names (jku, x5u).
 """
+import http.client
 import json
 import logging
 import threading
@@ -70,7 +71,7 @@ class Keyring:
                 keys = keys_of(document)
                 if not keys:
                     raise ValueError("no usable signing key with a kid")
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, http.client.HTTPException) as e:  # a cut answer: no OSError
                 log.warning("JWKS %s not refreshed (keeping %d keys): %s", self.url, len(self.keys), e)
                 return
             if document != self.document:

@@ -24,6 +24,7 @@ FAILED = [
     (jwt.InvalidSignatureError, "the token's signature does not verify"),
     (jwt.InvalidAlgorithmError, "the token's alg is not the one of its key"),
     (jwt.InvalidKeyError, "the token's key does not fit its alg"),
+    (jwt.exceptions.InvalidSubjectError, "the token's sub claim is not a user id"),
 ]
 
 

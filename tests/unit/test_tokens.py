@@ -132,6 +132,7 @@ def test_another_user_claim():
     (lambda: signed("rsa-1", aud="another-service"), r"audience \(aud\)"),
     (lambda: signed("rsa-1", sub="mallory!"), "sub claim is not a user id"),
     (lambda: signed("rsa-1", sub=None), "sub claim is not a user id"),
+    (lambda: signed("rsa-1", sub=5), "sub claim is not a user id"),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_bad_tokens_are_unauthorized_naming_the_check_and_fetch_nothing(signer, fetches, make, message):
     signer.user_of(signed("rsa-1"))  # the first fetch
