@@ -18,8 +18,8 @@ def optional_int(text):
 
 # name: (default, parser of its environment variable)
 SETTINGS = {
-    # Runtime mode: development or production (production refuses the development secret and
-    # the SQLite default)
+    # Runtime mode: development or production (production refuses the development secret, the
+    # SQLite default, and a JWKS without an issuer and an audience: check_production)
     "ENV": ("development", str),
     # Signing of ticket codes (and, unless AUTH_JWT_SECRET is set, of the tokens flask token mints)
     "SECRET_KEY": (DEV_SECRET_KEY, str),
