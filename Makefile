@@ -60,10 +60,11 @@ lean-ramp: setup-dev
 	$(BIN)/python -m loadtest.lean_ramp $(if $(USERS),--users $(USERS)) $(if $(STOCK),--stock $(STOCK)) \
 		$(if $(DURATION),--duration $(DURATION)) $(if $(HOST),--host $(patsubst http://%,%,$(HOST)))
 
-# wrk benchmark (a) ceiling (b) new tickets (c) sold out (d) flood; its own servers; figures to
-# reports/bench-*.md [DURATION=; WITH_OPS_PAGE=1: the operators' page open; RECORD=1: into BENCHMARKS.md]
+# wrk benchmark (a) ceiling (b) new tickets (c) sold out (d) flood ... (h, i) RS256, ES256 tokens;
+# its own servers; figures to reports/bench-*.md [DURATION=; ONLY=bhi: those phases;
+# WITH_OPS_PAGE=1: the operators' page open; RECORD=1: into BENCHMARKS.md]
 bench: setup-dev
-	$(BIN)/python -m loadtest.bench $(if $(DURATION),--duration $(DURATION)) \
+	$(BIN)/python -m loadtest.bench $(if $(DURATION),--duration $(DURATION)) $(if $(ONLY),--only $(ONLY)) \
 		$(if $(WITH_OPS_PAGE),--with-ops-page) $(if $(RECORD),--record)
 
 # what a big sale costs: memory per coupon, recover and close of one campaign of N [N=1000000]

@@ -5,6 +5,7 @@ instance/settings.py, optional) < environment variables of the same name, each r
 parser given here. Loaded with Flask's own config loading (load_into).
 """
 import os
+from urllib.parse import urlsplit
 
 DEV_SECRET_KEY = "dev-secret-change-me"
 SQLITE_DEFAULT = "sqlite:///instance/coupon.db"
@@ -17,12 +18,21 @@ def optional_int(text):
 
 # name: (default, parser of its environment variable)
 SETTINGS = {
-    # Runtime mode: development or production (production refuses the development secret and
-    # the SQLite default)
+    # Runtime mode: development or production (production refuses the development secret, the
+    # SQLite default, and a JWKS without an issuer and an audience: check_production)
     "ENV": ("development", str),
-    # Signing of user tokens and ticket codes
+    # Signing of ticket codes (and, unless AUTH_JWT_SECRET is set, of the tokens flask token mints)
     "SECRET_KEY": (DEV_SECRET_KEY, str),
     "TOKEN_TTL": (30 * 24 * 3600, int),  # seconds a minted user token stays valid
+    # User tokens: JWTs, HS* with a shared secret, or signed by the platform's IdP (its JWKS)
+    "AUTH_JWT_SECRET": ("", str),  # HS256/384/512 key, at least 32 bytes; empty: derived from SECRET_KEY
+    "AUTH_JWKS_URL": ("", str),  # https://, file://, or http:// on a loopback host; empty: no JWKS
+    "AUTH_JWKS_REFRESH": (300.0, float),  # seconds between scheduled fetches of the JWKS
+    "AUTH_JWKS_MIN_REFRESH": (30.0, float),  # seconds between fetches at least (unknown kids, failures)
+    "AUTH_ISSUER": ("", str),  # the iss tokens must carry; empty: not checked
+    "AUTH_AUDIENCE": ("", str),  # the aud tokens must carry; empty: not checked
+    "AUTH_LEEWAY": (5, int),  # seconds of clock difference allowed on exp, nbf and iat
+    "AUTH_USER_CLAIM": ("sub", str),  # the claim that holds the user id
     # Storage
     "DATABASE_URL": (SQLITE_DEFAULT, str),
     "REDIS_URL": ("redis://127.0.0.1:6379/0", str),
@@ -80,12 +90,24 @@ def load_into(config, overrides=None):
                        silent=True)
     config.from_mapping(from_environment(os.environ))
     config.from_mapping(overrides or {})
+    check_auth(config)
     check_production(config)
     return config
 
 
+def check_auth(config):
+    """Refuse a JWKS URL that could be intercepted, and an HS secret too short to be one."""
+    url = urlsplit(config["AUTH_JWKS_URL"])
+    if config["AUTH_JWKS_URL"] and not (url.scheme in ("https", "file") or (
+            url.scheme == "http" and url.hostname in ("127.0.0.1", "::1", "localhost"))):
+        raise RuntimeError("AUTH_JWKS_URL must be https://, file://, or http:// on a loopback host")
+    if config["AUTH_JWT_SECRET"] and len(config["AUTH_JWT_SECRET"].encode()) < 32:
+        raise RuntimeError("AUTH_JWT_SECRET must be at least 32 bytes (or empty: derived from SECRET_KEY)")
+
+
 def check_production(config):
-    """Refuse to run in production with the development secret or the first run's SQLite file."""
+    """Refuse to run in production with the development secret, the first run's SQLite file, or
+    a JWKS whose tokens are not held to an issuer and an audience."""
     if config["ENV"] != "production":
         return
     if config["SECRET_KEY"] in ("", DEV_SECRET_KEY):
@@ -93,3 +115,6 @@ def check_production(config):
     if config["DATABASE_URL"] in ("", SQLITE_DEFAULT):
         raise RuntimeError("DATABASE_URL must name the production database (MySQL) when "
                            "ENV=production, not the first run's SQLite file")
+    if config["AUTH_JWKS_URL"] and not (config["AUTH_ISSUER"] and config["AUTH_AUDIENCE"]):
+        raise RuntimeError("AUTH_ISSUER and AUTH_AUDIENCE must be set when ENV=production and "
+                           "AUTH_JWKS_URL is: a key of the IdP signs tokens for other services too")

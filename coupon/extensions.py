@@ -18,7 +18,7 @@ class Services:
         self.redis_guard = RedisGuard(self.redis, production=config["ENV"] == "production")
         self.engine = make_engine(config["DATABASE_URL"])
         self.scripts = Scripts(self.redis)
-        self.signer = Signer(config["SECRET_KEY"], config["TOKEN_TTL"])
+        self.signer = Signer.from_config(config)
         self.metrics = Metrics()
         # one clock for every window: Redis's (with a cluster, the node of the registry's; the
         # nodes' clocks are kept together by NTP)

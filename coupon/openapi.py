@@ -146,8 +146,9 @@ SPEC = {
     },
     "components": {
         "securitySchemes": {
-            "bearer": {"type": "http", "scheme": "bearer",
-                       "description": "A user token minted by `flask token USER_ID`."},
+            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                       "description": "A JWT of the platform's login (keys from AUTH_JWKS_URL) or an "
+                                      "HS256 token minted by `flask token USER_ID`."},
             "ops": {"type": "http", "scheme": "basic",
                     "description": "Any user name, the password OPS_PASSWORD (production only)."},
         },

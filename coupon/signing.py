@@ -1,14 +1,31 @@
-"""User tokens and ticket codes: both signed with SECRET_KEY, under different salts."""
+"""User tokens (JWTs, RFC 7519) and ticket codes (an HMAC with SECRET_KEY)."""
 import hashlib
 import hmac
 import re
 import time
 
-from itsdangerous import BadData, URLSafeSerializer
+import jwt
 
 from coupon.errors import BadRequest, Unauthorized
+from coupon.jwks import Keyring
 
 USER_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
+HS_ALGS = ("HS256", "HS384", "HS512")
+TOKEN_MAX = 4096  # bytes: an IdP's token with a few claims is well under 2 KB
+KEY_HEADERS = ("jku", "x5u", "jwk", "x5c")  # a token naming its own key: never fetched, never trusted
+
+# what failed, for the 401's message; anything else PyJWT raises is a malformed token
+FAILED = [
+    (jwt.ExpiredSignatureError, "the token has expired (exp)"),
+    (jwt.ImmatureSignatureError, "the token is not valid yet (nbf, or iat in the future)"),
+    (jwt.InvalidIssuedAtError, "the token's issue time (iat) is not a number"),
+    (jwt.InvalidIssuerError, "the token's issuer (iss) is not AUTH_ISSUER"),
+    (jwt.InvalidAudienceError, "the token's audience (aud) is not AUTH_AUDIENCE"),
+    (jwt.InvalidSignatureError, "the token's signature does not verify"),
+    (jwt.InvalidAlgorithmError, "the token's alg is not the one of its key"),
+    (jwt.InvalidKeyError, "the token's key does not fit its alg"),
+    (jwt.exceptions.InvalidSubjectError, "the token's sub claim is not a user id"),
+]
 
 
 def check_user_id(user_id):
@@ -17,45 +34,104 @@ def check_user_id(user_id):
     return user_id
 
 
+def failure(error):
+    if isinstance(error, jwt.MissingRequiredClaimError):
+        return f"the token has no {error.claim} claim"
+    for kind, message in FAILED:
+        if isinstance(error, kind):
+            return message
+    return "the token is malformed"
+
+
 class Signer:
     VERIFIED_MAX = 10_000  # tokens whose verification is remembered (per process)
 
-    def __init__(self, secret_key, token_ttl):
-        self.tokens = URLSafeSerializer(secret_key, salt="coupon-user-token")
-        # loads() builds a new signer and derives its key on every call: do it once
-        self._unsigner = self.tokens.make_signer(self.tokens.salt)
+    def __init__(self, secret_key, token_ttl, *, jwt_secret="", issuer="", audience="", leeway=0,
+                 user_claim="sub", keyring=None):
+        # HS tokens: AUTH_JWT_SECRET, or else a key derived from SECRET_KEY (32 bytes, as RFC 7518
+        # asks of HS256; and never the key of the ticket codes)
+        self.hs_key = jwt_secret.encode() if jwt_secret else hashlib.sha256(
+            b"coupon-user-token:" + secret_key.encode()).digest()
         self.code_key = hashlib.sha256(b"coupon-ticket-code:" + secret_key.encode()).digest()
-        self.token_ttl = token_ttl
-        # token -> (user id, expires): a user pressing again costs a dict lookup, not an HMAC and
-        # a JSON parse; the expiry is still checked on every hit
-        self._verified = {}
+        self.token_ttl, self.issuer, self.audience = token_ttl, issuer, audience
+        self.leeway, self.user_claim, self.keyring = leeway, user_claim, keyring
+        self.options = {"require": ["exp"], "verify_iss": bool(issuer), "verify_aud": bool(audience)}
+        # token -> (user id, expires): a user pressing again costs a dict lookup, not a signature
+        # check; the expiry is still checked on every hit, and a change of the JWKS forgets them all
+        self._verified, self._keys_version = {}, 0
+
+    @classmethod
+    def from_config(cls, config):
+        keyring = None
+        if config["AUTH_JWKS_URL"]:
+            keyring = Keyring(config["AUTH_JWKS_URL"], config["AUTH_JWKS_REFRESH"],
+                              config["AUTH_JWKS_MIN_REFRESH"])
+        return cls(config["SECRET_KEY"], config["TOKEN_TTL"], jwt_secret=config["AUTH_JWT_SECRET"],
+                   issuer=config["AUTH_ISSUER"], audience=config["AUTH_AUDIENCE"],
+                   leeway=config["AUTH_LEEWAY"], user_claim=config["AUTH_USER_CLAIM"], keyring=keyring)
 
     def mint(self, user_id, ttl=None):
-        """Return a bearer token for user_id, valid for ttl seconds (default TOKEN_TTL)."""
+        """Return an HS256 JWT for user_id, valid for ttl seconds (default TOKEN_TTL)."""
         check_user_id(user_id)
-        expires = int(time.time() + (self.token_ttl if ttl is None else ttl))
-        return self.tokens.dumps([user_id, expires])
+        now = int(time.time())
+        claims = {self.user_claim: user_id, "iat": now, "exp": now + (self.token_ttl if ttl is None else ttl)}
+        if self.issuer:
+            claims["iss"] = self.issuer
+        if self.audience:
+            claims["aud"] = self.audience
+        return jwt.encode(claims, self.hs_key, algorithm="HS256")
 
     def user_of(self, token):
-        """Return the user id a token was minted for; raise Unauthorized if it is not valid now."""
+        """Return the user id a token names; raise Unauthorized, saying why, if it is not valid now."""
+        if self.keyring is not None:
+            self.keyring.refresh_if_due()
+            if self.keyring.version != self._keys_version:
+                self._verified.clear()
+                self._keys_version = self.keyring.version
         known = self._verified.get(token)
         if known is not None:
             user_id, expires = known
             if expires < time.time():
-                raise Unauthorized("the token has expired")
+                raise Unauthorized("the token has expired (exp)")
             return user_id
-        try:
-            user_id, expires = self.tokens.load_payload(self._unsigner.unsign(token))
-        except (BadData, ValueError, TypeError):
-            raise Unauthorized("the token is not valid") from None
-        if not isinstance(expires, int) or expires < time.time():
-            raise Unauthorized("the token has expired")
-        if not isinstance(user_id, str) or not USER_ID.fullmatch(user_id):
-            raise Unauthorized("the token is not valid")
+        user_id, expires = self.verify(token)
         if len(self._verified) >= self.VERIFIED_MAX:
             self._verified.clear()  # the simplest bound: the next requests verify again
         self._verified[token] = (user_id, expires)
         return user_id
+
+    def verify(self, token):
+        """(user id, expiry with the leeway) of a token whose signature and claims check out."""
+        if len(token) > TOKEN_MAX:
+            raise Unauthorized(f"the token is over {TOKEN_MAX} bytes")
+        try:
+            header = jwt.get_unverified_header(token)
+            key, algs = self.key_for(header)
+            claims = jwt.decode(token, key, algorithms=algs, options=self.options, issuer=self.issuer or None,
+                                audience=self.audience or None, leeway=self.leeway)
+        except jwt.PyJWTError as e:
+            raise Unauthorized(failure(e)) from None
+        user_id = claims.get(self.user_claim)
+        if not isinstance(user_id, str) or not USER_ID.fullmatch(user_id):
+            raise Unauthorized(f"the token's {self.user_claim} claim is not a user id "
+                               "(1-64 characters of A-Z a-z 0-9 _ . : @ -)")
+        if not isinstance(claims["exp"], (int, float)):
+            raise Unauthorized("the token has no exp claim")
+        return user_id, claims["exp"] + self.leeway
+
+    def key_for(self, header):
+        """The key and algorithms a token may verify with: chosen by our keys, never the token's."""
+        named = [name for name in KEY_HEADERS if name in header]
+        if named:
+            raise Unauthorized(f"the token's header names a key of its own ({', '.join(named)}): "
+                               "keys come from AUTH_JWT_SECRET and AUTH_JWKS_URL only")
+        alg = header.get("alg")
+        if alg in HS_ALGS:
+            return self.hs_key, HS_ALGS
+        if self.keyring is not None and isinstance(alg, str) and alg.upper() != "NONE":
+            return self.keyring.key(header.get("kid"), alg), [alg]
+        accepted = "HS256/384/512" + (", or those of the JWKS keys" if self.keyring else "")
+        raise Unauthorized(f"the token's alg {str(alg)[:20]!r} is not accepted ({accepted})")
 
     def ticket_code(self, campaign_id, serial):
         """Return the code of a ticket: unguessable without SECRET_KEY, recomputable to verify."""

@@ -12,6 +12,9 @@
       (b) and (f) it also reads each master's CPU and commands (INFO cpu, INFO commandstats)
   (g) (f) without replica acknowledgements (REDIS_REPLICA_ACKS=0), on the same cluster: f/g is
       what waiting for a replica (WAIT after each batch, per node) costs
+  (h) (b) with RS256 tokens (RSA 2048) of an IdP's JWKS (a file://), every token verified once:
+      h/b is what an RSA signature check costs against HS256
+  (i) the same with ES256 tokens (P-256)
 
 Every phase uses the same wrk script (pre-minted tokens, one per request), so the load generator
 costs the same in each. It starts its own servers on free loopback ports, against Redis db 14 and
@@ -20,7 +23,7 @@ machine's description to reports/bench-*.md and .json; with --record also into B
 (between the bench markers). With --with-ops-page, the operators' page is open in headless
 chromium (loadtest/ops_watch.py, polling every second) during phases b, c and d.
 
-    python -m loadtest.bench [--duration 10] [--connections 100] [--with-ops-page] [--record]
+    python -m loadtest.bench [--duration 10] [--connections 100] [--only abcdefghi] [--with-ops-page] [--record]
 """
 import argparse
 import datetime as dt
@@ -33,6 +36,9 @@ import sys
 import tempfile
 import time
 
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import get_default_algorithms
 from redis import Redis
 
 from coupon import create_app
@@ -49,6 +55,8 @@ SECRET = "bench-secret-not-for-production"
 WRK_THREADS = 2
 ACCEPTED = ("NEW", "HELD", "SOLD_OUT")  # 201, 200, 409 SOLD_OUT; anything else is a fault
 MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
+ALL = "abcdefghi"
+IDP_KEYS = {"RS256": lambda: rsa.generate_private_key(65537, 2048), "ES256": lambda: ec.generate_private_key(ec.SECP256R1())}
 
 
 def need_wrk():
@@ -140,6 +148,23 @@ def write_tokens(signer, prefix, count, folder):
     return path
 
 
+def write_idp(folder, count):
+    """An IdP's JWKS file (a key per IDP_KEYS algorithm) and, per algorithm, a token file of
+    `count` users signed under its key: ({alg: path}, the JWKS file:// URL)."""
+    keys, paths, expires = [], {}, int(time.time()) + 6 * 3600
+    for alg, make in IDP_KEYS.items():
+        private = make()
+        keys.append({**json.loads(get_default_algorithms()[alg].to_jwk(private.public_key())), "kid": alg, "alg": alg})
+        paths[alg] = os.path.join(folder, f"{alg}.tokens")
+        with open(paths[alg], "w") as f:
+            f.writelines(jwt.encode({"sub": f"{alg}-{i}", "exp": expires}, private, alg, headers={"kid": alg}) + "\n"
+                         for i in range(count))
+    jwks_path = os.path.join(folder, "jwks.json")
+    with open(jwks_path, "w") as f:
+        json.dump({"keys": keys}, f)
+    return paths, "file://" + jwks_path
+
+
 def machine():
     cpu = "unknown CPU"
     try:
@@ -160,7 +185,7 @@ def delta(after, before):
     return {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
 
 
-def run(seconds, connections, only="abcdefg", with_ops_page=False):
+def run(seconds, connections, only=ALL, with_ops_page=False):
     need_wrk()
     os.makedirs(os.path.join(ROOT, "reports"), exist_ok=True)
     svc, env = prepare(DATABASE_URL, REDIS_URL)
@@ -177,6 +202,12 @@ def run(seconds, connections, only="abcdefg", with_ops_page=False):
                "c": open_campaign(svc, 1, "bench sold out"), "d": open_campaign(svc, 1000, "bench flood")}
         masters = {"b": {"single": Redis.from_url(REDIS_URL)}}
         envs = {}
+        if "h" in only or "i" in only:  # fewer users than (b): an RSA signature costs ~1 ms to make
+            idp, jwks_url = write_idp(tmp, 4000 * seconds)
+            tokens.update(idp)
+            envs.update(h=dict(env, AUTH_JWKS_URL=jwks_url), i=dict(env, AUTH_JWKS_URL=jwks_url))
+            ids.update(h=open_campaign(svc, 2_000_000, "bench RS256"), i=open_campaign(svc, 2_000_000, "bench ES256"))
+            masters.update(h=masters["b"], i=masters["b"])
         if "f" in only or "g" in only:
             cluster = LocalCluster(os.path.join(tmp, "cluster"))
             csvc, cenv = bench_service(DATABASE_URL, RedisTarget(cluster_nodes=cluster.startup_nodes))
@@ -192,6 +223,8 @@ def run(seconds, connections, only="abcdefg", with_ops_page=False):
             ("e", "ceiling without Flask: bare WSGI", "loadtest.ceiling_app:bare", "/api/v1/campaigns/1/issue", "warm", "new"),
             ("f", "new tickets on a Redis Cluster (3 masters)", "app:app", f"/api/v1/campaigns/{ids.get('f')}/issue", "warm", "new"),
             ("g", "(f) without replica acknowledgements", "app:app", f"/api/v1/campaigns/{ids.get('g')}/issue", "warm", "new"),
+            ("h", "(b) with RS256 tokens of a JWKS", "app:app", f"/api/v1/campaigns/{ids.get('h')}/issue", "warm", "RS256"),
+            ("i", "(b) with ES256 tokens of a JWKS", "app:app", f"/api/v1/campaigns/{ids.get('i')}/issue", "warm", "ES256"),
         ]
         for key, title, module, path, warm, measured in phases:
             if key not in only:
@@ -199,8 +232,8 @@ def run(seconds, connections, only="abcdefg", with_ops_page=False):
             if server is None or server.app != module or key in envs:
                 if server:
                     server.stop()
-                server = start_server(envs.get(key, env), module,
-                                      f"bench-{'cluster' if key in envs else module.split('.')[-1].split(':')[0]}")
+                label = "cluster" if key in "fg" else "jwks" if key in envs else module.split(".")[-1].split(":")[0]
+                server = start_server(envs.get(key, env), module, f"bench-{label}")
             page = None
             if with_ops_page and module == "app:app":
                 page = OpsPage(f"{server.url}/ops/?campaign={ids[key]}")
@@ -222,9 +255,9 @@ def run(seconds, connections, only="abcdefg", with_ops_page=False):
             if module == "app:app":
                 r["other_answers"] = sum(v for k, v in r["outcomes"].items() if k not in ACCEPTED)
             results[key] = r
-        for key in "bdfg":
+        for key in "bdfghi":
             if key in results:
-                on = csvc if key in envs else svc
+                on = csvc if key in "fg" else svc
                 results[key]["issued"] = issued_in_redis(on.redis, on.keys(ids[key]))
     finally:  # stopped by pid even when a phase fails
         if server:
@@ -348,14 +381,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured phase")
     parser.add_argument("--connections", type=int, default=100)
-    parser.add_argument("--only", default="abcdefg", help="phases to run, e.g. ac")
+    parser.add_argument("--only", default=ALL, help="phases to run, e.g. ac")
     parser.add_argument("--with-ops-page", action="store_true",
                         help="keep the operators' page open (headless chromium) during b, c and d")
     parser.add_argument("--record", action="store_true",
                         help="also write the figures into BENCHMARKS.md (all phases, no page open)")
     parser.add_argument("--no-write", action="store_true", help=argparse.SUPPRESS)  # the default now
     args = parser.parse_args()
-    if args.record and (args.only != "abcdefg" or args.with_ops_page):
+    if args.record and (args.only != ALL or args.with_ops_page):
         parser.error("--record takes the full run (all phases) without --with-ops-page")
     os.chdir(ROOT)
     results = run(args.duration, args.connections, args.only, args.with_ops_page)

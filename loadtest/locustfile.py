@@ -11,7 +11,7 @@ ramp: the k6 stages of the second post (10 s to 1/6 of the peak, 10 s to the pea
       the rate of the climb to it (-r, the form's ramp up); each virtual user is one user who asks
       again after each answer (200 once it holds a ticket).
 
-Tokens are minted here with the service's SECRET_KEY (config.settings) and the project's Signer.
+Tokens are minted here as `flask token` mints them: the project's Signer with the service's settings.
 201, 200 and 409 SOLD_OUT are successes; anything else is a failure. With TIMELINE_DIR set, each
 locust process writes every answer (time received, user, outcome, serial) to a CSV there, which
 loadtest/run.py reads for its checks.
@@ -106,9 +106,9 @@ if SCENARIO == "ramp":
 
 @functools.cache
 def signer():
-    """The service's Signer (its SECRET_KEY signs the tokens), made at the first use, not at import."""
-    config = settings.load_into(Config(os.getcwd()))
-    return Signer(config["SECRET_KEY"], config["TOKEN_TTL"])
+    """The service's Signer (HS256 under its AUTH_JWT_SECRET or SECRET_KEY, with its issuer and
+    audience), made at the first use, not at import."""
+    return Signer.from_config(settings.load_into(Config(os.getcwd())))
 
 
 @events.test_start.add_listener

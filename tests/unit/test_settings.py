@@ -53,3 +53,33 @@ def test_production_refuses_the_development_secret_and_the_sqlite_default(monkey
     assert config["DATABASE_URL"] == mysql
     # development runs on the defaults
     assert load(monkeypatch, tmp_path)["DATABASE_URL"] == settings.SQLITE_DEFAULT
+
+
+def test_production_with_a_jwks_requires_an_issuer_and_an_audience(monkeypatch, tmp_path):
+    prod = {"ENV": "production", "SECRET_KEY": "private", "DATABASE_URL": "mysql+pymysql://app@db/coupon",
+            "AUTH_JWKS_URL": "https://login.shop.example/.well-known/jwks.json"}
+    for missing in ({}, {"AUTH_ISSUER": "https://login.shop.example/"}, {"AUTH_AUDIENCE": "coupon"}):
+        with pytest.raises(RuntimeError, match="AUTH_ISSUER and AUTH_AUDIENCE"):
+            load(monkeypatch, tmp_path, {**prod, **missing})
+    load(monkeypatch, tmp_path, {**prod, "AUTH_ISSUER": "https://login.shop.example/", "AUTH_AUDIENCE": "coupon"})
+    assert load(monkeypatch, tmp_path, {"AUTH_JWKS_URL": prod["AUTH_JWKS_URL"]})["AUTH_ISSUER"] == ""  # development
+
+
+@pytest.mark.parametrize("url, accepted", [
+    ("https://login.shop.example/jwks.json", True), ("file:///etc/coupon/jwks.json", True),
+    ("http://127.0.0.1:8080/jwks.json", True), ("http://[::1]:8080/jwks.json", True),
+    ("http://localhost/jwks.json", True), ("http://login.shop.example/jwks.json", False),
+    ("ftp://login.shop.example/jwks.json", False), ("login.shop.example/jwks.json", False),
+])
+def test_a_jwks_url_is_https_a_file_or_http_on_loopback(monkeypatch, tmp_path, url, accepted):
+    if accepted:
+        assert load(monkeypatch, tmp_path, {"AUTH_JWKS_URL": url})["AUTH_JWKS_URL"] == url
+    else:
+        with pytest.raises(RuntimeError, match="AUTH_JWKS_URL must be"):
+            load(monkeypatch, tmp_path, {"AUTH_JWKS_URL": url})
+
+
+def test_a_short_shared_secret_is_refused(monkeypatch, tmp_path):
+    with pytest.raises(RuntimeError, match="AUTH_JWT_SECRET must be at least 32 bytes"):
+        load(monkeypatch, tmp_path, {"AUTH_JWT_SECRET": "short"})
+    assert load(monkeypatch, tmp_path, {"AUTH_JWT_SECRET": "x" * 32})["AUTH_JWT_SECRET"] == "x" * 32
