@@ -77,26 +77,33 @@ class Flusher:
                 return moved
 
     def _ensure_groups(self, streams):
+        """Make the consumer group of the streams that exist and have none yet; return the
+        streams that have one. Never the stream itself (no MKSTREAM): claim.lua makes it with
+        its first entry, and a stream deleted by a close that this round raced must stay gone."""
         new = [stream for stream in streams if stream not in self._grouped]
         batch = self.redis.batch()
         for stream in new:
-            batch.on(stream).xgroup_create(stream, GROUP, id="0", mkstream=True)
+            batch.on(stream).xgroup_create(stream, GROUP, id="0")
         for stream, reply in zip(new, batch.execute(raise_on_error=False)):
+            if isinstance(reply, ResponseError) and "requires the key to exist" in str(reply):
+                continue  # no claim yet: asked again next round
             if isinstance(reply, Exception) and not (
                     isinstance(reply, ResponseError) and "BUSYGROUP" in str(reply)):
                 raise reply
             self._grouped.add(stream)
+        return [stream for stream in streams if stream in self._grouped]
 
     def _read(self, streams):
         """One round trip: per stream, what this consumer left pending, what dead ones left
         pending, then new entries. Returns [(stream, id, fields or None)]."""
-        self._ensure_groups(streams)
+        streams = self._ensure_groups(streams)
         replies = self._read_batch(streams).execute(raise_on_error=False)
         if any(isinstance(r, ResponseError) and "NOGROUP" in str(r) for r in replies):
             # Redis lost streams we made the group of (restarted empty, the campaign recovered or
-            # preloaded since): make them again; what the failed round delivered is read as ours
+            # preloaded since, or released by a close): make the group of those that exist again;
+            # what the failed round delivered is read as ours
             self._grouped.clear()
-            self._ensure_groups(streams)
+            streams = self._ensure_groups(streams)
             replies = self._read_batch(streams).execute(raise_on_error=False)
         errors = [r for r in replies if isinstance(r, Exception)]
         if errors and len(errors) == len(replies):

@@ -89,6 +89,19 @@ def test_close_drains_without_scheduler_and_refuses_late_claims(svc, signer, gun
 
 
 @on_single_and_cluster
+def test_a_flush_that_races_a_close_makes_no_key_again(svc, redis_client):
+    """The flush job read the registry before the close released the campaign: its next round
+    finds the streams gone (NOGROUP) and must not make them again (they would never expire)."""
+    campaign_id = open_campaign(svc, 10)
+    issue_directly(svc, campaign_id, "alice")
+    flusher = Flusher(svc, "racing")
+    assert flusher.flush([campaign_id]) == 1
+    campaigns.close_campaign(svc, campaign_id)  # released: every key of it deleted
+    assert flusher.flush([campaign_id]) == 0
+    left = redis_client.keys(f"*c:{campaign_id}:*")
+    assert [key for key in left if redis_client.ttl(key) < 0] == []  # rate windows expire
+
+
 def test_reconcile_reports_a_difference_and_keeps_the_keys(svc, signer, runner, redis_client):
     campaign_id = open_campaign(svc, 10)
     for user in ("a", "b", "c"):
