@@ -156,7 +156,9 @@ def test_reconcile_names_every_difference_of_every_kind(svc, redis_client):
 
 @on_single_and_cluster
 def test_killed_worker_block_is_reclaimed(svc, signer, gunicorn, scheduler, redis_client):
-    short = dict(LEASE_TTL=2, BLOCK_SIZE=200)
+    # leases short enough to be reclaimed soon after the kill, long enough that a wave on a loaded
+    # machine ends before an unrenewed one could be (with 2 s, CI once found none held after 600 claims)
+    short = dict(LEASE_TTL=4, BLOCK_SIZE=200)
     server = gunicorn(workers=2, **short)
     scheduler(**FAST_JOBS, **short, REDIS_TIMEOUT=0.5)  # reclaims 2 x REDIS_TIMEOUT after expiry
     campaign_id = open_campaign(svc, 1000)
