@@ -49,11 +49,16 @@ class Report:
         return out
 
 
+def shard_claims(redis, shard):
+    """(user, stored claim value) of one claim shard, read a thousand at a time."""
+    return redis.client_for(shard.claims).hscan_iter(shard.claims, count=1000)
+
+
 def redis_claims(redis, keys):
     """All claims of a campaign: {user: StoredClaim}, and the sum of the issued counters."""
     claims, counter = {}, 0
     for shard in keys.all_shards():
-        for user, value in redis.client_for(shard.claims).hscan_iter(shard.claims, count=1000):
+        for user, value in shard_claims(redis, shard):
             claims[user] = StoredClaim.parse(value)
         counter += int(redis.hget(shard.state, "issued") or 0)
     return claims, counter
@@ -82,8 +87,7 @@ def reconcile(redis, engine, keys):
     total = campaign_total(engine, keys.campaign_id)
     counter, in_redis = 0, []
     for shard in keys.all_shards():
-        in_redis.append(tally(ticket_of_claim(user, value) for user, value in
-                              redis.client_for(shard.claims).hscan_iter(shard.claims, count=1000)))
+        in_redis.append(tally(ticket_of_claim(u, v) for u, v in shard_claims(redis, shard)))
         counter += int(redis.hget(shard.state, "issued") or 0)
     counts, digests, shard_of = [0] * keys.shards, [0] * keys.shards, keys.shard_of
     for rows in rows_by_serial(engine, keys.campaign_id, TICKET, chunk=CHUNK):
@@ -122,7 +126,7 @@ def tally(tickets):
 def compare_tickets(report, redis, engine, keys, shards, total):
     """Name each difference between the claims of these shards and the rows of their users."""
     claims = {user: (serial, code) for shard in shards for user, serial, code in
-              (ticket_of_claim(u, v) for u, v in redis.client_for(shard.claims).hscan_iter(shard.claims, count=1000))}
+              (ticket_of_claim(u, v) for u, v in shard_claims(redis, shard))}
     indexes = {shard.index for shard in shards}
     serials = {serial for serial, _ in claims.values()}
     rows, holder_of = {}, {}  # the rows of these shards' users; who holds these serials in the rows
