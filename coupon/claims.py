@@ -90,7 +90,6 @@ class ClaimSender:
         self.keys = keys
         self.epoch = epoch
         self.shards = keys.all_shards()
-        self.shard_keys = [shard.all() for shard in self.shards]
         self.rate_limit = rate_limit
 
     def __call__(self, claims):
@@ -100,7 +99,7 @@ class ClaimSender:
         batch = self.redis.batch(durable=True)
         window, _ = self.rate_limit.window()
         for shard, indexes in groups.items():
-            keys = [*self.shard_keys[shard], self.shards[shard].rate(window)]
+            keys = self.shards[shard].claim_keys(window)
             args = [self.keys.campaign_id, self.rate_limit.limit, self.rate_limit.seconds, self.epoch]
             for i in indexes:
                 args += claims[i][1:]  # user id, serial, code

@@ -74,9 +74,17 @@ class ShardKeys:
         self.claimed = prefix + ":claimed"  # bitmap: serial -> claimed in this shard
         self.outbox = prefix + ":outbox"  # stream of claims not yet in MySQL
         self.state = prefix + ":state"  # hash: issued (count), closes_at (epoch ms)
+        # shared by every campaign's shard K: the ids of the campaigns whose outbox stream of this
+        # shard may hold entries (claim.lua adds, ack_outbox.lua removes once it is empty); what
+        # the flush job reads, rather than every stream of every campaign
+        self.news = tag + ":outbox_news"
 
     def all(self):
         return [self.claims, self.claimed, self.outbox, self.state]
+
+    def claim_keys(self, window):
+        """The KEYS of claim.lua, in its order."""
+        return [self.claims, self.claimed, self.outbox, self.state, self.rate(window), self.news]
 
     def rate(self, window):
         """Hash of one rate-limit window: user id -> issue requests (expires after the window).

@@ -45,7 +45,7 @@ def fill_outbox(svc, campaign_id, rows):
             args = [campaign_id, 0, 10, epoch]  # rate limit off
             for user, serial in claims[i:i + 500]:
                 args += [user, serial, svc.signer.ticket_code(campaign_id, serial)]
-            svc.redis.run(svc.scripts.claim, [*shard.all(), shard.rate(0)], args)
+            svc.redis.run(svc.scripts.claim, shard.claim_keys(0), args)
 
 
 def flush_rate(svc, rows):

@@ -6,6 +6,8 @@
 -- KEYS[4] - shard state hash: issued (count), closes_at (epoch ms; 0: closed), epoch; gone once
 --           the campaign is released after close (or lost with Redis): every claim is stale
 -- KEYS[5] - rate hash of the current window: user id -> requests (see keys.ShardKeys.rate)
+-- KEYS[6] - the shard's outbox news set, shared by all campaigns: gets the campaign id with a
+--           new claim, so the flush job finds the streams that hold entries without polling all
 -- ARGV[1] - campaign id
 -- ARGV[2] - requests a user may make per window; 0: no limit
 -- ARGV[3] - seconds of the window (the rate hash expires that long after its last write)
@@ -35,6 +37,7 @@ if not shard[1] or (shard[3] or '') ~= ARGV[4] then
   return replies
 end
 local limit = tonumber(ARGV[2])
+local new = 0
 for i = 5, #ARGV, 3 do
   local user, serial, code = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   -- the limit comes first: a user who already holds a ticket may not hammer either
@@ -56,7 +59,9 @@ for i = 5, #ARGV, 3 do
     redis.call('HINCRBY', KEYS[4], 'issued', 1)
     redis.call('XADD', KEYS[3], '*', 'c', ARGV[1], 'u', user, 's', serial, 'k', code, 't', now)
     replies[#replies + 1] = {1, serial, code, tostring(now)}
+    new = new + 1
   end
 end
+if new > 0 then redis.call('SADD', KEYS[6], ARGV[1]) end
 if limit > 0 then redis.call('EXPIRE', KEYS[5], ARGV[3]) end
 return replies
