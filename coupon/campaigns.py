@@ -200,7 +200,7 @@ def close_campaign(svc, campaign_id, progress=None):
         rows = count_rows(svc.engine, campaign_id)
         return Report(campaign_id, rows, rows, rows)
     drain_outbox(svc, campaign_id, progress)
-    report = reconcile(svc.redis, svc.engine, keys)
+    report = reconcile(svc.redis, svc.engine, keys, svc.signer)
     if not report.agree:
         raise ReconcileMismatch("\n".join(report.lines()))
     with svc.engine.begin() as conn:

@@ -82,15 +82,18 @@ class ClaimSender:
     Each claim is (shard index, user id, serial, code). One claim.lua call per shard, in one
     pipeline per node (redis_nodes.Batch): a node that fails costs only the claims of its shards.
     The batch is durable: no claim is answered before replicas hold it (REDIS_REPLICA_ACKS).
+    layout: the redis_state.Layout the campaign was loaded in (its epoch and claims buckets);
+    code_of: serial -> ticket code (Signer.ticket_code of the campaign).
     """
 
-    def __init__(self, redis, claim_script, keys, epoch, rate_limit):
+    def __init__(self, redis, claim_script, keys, layout, rate_limit, code_of):
         self.redis = redis
         self.script = claim_script
         self.keys = keys
-        self.epoch = epoch
+        self.layout = layout
         self.shards = keys.all_shards()
         self.rate_limit = rate_limit
+        self.code_of = code_of
 
     def __call__(self, claims):
         groups = {}  # shard -> indexes of its claims, in order
@@ -98,25 +101,29 @@ class ClaimSender:
             groups.setdefault(shard, []).append(i)
         batch = self.redis.batch(durable=True)
         window, _ = self.rate_limit.window()
+        buckets, bucket_of = self.layout.buckets, self.keys.bucket_of
         for shard, indexes in groups.items():
-            keys = self.shards[shard].claim_keys(window)
-            args = [self.keys.campaign_id, self.rate_limit.limit, self.rate_limit.seconds, self.epoch]
+            args = [self.keys.campaign_id, self.rate_limit.limit, self.rate_limit.seconds,
+                    self.layout.epoch]
             for i in indexes:
                 args += claims[i][1:]  # user id, serial, code
+            keys = self.shards[shard].claim_keys(window, [
+                self.shards[shard].bucket(bucket_of(claims[i][1], buckets)) for i in indexes])
             batch.script(self.script, keys, args)
         replies = [None] * len(claims)
         for indexes, result in zip(groups.values(), batch.execute(raise_on_error=False)):
             for n, i in enumerate(indexes):  # an error: each claim of that call gets it
-                replies[i] = result if isinstance(result, Exception) else ClaimReply.decode(result[n])
+                replies[i] = result if isinstance(result, Exception) else ClaimReply.decode(
+                    result[n], self.code_of)
         return replies
 
 
 class Claims:
     """The claims of one worker on one campaign."""
 
-    def __init__(self, redis, claim_script, keys, epoch, rate_limit, max_batch):
-        self.keys = keys
-        self._batcher = ClaimBatcher(ClaimSender(redis, claim_script, keys, epoch, rate_limit), max_batch)
+    def __init__(self, sender, max_batch):
+        self.keys = sender.keys
+        self._batcher = ClaimBatcher(sender, max_batch)
 
     def claim(self, user_id, serial, code):
         """Offer the user this serial; a ClaimReply. Raises RedisError if its outcome is unknown."""

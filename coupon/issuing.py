@@ -7,6 +7,7 @@ any other work. issue() then takes a serial from the supply and claims it in one
 shared with the concurrent requests of the same worker. With no serial at hand, a request first
 asks whether the user already holds a ticket, and waits for a refill only if not.
 """
+import functools
 import itertools
 import os
 import threading
@@ -17,8 +18,9 @@ from redis.exceptions import OutOfMemoryError, RedisError
 from sqlalchemy import select
 
 from coupon import db
-from coupon.claims import Claims
+from coupon.claims import Claims, ClaimSender
 from coupon.errors import CampaignNotFound, Closed, NotOpen, SoldOut, Unavailable
+from coupon.redis_state import Layout, Meta, read_meta
 from coupon.scripts import Claim
 from coupon.supply import TAIL_RECHECK, CampaignGone, SerialSupply
 from coupon.tickets import Ticket
@@ -32,7 +34,7 @@ class LiveCampaign:
         self.supply = supply
         self.claims = claims
         self.refresh_lock = threading.Lock()
-        self.asked_for_serials_at = int(meta.get("wanted") or 0)  # the last call another worker made
+        self.asked_for_serials_at = meta.wanted  # the last call another worker made
         self.apply(meta)
 
     @property
@@ -45,12 +47,10 @@ class LiveCampaign:
         return self.supply.epoch
 
     def apply(self, meta):
-        """Take in the campaign's meta hash; return True if another worker asked for serials since."""
-        asked_at = int(meta.get("wanted") or 0)
-        news, self.asked_for_serials_at = asked_at > self.asked_for_serials_at, asked_at
-        self.status = meta["status"]
-        self.opens_at = int(meta.get("opens_at") or 0)
-        self.closes_at = int(meta.get("closes_at") or 0)
+        """Take in the campaign's redis_state.Meta; return True if another worker asked for
+        serials since."""
+        news, self.asked_for_serials_at = meta.wanted > self.asked_for_serials_at, meta.wanted
+        self.status, self.opens_at, self.closes_at = meta.status, meta.opens_at, meta.closes_at
         self.loaded_at = time.monotonic()
         return news
 
@@ -167,10 +167,10 @@ class Issuer:
 
     def _refresh(self, campaign):
         try:
-            meta = self.redis.hgetall(campaign.keys.meta)
+            meta = read_meta(self.redis, campaign.keys)
         except RedisError:
             return
-        if not meta or meta.get("epoch", "") != campaign.epoch:
+        if not meta or not meta.layout or meta.layout.epoch != campaign.epoch:
             # released after close, lost, or recovered since: load afresh on the next request
             self._campaigns.pop(campaign.campaign_id, None)
         elif campaign.apply(meta):  # another worker ran dry: give back what we hold
@@ -181,16 +181,17 @@ class Issuer:
             raise CampaignNotFound()
         keys = self.keys(campaign_id)
         try:
-            meta = self.redis.hgetall(keys.meta)
+            meta = read_meta(self.redis, keys)
         except RedisError:
             raise Unavailable() from None
         if not meta:
             meta = self._meta_from_db(campaign_id)
-        epoch = meta.get("epoch", "")
-        supply = SerialSupply(keys, epoch, self.redis, self.scripts, self.config, self._new_lease_id,
-                              self.metrics.block_gauge(campaign_id))
-        claims = Claims(self.redis, self.scripts.claim, keys, epoch, self.rate_limit,
-                        self.config["CLAIM_BATCH_MAX"])
+        layout = meta.layout or Layout("", 1, 0)  # closed and released: nothing is claimed
+        supply = SerialSupply(keys, layout.epoch, self.redis, self.scripts, self.config,
+                              self._new_lease_id, self.metrics.block_gauge(campaign_id))
+        code_of = functools.partial(self.signer.ticket_code, campaign_id)
+        sender = ClaimSender(self.redis, self.scripts.claim, keys, layout, self.rate_limit, code_of)
+        claims = Claims(sender, self.config["CLAIM_BATCH_MAX"])
         campaign = self._campaigns[campaign_id] = LiveCampaign(keys, meta, supply, claims)
         return campaign
 
@@ -207,7 +208,7 @@ class Issuer:
             raise CampaignNotFound()
         if status != "closed":
             raise Unavailable("the campaign is not loaded in Redis; ask an operator to recover it")
-        return {"status": "closed"}
+        return Meta("closed")
 
     # --- shutdown ---------------------------------------------------------------------
 

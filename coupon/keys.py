@@ -10,6 +10,14 @@ half of the claims in 9 campaigns of 10. Instead shard K of S has a fixed tag ch
 near slot (K + 1/2) * 16384 / S: S evenly spaced slots, whatever the campaign. Masters own
 contiguous ranges of slots, so each owns its share of the shards (with the default 12 shards:
 4 each on 3 masters, 3 on 4, 2 on 6). Campaigns share these slots; their home keys spread by id.
+
+Claims. A shard's claims are spread over small hashes ("buckets", all under the shard's tag, so
+claim.lua still touches one slot) that Redis keeps in its compact listpack encoding: ~22 B a
+claim rather than ~100 in one big hash. A hash stays compact up to `hash-max-listpack-entries`
+(512 by default; we count on 128 at the least); a campaign's Redis state has bucket_count(total)
+buckets per shard, about BUCKET_FILL claims each at its total (of a million users, at most 99 in
+one bucket), fixed while that state lives: `add-stock` only fills them further (a bucket past the
+limit turns into a plain hash, bigger but as exact).
 """
 import functools
 import zlib
@@ -18,6 +26,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 ACTIVE = "campaigns:active"  # set of campaign ids the jobs walk
 SCHEDULER_LEADER = "scheduler:leader"
+BUCKET_FILL = 64  # claims per bucket at the campaign's total: half of 128 (see above)
 JOB_SUCCESS = "scheduler:job_success"  # hash: job name -> epoch seconds of its last success
 
 
@@ -39,6 +48,15 @@ class CampaignKeys:
     def shard_of(self, user_id):
         return zlib.crc32(user_id.encode()) % self.shards
 
+    def bucket_of(self, user_id, buckets):
+        """The index of the user's claims bucket within its shard (of `buckets`): the bits of
+        the hash above those that chose the shard."""
+        return zlib.crc32(user_id.encode()) // self.shards % buckets
+
+    def claims_of(self, user_id, buckets):
+        """The key of the claims bucket that holds (or will hold) the user's claim."""
+        return self.shard(self.shard_of(user_id)).bucket(self.bucket_of(user_id, buckets))
+
     def shard(self, k):
         return ShardKeys(shard_tag(k, self.shards), self.campaign_id, k)
 
@@ -48,9 +66,15 @@ class CampaignKeys:
     def home_keys(self):
         return [self.meta, self.leases, self.lease_serials, self.returned]
 
-    def every_key(self):
-        """Every key of the campaign but the rate windows (they expire by themselves)."""
-        return [*self.home_keys(), *(key for shard in self.all_shards() for key in shard.all())]
+    def every_key(self, buckets):
+        """Every key of the campaign, with `buckets` claims buckets per shard, but the rate
+        windows (they expire by themselves)."""
+        return [*self.home_keys(), *(key for shard in self.all_shards() for key in shard.all(buckets))]
+
+
+def bucket_count(total, shards):
+    """Claims buckets per shard for a campaign of `total` coupons: BUCKET_FILL claims each."""
+    return max(1, -(-total // (shards * BUCKET_FILL)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,21 +94,25 @@ class ShardKeys:
         self.index = k
         # the tag in braces decides the slot; the campaign id after it, which keys these are
         self.prefix = prefix = "%s:c:%d" % (tag, campaign_id)
-        self.claims = prefix + ":claims"  # hash: user id -> "serial|code|issued_at_ms"
         self.claimed = prefix + ":claimed"  # bitmap: serial -> claimed in this shard
         self.outbox = prefix + ":outbox"  # stream of claims not yet in MySQL
-        self.state = prefix + ":state"  # hash: issued (count), closes_at (epoch ms)
+        self.state = prefix + ":state"  # hash: issued, closes_at, layout (redis_state.shard_state)
         # shared by every campaign's shard K: the ids of the campaigns whose outbox stream of this
         # shard may hold entries (claim.lua adds, ack_outbox.lua removes once it is empty); what
         # the flush job reads, rather than every stream of every campaign
         self.news = tag + ":outbox_news"
 
-    def all(self):
-        return [self.claims, self.claimed, self.outbox, self.state]
+    def bucket(self, i):
+        """Claims bucket i of the shard: hash user id -> scripts.StoredClaim (see above)."""
+        return "%s:claims:%d" % (self.prefix, i)
 
-    def claim_keys(self, window):
-        """The KEYS of claim.lua, in its order."""
-        return [self.claims, self.claimed, self.outbox, self.state, self.rate(window), self.news]
+    def all(self, buckets):
+        """The shard's keys, with `buckets` claims buckets; the state last (delete_keys)."""
+        return [*(self.bucket(i) for i in range(buckets)), self.claimed, self.outbox, self.state]
+
+    def claim_keys(self, window, buckets):
+        """The KEYS of claim.lua, in its order: then the bucket key of each claim of the call."""
+        return [self.claimed, self.outbox, self.state, self.rate(window), self.news, *buckets]
 
     def rate(self, window):
         """Hash of one rate-limit window: user id -> issue requests (expires after the window).

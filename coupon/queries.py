@@ -6,8 +6,7 @@ from sqlalchemy import func, select
 from coupon import db
 from coupon.clock import iso, to_ms, utcnow
 from coupon.errors import CampaignNotFound, NoTicket, Unavailable
-from coupon.redis_state import issued_in_redis
-from coupon.scripts import StoredClaim
+from coupon.redis_state import issued_in_redis, stored_claim
 from coupon.tickets import Ticket
 
 CHUNK = 2000  # rows read a round (rows_by_serial), by default
@@ -97,18 +96,16 @@ def find_ticket(svc, campaign_id, user_id):
     keys = svc.keys(campaign_id)
     shard = keys.shard(keys.shard_of(user_id))
     try:
-        batch = svc.redis.batch()
-        batch.on(keys.meta).exists(keys.meta)
-        batch.on(shard.claims).hget(shard.claims, user_id)
-        live, held = batch.execute()
+        live = svc.redis.exists(keys.meta)
         if not live:
             campaign_row(svc.engine, campaign_id)  # CAMPAIGN_NOT_FOUND before a key is written for it
         svc.rate_limit.count_lookup(svc.redis, shard, user_id)
+        held = stored_claim(svc.redis, keys, user_id)
     except RedisError:
         raise Unavailable() from None
     if held:
-        claim = StoredClaim.parse(held)
-        return Ticket(campaign_id, user_id, claim.serial, claim.code, claim.issued_at_ms, new=False)
+        code = svc.signer.ticket_code(campaign_id, held.serial)
+        return Ticket(campaign_id, user_id, held.serial, code, held.issued_at_ms, new=False)
     if live:
         raise NoTicket()
     with svc.engine.connect() as conn:

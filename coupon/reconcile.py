@@ -5,7 +5,7 @@ from sqlalchemy import select
 
 from coupon import db
 from coupon.queries import rows_by_serial
-from coupon.scripts import StoredClaim
+from coupon.redis_state import shard_claims
 
 TICKET = ("user_id", "serial", "code")  # what is compared of a row
 CHUNK = 10_000  # rows read a round: a few MB
@@ -49,17 +49,12 @@ class Report:
         return out
 
 
-def shard_claims(redis, shard):
-    """(user, stored claim value) of one claim shard, read a thousand at a time."""
-    return redis.client_for(shard.claims).hscan_iter(shard.claims, count=1000)
-
-
 def redis_claims(redis, keys):
     """All claims of a campaign: {user: StoredClaim}, and the sum of the issued counters."""
     claims, counter = {}, 0
     for shard in keys.all_shards():
-        for user, value in shard_claims(redis, shard):
-            claims[user] = StoredClaim.parse(value)
+        for user, claim in shard_claims(redis, shard):
+            claims[user] = claim
         counter += int(redis.hget(shard.state, "issued") or 0)
     return claims, counter
 
@@ -76,38 +71,47 @@ def mysql_tickets(engine, campaign_id):
         return {user: (serial, code) for user, serial, code in rows}
 
 
-def reconcile(redis, engine, keys):
+def reconcile(redis, engine, keys, signer=None):
     """Compare a campaign's claims in Redis with its rows, in memory that does not grow with it.
 
     Each side is streamed in chunks into, per claim shard, a count and an order-independent
     digest of its tickets (user, serial, code); a shard whose count and digest agree with the
     rows of its users holds exactly those tickets (the rows have no user or serial twice: their
     unique keys). Only the shards that differ are compared ticket by ticket, so that the report
-    names every difference."""
+    names every difference. A claim's code is derived from its serial by `signer` (Redis stores
+    none); without a signer only users and serials are compared."""
     total = campaign_total(engine, keys.campaign_id)
+    columns = TICKET if signer else TICKET[:2]
+    tickets = tickets_of(redis, keys, signer)
     counter, in_redis = 0, []
     for shard in keys.all_shards():
-        in_redis.append(tally(ticket_of_claim(u, v) for u, v in shard_claims(redis, shard)))
+        in_redis.append(tally(tickets(shard)))
         counter += int(redis.hget(shard.state, "issued") or 0)
     counts, digests, shard_of = [0] * keys.shards, [0] * keys.shards, keys.shard_of
-    for rows in rows_by_serial(engine, keys.campaign_id, TICKET, chunk=CHUNK):
-        for user, serial, code in rows:  # the hot loop of a close: kept plain
-            k = shard_of(user)
+    for rows in rows_by_serial(engine, keys.campaign_id, columns, chunk=CHUNK):
+        for row in rows:  # the hot loop of a close: kept plain (a row hashes as its tuple)
+            k = shard_of(row[0])
             counts[k] += 1
-            digests[k] += hash((user, serial, code))
+            digests[k] += hash(row)
     in_mysql = [(count, digest & DIGEST_MASK) for count, digest in zip(counts, digests)]
     report = Report(keys.campaign_id, sum(c for c, _ in in_redis), counter, sum(counts))
     differing = [shard for shard, r, m in zip(keys.all_shards(), in_redis, in_mysql) if r != m]
     if differing:
-        compare_tickets(report, redis, engine, keys, differing, total)
+        compare_tickets(report, engine, keys, differing, total, tickets, columns)
     # the rows' serials are those of every shard that agrees
     report.beyond_total = sorted({*report.beyond_total, *serials_above(engine, keys.campaign_id, total)})
     return report
 
 
-def ticket_of_claim(user, value):
-    claim = StoredClaim.parse(value)
-    return user, claim.serial, claim.code
+def tickets_of(redis, keys, signer):
+    """shard -> its claims as tickets: (user, serial, code), or (user, serial) without a signer."""
+    def tickets(shard):
+        for user, claim in shard_claims(redis, shard):
+            if signer:
+                yield user, claim.serial, signer.ticket_code(keys.campaign_id, claim.serial)
+            else:
+                yield user, claim.serial
+    return tickets
 
 
 DIGEST_MASK = 2**64 - 1
@@ -123,24 +127,24 @@ def tally(tickets):
     return count, digest & DIGEST_MASK
 
 
-def compare_tickets(report, redis, engine, keys, shards, total):
+def compare_tickets(report, engine, keys, shards, total, tickets, columns):
     """Name each difference between the claims of these shards and the rows of their users."""
-    claims = {user: (serial, code) for shard in shards for user, serial, code in
-              (ticket_of_claim(u, v) for u, v in shard_claims(redis, shard))}
+    claims = {user: rest for shard in shards for user, *rest in tickets(shard)}
     indexes = {shard.index for shard in shards}
-    serials = {serial for serial, _ in claims.values()}
+    serials = {serial for serial, *_ in claims.values()}
     rows, holder_of = {}, {}  # the rows of these shards' users; who holds these serials in the rows
-    for chunk in rows_by_serial(engine, keys.campaign_id, TICKET, chunk=CHUNK):
-        for user, serial, code in chunk:
+    for chunk in rows_by_serial(engine, keys.campaign_id, columns, chunk=CHUNK):
+        for user, serial, *rest in chunk:
             if keys.shard_of(user) in indexes:
-                rows[user] = (serial, code)
+                rows[user] = [serial, *rest]
             if serial in serials:
                 holder_of[serial] = user
     report.missing_in_mysql = sorted(set(claims) - set(rows))
     report.extra_in_mysql = sorted(set(rows) - set(claims))
-    report.different = sorted((u, claims[u], rows[u]) for u in set(claims) & set(rows) if claims[u] != rows[u])
+    report.different = sorted((u, tuple(claims[u]), tuple(rows[u]))
+                              for u in set(claims) & set(rows) if claims[u] != rows[u])
     holders = {}
-    for user, (serial, _) in claims.items():
+    for user, (serial, *_) in claims.items():
         holders.setdefault(serial, set()).add(user)
     for serial, user in holder_of.items():  # held in a shard that agrees with the rows
         if keys.shard_of(user) not in indexes:

@@ -1,13 +1,14 @@
 """Recover: rebuild a campaign's Redis state from the database, for a Redis that lost it.
 
-What the rows imply is written back: each claim into its shard (claims hash, claimed-serials
-bitmap, issued counter), the cursor at the highest serial issued, every serial below it that no
+What the rows imply is written back: each claim into its shard (its claims bucket, the
+claimed-serials bitmap, the issued counter), the cursor at the highest serial issued, every serial below it that no
 row holds onto the returned list (leased and never claimed, or claimed and lost with Redis: they
 are handed out again first), the status and window. Then the sale goes on.
 
 What the database never had is gone: claims Redis acknowledged and had not flushed yet. The last
-stock sync's count against the rows says how many at least. The state gets a new epoch, so that
-serials leased before the loss are refused (lease.lua, claim.lua).
+stock sync's count against the rows says how many at least. The state gets a new layout (epoch,
+claims buckets of the total, time base), so that serials leased before the loss are refused
+(lease.lua, claim.lua).
 """
 from dataclasses import dataclass
 
@@ -74,9 +75,10 @@ def recover_campaign(svc, campaign_id, progress=None):
     row = lost_campaign(svc, campaign_id)
     keys = svc.keys(campaign_id)
     drained = save_what_redis_kept(svc, keys)
-    per_shard, cursor, returned = restore_claims(svc, keys, progress)
+    layout = redis_state.Layout.new(row.total, keys.shards)
+    per_shard, cursor, returned = restore_claims(svc, keys, layout, progress)
     status = live_status(row)
-    redis_state.restore(svc.redis, keys, row, status, cursor, per_shard)
+    redis_state.restore(svc.redis, keys, row, status, cursor, per_shard, layout)
     return RecoveryReport(campaign_id, status, per_shard, cursor, returned, drained, row.issued)
 
 
@@ -104,24 +106,26 @@ def save_what_redis_kept(svc, keys):
     return drained
 
 
-def restore_claims(svc, keys, progress=None):
-    """Write each row's claim into its shard, a chunk of rows in serial order per round trip, and
-    the serials between them that no row holds onto the returned list. Return (rows per shard,
-    the highest serial, serials returned)."""
+def restore_claims(svc, keys, layout, progress=None):
+    """Write each row's claim into its shard's bucket (in the new layout), a chunk of rows in
+    serial order per round trip, and the serials between them that no row holds onto the returned
+    list. Return (rows per shard, the highest serial, serials returned)."""
     shards = keys.all_shards()
     per_shard, cursor, returned = [0] * keys.shards, 0, 0
-    for rows in rows_by_serial(svc.engine, keys.campaign_id):
+    for rows in rows_by_serial(svc.engine, keys.campaign_id, ("user_id", "serial", "issued_at")):
         batch = svc.redis.batch(durable=True)
-        claims, holes = {}, []
-        for user, serial, code, issued_at in rows:
+        claims, holes = {}, []  # bucket key -> {user: stored claim}
+        for user, serial, issued_at in rows:
             holes.extend(range(cursor + 1, serial))
             cursor = serial
             k = keys.shard_of(user)
             per_shard[k] += 1
-            claims.setdefault(k, {})[user] = StoredClaim(serial, code, to_ms(issued_at)).encode()
+            bucket = shards[k].bucket(keys.bucket_of(user, layout.buckets))
+            stored = StoredClaim(serial, to_ms(issued_at)).encode(layout.time_base)
+            claims.setdefault(bucket, {})[user] = stored
             batch.on(shards[k].claimed).setbit(shards[k].claimed, serial, 1)
-        for k, mapping in claims.items():
-            batch.on(shards[k].claims).hset(shards[k].claims, mapping=mapping)
+        for bucket, mapping in claims.items():
+            batch.on(bucket).hset(bucket, mapping=mapping)
         for i in range(0, len(holes), CHUNK):
             batch.on(keys.returned).rpush(keys.returned, *holes[i:i + CHUNK])
         batch.execute()

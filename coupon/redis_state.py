@@ -1,36 +1,88 @@
-"""A campaign's live state in Redis: its meta hash (total, cursor, status, window, epoch) and
-its claim shards' state hashes (issued, closes_at, epoch), written, read and deleted here. The
-keys are named in keys.py; the scripts that change this state as users ask are in lua/."""
+"""A campaign's live state in Redis: its meta hash (total, cursor, status, window, layout) and
+its claim shards' state hashes (issued, closes_at, layout), written, read and deleted here, and
+the claims of its users read back. The keys are named in keys.py; the scripts that change this
+state as users ask are in lua/."""
 import uuid
+from typing import NamedTuple
 
-from coupon.clock import to_ms
+from coupon.clock import now_ms, to_ms
 from coupon.errors import CampaignLost
-from coupon.keys import ACTIVE
+from coupon.keys import ACTIVE, bucket_count
+from coupon.scripts import StoredClaim
 
 
-def new_epoch():
-    """A campaign's epoch: its Redis state's identity, new when `recover` rebuilds it (lease.lua
-    and claim.lua refuse serials leased in another)."""
-    return uuid.uuid4().hex[:12]
+class Layout(NamedTuple):
+    """What stays fixed while a campaign's Redis state lives, in its meta hash and every shard
+    state alike: the epoch (new when `recover` rebuilds the state: lease.lua and claim.lua refuse
+    serials leased in another), the claims buckets per shard (keys.bucket_count) and the time
+    base the claims' issued_at is stored from (scripts.StoredClaim)."""
+
+    epoch: str
+    buckets: int
+    time_base: int  # epoch ms
+
+    @classmethod
+    def new(cls, total, shards):
+        """The layout of a new state for a campaign of `total` coupons."""
+        return cls(uuid.uuid4().hex[:12], bucket_count(total, shards), now_ms())
+
+    @classmethod
+    def of(cls, fields):
+        """The layout in a meta hash or shard state (their fields); None if it has none."""
+        if not fields or not fields.get("epoch"):
+            return None
+        return cls(fields["epoch"], int(fields["buckets"]), int(fields["time_base"]))
+
+    def fields(self):
+        return {"epoch": self.epoch, "buckets": self.buckets, "time_base": self.time_base}
 
 
-def meta_fields(total, status, opens_at, closes_at, epoch):
+class Meta(NamedTuple):
+    """A campaign's meta hash as workers read it (its total and cursor are the scripts')."""
+
+    status: str
+    opens_at: int = 0  # epoch ms; 0: none
+    closes_at: int = 0
+    wanted: int = 0  # epoch ms a worker last ran dry and asked the others for serials (lease.lua)
+    layout: Layout = None  # None: not live in Redis (released after close)
+
+    @classmethod
+    def decode(cls, fields):
+        return cls(fields.get("status", "pending"), int(fields.get("opens_at") or 0),
+                   int(fields.get("closes_at") or 0), int(fields.get("wanted") or 0), Layout.of(fields))
+
+
+def read_meta(redis, keys):
+    """The campaign's Meta, or None if Redis does not hold it."""
+    fields = redis.hgetall(keys.meta)
+    return Meta.decode(fields) if fields else None
+
+
+def meta_fields(total, status, opens_at, closes_at, layout):
     """The meta hash of a campaign (times as naive UTC datetimes or None), less its cursor."""
     return {"total": total, "status": status, "opens_at": to_ms(opens_at),
-            "closes_at": to_ms(closes_at), "epoch": epoch}
+            "closes_at": to_ms(closes_at), **layout.fields()}
+
+
+def shard_state(issued, closes_at, layout):
+    """The state hash of a claim shard (closes_at a naive UTC datetime or None: not written)."""
+    state = {"issued": issued, **layout.fields()}
+    if closes_at:
+        state["closes_at"] = to_ms(closes_at)
+    return state
 
 
 def preload(redis, keys, total, status, opens_at, closes_at):
-    """Write a campaign's window and stock into Redis; keep the cursor and epoch if they are there
-    already. Durable: replicas hold it before it counts (REDIS_REPLICA_ACKS).
+    """Write a campaign's window and stock into Redis; keep the cursor and layout if they are
+    there already. Durable: replicas hold it before it counts (REDIS_REPLICA_ACKS).
 
     The meta hash last: until it says so, the campaign is not open, and a failure before it
     (one node down) leaves the campaign as it was."""
-    epoch = redis.hget(keys.meta, "epoch") or new_epoch()
+    layout = Layout.of(redis.hgetall(keys.meta)) or Layout.new(total, keys.shards)
     batch = redis.batch(durable=True)
     for shard in keys.all_shards():
         batch.on(shard.state).hsetnx(shard.state, "issued", 0)  # the shard is live while it exists
-        batch.on(shard.state).hset(shard.state, "epoch", epoch)
+        batch.on(shard.state).hset(shard.state, mapping=layout.fields())
         if closes_at:
             batch.on(shard.state).hset(shard.state, "closes_at", to_ms(closes_at))
         else:
@@ -39,26 +91,23 @@ def preload(redis, keys, total, status, opens_at, closes_at):
     batch.on(ACTIVE).sadd(ACTIVE, keys.campaign_id)
     batch.execute()
     batch = redis.batch(durable=True)
-    batch.on(keys.meta).hset(keys.meta, mapping=meta_fields(total, status, opens_at, closes_at, epoch))
+    batch.on(keys.meta).hset(keys.meta, mapping=meta_fields(total, status, opens_at, closes_at, layout))
     batch.execute()
 
 
-def restore(redis, keys, row, status, cursor, per_shard):
-    """Write the state of a campaign rebuilt from its rows (recover) under a new epoch: the shards'
-    state (from here they take claims) and the registry of active campaigns; then the meta hash,
-    alone and last: from it workers serve the campaign again."""
-    epoch = new_epoch()
+def restore(redis, keys, row, status, cursor, per_shard, layout):
+    """Write the state of a campaign rebuilt from its rows (recover) in a new layout, the one its
+    claims were written back in: the shards' state (from here they take claims) and the registry
+    of active campaigns; then the meta hash, alone and last: from it workers serve the campaign
+    again."""
     batch = redis.batch(durable=True)
     for shard, issued in zip(keys.all_shards(), per_shard):
-        state = {"issued": issued, "epoch": epoch}
-        if row.closes_at:
-            state["closes_at"] = to_ms(row.closes_at)
-        batch.on(shard.state).hset(shard.state, mapping=state)
+        batch.on(shard.state).hset(shard.state, mapping=shard_state(issued, row.closes_at, layout))
     batch.on(ACTIVE).sadd(ACTIVE, keys.campaign_id)
     batch.execute()
     batch = redis.batch(durable=True)
     batch.on(keys.meta).hset(keys.meta, mapping={
-        **meta_fields(row.total, status, row.opens_at, row.closes_at, epoch), "cursor": cursor})
+        **meta_fields(row.total, status, row.opens_at, row.closes_at, layout), "cursor": cursor})
     batch.execute()
 
 
@@ -98,9 +147,15 @@ def release(redis, keys):
 
 def delete_keys(redis, keys):
     """Delete every key of a campaign, one by one (they live on several nodes); the meta hash
-    last, so that until it is gone a close run again finds the campaign and finishes."""
+    last, so that until it is gone a close run again finds the campaign and finishes. The claims
+    buckets as many as the meta hash or any shard state says (a shard's state goes after its
+    buckets, so a delete cut short is finished when run again)."""
     batch = redis.batch()
-    for key in keys.every_key():
+    for key in [keys.meta, *(shard.state for shard in keys.all_shards())]:
+        batch.on(key).hget(key, "buckets")
+    buckets = max(int(n or 0) for n in batch.execute())
+    batch = redis.batch()
+    for key in keys.every_key(buckets):
         if key != keys.meta:
             batch.on(key).delete(key)
     batch.execute()
@@ -122,3 +177,26 @@ def stock_in_redis(redis, keys):
         batch.on(shard.state).hget(shard.state, "issued")
     total, *counts = batch.execute()
     return None if total is None else (int(total), sum(int(c or 0) for c in counts))
+
+
+def stored_claim(redis, keys, user_id):
+    """The StoredClaim of the user's ticket, or None if Redis holds none (or not the campaign)."""
+    shard = keys.shard(keys.shard_of(user_id))
+    layout = Layout.of(redis.hgetall(shard.state))
+    held = layout and redis.hget(keys.claims_of(user_id, layout.buckets), user_id)
+    return StoredClaim.decode(held, layout.time_base) if held else None
+
+
+def shard_claims(redis, shard, per_round=100):
+    """(user, StoredClaim) of every claim of one shard, `per_round` buckets a round trip."""
+    client = redis.client_for(shard.state)
+    layout = Layout.of(client.hgetall(shard.state))
+    if layout is None:
+        return
+    for first in range(0, layout.buckets, per_round):
+        pipe = client.pipeline(transaction=False)
+        for i in range(first, min(first + per_round, layout.buckets)):
+            pipe.hgetall(shard.bucket(i))
+        for claims in pipe.execute():
+            for user, value in claims.items():
+                yield user, StoredClaim.decode(value, layout.time_base)

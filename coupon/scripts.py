@@ -36,11 +36,13 @@ class ClaimReply(NamedTuple):
     issued_at_ms: int = 0
 
     @classmethod
-    def decode(cls, raw):
-        """One element of claim.lua's reply: {outcome[, serial, code, issued_at_ms]}."""
+    def decode(cls, raw, code_of):
+        """One element of claim.lua's reply: {outcome[, serial, issued_at_ms]}; the ticket's code
+        is code_of(serial) (claims store no code)."""
         if len(raw) == 1:
             return cls(Claim(raw[0]))
-        return cls(Claim(raw[0]), int(raw[1]), raw[2], int(raw[3]))
+        serial = int(raw[1])
+        return cls(Claim(raw[0]), serial, code_of(serial), int(raw[2]))
 
     @property
     def ticket(self):
@@ -52,21 +54,26 @@ class ClaimReply(NamedTuple):
         return self.outcome in (Claim.HELD, Claim.CLOSED, Claim.RATE_LIMITED)
 
 
+SERIAL_DIGITS = 8  # of a stored claim: every serial is at most campaigns.MAX_STOCK (10,000,000)
+
+
 class StoredClaim(NamedTuple):
-    """A claim as claim.lua stores it in a shard's claims hash: "serial|code|issued_at_ms"."""
+    """A claim as claim.lua stores it in a claims bucket (keys.ShardKeys.bucket): the decimal
+    digits of issued_at_ms less the state's time base, then the serial in SERIAL_DIGITS digits:
+    "53100000042" is serial 42, issued 531 ms after the base. Within 2.9 years of the base it is
+    a 64-bit integer, which a listpack keeps in 9 bytes. The code is derived from the serial
+    (signing.Signer.ticket_code), never stored."""
 
     serial: int
-    code: str
     issued_at_ms: int
 
     @classmethod
-    def parse(cls, value):
-        serial, code, issued_at_ms = value.split("|")
-        return cls(int(serial), code, int(issued_at_ms))
+    def decode(cls, value, time_base):
+        return cls(int(value[-SERIAL_DIGITS:]), int(value[:-SERIAL_DIGITS]) + time_base)
 
-    def encode(self):
+    def encode(self, time_base):
         """The value as claim.lua stores it (recover writes claims back from the rows)."""
-        return f"{self.serial}|{self.code}|{self.issued_at_ms}"
+        return "%d%0*d" % (self.issued_at_ms - time_base, SERIAL_DIGITS, self.serial)
 
 
 class OutboxEntry(NamedTuple):

@@ -21,7 +21,7 @@ from redis import Redis
 
 from coupon.outbox import Flusher, outbox_stats
 from coupon.reconcile import mysql_tickets
-from coupon.redis_state import issued_in_redis
+from coupon.redis_state import Layout, issued_in_redis
 from loadtest import bench
 from loadtest.harness import Scheduler, open_campaign
 
@@ -38,14 +38,15 @@ def fill_outbox(svc, campaign_id, rows):
     for serial in range(1, rows + 1):
         user = f"u{serial}"
         per_shard.setdefault(keys.shard_of(user), []).append((user, serial))
-    epoch = svc.redis.hget(keys.meta, "epoch")
+    layout = Layout.of(svc.redis.hgetall(keys.meta))
     for k, claims in per_shard.items():
         shard = keys.shard(k)
         for i in range(0, len(claims), 500):
-            args = [campaign_id, 0, 10, epoch]  # rate limit off
+            args, buckets = [campaign_id, 0, 10, layout.epoch], []  # rate limit off
             for user, serial in claims[i:i + 500]:
                 args += [user, serial, svc.signer.ticket_code(campaign_id, serial)]
-            svc.redis.run(svc.scripts.claim, shard.claim_keys(0), args)
+                buckets.append(shard.bucket(keys.bucket_of(user, layout.buckets)))
+            svc.redis.run(svc.scripts.claim, shard.claim_keys(0, buckets), args)
 
 
 def flush_rate(svc, rows):

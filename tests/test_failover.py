@@ -46,7 +46,7 @@ class Sale:
 
     def shards_in(self, slots):
         return {k for k, shard in enumerate(self.keys.all_shards())
-                if any(first <= key_slot(shard.claims.encode()) <= last for first, last in slots)}
+                if any(first <= key_slot(shard.state.encode()) <= last for first, last in slots)}
 
     def promoted(self, slots, old):
         """Wait until a live master other than `old` serves `slots`; the monotonic time then."""

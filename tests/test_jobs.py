@@ -8,10 +8,11 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
-from coupon import campaigns, clock, db, queries
+from coupon import campaigns, clock, db, queries, redis_state
 from coupon.keys import SCHEDULER_LEADER
 from coupon.outbox import Flusher, outbox_stats
 from coupon.reconcile import mysql_tickets, reconcile, redis_claims
+from coupon.scripts import StoredClaim
 from jobs.lifecycle import open_and_close_due
 from jobs.stock_sync import sync_stock
 from loadtest.harness import free_port, open_campaign, users, wait_until
@@ -124,7 +125,7 @@ def test_reconcile_names_every_difference_of_every_kind(svc, redis_client):
         issue_directly(svc, campaign_id, f"user-{i}")
     Flusher(svc, "test").flush([campaign_id])
     keys = svc.keys(campaign_id)
-    assert reconcile(svc.redis, svc.engine, keys).agree
+    assert reconcile(svc.redis, svc.engine, keys, svc.signer).agree
     claim_of = redis_claims(svc.redis, keys)[0]
     serial_of = {user: claim.serial for user, claim in claim_of.items()}
     c = db.coupons.c
@@ -140,10 +141,12 @@ def test_reconcile_names_every_difference_of_every_kind(svc, redis_client):
     original = next(u for u in serial_of if keys.shard_of(u) not in touched)
     twin = next(f"twin-{i}" for i in range(100) if keys.shard_of(f"twin-{i}") != keys.shard_of(original))
     shard = keys.shard(keys.shard_of(twin))
-    redis_client.hset(shard.claims, twin, f"{serial_of[original]}|{claim_of[original].code}|1")
+    layout = redis_state.Layout.of(redis_client.hgetall(shard.state))
+    redis_client.hset(keys.claims_of(twin, layout.buckets), twin,
+                      StoredClaim(serial_of[original], 1).encode(layout.time_base))
     redis_client.hincrby(shard.state, "issued", 1)
 
-    report = reconcile(svc.redis, svc.engine, keys)
+    report = reconcile(svc.redis, svc.engine, keys, svc.signer)
 
     assert not report.agree
     assert (report.redis_claims, report.redis_counter, report.mysql_rows) == (201, 201, 200)
@@ -223,7 +226,7 @@ def test_flusher_killed_between_commit_and_ack_replays_without_duplicates(svc):
     assert backlog(svc, campaign_id) == 300  # ... but not acknowledged
     assert Flusher(svc, "survivor", claim_idle=0).flush([campaign_id]) == 300  # taken over, replayed
     assert backlog(svc, campaign_id) == 0
-    report = reconcile(svc.redis, svc.engine, svc.keys(campaign_id))
+    report = reconcile(svc.redis, svc.engine, svc.keys(campaign_id), svc.signer)
     assert report.agree and report.mysql_rows == 300
 
 

@@ -7,7 +7,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from coupon import create_app
+from coupon import create_app, redis_state
 from coupon.keys import ACTIVE
 from coupon.recovery import recover_campaign
 from jobs.reclaim import reclaim_expired
@@ -144,7 +144,9 @@ def test_a_campaign_whose_redis_keys_are_gone_shows_as_lost_until_recovered(clie
     assert (value(values, "coupon_campaign_lost", campaign_id=str(lost)),
             value(values, "coupon_campaign_lost", campaign_id=str(kept))) == (0, 0)
 
-    redis_client.delete(*svc.keys(lost).every_key(), ACTIVE)  # as a Redis restarted empty would
+    keys = svc.keys(lost)
+    buckets = redis_state.Layout.of(redis_client.hgetall(keys.meta)).buckets
+    redis_client.delete(*keys.every_key(buckets), ACTIVE)  # as a Redis restarted empty would
     values = poll(client, lambda v: value(v, "coupon_campaign_lost", campaign_id=str(lost)) == 1,
                   "the campaign shown lost")
     assert value(values, "coupon_campaign_lost", campaign_id=str(kept)) == 0

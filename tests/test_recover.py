@@ -8,7 +8,7 @@ import pytest
 
 from coupon import campaigns, clock, create_app, db, queries, redis_state
 from jobs.stock_sync import sync_stock
-from coupon.keys import ACTIVE
+from coupon.keys import ACTIVE, bucket_count
 from coupon.outbox import Flusher, outbox_stats
 from coupon.recovery import recover_campaign
 from coupon.reconcile import mysql_tickets
@@ -63,8 +63,10 @@ def snapshot(redis_client, keys):
     found = {key: redis_client.hgetall(key) for key in (keys.meta, keys.lease_serials)}
     found[keys.leases] = redis_client.zrange(keys.leases, 0, -1, withscores=True)
     found[keys.returned] = redis_client.lrange(keys.returned, 0, -1)
+    buckets = redis_state.Layout.of(found[keys.meta]).buckets
     for shard in keys.all_shards():
-        found[shard.claims] = redis_client.hgetall(shard.claims)
+        for i in range(buckets):
+            found[shard.bucket(i)] = redis_client.hgetall(shard.bucket(i))
         found[shard.state] = redis_client.hgetall(shard.state)
         found[shard.claimed] = redis_client.bitcount(shard.claimed)
         found[shard.outbox] = redis_client.xlen(shard.outbox)
@@ -73,12 +75,15 @@ def snapshot(redis_client, keys):
 
 def assert_rebuilt_from(redis_client, keys, rows, row):
     """Redis holds exactly what the rows ({user: coupons row}) and the campaigns row imply: each
-    claim in its shard, each shard's bitmap and counter, the cursor at the highest serial, the
-    serials below it that no row holds returned, no lease, the window; one new epoch throughout."""
+    claim in its shard's bucket, each shard's bitmap and counter, the cursor at the highest
+    serial, the serials below it that no row holds returned, no lease, the window; one new layout
+    throughout (epoch, the buckets of the total, time base)."""
     cursor = max((r.serial for r in rows.values()), default=0)
     meta = redis_client.hgetall(keys.meta)
-    epoch = meta.pop("epoch")
-    assert len(epoch) >= 12
+    layout = redis_state.Layout.of(meta)
+    for field in layout.fields():
+        del meta[field]
+    assert len(layout.epoch) >= 12 and layout.buckets == bucket_count(row.total, keys.shards)
     assert meta == {"total": str(row.total), "cursor": str(cursor), "status": "open",
                     "opens_at": str(clock.to_ms(row.opens_at)), "closes_at": str(clock.to_ms(row.closes_at))}
     held = {r.serial for r in rows.values()}
@@ -88,11 +93,13 @@ def assert_rebuilt_from(redis_client, keys, rows, row):
     assert str(keys.campaign_id) in redis_client.smembers(ACTIVE)
     for k, shard in enumerate(keys.all_shards()):
         mine = {u: r for u, r in rows.items() if keys.shard_of(u) == k}
-        assert redis_client.hgetall(shard.claims) == {
-            u: StoredClaim(r.serial, r.code, clock.to_ms(r.issued_at)).encode() for u, r in mine.items()}
+        for i in range(layout.buckets):
+            assert redis_client.hgetall(shard.bucket(i)) == {
+                u: StoredClaim(r.serial, clock.to_ms(r.issued_at)).encode(layout.time_base)
+                for u, r in mine.items() if keys.bucket_of(u, layout.buckets) == i}
         assert redis_client.bitcount(shard.claimed) == len(mine)
         assert all(redis_client.getbit(shard.claimed, r.serial) for r in mine.values())
-        state = {"issued": str(len(mine)), "epoch": epoch}
+        state = {"issued": str(len(mine)), **{f: str(v) for f, v in layout.fields().items()}}
         if row.closes_at:
             state["closes_at"] = str(clock.to_ms(row.closes_at))
         assert redis_client.hgetall(shard.state) == state
@@ -221,11 +228,13 @@ def test_recover_refuses_an_unknown_or_closed_campaign(svc, signer, runner, work
     assert unknown.exit_code == 1 and "CAMPAIGN_NOT_FOUND" in unknown.output
     campaign_id = open_campaign(svc, 10)
     issue_to(workers(), signer, campaign_id, ["alice"])
+    keys = svc.keys(campaign_id)
+    buckets = redis_state.Layout.of(redis_client.hgetall(keys.meta)).buckets
     assert runner.invoke(args=["campaign", "close", str(campaign_id)]).exit_code == 0
     closed = recover(runner, campaign_id)
     assert closed.exit_code == 1
     assert f"NOTHING_TO_RECOVER: campaign {campaign_id} is closed" in closed.output
-    assert not redis_client.exists(*svc.keys(campaign_id).every_key())  # nothing written
+    assert not redis_client.exists(*keys.every_key(buckets))  # nothing written
 
 
 @pytest.mark.fault

@@ -1,9 +1,11 @@
-"""Redis at its maxmemory with noeviction, on a private server whose maxmemory the test lowers.
+"""What a held coupon costs Redis; and Redis at its maxmemory with noeviction, on a private server
+whose maxmemory the test lowers.
 
 Redis 7 refuses a script (one without a `#!lua` flags line, as ours) at its first write that could
 grow memory, when it was past maxmemory as the script started; once a script has written, it is
 never stopped in the middle, even past the limit. So claim.lua is all or nothing: the user's claim,
 the claimed bit, the outbox entry and the counter together, or none of them."""
+import functools
 import time
 
 import pytest
@@ -11,6 +13,8 @@ from redis.exceptions import OutOfMemoryError
 
 from coupon import create_app, redis_state
 from coupon.claims import ClaimSender
+from coupon.redis_state import Layout, stored_claim
+from coupon.scripts import Claim
 from loadtest.harness import open_campaign
 from tests.flood import (REDIS_TIMEOUT, STOCK, close_and_check, demand, issued_counter, once,
                          outcomes, say, service_on, tickets_told)
@@ -19,8 +23,58 @@ from tests.support import app_config
 
 def shard_state(client, shard, rate):
     """Everything claim.lua writes in a shard."""
-    return (client.hlen(shard.claims), client.bitcount(shard.claimed), client.xlen(shard.outbox),
-            client.hget(shard.state, "issued"), client.hgetall(rate))
+    buckets = int(client.hget(shard.state, "buckets"))
+    return (sum(client.hlen(shard.bucket(i)) for i in range(buckets)), client.bitcount(shard.claimed),
+            client.xlen(shard.outbox), client.hget(shard.state, "issued"), client.hgetall(rate))
+
+
+def sender(svc, signer, keys):
+    """A ClaimSender of the campaign, as a worker that loaded it has."""
+    layout = Layout.of(svc.redis.hgetall(keys.meta))
+    code_of = functools.partial(signer.ticket_code, keys.campaign_id)
+    return ClaimSender(svc.redis, svc.scripts.claim, keys, layout, svc.rate_limit, code_of)
+
+
+def test_a_held_coupon_costs_under_40_bytes_in_buckets_redis_keeps_compact(mysql_url, signer, private_redis):
+    """50,000 claims through claim.lua, the outbox drained: the claims buckets, bitmaps and
+    counters cost under 40 B a coupon (the old single hash per shard: ~100), every bucket a
+    listpack at hash-max-listpack-entries 128 (Redis's default is 512); and each user's claim
+    reads back as the ticket claim.lua answered, which a repeat gets again."""
+    app = create_app(app_config(mysql_url, private_redis.url, RATE_LIMIT=0))
+    svc = app.extensions["coupon"]
+    client = private_redis.client()
+    try:
+        client.config_set("hash-max-listpack-entries", 128)
+        n = 50_000
+        campaign_id = open_campaign(svc, n)
+        keys = svc.keys(campaign_id)
+        send, code_of = sender(svc, signer, keys), functools.partial(signer.ticket_code, campaign_id)
+        users = [f"user-{i}" for i in range(n)]
+        told = {}
+        for first in range(0, n, 500):
+            batch = [(keys.shard_of(u), u, s, code_of(s))
+                     for u, s in zip(users[first:first + 500], range(first + 1, first + 501))]
+            for (_, user, serial, code), reply in zip(batch, send(batch)):
+                assert (reply.outcome, reply.serial, reply.code) == (Claim.NEW, serial, code)
+                told[user] = reply
+
+        layout = Layout.of(svc.redis.hgetall(keys.meta))
+        shards = keys.all_shards()
+        buckets = [shard.bucket(i) for shard in shards for i in range(layout.buckets)]
+        assert {client.object("encoding", key) for key in buckets} == {"listpack"}
+        assert sum(client.hlen(key) for key in buckets) == n
+        kept = [*buckets, *(key for shard in shards for key in (shard.claimed, shard.state))]
+        used = sum(client.memory_usage(key, samples=0) for key in kept)
+        assert used / n < 40, used / n
+
+        for user in users[::997]:
+            held = stored_claim(svc.redis, keys, user)
+            assert (held.serial, held.issued_at_ms) == (told[user].serial, told[user].issued_at_ms)
+        again = send([(keys.shard_of(u), u, n + 1 + i, code_of(n + 1 + i)) for i, u in enumerate(users[:300])])
+        assert again == [told[u]._replace(outcome=Claim.HELD) for u in users[:300]]
+    finally:
+        client.close()
+        svc.engine.dispose()
 
 
 def test_claim_script_is_all_or_nothing_at_maxmemory(mysql_url, signer, private_redis):
@@ -28,8 +82,7 @@ def test_claim_script_is_all_or_nothing_at_maxmemory(mysql_url, signer, private_
     svc = app.extensions["coupon"]
     campaign_id = open_campaign(svc, 10_000_000)
     keys = svc.keys(campaign_id)
-    epoch = svc.redis.hget(keys.meta, "epoch")
-    send = ClaimSender(svc.redis, svc.scripts.claim, keys, epoch, svc.rate_limit)
+    send = sender(svc, signer, keys)
     users = [u for u in (f"user-{i}" for i in range(2_000)) if keys.shard_of(u) == 0]
     shard, rate = keys.shard(0), keys.shard(0).rate(svc.rate_limit.window()[0])
 

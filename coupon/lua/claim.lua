@@ -1,67 +1,74 @@
 -- Claim serials for users: one batch of one claim shard, in one round trip.
--- KEYS[1] - claims hash: user id -> "serial|code|issued_at_ms"
--- KEYS[2] - claimed-serials bitmap of the shard
--- KEYS[3] - outbox stream of the shard (read by the flush job): one entry per new claim, its
+-- KEYS[1] - claimed-serials bitmap of the shard
+-- KEYS[2] - outbox stream of the shard (read by the flush job): one entry per new claim, its
 --           fields c campaign id, u user id, s serial, k code, t issued at (epoch ms)
--- KEYS[4] - shard state hash: issued (count), closes_at (epoch ms; 0: closed), epoch; gone once
---           the campaign is released after close (or lost with Redis): every claim is stale
--- KEYS[5] - rate hash of the current window: user id -> requests (see keys.ShardKeys.rate)
--- KEYS[6] - the shard's outbox news set, shared by all campaigns: gets the campaign id with a
+-- KEYS[3] - shard state hash: issued (count), closes_at (epoch ms; 0: closed), epoch, time_base
+--           (epoch ms; see below); gone once the campaign is released after close (or lost with
+--           Redis): every claim is stale
+-- KEYS[4] - rate hash of the current window: user id -> requests (see keys.ShardKeys.rate)
+-- KEYS[5] - the shard's outbox news set, shared by all campaigns: gets the campaign id with a
 --           new claim, so the flush job finds the streams that hold entries without polling all
+-- KEYS[5 + i] - the claims bucket of the i-th triplet's user (keys.CampaignKeys.claims_of):
+--           hash user id -> issued_at_ms - time_base, then the serial in 8 digits, as decimal
+--           digits (scripts.StoredClaim; the code is derived from the serial, never stored)
 -- ARGV[1] - campaign id
 -- ARGV[2] - requests a user may make per window; 0: no limit
 -- ARGV[3] - seconds of the window (the rate hash expires that long after its last write)
 -- ARGV[4] - the campaign's epoch the caller's serials were leased in (its meta hash's, see
 --           lease.lua): a new one after `flask campaign recover`, so that serials leased before
 --           Redis lost the campaign are never claimed after
--- ARGV[5..] - triplets: user id, serial, code; serial 0 only asks whether the user holds a ticket
+-- ARGV[5..] - triplets: user id, serial, code (for the outbox entry); serial 0 only asks whether
+--           the user holds a ticket
 -- Returns one reply per triplet, in order:
---   {1, serial, code, issued_at_ms}  new ticket (claim and outbox entry written together)
---   {2, serial, code, issued_at_ms}  the user already held this ticket; the offered serial is unused
---   {3}                              the offered serial was claimed before; offer another
---   {4}                              the campaign is closed
---   {5}                              the user is over the rate limit; the offered serial is unused
---   {6}                              (serial 0) the user holds no ticket: claim with a serial
---   {7}                              stale: the shard is gone or of another epoch; load the
---                                    campaign again (from the database if Redis lacks it)
+--   {1, serial, issued_at_ms}  new ticket (claim and outbox entry written together)
+--   {2, serial, issued_at_ms}  the user already held this ticket; the offered serial is unused
+--   {3}                        the offered serial was claimed before; offer another
+--   {4}                        the campaign is closed
+--   {5}                        the user is over the rate limit; the offered serial is unused
+--   {6}                        (serial 0) the user holds no ticket: claim with a serial
+--   {7}                        stale: the shard is gone or of another epoch; load the
+--                              campaign again (from the database if Redis lacks it)
 -- Sent again with the same arguments (an answer lost, or short of replica acknowledgements), it
 -- claims nothing twice: the user who got the ticket gets it back ({2, the same serial, ...});
 -- only the rate limit counts the request again.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local shard = redis.call('HMGET', KEYS[4], 'issued', 'closes_at', 'epoch')
+local shard = redis.call('HMGET', KEYS[3], 'issued', 'closes_at', 'epoch', 'time_base')
 local closes_at = tonumber(shard[2])
 local replies = {}
 if not shard[1] or (shard[3] or '') ~= ARGV[4] then
   for i = 5, #ARGV, 3 do replies[#replies + 1] = {7} end
   return replies
 end
+local time_base = tonumber(shard[4])
 local limit = tonumber(ARGV[2])
 local new = 0
 for i = 5, #ARGV, 3 do
   local user, serial, code = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local bucket = KEYS[5 + (i - 2) / 3]
   -- the limit comes first: a user who already holds a ticket may not hammer either
-  local limited = limit > 0 and redis.call('HINCRBY', KEYS[5], user, 1) > limit
-  local held = not limited and redis.call('HGET', KEYS[1], user)
+  local limited = limit > 0 and redis.call('HINCRBY', KEYS[4], user, 1) > limit
+  local held = not limited and redis.call('HGET', bucket, user)
   if limited then
     replies[#replies + 1] = {5}
   elseif held then
-    local s, c, at = string.match(held, '^(%d+)|([^|]+)|(%d+)$')
-    replies[#replies + 1] = {2, s, c, at}
+    -- split as text: the whole can pass 2^53, where Lua's numbers (doubles) stop being exact
+    local at = tonumber(string.sub(held, 1, -9)) + time_base
+    replies[#replies + 1] = {2, tonumber(string.sub(held, -8)), at}
   elseif closes_at and now >= closes_at then
     replies[#replies + 1] = {4}
-  elseif serial == '0' or redis.call('SETBIT', KEYS[2], serial, 1) == 1 then
+  elseif serial == '0' or redis.call('SETBIT', KEYS[1], serial, 1) == 1 then
     -- the caller comes again with a serial: that is the same request, not a new one
-    if limit > 0 then redis.call('HINCRBY', KEYS[5], user, -1) end
+    if limit > 0 then redis.call('HINCRBY', KEYS[4], user, -1) end
     replies[#replies + 1] = {serial == '0' and 6 or 3}
   else
-    redis.call('HSET', KEYS[1], user, serial .. '|' .. code .. '|' .. now)
-    redis.call('HINCRBY', KEYS[4], 'issued', 1)
-    redis.call('XADD', KEYS[3], '*', 'c', ARGV[1], 'u', user, 's', serial, 'k', code, 't', now)
-    replies[#replies + 1] = {1, serial, code, tostring(now)}
+    redis.call('HSET', bucket, user, string.format('%d%08d', now - time_base, serial))
+    redis.call('HINCRBY', KEYS[3], 'issued', 1)
+    redis.call('XADD', KEYS[2], '*', 'c', ARGV[1], 'u', user, 's', serial, 'k', code, 't', now)
+    replies[#replies + 1] = {1, tonumber(serial), now}
     new = new + 1
   end
 end
-if new > 0 then redis.call('SADD', KEYS[6], ARGV[1]) end
-if limit > 0 then redis.call('EXPIRE', KEYS[5], ARGV[3]) end
+if new > 0 then redis.call('SADD', KEYS[5], ARGV[1]) end
+if limit > 0 then redis.call('EXPIRE', KEYS[4], ARGV[3]) end
 return replies

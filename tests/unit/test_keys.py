@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from coupon.keys import CampaignKeys, shard_tag
+from coupon.keys import BUCKET_FILL, CampaignKeys, bucket_count, shard_tag
 
 TAG = re.compile(r"\{(s(\d+)\.\d+)\}")
 shard_counts = st.integers(1, 128)
@@ -51,17 +51,46 @@ def test_the_shards_of_every_campaign_use_the_same_tags():
     assert tags == {tuple(shard_tag(k, 12) for k in range(12))}
 
 
-@given(campaign_id=st.integers(1, 2**31 - 1), shards=st.integers(1, 32))
-def test_every_key_of_a_shard_is_in_its_tags_slot_and_the_home_keys_share_one(campaign_id, shards):
+@given(campaign_id=st.integers(1, 2**31 - 1), shards=st.integers(1, 32), buckets=st.integers(1, 50))
+def test_every_key_of_a_shard_is_in_its_tags_slot_and_the_home_keys_share_one(campaign_id, shards, buckets):
     keys = CampaignKeys(campaign_id, shards)
     assert {key_slot(key.encode()) for key in keys.home_keys()} == {
         key_slot(b"c:%d" % campaign_id)}
     for k, shard in enumerate(keys.all_shards()):
         slot = slot_of_tag(shard_tag(k, shards))
-        assert {key_slot(key.encode()) for key in [*shard.all(), shard.rate(12345)]} == {slot}
-        assert all(f":c:{campaign_id}:" in key for key in shard.all())  # whose keys these are
-    every = keys.every_key()
-    assert len(every) == len(set(every)) == 4 + 4 * shards
+        every_of_shard = [*shard.all(buckets), shard.rate(12345), shard.news]
+        assert {key_slot(key.encode()) for key in every_of_shard} == {slot}
+        assert all(f":c:{campaign_id}:" in key for key in shard.all(buckets))  # whose keys these are
+        assert shard.all(buckets)[-1] == shard.state  # deleted after its buckets
+    every = keys.every_key(buckets)
+    assert len(every) == len(set(every)) == 4 + (3 + buckets) * shards
+
+
+@given(user_id=st.text(min_size=1, max_size=64), shards=st.integers(1, 64), buckets=st.integers(1, 10**5))
+def test_a_users_bucket_is_in_range_in_the_users_shard_and_the_same_every_time(user_id, shards, buckets):
+    keys = CampaignKeys(1, shards)
+    i = keys.bucket_of(user_id, buckets)
+    assert 0 <= i < buckets
+    assert CampaignKeys(99, shards).bucket_of(user_id, buckets) == i
+    assert keys.claims_of(user_id, buckets) == keys.shard(keys.shard_of(user_id)).bucket(i)
+
+
+def test_a_million_users_fill_the_buckets_of_their_total_evenly_and_none_past_128():
+    """Past hash-max-listpack-entries (128 at the least we count on) a bucket is a plain hash."""
+    keys, total = CampaignKeys(1, 12), 1_000_000
+    buckets = bucket_count(total, 12)
+    fill = [0] * (12 * buckets)
+    for i in range(1, total + 1):
+        user = f"u{i}"
+        fill[keys.shard_of(user) * buckets + keys.bucket_of(user, buckets)] += 1
+    assert min(fill) >= BUCKET_FILL / 2 and max(fill) <= 100, (min(fill), max(fill))
+
+
+@given(total=st.integers(1, 10_000_000), shards=st.integers(1, 64))
+def test_the_buckets_hold_at_most_bucket_fill_claims_each_on_average_at_the_total(total, shards):
+    buckets = bucket_count(total, shards)
+    assert buckets >= 1 and total / (shards * buckets) <= BUCKET_FILL
+    assert buckets == 1 or total / (shards * (buckets - 1)) > BUCKET_FILL  # no more than that
 
 
 @given(user_id=st.text(min_size=1, max_size=64), shards=st.integers(1, 64))
