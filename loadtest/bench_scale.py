@@ -52,9 +52,22 @@ def flask(env, *args):
 
 
 def campaign_bytes(svc, raw, keys):
-    """MEMORY USAGE of every key of the campaign (SAMPLES 0: every element of each counted)."""
+    """MEMORY USAGE of every key of the campaign (SAMPLES 0: every element of each counted); its
+    claims buckets, and how many of them Redis keeps as a plain hash rather than a listpack."""
     buckets = redis_state.Layout.of(svc.redis.hgetall(keys.meta)).buckets
-    return sum(raw.memory_usage(key, samples=0) or 0 for key in keys.every_key(buckets))
+    bucket_keys = [shard.bucket(i) for shard in keys.all_shards() for i in range(buckets)]
+    sizes = pipelined(raw, keys.every_key(buckets), lambda pipe, key: pipe.memory_usage(key, samples=0))
+    encodings = pipelined(raw, bucket_keys, lambda pipe, key: pipe.object("encoding", key))
+    return sum(size or 0 for size in sizes), len(bucket_keys), sum(e != b"listpack" for e in encodings)
+
+
+def pipelined(raw, keys, command, per_round=1000):
+    """command(pipeline, key)'s replies for each key, per_round keys a round trip."""
+    for first in range(0, len(keys), per_round):
+        pipe = raw.pipeline(transaction=False)
+        for key in keys[first:first + per_round]:
+            command(pipe, key)
+        yield from pipe.execute()
 
 
 def main():
@@ -79,8 +92,10 @@ def main():
     rows.append(("flushed into the database", f"{time.perf_counter() - started:.1f} s",
                  f"{count_rows(svc.engine, campaign_id):,} rows"))
     used = raw.info("memory")["used_memory"] - before
+    in_keys, buckets, plain = campaign_bytes(svc, raw, keys)
     rows.append(("Redis memory per held coupon", f"{used / args.n:.0f} B (used_memory)",
-                 f"{campaign_bytes(svc, raw, keys) / args.n:.0f} B (MEMORY USAGE of its keys)"))
+                 f"{in_keys / args.n:.0f} B (MEMORY USAGE of its keys; {buckets:,} claims buckets, "
+                 f"{plain} not a listpack)"))
 
     redis_state.delete_keys(svc.redis, keys)  # Redis lost the campaign
     seconds, peak, _ = flask(env, "campaign", "recover", str(campaign_id))
