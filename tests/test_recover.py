@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from coupon import campaigns, clock, create_app, db, queries, redis_state
+from coupon import campaigns, clock, create_app, db, queries, recovery, redis_state
 from jobs.stock_sync import sync_stock
 from coupon.keys import ACTIVE, bucket_count
 from coupon.outbox import Flusher, outbox_stats
@@ -115,7 +115,10 @@ def rows_of(svc, campaign_id):
 
 @on_single_and_cluster
 def test_recover_rebuilds_what_the_rows_imply_and_the_sale_goes_on(svc, signer, runner, workers,
-                                                                    redis_client):
+                                                                    redis_client, monkeypatch):
+    # rows read 3 a round, buckets written every 4 claims: each step of a big recover, at 10 rows
+    monkeypatch.setattr(recovery, "ROWS", 3)
+    monkeypatch.setattr(recovery, "GATHER", 4)
     campaign_id = open_campaign(svc, 1000)
     keys = svc.keys(campaign_id)
     # two workers, each with a lease of its own: the rows leave a gap of serials leased, never claimed

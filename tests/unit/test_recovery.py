@@ -2,7 +2,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coupon.recovery import RecoveryReport
+from coupon.recovery import RecoveryReport, set_bit
 
 
 def report(per_shard=(3, 4, 5), last_synced=12, drained=0):
@@ -37,3 +37,11 @@ def test_the_report_without_a_counted_loss_says_none_and_still_warns_of_later_on
                             f"{synced} issued, the database holds 12 rows.")
         assert lines[2].startswith("  Not counted:")
         assert len(lines) == 3
+
+
+def test_a_bitmap_built_for_recover_numbers_its_bits_as_setbit_does():
+    # SETBIT key 0 1 sets the highest bit of the first byte; SETBIT key 9 1 the second of the next
+    bitmap = bytearray()
+    for n in (0, 9, 23):
+        set_bit(bitmap, n)
+    assert bytes(bitmap) == b"\x80\x40\x01"
