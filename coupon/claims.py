@@ -123,12 +123,16 @@ class Claims:
 
     def __init__(self, sender, max_batch):
         self.keys = sender.keys
+        self.code_of = sender.code_of
         self._batcher = ClaimBatcher(sender, max_batch)
 
-    def claim(self, user_id, serial, code):
+    def claim(self, user_id, serial):
         """Offer the user this serial; a ClaimReply. Raises RedisError if its outcome is unknown."""
-        return self._batcher.submit((self.keys.shard_of(user_id), user_id, serial, code))
+        return self._submit(user_id, serial, self.code_of(serial))
 
     def ask(self, user_id):
         """Whether the user holds a ticket: HELD (with it), NEEDS_SERIAL, or RATE_LIMITED/CLOSED."""
-        return self.claim(user_id, NO_SERIAL, "")
+        return self._submit(user_id, NO_SERIAL, "")
+
+    def _submit(self, user_id, serial, code):
+        return self._batcher.submit((self.keys.shard_of(user_id), user_id, serial, code))

@@ -3,7 +3,7 @@
 Per worker process and campaign we keep a LiveCampaign: its window and status (refreshed from
 Redis at most every STATE_REFRESH seconds), its serial supply (supply.py) and its claims
 (claims.py). admit() answers what that state already knows (sold out, not open, closed) before
-any other work. issue() then takes a serial from the supply and claims it in one round trip
+any other work. Its issue() then takes a serial from the supply and claims it in one round trip
 shared with the concurrent requests of the same worker. With no serial at hand, a request first
 asks whether the user already holds a ticket, and waits for a refill only if not.
 """
@@ -29,10 +29,11 @@ from coupon.tickets import Ticket
 class LiveCampaign:
     """What one worker knows of one campaign, with its serial supply and its claims."""
 
-    def __init__(self, keys, meta, supply, claims):
+    def __init__(self, keys, meta, supply, claims, rate_limit):
         self.keys = keys
         self.supply = supply
         self.claims = claims
+        self.rate_limit = rate_limit
         self.refresh_lock = threading.Lock()
         self.asked_for_serials_at = meta.wanted  # the last call another worker made
         self.apply(meta)
@@ -62,6 +63,53 @@ class LiveCampaign:
             raise NotOpen()
         if self.supply.known_sold_out():
             raise SoldOut()
+
+    def issue(self, user_id):
+        """Issue the user's ticket (once admitted), or return the one they hold. Raises what the
+        claim answers instead (Closed, RateLimited), Unavailable if Redis failed, CampaignGone if
+        Redis no longer holds this state of the campaign (the issuer loads it afresh)."""
+        try:
+            if not self.supply.at_hand:
+                # no serial at hand (the tail is never at hand): first ask whether the user already
+                # holds a ticket, so that those who do (most of the asking at the tail) take no
+                # serial and wait for no refill
+                try:
+                    reply = self.claims.ask(user_id)
+                except RedisError:
+                    raise Unavailable() from None
+                if reply.outcome is not Claim.NEEDS_SERIAL:
+                    return self._ticket(user_id, reply)
+            while True:
+                lease, serial = self.supply.take()
+                try:
+                    reply = self.claims.claim(user_id, serial)
+                except OutOfMemoryError:
+                    # at maxmemory (noeviction) Redis refuses a script at its first write: claim.lua
+                    # wrote nothing, and the serial is free for the next request
+                    self.supply.done(lease, serial, unused=True)
+                    raise Unavailable() from None
+                except RedisError:
+                    self.supply.done(lease, serial, uncertain=True)
+                    raise Unavailable() from None
+                self.supply.done(lease, serial, unused=reply.serial_unused)
+                if reply.outcome is not Claim.SERIAL_TAKEN:  # else drop that serial, take the next
+                    return self._ticket(user_id, reply)
+        except Closed:
+            self.status = "closed"  # from now on answered at admission
+            raise
+
+    def _ticket(self, user_id, reply):
+        """The ticket a claim's reply gives, or the error it means."""
+        if reply.ticket:
+            return Ticket(self.campaign_id, user_id, reply.serial, reply.code, reply.issued_at_ms,
+                          new=reply.outcome is Claim.NEW)
+        if reply.outcome is Claim.CLOSED:
+            raise Closed()
+        if reply.outcome is Claim.RATE_LIMITED:  # retry once this window is over
+            raise self.rate_limit.exceeded()
+        if reply.outcome is Claim.STALE:  # released, lost or recovered: the serial is not ours
+            raise CampaignGone()
+        raise AssertionError(f"no ticket in {reply}")
 
 
 class Issuer:
@@ -99,54 +147,13 @@ class Issuer:
     def issue(self, campaign, user_id, reloaded=False):
         """Issue the user's ticket of an admitted campaign, or return the one they hold."""
         try:
-            if not campaign.supply.at_hand:
-                # no serial at hand (the tail is never at hand): first ask whether the user already
-                # holds a ticket, so that those who do (most of the asking at the tail) take no
-                # serial and wait for no refill
-                try:
-                    reply = campaign.claims.ask(user_id)
-                except RedisError:
-                    raise Unavailable() from None
-                if reply.outcome is not Claim.NEEDS_SERIAL:
-                    return self._ticket(campaign, user_id, reply)
-            while True:
-                lease, serial = campaign.supply.take()
-                code = self.signer.ticket_code(campaign.campaign_id, serial)
-                try:
-                    reply = campaign.claims.claim(user_id, serial, code)
-                except OutOfMemoryError:
-                    # at maxmemory (noeviction) Redis refuses a script at its first write: claim.lua
-                    # wrote nothing, and the serial is free for the next request
-                    campaign.supply.done(lease, serial, unused=True)
-                    raise Unavailable() from None
-                except RedisError:
-                    campaign.supply.done(lease, serial, uncertain=True)
-                    raise Unavailable() from None
-                campaign.supply.done(lease, serial, unused=reply.serial_unused)
-                if reply.outcome is not Claim.SERIAL_TAKEN:  # else drop that serial, take the next
-                    return self._ticket(campaign, user_id, reply)
-        except Closed:
-            campaign.status = "closed"  # from now on answered at admission
-            raise
+            return campaign.issue(user_id)
         except CampaignGone:  # released after close, lost, or recovered since: load it afresh
             self._campaigns.pop(campaign.campaign_id, None)
             fresh = self.admit(campaign.campaign_id)  # raises what the reloaded state knows
             if reloaded:
                 raise Unavailable() from None
             return self.issue(fresh, user_id, reloaded=True)
-
-    def _ticket(self, campaign, user_id, reply):
-        """The ticket a claim's reply gives, or the error it means."""
-        if reply.ticket:
-            return Ticket(campaign.campaign_id, user_id, reply.serial, reply.code,
-                          reply.issued_at_ms, new=reply.outcome is Claim.NEW)
-        if reply.outcome is Claim.CLOSED:
-            raise Closed()
-        if reply.outcome is Claim.RATE_LIMITED:  # retry once this window is over
-            raise self.rate_limit.exceeded()
-        if reply.outcome is Claim.STALE:  # released, lost or recovered: the serial is not ours
-            raise CampaignGone()
-        raise AssertionError(f"no ticket in {reply}")
 
     # --- campaign state ---------------------------------------------------------------
 
@@ -192,7 +199,8 @@ class Issuer:
         code_of = functools.partial(self.signer.ticket_code, campaign_id)
         sender = ClaimSender(self.redis, self.scripts.claim, keys, layout, self.rate_limit, code_of)
         claims = Claims(sender, self.config["CLAIM_BATCH_MAX"])
-        campaign = self._campaigns[campaign_id] = LiveCampaign(keys, meta, supply, claims)
+        campaign = self._campaigns[campaign_id] = LiveCampaign(keys, meta, supply, claims,
+                                                               self.rate_limit)
         return campaign
 
     def _meta_from_db(self, campaign_id):
