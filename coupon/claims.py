@@ -7,7 +7,7 @@ its client CPU) is shared by the whole batch rather than by the few claims that 
 """
 import threading
 
-from coupon.scripts import NO_SERIAL, ClaimReply
+from coupon.scripts import NO_SERIAL, ClaimReply, claim_args
 
 
 class WaitingClaim:
@@ -103,10 +103,8 @@ class ClaimSender:
         window, _ = self.rate_limit.window()
         buckets, bucket_of = self.layout.buckets, self.keys.bucket_of
         for shard, indexes in groups.items():
-            args = [self.keys.campaign_id, self.rate_limit.limit, self.rate_limit.seconds,
-                    self.layout.epoch]
-            for i in indexes:
-                args += claims[i][1:]  # user id, serial, code
+            args = claim_args(self.keys.campaign_id, self.rate_limit.limit, self.rate_limit.seconds,
+                              self.layout.epoch, [claims[i][1:] for i in indexes])
             keys = self.shards[shard].claim_keys(window, [
                 self.shards[shard].bucket(bucket_of(claims[i][1], buckets)) for i in indexes])
             batch.script(self.script, keys, args)

@@ -29,6 +29,16 @@ class Claim(enum.IntEnum):
 NO_SERIAL = 0  # offered to claim.lua to ask whether the user holds a ticket, and claim nothing
 
 
+def claim_args(campaign_id, limit, seconds, epoch, claims):
+    """claim.lua's ARGV for claims (user id, serial, code) of one shard, in order, under a rate
+    limit of `limit` requests (0: none) per window of `seconds`; its KEYS are
+    keys.ShardKeys.claim_keys, and each claim's reply is ClaimReply.decode."""
+    args = [campaign_id, limit, seconds, epoch]
+    for claim in claims:
+        args += claim
+    return args
+
+
 class ClaimReply(NamedTuple):
     outcome: Claim
     serial: int = 0  # NEW, HELD: the ticket

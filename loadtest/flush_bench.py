@@ -22,6 +22,7 @@ from redis import Redis
 from coupon.outbox import Flusher, outbox_stats
 from coupon.reconcile import mysql_tickets
 from coupon.redis_state import Layout, issued_in_redis
+from coupon.scripts import claim_args
 from loadtest import bench
 from loadtest.harness import Scheduler, open_campaign
 
@@ -32,21 +33,27 @@ DATABASE_URL = os.environ.get("FLUSH_BENCH_DATABASE_URL",
 
 
 def fill_outbox(svc, campaign_id, rows):
-    """Claim serials 1..rows for users u1..: the same script and entries as real issuing."""
+    """Claim serials 1..rows for users u1..: the same script and entries as real issuing, 500
+    claims a call. Return [(claims, seconds)] of each call, in order."""
     keys = svc.keys(campaign_id)
     per_shard = {}
     for serial in range(1, rows + 1):
         user = f"u{serial}"
         per_shard.setdefault(keys.shard_of(user), []).append((user, serial))
     layout = Layout.of(svc.redis.hgetall(keys.meta))
+    calls = []
     for k, claims in per_shard.items():
         shard = keys.shard(k)
         for i in range(0, len(claims), 500):
-            args, buckets = [campaign_id, 0, 10, layout.epoch], []  # rate limit off
-            for user, serial in claims[i:i + 500]:
-                args += [user, serial, svc.signer.ticket_code(campaign_id, serial)]
-                buckets.append(shard.bucket(keys.bucket_of(user, layout.buckets)))
+            part = claims[i:i + 500]
+            started = time.perf_counter()
+            args = claim_args(campaign_id, 0, 10, layout.epoch,  # rate limit off
+                              [(user, serial, svc.signer.ticket_code(campaign_id, serial))
+                               for user, serial in part])
+            buckets = [shard.bucket(keys.bucket_of(user, layout.buckets)) for user, _ in part]
             svc.redis.run(svc.scripts.claim, shard.claim_keys(0, buckets), args)
+            calls.append((len(part), time.perf_counter() - started))
+    return calls
 
 
 def flush_rate(svc, rows):
