@@ -67,9 +67,10 @@ bench: setup-dev
 	$(BIN)/python -m loadtest.bench $(if $(DURATION),--duration $(DURATION)) $(if $(ONLY),--only $(ONLY)) \
 		$(if $(WITH_OPS_PAGE),--with-ops-page) $(if $(RECORD),--record)
 
-# what a big sale costs: memory per coupon, recover and close of one campaign of N [N=1000000]
+# what a big sale costs: memory per coupon, recover and close of one campaign of N [N=1000000],
+# and what IDLE live campaigns cost while nobody asks [IDLE=1000; 0: skip]
 bench-scale: setup-dev
-	$(BIN)/python -m loadtest.bench_scale $(if $(N),--n $(N))
+	$(BIN)/python -m loadtest.bench_scale $(if $(N),--n $(N)) $(if $(IDLE),--idle $(IDLE))
 
 # A local Redis Cluster (3 masters, 3 replicas, under instance/cluster/) for trying the service
 # on one: prints the REDIS_CLUSTER_NODES to export before `make run`.

@@ -89,9 +89,19 @@ def shard_tag(k, shards):
     return "{s%d.%d}" % (k, n)
 
 
+def outbox_news(shards):
+    """The outbox news set of each claim shard (ShardKeys.news), by shard index."""
+    return [news_of(shard_tag(k, shards)) for k in range(shards)]
+
+
+def news_of(tag):
+    return tag + ":outbox_news"
+
+
 class ShardKeys:
     def __init__(self, tag, campaign_id, k):
         self.index = k
+        self.campaign_id = campaign_id
         # the tag in braces decides the slot; the campaign id after it, which keys these are
         self.prefix = prefix = "%s:c:%d" % (tag, campaign_id)
         self.claimed = prefix + ":claimed"  # bitmap: serial -> claimed in this shard
@@ -100,7 +110,7 @@ class ShardKeys:
         # shared by every campaign's shard K: the ids of the campaigns whose outbox stream of this
         # shard may hold entries (claim.lua adds, ack_outbox.lua removes once it is empty); what
         # the flush job reads, rather than every stream of every campaign
-        self.news = tag + ":outbox_news"
+        self.news = news_of(tag)
 
     def bucket(self, i):
         """Claims bucket i of the shard: hash user id -> scripts.StoredClaim (see above)."""

@@ -33,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from coupon import db
 from coupon.health import check_readiness
 from coupon.keys import JOB_SUCCESS, SCHEDULER_LEADER, active_campaigns
-from coupon.outbox import outbox_stats
+from coupon.outbox import campaigns_with_news, outbox_stats
 
 SCRAPE_CACHE = 2.0  # seconds a scrape reuses the figures read from Redis or the database
 FLUSH_EVERY = 0.25  # seconds answers may wait to be counted while requests are in progress
@@ -131,9 +131,9 @@ class Metrics:
         """(text, content type) of /metrics, with every answer given so far counted."""
         if self._registry is None:  # built on the first scrape
             self._registry = self._host_registry()
-            for collector in (OutboxCollector(svc.redis, svc.keys), ReadinessCollector(svc),
-                              SchedulerCollector(svc.redis), CampaignsCollector(svc),
-                              LostCampaignsCollector(svc)):
+            outbox = OutboxCollector(svc.redis, svc.keys, svc.config["CLAIM_SHARDS"])
+            for collector in (outbox, ReadinessCollector(svc), SchedulerCollector(svc.redis),
+                              CampaignsCollector(svc), LostCampaignsCollector(svc)):
                 self._registry.register(collector)
         self.count_answers()
         return generate_latest(self._registry), CONTENT_TYPE_LATEST
@@ -197,16 +197,20 @@ class ScrapeCollector:
 
 
 class OutboxCollector(ScrapeCollector):
-    """Outbox backlog and flush lag of the active campaigns: per read, the registry and one batch
-    of 2 x CLAIM_SHARDS commands per campaign."""
+    """Outbox backlog and flush lag of the active campaigns: per read, the registry, the outbox
+    news sets, and a batch of 2 x CLAIM_SHARDS commands per campaign with claims to flush (the
+    others have none: 0 and 0)."""
 
-    def __init__(self, redis, keys):
+    def __init__(self, redis, keys, shards):
         super().__init__()
         self.redis = redis
         self.keys = keys  # campaign id -> CampaignKeys
+        self.shards = shards
 
     def read(self):
-        return {c: outbox_stats(self.redis, self.keys(c)) for c in active_campaigns(self.redis)}
+        flushing = campaigns_with_news(self.redis, self.shards)
+        return {c: outbox_stats(self.redis, self.keys(c)) if c in flushing else (0, 0.0)
+                for c in active_campaigns(self.redis)}
 
     def families(self, figures):
         backlog = GaugeMetricFamily(

@@ -7,6 +7,10 @@ deletes the entries. Entries a dead flusher left unacknowledged are taken over (
 Only what replicas hold is read (a durable batch, REDIS_REPLICA_ACKS): a claim that a failover
 loses was never acknowledged to its user, and must not have a row either, or its serial, issued
 again, would clash with it. A node down or unacknowledged holds back only its own streams.
+
+Which streams to read: claim.lua puts the campaign on its shard's outbox news set (one per
+shard, shared by every campaign) with each claim, and ack_outbox.lua takes it off once the
+stream is empty. So a round reads the campaigns with claims to flush, not every live one.
 """
 import time
 
@@ -15,10 +19,11 @@ from sqlalchemy.dialects import mysql, sqlite
 
 from coupon import db
 from coupon.clock import from_ms
-from coupon.keys import active_campaigns
+from coupon.keys import outbox_news
 from coupon.scripts import OutboxEntry
 
 GROUP = "flusher"
+ACK_CHUNK = 1000  # entry ids per ack_outbox.lua call (a Lua unpack has its limits)
 
 
 def insert_ignoring_duplicates(dialect_name):
@@ -39,42 +44,55 @@ def entry_row(fields):
 
 
 class Flusher:
-    def __init__(self, svc, consumer, batch=None, claim_idle=None):
+    def __init__(self, svc, consumer, batch=None, claim_idle=None, on_flushed=None):
         self.redis = svc.redis
         self.engine = svc.engine
         self.keys = svc.keys
+        self.ack_script = svc.scripts.ack_outbox
+        self.shard_count = svc.config["CLAIM_SHARDS"]
         self.consumer = consumer
         self.batch = batch or svc.config["FLUSH_BATCH"]
         idle = svc.config["FLUSH_CLAIM_IDLE"] if claim_idle is None else claim_idle
         self.claim_idle_ms = int(idle * 1000)
+        self.on_flushed = on_flushed  # called with the ids of the campaigns each commit wrote rows of
         self.insert = insert_ignoring_duplicates(self.engine.dialect.name)
         self._grouped = set()
 
-    def streams(self, campaign_ids=None):
-        ids = active_campaigns(self.redis) if campaign_ids is None else campaign_ids
-        return [shard.outbox for c in ids for shard in self.keys(c).all_shards()]
+    def shards(self, campaign_ids=None):
+        """The claim shards whose streams to read: every one of these campaigns, or (None) those
+        the outbox news sets name: the cost of a round is that of the campaigns with claims to
+        flush, however many are live."""
+        if campaign_ids is not None:
+            return [shard for c in campaign_ids for shard in self.keys(c).all_shards()]
+        return [self.keys(c).shard(k) for k, ids in enumerate(news(self.redis, self.shard_count))
+                for c in ids]
 
     def flush(self, campaign_ids=None, until=None, before_ack=None):
         """Flush rounds until the streams are empty or `until` (monotonic) passes; return rows moved.
 
         before_ack, if given, runs between commit and acknowledgement (tests crash there).
         """
-        streams = self.streams(campaign_ids)
+        shards = {shard.outbox: shard for shard in self.shards(campaign_ids)}
         moved = 0
-        while True:
-            entries = self._read(streams)
-            if not entries:
-                return moved
+        while shards:
+            entries, unread = self._read(list(shards))
             rows = [entry_row(f) for _, _, f in entries if f]
             if rows:
                 with self.engine.begin() as conn:
                     conn.execute(self.insert, rows)
+                if self.on_flushed:
+                    self.on_flushed({row["campaign_id"] for row in rows})
             if before_ack:
                 before_ack()
-            self._ack(entries)
+            # a stream that gave nothing this round is done with: off the news set once empty
+            done = set(shards) - unread - {stream for stream, _, _ in entries}
+            self._ack(entries, shards, done)
+            for stream in done | unread:  # an unread one: next flush
+                del shards[stream]
             moved += len(rows)
             if until is not None and time.monotonic() > until:
-                return moved
+                break
+        return moved
 
     def _ensure_groups(self, streams):
         """Make the consumer group of the streams that exist and have none yet; return the
@@ -95,7 +113,8 @@ class Flusher:
 
     def _read(self, streams):
         """One round trip: per stream, what this consumer left pending, what dead ones left
-        pending, then new entries. Returns [(stream, id, fields or None)]."""
+        pending, then new entries. Returns ([(stream, id, fields or None)], the streams whose
+        node did not answer)."""
         streams = self._ensure_groups(streams)
         replies = self._read_batch(streams).execute(raise_on_error=False)
         if any(isinstance(r, ResponseError) and "NOGROUP" in str(r) for r in replies):
@@ -108,17 +127,18 @@ class Flusher:
         errors = [r for r in replies if isinstance(r, Exception)]
         if errors and len(errors) == len(replies):
             raise errors[0]
-        entries, seen = [], set()
+        entries, seen, unread = [], set(), set()
         for i, stream in enumerate(streams):
             own, claimed, new = replies[3 * i: 3 * i + 3]
             if any(isinstance(r, Exception) for r in (own, claimed, new)):
-                continue  # its node is down or its replica behind: next round
+                unread.add(stream)  # its node is down or its replica behind: next round
+                continue
             found = [e for _, es in (own or []) for e in es] + list(claimed[1]) + [e for _, es in (new or []) for e in es]
             for entry_id, fields in found:
                 if (stream, entry_id) not in seen:
                     seen.add((stream, entry_id))
                     entries.append((stream, entry_id, fields or None))
-        return entries
+        return entries, unread
 
     def _read_batch(self, streams):
         batch = self.redis.batch(durable=True)
@@ -129,15 +149,36 @@ class Flusher:
             batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.batch)
         return batch
 
-    def _ack(self, entries):
-        by_stream = {}
+    def _ack(self, entries, shards, done):
+        """Acknowledge and delete the flushed entries (ack_outbox.lua), and check the streams in
+        `done`: each one empty leaves its news set."""
+        by_stream = {stream: [] for stream in done}
         for stream, entry_id, _ in entries:
             by_stream.setdefault(stream, []).append(entry_id)
         batch = self.redis.batch()
         for stream, ids in by_stream.items():
-            batch.on(stream).xack(stream, GROUP, *ids)
-            batch.on(stream).xdel(stream, *ids)  # flushed entries do not pile up in Redis
+            shard = shards[stream]
+            for i in range(0, max(1, len(ids)), ACK_CHUNK):
+                batch.script(self.ack_script, [stream, shard.news],
+                             [GROUP, shard.campaign_id, *ids[i:i + ACK_CHUNK]])
         batch.execute()
+
+
+def news(redis, shards):
+    """Per claim shard, the ids of the campaigns its outbox news set names: those whose stream of
+    that shard may hold entries (a shard whose node does not answer: none, till next time)."""
+    batch = redis.batch()
+    for key in outbox_news(shards):
+        batch.on(key).smembers(key)
+    replies = batch.execute(raise_on_error=False)
+    if all(isinstance(r, Exception) for r in replies):
+        raise replies[0]
+    return [[] if isinstance(ids, Exception) else sorted(int(c) for c in ids) for ids in replies]
+
+
+def campaigns_with_news(redis, shards):
+    """The ids of the campaigns whose outbox may hold entries (any shard's news set names them)."""
+    return {c for ids in news(redis, shards) for c in ids}
 
 
 def outbox_stats(redis, keys):

@@ -1,7 +1,8 @@
 """Compare a campaign's claims in Redis with its rows in the database. Reports; never deletes."""
+import hashlib
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from coupon import db
 from coupon.queries import rows_by_serial
@@ -71,80 +72,102 @@ def mysql_tickets(engine, campaign_id):
         return {user: (serial, code) for user, serial, code in rows}
 
 
-def reconcile(redis, engine, keys, signer=None):
+def reconcile(redis, engine, keys, signer):
     """Compare a campaign's claims in Redis with its rows, in memory that does not grow with it.
 
-    Each side is streamed in chunks into, per claim shard, a count and an order-independent
-    digest of its tickets (user, serial, code); a shard whose count and digest agree with the
-    rows of its users holds exactly those tickets (the rows have no user or serial twice: their
-    unique keys). Only the shards that differ are compared ticket by ticket, so that the report
-    names every difference. A claim's code is derived from its serial by `signer` (Redis stores
-    none); without a signer only users and serials are compared."""
+    Per claim shard, both sides are reduced to a count and an order-independent digest of their
+    tickets (user, serial, code): the claims streamed from Redis, the rows by the database itself
+    (database_tallies). A shard whose count and digest agree with the rows of its users holds
+    exactly those tickets (the rows have no user or serial twice: their unique keys). Only the
+    shards that differ are compared ticket by ticket, so that the report names every difference.
+    Redis stores no code: a claim's is derived from its serial by `signer`."""
     total = campaign_total(engine, keys.campaign_id)
-    columns = TICKET if signer else TICKET[:2]
     tickets = tickets_of(redis, keys, signer)
     counter, in_redis = 0, []
     for shard in keys.all_shards():
         in_redis.append(tally(tickets(shard)))
         counter += int(redis.hget(shard.state, "issued") or 0)
-    counts, digests, shard_of = [0] * keys.shards, [0] * keys.shards, keys.shard_of
-    for rows in rows_by_serial(engine, keys.campaign_id, columns, chunk=CHUNK):
-        for row in rows:  # the hot loop of a close: kept plain (a row hashes as its tuple)
-            k = shard_of(row[0])
-            counts[k] += 1
-            digests[k] += hash(row)
-    in_mysql = [(count, digest & DIGEST_MASK) for count, digest in zip(counts, digests)]
-    report = Report(keys.campaign_id, sum(c for c, _ in in_redis), counter, sum(counts))
+    in_mysql = database_tallies(engine, keys)
+    report = Report(keys.campaign_id, sum(c for c, _ in in_redis), counter, sum(c for c, _ in in_mysql))
     differing = [shard for shard, r, m in zip(keys.all_shards(), in_redis, in_mysql) if r != m]
     if differing:
-        compare_tickets(report, engine, keys, differing, total, tickets, columns)
+        compare_tickets(report, engine, keys, differing, total, tickets)
     # the rows' serials are those of every shard that agrees
     report.beyond_total = sorted({*report.beyond_total, *serials_above(engine, keys.campaign_id, total)})
     return report
 
 
 def tickets_of(redis, keys, signer):
-    """shard -> its claims as tickets: (user, serial, code), or (user, serial) without a signer."""
+    """shard -> its claims as tickets: (user, serial, code)."""
     def tickets(shard):
         for user, claim in shard_claims(redis, shard):
-            if signer:
-                yield user, claim.serial, signer.ticket_code(keys.campaign_id, claim.serial)
-            else:
-                yield user, claim.serial
+            yield user, claim.serial, signer.ticket_code(keys.campaign_id, claim.serial)
     return tickets
 
 
-DIGEST_MASK = 2**64 - 1
+def ticket_digest(user, serial, code):
+    """64 bits of MD5("user|serial|code"): what MySQL computes of a row in database_tallies."""
+    return int.from_bytes(hashlib.md5(f"{user}|{serial}|{code}".encode()).digest()[:8], "big")
 
 
 def tally(tickets):
-    """(how many, the sum of their hashes modulo 2**64): equal for equal sets of tickets, in any
-    order. Python's hash of a tuple is keyed per process: both sides are summed in this one."""
+    """(how many, the sum of their digests): equal for equal sets of tickets, in any order."""
     count = digest = 0
-    for ticket in tickets:
+    for user, serial, code in tickets:
         count += 1
-        digest += hash(ticket)
-    return count, digest & DIGEST_MASK
+        digest += ticket_digest(user, serial, code)
+    return count, digest
 
 
-def compare_tickets(report, engine, keys, shards, total, tickets, columns):
+# a row's claim shard and digest, as keys.CampaignKeys.shard_of and ticket_digest compute them
+# (MySQL's CRC32 and MD5 read the utf8mb4 bytes, as Python's of str.encode()); SUM of BIGINT
+# UNSIGNED is an exact DECIMAL
+SHARD_TALLIES = text(
+    "SELECT CRC32(user_id) % :shards AS shard, COUNT(*),"
+    " SUM(CAST(CONV(LEFT(MD5(CONCAT_WS('|', user_id, serial, code)), 16), 16, 10) AS UNSIGNED))"
+    f" FROM {db.coupons.name} WHERE campaign_id = :campaign_id GROUP BY shard")
+
+
+def database_tallies(engine, keys):
+    """Per claim shard, tally() of the campaign's rows of its users: by MySQL/MariaDB itself in
+    one query (no row crosses the wire), elsewhere (SQLite) from the rows streamed."""
+    if engine.dialect.name not in ("mysql", "mariadb"):
+        return streamed_tallies(engine, keys)
+    tallies = [(0, 0)] * keys.shards
+    with engine.connect() as conn:
+        for k, count, digest in conn.execute(SHARD_TALLIES, {"shards": keys.shards,
+                                                             "campaign_id": keys.campaign_id}):
+            tallies[int(k)] = (count, int(digest))
+    return tallies
+
+
+def streamed_tallies(engine, keys):
+    counts, digests = [0] * keys.shards, [0] * keys.shards
+    for rows in rows_by_serial(engine, keys.campaign_id, TICKET, chunk=CHUNK):
+        for user, serial, code in rows:
+            k = keys.shard_of(user)
+            counts[k] += 1
+            digests[k] += ticket_digest(user, serial, code)
+    return list(zip(counts, digests))
+
+
+def compare_tickets(report, engine, keys, shards, total, tickets):
     """Name each difference between the claims of these shards and the rows of their users."""
-    claims = {user: rest for shard in shards for user, *rest in tickets(shard)}
+    claims = {user: (serial, code) for shard in shards for user, serial, code in tickets(shard)}
     indexes = {shard.index for shard in shards}
-    serials = {serial for serial, *_ in claims.values()}
+    serials = {serial for serial, _ in claims.values()}
     rows, holder_of = {}, {}  # the rows of these shards' users; who holds these serials in the rows
-    for chunk in rows_by_serial(engine, keys.campaign_id, columns, chunk=CHUNK):
-        for user, serial, *rest in chunk:
+    for chunk in rows_by_serial(engine, keys.campaign_id, TICKET, chunk=CHUNK):
+        for user, serial, code in chunk:
             if keys.shard_of(user) in indexes:
-                rows[user] = [serial, *rest]
+                rows[user] = (serial, code)
             if serial in serials:
                 holder_of[serial] = user
     report.missing_in_mysql = sorted(set(claims) - set(rows))
     report.extra_in_mysql = sorted(set(rows) - set(claims))
-    report.different = sorted((u, tuple(claims[u]), tuple(rows[u]))
-                              for u in set(claims) & set(rows) if claims[u] != rows[u])
+    report.different = sorted((u, claims[u], rows[u]) for u in set(claims) & set(rows) if claims[u] != rows[u])
     holders = {}
-    for user, (serial, *_) in claims.items():
+    for user, (serial, _) in claims.items():
         holders.setdefault(serial, set()).add(user)
     for serial, user in holder_of.items():  # held in a shard that agrees with the rows
         if keys.shard_of(user) not in indexes:

@@ -171,12 +171,23 @@ def issued_in_redis(redis, keys):
 def stock_in_redis(redis, keys):
     """(total, issued) of a campaign as Redis holds it (issued: its shards' counters summed);
     None if Redis does not hold it."""
+    return stocks_in_redis(redis, [keys]).get(keys.campaign_id)
+
+
+def stocks_in_redis(redis, campaigns):
+    """{campaign id: (total, issued)} of these campaigns' keys, of those Redis holds: one batch."""
     batch = redis.batch()
-    batch.on(keys.meta).hget(keys.meta, "total")
-    for shard in keys.all_shards():
-        batch.on(shard.state).hget(shard.state, "issued")
-    total, *counts = batch.execute()
-    return None if total is None else (int(total), sum(int(c or 0) for c in counts))
+    for keys in campaigns:
+        batch.on(keys.meta).hget(keys.meta, "total")
+        for shard in keys.all_shards():
+            batch.on(shard.state).hget(shard.state, "issued")
+    replies, stocks, at = batch.execute(), {}, 0
+    for keys in campaigns:
+        total, *counts = replies[at:at + 1 + keys.shards]
+        at += 1 + keys.shards
+        if total is not None:
+            stocks[keys.campaign_id] = (int(total), sum(int(c or 0) for c in counts))
+    return stocks
 
 
 def stored_claim(redis, keys, user_id):

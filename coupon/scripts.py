@@ -157,6 +157,8 @@ class Scripts:
         self._lease, self._renew, self._give_back = load("lease"), load("renew"), load("give_back")
         self._leader, self._resign = load("leader"), load("resign")
         self._raise_total = load("raise_total")
+        # the flusher sends it pipelined, per stream (outbox.Flusher)
+        self.ack_outbox = load("ack_outbox")
 
     def lease(self, keys, epoch, lease_id, most, ttl_ms, tail, waiting):
         """Lease up to `most` serials for `ttl_ms` (the same ones again for the same lease id),

@@ -14,9 +14,10 @@ MAX_BACKOFF = 30.0  # seconds between tries at most, while the database is down
 
 
 class FlushJob:
-    def __init__(self, svc, interval):
+    def __init__(self, svc, interval, on_flushed=None):
         self.metrics = svc.metrics
-        self.flusher = Flusher(svc, consumer=f"jobs:{socket.gethostname()}:{os.getpid()}")
+        self.flusher = Flusher(svc, consumer=f"jobs:{socket.gethostname()}:{os.getpid()}",
+                               on_flushed=on_flushed)
         self.interval = interval
         self.backoff = ExponentialBackoff(cap=MAX_BACKOFF, base=interval)
         self.failures = 0

@@ -1,5 +1,11 @@
 """Reclaim job: serials of expired leases (a worker died holding them) that were never claimed
-go back to the campaign's returned list, which refills take from first."""
+go back to the campaign's returned list, which refills take from first.
+
+A round looks at the campaigns that hold leases, and at the others only once a lease taken since
+the last look could have expired (LEASE_TTL later): a campaign nobody asks for costs one command
+per LEASE_TTL."""
+import time
+
 from coupon.keys import active_campaigns
 from coupon.scripts import decode_serials
 
@@ -16,10 +22,11 @@ def claimed_serials(redis, keys, serials):
     return {s for k in range(keys.shards) for s, bit in zip(serials, bits[k * n:(k + 1) * n]) if bit}
 
 
-def reclaim_expired(svc, grace):
-    """Return unclaimed serials of leases expired more than `grace` seconds ago; return the count."""
+def reclaim_expired(svc, grace, campaign_ids=None):
+    """Return unclaimed serials of leases expired more than `grace` seconds ago, of these
+    campaigns (every active one if None); return the count."""
     returned = 0
-    for campaign_id in active_campaigns(svc.redis):
+    for campaign_id in active_campaigns(svc.redis) if campaign_ids is None else campaign_ids:
         keys = svc.keys(campaign_id)
         now_ms = svc.redis.time_at(keys.leases)  # the clock lease.lua stamped the expiries with
         for lease_id in svc.redis.zrangebyscore(keys.leases, "-inf", now_ms - int(grace * 1000)):
@@ -28,3 +35,26 @@ def reclaim_expired(svc, grace):
             given = svc.scripts.give_back(keys, lease_id, [s for s in serials if s not in claimed])
             returned += given or 0
     return returned
+
+
+class ReclaimJob:
+    def __init__(self, svc, grace):
+        self.svc = svc
+        self.grace = grace
+        self.quiet_for = svc.config["LEASE_TTL"]  # a lease taken after a look expires no sooner
+        self._next_look = {}  # campaign id -> monotonic time before which it needs no look
+
+    def __call__(self):
+        svc, now = self.svc, time.monotonic()
+        active = active_campaigns(svc.redis)
+        due = [c for c in active if self._next_look.get(c, 0) <= now]
+        batch = svc.redis.batch()
+        for campaign_id in due:
+            leases = svc.keys(campaign_id).leases
+            batch.on(leases).zcard(leases)
+        holding = [c for c, n in zip(due, batch.execute() if due else []) if n]
+        returned = reclaim_expired(svc, self.grace, holding)
+        live = set(active)
+        self._next_look = {c: t for c, t in self._next_look.items() if c in live}
+        self._next_look.update({c: now + self.quiet_for for c in due if c not in holding})
+        return returned

@@ -1,32 +1,104 @@
 """Stock sync job: write the issued counts of active campaigns into the campaigns table, and
-raise their stock in Redis to the database's where an add-stock's Redis part failed."""
+raise their stock in Redis to the database's where an add-stock's Redis part failed.
+
+A round costs what may have moved, not every live campaign: it counts the campaigns with claims
+not yet flushed (the outbox news sets), those the flush job wrote rows of since the last round,
+and each campaign once when this scheduler first sees it. Totals: one query of the database's,
+and Redis's read where the database's is higher than last seen, or last seen a while ago (a
+preload racing an add-stock can have lowered it)."""
 import logging
+import threading
+import time
 
 from sqlalchemy import bindparam, select, update
 
 from coupon import db
 from coupon.keys import active_campaigns
-from coupon.redis_state import stock_in_redis
+from coupon.outbox import campaigns_with_news
+from coupon.redis_state import stocks_in_redis
 
 log = logging.getLogger(__name__)
+TOTAL_RECHECK = 60.0  # seconds a total read from Redis is trusted to be at least the database's
 
 
 def sync_stock(svc):
-    """Walk the registry of active campaigns (never SCAN); return how many it synced."""
-    in_redis = {}
-    for campaign_id in active_campaigns(svc.redis):
-        stock = stock_in_redis(svc.redis, svc.keys(campaign_id))
-        if stock is not None:
-            in_redis[campaign_id] = stock
-    if not in_redis:
-        return 0
+    """Count and raise every active campaign at once (a round of the job does part of this);
+    return how many were counted."""
+    campaign_ids = active_campaigns(svc.redis)
+    counted = count_issued(svc, campaign_ids)
+    raise_totals(svc, campaign_ids, database_totals(svc.engine))
+    return counted
+
+
+def count_issued(svc, campaign_ids):
+    """Write Redis's issued counts of these campaigns into their rows; return how many."""
+    stocks = stocks_in_redis(svc.redis, [svc.keys(c) for c in campaign_ids])
+    if stocks:
+        c = db.campaigns.c
+        with svc.engine.begin() as conn:
+            conn.execute(update(db.campaigns).where(c.id == bindparam("cid")).values(issued=bindparam("count")),
+                         [{"cid": cid, "count": issued} for cid, (_, issued) in stocks.items()])
+    return len(stocks)
+
+
+def database_totals(engine):
+    """{campaign id: total} of the campaigns not closed."""
     c = db.campaigns.c
-    with svc.engine.begin() as conn:
-        conn.execute(update(db.campaigns).where(c.id == bindparam("cid")).values(issued=bindparam("count")),
-                     [{"cid": cid, "count": issued} for cid, (_, issued) in in_redis.items()])
-        totals = conn.execute(select(c.id, c.total).where(c.id.in_(in_redis))).all()
-    for campaign_id, total in totals:
-        if total > in_redis[campaign_id][0]:
-            svc.scripts.raise_total(svc.keys(campaign_id), total)
-            log.info("raised the stock of campaign %d in Redis to the database's %d", campaign_id, total)
-    return len(in_redis)
+    with engine.connect() as conn:
+        return dict(conn.execute(select(c.id, c.total).where(c.status != "closed")).all())
+
+
+def raise_totals(svc, campaign_ids, totals):
+    """Raise Redis's total of these campaigns to the database's (`totals`) where it is lower;
+    return {campaign id: the total Redis holds now} of those it holds."""
+    campaign_ids = [c for c in campaign_ids if c in totals]
+    batch = svc.redis.batch()
+    for campaign_id in campaign_ids:
+        meta = svc.keys(campaign_id).meta
+        batch.on(meta).hget(meta, "total")
+    held = {}
+    for campaign_id, total in zip(campaign_ids, batch.execute() if campaign_ids else []):
+        if total is None:
+            continue  # released since the registry was read, or lost (recover raises it)
+        held[campaign_id] = int(total)
+        if totals[campaign_id] > held[campaign_id]:
+            svc.scripts.raise_total(svc.keys(campaign_id), totals[campaign_id])
+            held[campaign_id] = totals[campaign_id]
+            log.info("raised the stock of campaign %d in Redis to the database's %d",
+                     campaign_id, totals[campaign_id])
+    return held
+
+
+class StockSyncJob:
+    def __init__(self, svc):
+        self.svc = svc
+        self._lock = threading.Lock()  # the flush job runs in another thread of the scheduler
+        self._flushed = set()  # campaigns the flush job wrote rows of since the last round
+        self._counted = set()  # campaigns counted at least once by this scheduler
+        self._totals = {}  # campaign id -> (the total Redis held, monotonic time it was read)
+
+    def flushed(self, campaign_ids):
+        """The flush job wrote rows of these campaigns (its on_flushed)."""
+        with self._lock:
+            self._flushed |= campaign_ids
+
+    def __call__(self):
+        svc = self.svc
+        active = set(active_campaigns(svc.redis))
+        with self._lock:
+            flushed, self._flushed = self._flushed, set()
+        news = campaigns_with_news(svc.redis, svc.config["CLAIM_SHARDS"])
+        due = active & (news | flushed) | (active - self._counted)
+        try:
+            counted = count_issued(svc, sorted(due))
+        except Exception:
+            self.flushed(flushed)  # counted next round
+            raise
+        self._counted = (self._counted | due) & active
+        totals, now = database_totals(svc.engine), time.monotonic()
+        seen = {c: seen for c, seen in self._totals.items() if c in active}
+        look = sorted(c for c in active if c not in seen or now - seen[c][1] > TOTAL_RECHECK
+                      or totals.get(c, 0) > seen[c][0])
+        seen.update({c: (total, now) for c, total in raise_totals(svc, look, totals).items()})
+        self._totals = seen
+        return counted

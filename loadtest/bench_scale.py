@@ -7,7 +7,9 @@
       the outbox drained, less what it was before;
   (3) `flask campaign recover` after the campaign's keys are deleted (Redis lost it): seconds
       and peak RSS of the command;
-  (4) `flask campaign close`: seconds and peak RSS of the command, its report.
+  (4) `flask campaign close`: seconds and peak RSS of the command, its report;
+  (5) what live campaigns cost while nobody asks for them (loadtest/bench_idle.py): Redis
+      commands per second and the scheduler's CPU, with IDLE campaigns (default 1000).
 
 Uses Redis db 13 and the MariaDB database `coupon_scalebench` (made anew); prints a table.
 """
@@ -23,6 +25,7 @@ from coupon import redis_state
 from coupon.outbox import Flusher, outbox_stats
 from coupon.queries import count_rows
 from loadtest import bench
+from loadtest.bench_idle import measure_idle
 from loadtest.flush_bench import fill_outbox
 from loadtest.harness import ROOT, open_campaign
 
@@ -30,6 +33,7 @@ REDIS_URL = os.environ.get("SCALE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 DATABASE_URL = os.environ.get("SCALE_BENCH_DATABASE_URL",
                               "mysql+pymysql://root@127.0.0.1:3306/coupon_scalebench")
 FLASK = os.path.join(ROOT, ".venv", "bin", "flask")
+IDLE_SECONDS = 60.0
 
 
 # runs a command and prints its peak RSS (KB) last on stderr. A child's peak counts the RSS of
@@ -73,6 +77,7 @@ def pipelined(raw, keys, command, per_round=1000):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--idle", type=int, default=1000, help="live campaigns of (5); 0: skip it")
     args = parser.parse_args()
     if not 1000 <= args.n <= 10_000_000:
         raise SystemExit("N is from 1000 to 10,000,000")
@@ -111,6 +116,11 @@ def main():
         print(f"  {what:<30} {figure:<34} {more}")
     print(f"  close's report: {report}")
     raw.flushdb()
+    if args.idle:
+        figures = measure_idle(args.idle, IDLE_SECONDS)
+        print(f"== bench-scale: {args.idle:,} live campaigns nobody asks for, over {IDLE_SECONDS:.0f} s")
+        for what, figure in figures.items():
+            print(f"  {what:<30} {figure:.1f}")
 
 
 if __name__ == "__main__":

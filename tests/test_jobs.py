@@ -11,7 +11,7 @@ from sqlalchemy import select
 from coupon import campaigns, clock, db, queries, redis_state
 from coupon.keys import SCHEDULER_LEADER
 from coupon.outbox import Flusher, outbox_stats
-from coupon.reconcile import mysql_tickets, reconcile, redis_claims
+from coupon.reconcile import database_tallies, mysql_tickets, reconcile, redis_claims, streamed_tallies
 from coupon.scripts import StoredClaim
 from jobs.lifecycle import open_and_close_due
 from jobs.stock_sync import sync_stock
@@ -155,6 +155,24 @@ def test_reconcile_names_every_difference_of_every_kind(svc, redis_client):
     assert [u for u, _, _ in report.different] == ["user-2"]
     assert report.duplicate_serials == [(serial_of[original], sorted([original, twin]))]
     assert report.beyond_total == [290]
+
+
+def test_the_database_tallies_its_rows_as_python_does(svc):
+    """MySQL's per-shard count and digest sum of the rows (CRC32, MD5) equal Python's of the
+    same rows, for user ids of any script and length: else every close would compare ticket by
+    ticket, or worse, two different sets could pass for equal."""
+    campaign_id = open_campaign(svc, 400)
+    odd = ["사용자", "émile", "ユーザー", "x" * 64, "a|b", "😀" * 16, "tab\tuser", "O'Brien"]
+    users = odd + [f"user-{i}" for i in range(300)]
+    with svc.engine.begin() as conn:
+        conn.execute(db.coupons.insert(), [
+            {"campaign_id": campaign_id, "user_id": user, "serial": serial, "code": f"code-{serial}",
+             "issued_at": clock.utcnow()} for serial, user in enumerate(users, 1)])
+    keys = svc.keys(campaign_id)
+    tallies = database_tallies(svc.engine, keys)
+    assert tallies == streamed_tallies(svc.engine, keys)
+    assert sum(count for count, _ in tallies) == len(users)
+    assert all(count for count, _ in tallies)  # each shard has rows: each compared
 
 
 @on_single_and_cluster
