@@ -7,11 +7,16 @@
       the outbox drained, less what it was before;
   (3) `flask campaign recover` after the campaign's keys are deleted (Redis lost it): seconds
       and peak RSS of the command;
-  (4) `flask campaign close`: seconds and peak RSS of the command, its report.
+  (4) `flask campaign close`: seconds and peak RSS of the command, its report;
+  (5) the operators' page of the campaign, served by one gevent worker: live.json polled while
+      the claims are written and flushed, history.json, and replay.json while Redis holds the
+      campaign and again once it is closed, each with the longest wait of a second client.
 
 Uses Redis db 13 and the MariaDB database `coupon_scalebench` (made anew); prints a table.
 """
 import argparse
+import http.client
+import json
 import os
 import subprocess
 import sys
@@ -24,7 +29,7 @@ from coupon.outbox import Flusher, outbox_stats
 from coupon.queries import count_rows
 from loadtest import bench
 from loadtest.flush_bench import fill_outbox
-from loadtest.harness import ROOT, open_campaign
+from loadtest.harness import ROOT, Gunicorn, open_campaign
 
 REDIS_URL = os.environ.get("SCALE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 DATABASE_URL = os.environ.get("SCALE_BENCH_DATABASE_URL",
@@ -51,6 +56,96 @@ def flask(env, *args):
     return seconds, int(done.stderr.split()[-1]) / 1024, done.stdout
 
 
+# polls GET http://127.0.0.1:PORT/PATH every INTERVAL s (0: back to back) until its stdin closes,
+# passing the previous answer's `now` as `since` as the page does; prints each poll's seconds. A
+# process of its own: in the benchmark's, a poll would wait for the GIL the claims hold
+POLLER = """
+import http.client, json, sys, threading, time
+port, path, interval = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+done = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+conn, since = http.client.HTTPConnection("127.0.0.1", port, timeout=120), None
+while not done.is_set():
+    started = time.perf_counter()
+    conn.request("GET", path + (f"&since={since}" if since else ""))
+    answer = conn.getresponse()
+    body = answer.read()
+    seconds = time.perf_counter() - started
+    assert answer.status == 200, (answer.status, body)
+    since = json.loads(body).get("now") if "?" in path else None
+    print(seconds, flush=True)
+    done.wait(max(0.0, interval - seconds))
+"""
+
+
+def ops_page(env, campaign_id, label, during=None):
+    """The operators' page of the campaign, served by one gevent worker (a slow answer makes
+    every other request to it wait): live.json polled every 0.5 s (two pages open) while
+    `during()` runs; then history.json once and replay.json twice, while a second client asks
+    /healthz back to back: its longest wait is about the longest time the worker's loop was held.
+    "loop blocked": the reports of gevent's monitor in the worker's log; looking every 25 ms, it
+    reports each stretch of more than 50 ms without a switch (and some of 25 to 50 ms). Returns
+    the rows of the table."""
+    os.makedirs(os.path.join(ROOT, "reports"), exist_ok=True)
+    server = Gunicorn(env, workers=1, private_metrics=True,
+                      log_path=os.path.join(ROOT, "reports", f"bench-scale-ops-{label.replace(' ', '-')}.log"),
+                      GEVENT_MONITOR_THREAD_ENABLE="true", GEVENT_MAX_BLOCKING_TIME="0.025")
+
+    def poll(path, interval):
+        return subprocess.Popen([sys.executable, "-c", POLLER, str(server.port), path, str(interval)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def stop(poller):
+        out, _ = poller.communicate("")
+        if poller.returncode:
+            raise SystemExit(f"polling the operators' page failed (exit {poller.returncode})")
+        return sorted(float(line) for line in out.split())
+
+    def get(path):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        started = time.perf_counter()
+        conn.request("GET", path)
+        answer = conn.getresponse()
+        body = answer.read()
+        seconds = time.perf_counter() - started
+        conn.close()
+        if answer.status != 200:
+            raise SystemExit(f"GET {path}: {answer.status} {body[:200]}")
+        return seconds, json.loads(body)
+
+    def blocked():
+        with open(server.log_path) as log:
+            return log.read().count("appears to be blocked")
+
+    def ms(seconds):
+        return f"{seconds * 1000:.0f} ms"
+
+    rows, base = [], f"/ops/campaigns/{campaign_id}"
+    try:
+        get(f"/ops/live.json?campaign={campaign_id}")  # a worker long up: connected to both stores
+        if during:
+            live = poll(f"/ops/live.json?campaign={campaign_id}", 0.5)
+            during()
+            polls = stop(live)
+            rows.append(("ops live.json, during the sale", f"median {ms(polls[len(polls) // 2])}, "
+                         f"max {ms(polls[-1])}", f"{len(polls)} polls; loop blocked {blocked()} times"))
+            seconds, history = get(f"{base}/history.json")
+            rows.append(("ops history.json", ms(seconds), f"{history['rows']:,} rows"))
+        before = blocked()
+        prober = poll("/healthz", 0)
+        time.sleep(1)  # the prober's own pace first
+        (first, replay), (second, _) = get(f"{base}/replay.json"), get(f"{base}/replay.json")
+        time.sleep(0.2)
+        waits = stop(prober)
+        rows.append((f"ops replay.json, {label}", f"{ms(first)}, then {ms(second)}",
+                     f"{replay['rows']:,} rows; loop blocked {blocked() - before} times"))
+        rows.append(("  /healthz meanwhile", f"median {ms(waits[len(waits) // 2])}, max {ms(waits[-1])}",
+                     f"{len(waits)} asked back to back"))
+    finally:
+        server.stop()
+    return rows
+
+
 def campaign_bytes(redis, keys):
     return sum(redis.memory_usage(key) or 0 for key in keys.every_key())
 
@@ -68,14 +163,18 @@ def main():
     before = raw.info("memory")["used_memory"]
     campaign_id = open_campaign(svc, args.n, "scale")
     keys = svc.keys(campaign_id)
-    started = time.perf_counter()
-    fill_outbox(svc, campaign_id, args.n)
-    rows.append(("claims through claim.lua", f"{time.perf_counter() - started:.1f} s", ""))
-    started, flusher = time.perf_counter(), Flusher(svc, "scale-bench")
-    while outbox_stats(svc.redis, keys)[0]:
-        flusher.flush([campaign_id])
-    rows.append(("flushed into the database", f"{time.perf_counter() - started:.1f} s",
-                 f"{count_rows(svc.engine, campaign_id):,} rows"))
+
+    def sale():
+        started = time.perf_counter()
+        fill_outbox(svc, campaign_id, args.n)
+        rows.append(("claims through claim.lua", f"{time.perf_counter() - started:.1f} s", ""))
+        started, flusher = time.perf_counter(), Flusher(svc, "scale-bench")
+        while outbox_stats(svc.redis, keys)[0]:
+            flusher.flush([campaign_id])
+        rows.append(("flushed into the database", f"{time.perf_counter() - started:.1f} s",
+                     f"{count_rows(svc.engine, campaign_id):,} rows"))
+
+    ops = ops_page(env, campaign_id, "Redis holds it", during=sale)
     used = raw.info("memory")["used_memory"] - before
     rows.append(("Redis memory per held coupon", f"{used / args.n:.0f} B (used_memory)",
                  f"{campaign_bytes(raw, keys) / args.n:.0f} B (MEMORY USAGE of its keys)"))
@@ -88,6 +187,7 @@ def main():
     rows.append(("flask campaign close", f"{seconds:.1f} s ({seconds / args.n * 1e6:.1f} s per million)",
                  f"peak RSS {peak:.0f} MB"))
     report = next(line for line in out.splitlines() if line.startswith("campaign "))
+    rows += ops + ops_page(env, campaign_id, "closed")
 
     print(f"== bench-scale: one campaign of {args.n:,} coupons")
     for what, figure, more in rows:
