@@ -31,14 +31,14 @@ from sqlalchemy import select
 from coupon import db
 from coupon.api import campaign_id_of
 from coupon.clock import iso, to_ms
-from coupon.errors import CampaignNotFound, Unauthorized, error_response
+from coupon.errors import Unauthorized, error_response
 from coupon.extensions import services
 from coupon.health import readiness
 from coupon.keys import SCHEDULER_LEADER, active_campaigns
 from coupon.outbox import outbox_stats
 from coupon.queries import (
     campaign_row, campaign_status, close_report, issues_per_step, sale_replay, sale_span,
-    seconds_between, status_view, step_of,
+    seconds_between, status_of, status_view, step_of,
 )
 from coupon.scripts import decode_serials
 
@@ -120,22 +120,57 @@ def since_of(args):
 def live_state(svc, campaign_id, finished, outbox_watch, since=None):
     """What the page shows now; `finished` caches the figures of sales that can no longer move;
     `since`: the previous poll's `now`, for the highest outbox figures in between."""
-    health = health_checks(svc)
-    redis_up = health["redis"]["ok"]
-    active = active_campaigns(svc.redis) if redis_up else []
+    # health meanwhile: a poll waits for the longer of the two, not for the sum of a dozen round
+    # trips (during a big sale each waits for busy Redis and database: 144 ms at most, one after
+    # the other; BENCHMARKS.md)
+    health = Meanwhile(health_checks, svc)
+    try:
+        campaigns, view = campaigns_and_view(svc, active_campaigns(svc.redis), campaign_id,
+                                             finished, outbox_watch, since)
+    except RedisError:
+        campaigns = None
+    if campaigns is None or not health.result()["redis"]["ok"]:  # what the database says alone
+        campaigns, view = campaigns_and_view(svc, [], campaign_id, finished, outbox_watch, since)
+    return {
+        "now": time.time(),
+        "host": socket.gethostname(),
+        "health": health.result(),
+        "this_host": svc.metrics.totals(),
+        "campaigns": campaigns,
+        "campaign": view,
+    }
+
+
+def campaigns_and_view(svc, active, campaign_id, finished, outbox_watch, since):
+    """The list of campaigns, and the view of the one asked for (none asked: the first listed)."""
     campaigns = campaign_list(svc, active)
     if campaign_id is None and campaigns:
         campaign_id = campaigns[0]["id"]
     listed = next((c for c in campaigns if c["id"] == campaign_id), None)
-    return {
-        "now": time.time(),
-        "host": socket.gethostname(),
-        "health": health,
-        "this_host": svc.metrics.totals(),
-        "campaigns": campaigns,
-        "campaign": campaign_view(svc, campaign_id, listed, finished, outbox_watch, since)
-        if campaign_id else None,
-    }
+    view = campaign_view(svc, campaign_id, listed, finished, outbox_watch, since) if campaign_id else None
+    return campaigns, view
+
+
+class Meanwhile(threading.Thread):
+    """f(*args) in a thread of its own (a greenlet under gevent), started at once; result()
+    waits for it and returns what it returned, or raises what it raised."""
+
+    def __init__(self, f, *args):
+        super().__init__(daemon=True, name=f"ops-{f.__name__}")
+        self.f, self.args, self.value, self.error = f, args, None, None
+        self.start()
+
+    def run(self):
+        try:
+            self.value = self.f(*self.args)
+        except BaseException as e:  # raised again in the caller's thread
+            self.error = e
+
+    def result(self):
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 def health_checks(svc):
@@ -153,19 +188,17 @@ def health_checks(svc):
 
 def campaign_list(svc, active):
     """The campaigns Redis holds (newest first), then the most recently closed ones."""
-    live = []
-    for campaign_id in sorted(active, reverse=True):
-        try:
-            live.append(dict(campaign_status(svc, campaign_id), live=True))
-        except CampaignNotFound:  # in Redis, not in this database (another one's leftovers)
-            continue
     c = db.campaigns.c
-    with svc.engine.connect() as conn:
+    active = [i for i in active if 1 <= i <= db.MAX_ID]  # another database's could be anything
+    with svc.engine.connect() as conn:  # one connection: each checkout costs a round trip (ping)
+        # in Redis but not in this database (another one's leftovers): not listed
+        held = conn.execute(select(db.campaigns).where(c.id.in_(active)).order_by(c.id.desc())).all()
         closed = conn.execute(
             select(db.campaigns).where(c.status == "closed", c.id.not_in(active or [0]))
             .order_by(c.closed_at.desc(), c.id.desc()).limit(RECENT_CLOSED)).all()
     # closed: the database's count is final, no Redis round trip
-    return live + [dict(status_view(row, row.issued), live=False) for row in closed]
+    return ([dict(status_of(svc, row), live=True) for row in held]
+            + [dict(status_view(row, row.issued), live=False) for row in closed])
 
 
 def campaign_view(svc, campaign_id, listed, finished, outbox_watch, since):
@@ -290,18 +323,18 @@ def sale_history(svc, campaign_id):
 def replay_of(svc, campaign_id, finished):
     """A sale replayed from the database: issues per second (or per step of several seconds)
     from open to the last coupon, time to sell out, and what is known of its reconciliation.
-    A released campaign's replay is the one its close recorded; any other is counted now."""
+    The replay a close counted once Redis and the database agreed (the rows are final then);
+    any other is counted now."""
     key = ("replay", campaign_id)
     if key in finished:
         return finished[key]
     row = campaign_row(svc.engine, campaign_id)
     keys_kept = svc.redis.exists(svc.keys(campaign_id).meta)
     record = close_report(svc.engine, campaign_id)
-    released = row.status == "closed" and not keys_kept
-    counted = record["replay"] if released and record and record["replay"] else sale_replay(svc.engine, row)
+    counted = record["replay"] if record and record["replay"] else sale_replay(svc.engine, row)
     replay = {"id": campaign_id, "name": row.name, "total": row.total, **counted,
               "reconciliation": reconciliation(row, keys_kept, record, counted["rows"])}
-    if released:  # nothing of it can change
+    if row.status == "closed" and not keys_kept:  # released: nothing of it can change
         finished[key] = replay
     return replay
 

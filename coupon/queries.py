@@ -30,9 +30,13 @@ def campaign_row(engine, campaign_id):
 
 def campaign_status(svc, campaign_id):
     """Public status of a campaign: from Redis while it is live, from MySQL after close."""
-    row = campaign_row(svc.engine, campaign_id)
+    return status_of(svc, campaign_row(svc.engine, campaign_id))
+
+
+def status_of(svc, row):
+    """Public status of a campaigns row: issued from Redis while it holds the campaign."""
     try:
-        issued = issued_in_redis(svc.redis, svc.keys(campaign_id))
+        issued = issued_in_redis(svc.redis, svc.keys(row.id))
     except RedisError:
         issued = None
     return status_view(row, row.issued if issued is None else issued)

@@ -57,8 +57,9 @@ def flask(env, *args):
 
 
 # polls GET http://127.0.0.1:PORT/PATH every INTERVAL s (0: back to back) until its stdin closes,
-# passing the previous answer's `now` as `since` as the page does; prints each poll's seconds. A
-# process of its own: in the benchmark's, a poll would wait for the GIL the claims hold
+# passing the previous answer's `now` as `since` as the page does; prints each poll's start
+# (time.monotonic(), the same clock in every process) and seconds. A process of its own: in the
+# benchmark's, a poll would wait for the GIL the claims hold
 POLLER = """
 import http.client, json, sys, threading, time
 port, path, interval = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
@@ -66,14 +67,14 @@ done = threading.Event()
 threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
 conn, since = http.client.HTTPConnection("127.0.0.1", port, timeout=120), None
 while not done.is_set():
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.monotonic()
     conn.request("GET", path + (f"&since={since}" if since else ""))
     answer = conn.getresponse()
     body = answer.read()
     seconds = time.perf_counter() - started
     assert answer.status == 200, (answer.status, body)
     since = json.loads(body).get("now") if "?" in path else None
-    print(seconds, flush=True)
+    print(started_at, seconds, flush=True)
     done.wait(max(0.0, interval - seconds))
 """
 
@@ -97,7 +98,7 @@ def ops_page(env, campaign_id, label, during=None):
         out, _ = poller.communicate("")
         if poller.returncode:
             raise SystemExit(f"polling the operators' page failed (exit {poller.returncode})")
-        return sorted(float(line) for line in out.split())
+        return [tuple(map(float, line.split())) for line in out.splitlines()]
 
     def get(path):
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
@@ -120,20 +121,25 @@ def ops_page(env, campaign_id, label, during=None):
         if during:
             live = poll(f"/ops/live.json?campaign={campaign_id}", 0.5)
             during()
-            polls = stop(live)
+            polls = sorted(seconds for _, seconds in stop(live))
             rows.append(("ops live.json, during the sale", f"median {ms(polls[len(polls) // 2])}, "
                          f"max {ms(polls[-1])}", f"{len(polls)} polls"))
             seconds, history = get(f"{base}/history.json")
             rows.append(("ops history.json", ms(seconds), f"{history['rows']:,} rows"))
         prober = poll("/healthz", 0)
         time.sleep(1)  # the prober's own pace first
+        asked = time.monotonic()
         (first, replay), (second, _) = get(f"{base}/replay.json"), get(f"{base}/replay.json")
-        time.sleep(0.2)
-        waits = stop(prober)
+        answered = time.monotonic()
+        time.sleep(1)
+        probes = stop(prober)
+        during = sorted(s for t, s in probes if t + s > asked and t < answered)
+        alone = sorted(s for t, s in probes if not (t + s > asked and t < answered))
         rows.append((f"ops replay.json, {label}", f"{ms(first)}, then {ms(second)}",
                      f"{replay['rows']:,} rows"))
-        rows.append(("  /healthz meanwhile", f"median {ms(waits[len(waits) // 2])}, max {ms(waits[-1])}",
-                     f"{len(waits)} asked back to back"))
+        rows.append(("  /healthz meanwhile", f"median {ms(during[len(during) // 2])}, max {ms(during[-1])}"
+                     if during else "none asked", f"{len(during)} asked back to back; "
+                     f"in the 2 s around: max {ms(alone[-1])}"))
     finally:
         server.stop()
     return rows
