@@ -120,9 +120,8 @@ def since_of(args):
 def live_state(svc, campaign_id, finished, outbox_watch, since=None):
     """What the page shows now; `finished` caches the figures of sales that can no longer move;
     `since`: the previous poll's `now`, for the highest outbox figures in between."""
-    # health meanwhile: a poll waits for the longer of the two, not for the sum of a dozen round
-    # trips (during a big sale each waits for busy Redis and database: 144 ms at most, one after
-    # the other; BENCHMARKS.md)
+    # the health checks meanwhile: a poll waits for the longer of the two sets of round trips,
+    # not their sum (during a big sale each waits behind a busy Redis or database: BENCHMARKS.md)
     health = Meanwhile(health_checks, svc)
     try:
         campaigns, view = campaigns_and_view(svc, active_campaigns(svc.redis), campaign_id,
@@ -296,7 +295,7 @@ def sold_out_after(svc, campaign_id, total, finished):
     key = ("sold_out_after", campaign_id, total)  # add-stock makes another sale of it
     if key not in finished:
         opened, last = sale_span(svc.engine, campaign_row(svc.engine, campaign_id))
-        if last is None or opened is None:
+        if last is None:
             return None
         finished[key] = seconds_between(opened, last)
     return finished[key]

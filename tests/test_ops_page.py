@@ -160,7 +160,8 @@ def test_replay_says_what_the_last_close_found_and_never_reconciles_itself(clien
     assert close in rec["lines"][-1]
 
     with svc.engine.begin() as conn:  # the operator removes it and closes again
-        conn.execute(delete(db.coupons).where(db.coupons.c.user_id == "stray"))
+        conn.execute(delete(db.coupons).where(db.coupons.c.campaign_id == campaign_id,
+                                              db.coupons.c.user_id == "stray"))
     campaigns.close_campaign(svc, campaign_id)
     replay = client.get(f"/ops/campaigns/{campaign_id}/replay.json").json
     assert replay["rows"] == 1 and replay["reconciliation"]["agree"] is True
