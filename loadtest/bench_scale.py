@@ -133,13 +133,13 @@ def ops_page(env, campaign_id, label, during=None):
         answered = time.monotonic()
         time.sleep(1)
         probes = stop(prober)
-        during = sorted(s for t, s in probes if t + s > asked and t < answered)
-        alone = sorted(s for t, s in probes if not (t + s > asked and t < answered))
+        waits = sorted(s for t, s in probes if t + s > asked and t < answered)  # overlapping the replays
+        around = sorted(s for t, s in probes if not (t + s > asked and t < answered))
         rows.append((f"ops replay.json, {label}", f"{ms(first)}, then {ms(second)}",
                      f"{replay['rows']:,} rows"))
-        rows.append(("  /healthz meanwhile", f"median {ms(during[len(during) // 2])}, max {ms(during[-1])}"
-                     if during else "none asked", f"{len(during)} asked back to back; "
-                     f"in the 2 s around: max {ms(alone[-1])}"))
+        rows.append(("  /healthz meanwhile", f"median {ms(waits[len(waits) // 2])}, max {ms(waits[-1])}"
+                     if waits else "none asked", f"{len(waits)} asked back to back; "
+                     f"in the 2 s around: max {ms(around[-1])}"))
     finally:
         server.stop()
     return rows
