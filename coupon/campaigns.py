@@ -1,5 +1,6 @@
 """The operators' lifecycle of a campaign: create, open, add stock, stop issuing, close (drain,
 reconcile, release). Plain values in, plain values out; the CLI and the lifecycle job call these."""
+import json
 import os
 import re
 import socket
@@ -8,14 +9,14 @@ import uuid
 from typing import NamedTuple
 
 from redis.exceptions import RedisError
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from coupon import db, redis_state
 from coupon.clock import iso, utcnow
 from coupon.errors import InvalidCampaign, ReconcileMismatch, RequestIdReused, Unavailable
 from coupon.outbox import Flusher, outbox_stats
-from coupon.queries import campaign_row, count_rows
+from coupon.queries import campaign_row, count_rows, sale_replay
 from coupon.reconcile import Report, reconcile
 
 MAX_STOCK = 10_000_000
@@ -201,14 +202,27 @@ def close_campaign(svc, campaign_id, progress=None):
         return Report(campaign_id, rows, rows, rows)
     drain_outbox(svc, campaign_id, progress)
     report = reconcile(svc.redis, svc.engine, keys, svc.signer)
+    # the rows are final once they agree: the sale's replay is counted once, here
+    replay = sale_replay(svc.engine, campaign_row(svc.engine, campaign_id)) if report.agree else None
+    with svc.engine.begin() as conn:
+        record_close(conn, report, replay)
+        if report.agree:
+            conn.execute(update(db.campaigns).where(db.campaigns.c.id == campaign_id)
+                         .values(issued=report.mysql_rows))
     if not report.agree:
         raise ReconcileMismatch("\n".join(report.lines()))
-    with svc.engine.begin() as conn:
-        conn.execute(
-            update(db.campaigns).where(db.campaigns.c.id == campaign_id).values(issued=report.mysql_rows)
-        )
     redis_state.release(svc.redis, keys)
     return report
+
+
+def record_close(conn, report, replay):
+    """Keep what a close found (and the replay, once they agree) for the operators' page: the
+    last close of a campaign replaces the one before."""
+    r = db.close_reports.c
+    conn.execute(delete(db.close_reports).where(r.campaign_id == report.campaign_id))
+    conn.execute(insert(db.close_reports).values(
+        campaign_id=report.campaign_id, reconciled_at=utcnow(), agree=report.agree,
+        report="\n".join(report.lines()), replay=json.dumps(replay) if replay else None))
 
 
 def drain_outbox(svc, campaign_id, progress=None):

@@ -2,8 +2,8 @@
 import os
 
 from sqlalchemy import (
-    BigInteger, Column, DateTime, Integer, MetaData, String, Table, UniqueConstraint,
-    create_engine, event,
+    BigInteger, Boolean, Column, DateTime, Index, Integer, MetaData, String, Table, Text,
+    UniqueConstraint, create_engine, event,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import make_url
@@ -38,6 +38,22 @@ coupons = Table(
     Column("issued_at", MILLIS, nullable=False),
     UniqueConstraint("campaign_id", "user_id", name="uq_coupon_user"),
     UniqueConstraint("campaign_id", "serial", name="uq_coupon_serial"),
+    # the operators' page: a sale's first and last coupon, and its coupons per second, read from
+    # this index alone (without it, a full scan of the table: 1.1 s at a million rows)
+    Index("ix_coupon_issued_at", "campaign_id", "issued_at"),
+    mysql_engine="InnoDB",
+)
+
+# the last close of each campaign: what its reconciliation found and, once Redis and the
+# database agreed, the sale's replay, so that the operators' page reads them, never computes them
+close_reports = Table(
+    "close_reports",
+    metadata,
+    Column("campaign_id", Integer, primary_key=True, autoincrement=False),
+    Column("reconciled_at", DateTime, nullable=False),
+    Column("agree", Boolean, nullable=False),
+    Column("report", Text, nullable=False),  # reconcile.Report.lines(), one a line
+    Column("replay", Text),  # queries.sale_replay() as JSON, when they agreed
     mysql_engine="InnoDB",
 )
 
@@ -74,5 +90,7 @@ def make_engine(url):
 
 
 def init_db(engine):
-    """Create the tables that do not exist yet (idempotent)."""
+    """Create the tables and indexes that do not exist yet (idempotent)."""
     metadata.create_all(engine)
+    for index in coupons.indexes:  # create_all skips a table that exists, and so its new indexes
+        index.create(engine, checkfirst=True)

@@ -7,9 +7,11 @@ claims flushed by a scheduler sharing its metrics folder, serials in its workers
 The JSON carries counters; the page turns them into rates and keeps the recent history itself,
 so a poll costs a few Redis and database round trips. A sale's coupons per second since its
 opening come from the database, counted there (GROUP BY the second), once when the page selects
-it. While a page polls a campaign, the worker reads its outbox every SAMPLE_SECONDS, so that a
-poll can say the highest backlog and lag since the previous one (a sawtooth: it grows between
-flushes and drops at each, which a once-a-second sample would alias).
+it. A closed sale's replay, and what Redis and the database were found to agree on, are what its
+close counted and recorded: the page never reconciles (that reads every claim and row). While a
+page polls a campaign, the worker reads its outbox every SAMPLE_SECONDS, so that a poll can say
+the highest backlog and lag since the previous one (a sawtooth: it grows between flushes and
+drops at each, which a once-a-second sample would alias).
 
 In production the page asks for HTTP Basic with OPS_PASSWORD (any user name); with no password
 set it is not registered at all (404 to every method). In development it is open.
@@ -24,25 +26,26 @@ from collections import deque
 
 from flask import Blueprint, current_app, jsonify, render_template, request, send_from_directory, url_for
 from redis.exceptions import RedisError
-from sqlalchemy import Integer, cast, func, select, text
+from sqlalchemy import select
 
 from coupon import db
 from coupon.api import campaign_id_of
-from coupon.clock import EPOCH, from_ms, iso, to_ms
-from coupon.errors import CampaignNotFound, Unauthorized, error_response
+from coupon.clock import iso, to_ms
+from coupon.errors import Unauthorized, error_response
 from coupon.extensions import services
 from coupon.health import readiness
 from coupon.keys import SCHEDULER_LEADER, active_campaigns
 from coupon.outbox import outbox_stats
-from coupon.queries import campaign_row, campaign_status, status_view
-from coupon.reconcile import reconcile
+from coupon.queries import (
+    campaign_row, campaign_status, close_report, issues_per_step, sale_replay, sale_span,
+    seconds_between, status_of, status_view, step_of,
+)
 from coupon.scripts import decode_serials
 
 bp = Blueprint("ops", __name__, url_prefix="/ops")
 
 POLL_SECONDS = 1.0
 RECENT_CLOSED = 10  # closed campaigns listed after the live ones
-REPLAY_POINTS = 3600  # a longer sale is counted in steps of several seconds
 SAMPLE_SECONDS = 0.1  # the outbox is read this often while a page polls the campaign
 WATCH_SECONDS = 5.0  # and for this long after the last poll
 
@@ -102,7 +105,7 @@ def history(raw_id):
 @bp.get("/campaigns/<raw_id>/replay.json")
 def replay(raw_id):
     svc = services(current_app)
-    return jsonify(sale_replay(svc, campaign_id_of(raw_id), current_app.extensions["coupon_ops"]))
+    return jsonify(replay_of(svc, campaign_id_of(raw_id), current_app.extensions["coupon_ops"]))
 
 
 def since_of(args):
@@ -117,22 +120,56 @@ def since_of(args):
 def live_state(svc, campaign_id, finished, outbox_watch, since=None):
     """What the page shows now; `finished` caches the figures of sales that can no longer move;
     `since`: the previous poll's `now`, for the highest outbox figures in between."""
-    health = health_checks(svc)
-    redis_up = health["redis"]["ok"]
-    active = active_campaigns(svc.redis) if redis_up else []
+    # the health checks meanwhile: a poll waits for the longer of the two sets of round trips,
+    # not their sum (during a big sale each waits behind a busy Redis or database: BENCHMARKS.md)
+    health = Meanwhile(health_checks, svc)
+    try:
+        campaigns, view = campaigns_and_view(svc, active_campaigns(svc.redis), campaign_id,
+                                             finished, outbox_watch, since)
+    except RedisError:
+        campaigns = None
+    if campaigns is None or not health.result()["redis"]["ok"]:  # what the database says alone
+        campaigns, view = campaigns_and_view(svc, [], campaign_id, finished, outbox_watch, since)
+    return {
+        "now": time.time(),
+        "host": socket.gethostname(),
+        "health": health.result(),
+        "this_host": svc.metrics.totals(),
+        "campaigns": campaigns,
+        "campaign": view,
+    }
+
+
+def campaigns_and_view(svc, active, campaign_id, finished, outbox_watch, since):
+    """The list of campaigns, and the view of the one asked for (none asked: the first listed)."""
     campaigns = campaign_list(svc, active)
     if campaign_id is None and campaigns:
         campaign_id = campaigns[0]["id"]
     listed = next((c for c in campaigns if c["id"] == campaign_id), None)
-    return {
-        "now": time.time(),
-        "host": socket.gethostname(),
-        "health": health,
-        "this_host": svc.metrics.totals(),
-        "campaigns": campaigns,
-        "campaign": campaign_view(svc, campaign_id, listed, finished, outbox_watch, since)
-        if campaign_id else None,
-    }
+    view = campaign_view(svc, campaign_id, listed, finished, outbox_watch, since) if campaign_id else None
+    return campaigns, view
+
+
+class Meanwhile(threading.Thread):
+    """f(*args) in a thread of its own (a greenlet under gevent), started at once; result()
+    waits for it and returns what it returned, or raises what it raised."""
+
+    def __init__(self, f, *args):
+        super().__init__(daemon=True, name=f"ops-{f.__name__}")
+        self.f, self.args, self.value, self.error = f, args, None, None
+        self.start()
+
+    def run(self):
+        try:
+            self.value = self.f(*self.args)
+        except BaseException as e:  # raised again in the caller's thread
+            self.error = e
+
+    def result(self):
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 def health_checks(svc):
@@ -150,19 +187,17 @@ def health_checks(svc):
 
 def campaign_list(svc, active):
     """The campaigns Redis holds (newest first), then the most recently closed ones."""
-    live = []
-    for campaign_id in sorted(active, reverse=True):
-        try:
-            live.append(dict(campaign_status(svc, campaign_id), live=True))
-        except CampaignNotFound:  # in Redis, not in this database (another one's leftovers)
-            continue
     c = db.campaigns.c
-    with svc.engine.connect() as conn:
+    active = [i for i in active if 1 <= i <= db.MAX_ID]  # another database's could be anything
+    with svc.engine.connect() as conn:  # one connection: each checkout costs a round trip (ping)
+        # in Redis but not in this database (another one's leftovers): not listed
+        held = conn.execute(select(db.campaigns).where(c.id.in_(active)).order_by(c.id.desc())).all()
         closed = conn.execute(
             select(db.campaigns).where(c.status == "closed", c.id.not_in(active or [0]))
             .order_by(c.closed_at.desc(), c.id.desc()).limit(RECENT_CLOSED)).all()
     # closed: the database's count is final, no Redis round trip
-    return live + [dict(status_view(row, row.issued), live=False) for row in closed]
+    return ([dict(status_of(svc, row), live=True) for row in held]
+            + [dict(status_view(row, row.issued), live=False) for row in closed])
 
 
 def campaign_view(svc, campaign_id, listed, finished, outbox_watch, since):
@@ -176,8 +211,13 @@ def campaign_view(svc, campaign_id, listed, finished, outbox_watch, since):
     view["outbox"] = outbox_watch.read(svc, campaign_id, since)
     view["leases"] = leases(svc, svc.keys(campaign_id))
     if view["issued"] >= view["total"]:
-        view["sold_out_after_seconds"] = sold_out_after(svc, campaign_id, finished)
-        if view["sold_out_after_seconds"] is not None:  # every row is in: the replay is whole
+        # sold out and the outbox empty: every claim is in the database (the flusher deletes an
+        # entry only after its row was committed), so the replay is whole. Not counted here: a
+        # count of a million rows takes 170 ms
+        everything_in = view["outbox"]["backlog"] == 0
+        view["sold_out_after_seconds"] = (sold_out_after(svc, campaign_id, view["total"], finished)
+                                          if everything_in else None)
+        if view["sold_out_after_seconds"] is not None:
             view["replay_url"] = url_for("ops.replay", raw_id=campaign_id)
     return view
 
@@ -250,55 +290,15 @@ def leases(svc, keys):
         for lease_id, expiry in expiries]
 
 
-def sold_out_after(svc, campaign_id, finished):
-    """Seconds from open to the last coupon, once every row is in the database; else None."""
-    key = ("sold_out_after", campaign_id)
+def sold_out_after(svc, campaign_id, total, finished):
+    """Seconds from open to the last coupon; call it once every row is in the database."""
+    key = ("sold_out_after", campaign_id, total)  # add-stock makes another sale of it
     if key not in finished:
-        row, rows, _, last = issued_rows(svc, campaign_id)
-        if rows < row.total or row.opens_at is None:
+        opened, last = sale_span(svc.engine, campaign_row(svc.engine, campaign_id))
+        if last is None:
             return None
-        finished[key] = round((last - row.opens_at).total_seconds(), 3)
+        finished[key] = seconds_between(opened, last)
     return finished[key]
-
-
-def issued_rows(svc, campaign_id):
-    """(campaign row, its coupon rows in the database, the first and the last one's issued_at)."""
-    row = campaign_row(svc.engine, campaign_id)
-    c = db.coupons.c
-    with svc.engine.connect() as conn:
-        rows, first, last = conn.execute(select(func.count(), func.min(c.issued_at), func.max(c.issued_at))
-                                         .where(c.campaign_id == campaign_id)).one()
-    return row, rows, first, last
-
-
-def epoch_second(column, dialect):
-    """SQL: a column of naive UTC datetimes as whole epoch seconds, computed by the database."""
-    if dialect == "sqlite":
-        return cast(func.strftime("%s", column), Integer)
-    # TIMESTAMPDIFF does not depend on the session's time zone (UNIX_TIMESTAMP would)
-    return func.timestampdiff(text("SECOND"), EPOCH, column)
-
-
-def step_of(seconds):
-    """Seconds a step of a sale this long: one, or several so that it has REPLAY_POINTS at most."""
-    return max(1, math.ceil(seconds / REPLAY_POINTS))
-
-
-def issues_per_step(svc, campaign_id, start, steps, step):
-    """Coupons issued in each of `steps` steps of `step` seconds from epoch second `start`,
-    counted by the database: GROUP BY the step, one row a step, never the coupons' rows. Rows
-    stamped before `start` count in the first step; none after the last step is counted."""
-    c = db.coupons.c
-    with svc.engine.connect() as conn:
-        index = ((epoch_second(c.issued_at, conn.dialect.name) - start) // step).label("step")
-        counts = conn.execute(
-            select(index, func.count())
-            .where(c.campaign_id == campaign_id, c.issued_at < from_ms((start + steps * step) * 1000))
-            .group_by(index)).all()
-    issues = [0] * steps
-    for i, n in counts:
-        issues[max(0, int(i))] += n
-    return issues
 
 
 def sale_history(svc, campaign_id):
@@ -314,54 +314,55 @@ def sale_history(svc, campaign_id):
     start = min(complete, to_ms(row.opens_at) // 1000) if row.opens_at else complete
     step = step_of(complete - start)
     steps = (complete - start) // step  # whole steps only
-    issues = issues_per_step(svc, campaign_id, start, steps, step) if steps else []
+    issues = issues_per_step(svc.engine, campaign_id, start, steps, step) if steps else []
     return {"id": campaign_id, "start": start, "step_seconds": step, "issues": issues,
             "until": start + steps * step, "rows": sum(issues)}
 
 
-def sale_replay(svc, campaign_id, finished):
+def replay_of(svc, campaign_id, finished):
     """A sale replayed from the database: issues per second (or per step of several seconds)
-    from open to the last coupon, time to sell out, and the reconciliation result."""
+    from open to the last coupon, time to sell out, and what is known of its reconciliation.
+    The replay a close counted once Redis and the database agreed (the rows are final then);
+    any other is counted now."""
     key = ("replay", campaign_id)
     if key in finished:
         return finished[key]
-    row, rows, first, last = issued_rows(svc, campaign_id)
-    opened = row.opens_at or first
-    issues, step = [], 1
-    if rows:
-        start = to_ms(opened) // 1000
-        step = step_of(to_ms(last) // 1000 + 1 - start)
-        steps = max(1, (to_ms(last) // 1000 - start) // step + 1)  # rows before the opening: the first
-        issues = issues_per_step(svc, campaign_id, start, steps, step)
+    row = campaign_row(svc.engine, campaign_id)
     keys_kept = svc.redis.exists(svc.keys(campaign_id).meta)
-    replay = {
-        "id": campaign_id, "name": row.name, "total": row.total, "rows": rows,
-        "opened_at": iso(opened), "step_seconds": step, "issues": issues,
-        "sold_out_after_seconds": max(0.0, round((last - opened).total_seconds(), 3))
-        if rows and rows >= row.total else None,
-        "reconciliation": reconciliation(svc, row, rows, keys_kept),
-    }
+    record = close_report(svc.engine, campaign_id)
+    counted = record["replay"] if record and record["replay"] else sale_replay(svc.engine, row)
+    replay = {"id": campaign_id, "name": row.name, "total": row.total, **counted,
+              "reconciliation": reconciliation(row, keys_kept, record, counted["rows"])}
     if row.status == "closed" and not keys_kept:  # released: nothing of it can change
         finished[key] = replay
     return replay
 
 
-def reconciliation(svc, row, rows, keys_kept):
-    """Whether Redis and the database agree on the campaign's tickets, and how it is known."""
-    if keys_kept:  # not closed yet, or close found a difference and kept the keys
-        report = reconcile(svc.redis, svc.engine, svc.keys(row.id))
-        hint = [] if report.agree else [
-            f"Redis still holds the campaign: `flask campaign close {row.id}` drains, "
-            "reconciles and releases it"]
-        return {"agree": report.agree, "lines": report.lines(limit=5) + hint}
+def reconciliation(row, keys_kept, record, rows):
+    """Whether Redis and the database agree on the campaign's tickets, as the last close found
+    (db.close_reports): never reconciled here, which reads every claim and every row.
+    agree: True, False, or None when no close has reconciled them yet."""
+    close = f"`flask campaign close {row.id}`"
+    if record:
+        found = [f"the close of {iso(record['reconciled_at'])} found:", *record["report"].splitlines()]
+    if keys_kept and row.status != "closed":
+        return {"agree": None, "lines": [
+            f"not reconciled yet: the sale is live; {close} drains, reconciles and releases it"]}
+    if keys_kept and not record:
+        return {"agree": None, "lines": [
+            f"not reconciled yet: closed, but its close is under way or stopped before it "
+            f"reconciled; {close} (safe to run again) drains, reconciles and releases it"]}
+    if keys_kept:
+        return {"agree": record["agree"], "lines": found + [
+            f"Redis still holds the campaign: {close} reconciles again, and releases it once "
+            "Redis and the database agree"]}
     if row.status != "closed":
         return {"agree": False, "lines": [
             f"campaign {row.id} was never closed and Redis does not hold it (lost?): "
             f"its {rows} rows in the database are all that is known"]}
-    # close releases the Redis keys only after Redis and the database agreed, and then records
-    # the count in the campaigns row
-    agree = rows == row.issued
-    return {"agree": agree, "lines": [
-        f"campaign {row.id}: Redis and the database agreed at close on {row.issued} tickets; "
-        f"database rows now {rows}" + ("" if agree else ": DIFFER since close")]}
-
+    if record:
+        return {"agree": record["agree"], "lines": found}
+    # closed before close recorded its reports: close releases the Redis keys only after Redis
+    # and the database agreed, and then records the count in the campaigns row
+    return {"agree": True, "lines": [
+        f"campaign {row.id}: Redis and the database agreed at close on {row.issued} tickets"]}

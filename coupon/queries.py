@@ -1,15 +1,20 @@
 """The read side: a campaign's row and public status, the list of campaigns, a user's ticket.
-From Redis while a campaign is live, from the database once it was closed and released."""
+From Redis while a campaign is live, from the database once it was closed and released. And a
+sale counted by the database, for the operators' page and the close that records its replay."""
+import json
+import math
+
 from redis.exceptions import RedisError
-from sqlalchemy import func, select
+from sqlalchemy import Integer, cast, func, select, text
 
 from coupon import db
-from coupon.clock import iso, to_ms, utcnow
+from coupon.clock import EPOCH, from_ms, iso, to_ms, utcnow
 from coupon.errors import CampaignNotFound, NoTicket, Unavailable
 from coupon.redis_state import issued_in_redis, stored_claim
 from coupon.tickets import Ticket
 
 CHUNK = 2000  # rows read a round (rows_by_serial), by default
+REPLAY_POINTS = 3600  # a longer sale is counted in steps of several seconds
 
 
 def campaign_row(engine, campaign_id):
@@ -24,9 +29,13 @@ def campaign_row(engine, campaign_id):
 
 def campaign_status(svc, campaign_id):
     """Public status of a campaign: from Redis while it is live, from MySQL after close."""
-    row = campaign_row(svc.engine, campaign_id)
+    return status_of(svc, campaign_row(svc.engine, campaign_id))
+
+
+def status_of(svc, row):
+    """Public status of a campaigns row: issued from Redis while it holds the campaign."""
     try:
-        issued = issued_in_redis(svc.redis, svc.keys(campaign_id))
+        issued = issued_in_redis(svc.redis, svc.keys(row.id))
     except RedisError:
         issued = None
     return status_view(row, row.issued if issued is None else issued)
@@ -117,3 +126,74 @@ def find_ticket(svc, campaign_id, user_id):
     if row is None:
         raise NoTicket()
     return Ticket(campaign_id, user_id, row.serial, row.code, to_ms(row.issued_at), new=False)
+
+
+def sale_span(engine, row):
+    """(when the sale of a campaigns row opened, its last coupon's issued_at; None if no row):
+    the two ends of the index on (campaign_id, issued_at)."""
+    c = db.coupons.c
+    with engine.connect() as conn:
+        first, last = conn.execute(select(func.min(c.issued_at), func.max(c.issued_at))
+                                   .where(c.campaign_id == row.id)).one()
+    return row.opens_at or first, last
+
+
+def seconds_between(opened, last):
+    """Seconds from a sale's opening to a coupon (0 for one stamped before it), to the ms."""
+    return max(0.0, round((last - opened).total_seconds(), 3))
+
+
+def epoch_second(column, dialect):
+    """SQL: a column of naive UTC datetimes as whole epoch seconds, computed by the database."""
+    if dialect == "sqlite":
+        return cast(func.strftime("%s", column), Integer)
+    # TIMESTAMPDIFF does not depend on the session's time zone (UNIX_TIMESTAMP would)
+    return func.timestampdiff(text("SECOND"), EPOCH, column)
+
+
+def step_of(seconds):
+    """Seconds a step of a sale this long: one, or several so that it has REPLAY_POINTS at most."""
+    return max(1, math.ceil(seconds / REPLAY_POINTS))
+
+
+def issues_per_step(engine, campaign_id, start, steps, step):
+    """Coupons issued in each of `steps` steps of `step` seconds from epoch second `start`,
+    counted by the database: GROUP BY the step, one row a step, never the coupons' rows. Rows
+    stamped before `start` count in the first step; none after the last step is counted."""
+    c = db.coupons.c
+    with engine.connect() as conn:
+        index = ((epoch_second(c.issued_at, conn.dialect.name) - start) // step).label("step")
+        counts = conn.execute(
+            select(index, func.count())
+            .where(c.campaign_id == campaign_id, c.issued_at < from_ms((start + steps * step) * 1000))
+            .group_by(index)).all()
+    issues = [0] * steps
+    for i, n in counts:
+        issues[max(0, int(i))] += n
+    return issues
+
+
+def sale_replay(engine, row):
+    """The sale of a campaigns row from the database: its coupons per step (a second, or several
+    in a long sale) from its opening to its last coupon, and the seconds it took to sell out
+    (None unless every coupon is in a row). Reads the index of issued_at, never the rows."""
+    opened, last = sale_span(engine, row)
+    issues, step = [], 1
+    if last is not None:
+        start = to_ms(opened) // 1000
+        step = step_of(to_ms(last) // 1000 + 1 - start)
+        steps = max(1, (to_ms(last) // 1000 - start) // step + 1)  # rows before the opening: the first
+        issues = issues_per_step(engine, row.id, start, steps, step)
+    rows = sum(issues)  # every row: the steps run to the last one
+    return {"rows": rows, "opened_at": iso(opened), "step_seconds": step, "issues": issues,
+            "sold_out_after_seconds": seconds_between(opened, last) if rows and rows >= row.total else None}
+
+
+def close_report(engine, campaign_id):
+    """What the campaign's last close recorded (db.close_reports), its replay decoded; or None."""
+    r = db.close_reports.c
+    with engine.connect() as conn:
+        record = conn.execute(select(db.close_reports).where(r.campaign_id == campaign_id)).first()
+    if record is None:
+        return None
+    return dict(record._mapping, replay=json.loads(record.replay) if record.replay else None)

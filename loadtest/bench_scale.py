@@ -8,12 +8,17 @@
   (3) `flask campaign recover` after the campaign's keys are deleted (Redis lost it): seconds
       and peak RSS of the command;
   (4) `flask campaign close`: seconds and peak RSS of the command, its report;
-  (5) what live campaigns cost while nobody asks for them (loadtest/bench_idle.py): Redis
+  (5) the operators' page of the campaign, served by one gevent worker: live.json polled while
+      the claims are written and flushed, history.json, and replay.json while Redis holds the
+      campaign and again once it is closed, each with the longest wait of a second client.
+  (6) what live campaigns cost while nobody asks for them (loadtest/bench_idle.py): Redis
       commands per second and the scheduler's CPU, with IDLE campaigns (default 1000).
 
 Uses Redis db 13 and the MariaDB database `coupon_scalebench` (made anew); prints a table.
 """
 import argparse
+import http.client
+import json
 import os
 import subprocess
 import sys
@@ -27,7 +32,7 @@ from coupon.queries import count_rows
 from loadtest import bench
 from loadtest.bench_idle import measure_idle
 from loadtest.flush_bench import fill_outbox
-from loadtest.harness import ROOT, open_campaign
+from loadtest.harness import ROOT, Gunicorn, open_campaign
 
 REDIS_URL = os.environ.get("SCALE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 DATABASE_URL = os.environ.get("SCALE_BENCH_DATABASE_URL",
@@ -55,6 +60,95 @@ def flask(env, *args):
     return seconds, int(done.stderr.split()[-1]) / 1024, done.stdout
 
 
+# polls GET http://127.0.0.1:PORT/PATH every INTERVAL s (0: back to back) until its stdin closes,
+# passing the previous answer's `now` as `since` as the page does; prints each poll's start
+# (time.monotonic(), the same clock in every process) and seconds. A process of its own: in the
+# benchmark's, a poll would wait for the GIL the claims hold
+POLLER = """
+import http.client, json, sys, threading, time
+port, path, interval = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+done = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+conn, since = http.client.HTTPConnection("127.0.0.1", port, timeout=120), None
+while not done.is_set():
+    started, started_at = time.perf_counter(), time.monotonic()
+    conn.request("GET", path + (f"&since={since}" if since else ""))
+    answer = conn.getresponse()
+    body = answer.read()
+    seconds = time.perf_counter() - started
+    assert answer.status == 200, (answer.status, body)
+    since = json.loads(body).get("now") if "?" in path else None
+    print(started_at, seconds, flush=True)
+    done.wait(max(0.0, interval - seconds))
+"""
+
+
+def ops_page(env, campaign_id, label, during=None):
+    """The operators' page of the campaign, served by one gevent worker (a slow answer makes
+    every other request to it wait): live.json polled every 0.5 s (two pages open) while
+    `during()` runs; then history.json once and replay.json twice, while a second client asks
+    /healthz back to back: its longest wait is about the longest time the worker's loop was held
+    (gevent's monitor thread would say it too, but each report it writes walks every object of
+    the worker, holding the loop far longer than what it reports). Returns the rows of the table."""
+    os.makedirs(os.path.join(ROOT, "reports"), exist_ok=True)
+    server = Gunicorn(env, workers=1, private_metrics=True,
+                      log_path=os.path.join(ROOT, "reports", "bench-scale-ops.log"))
+
+    def poll(path, interval):
+        return subprocess.Popen([sys.executable, "-c", POLLER, str(server.port), path, str(interval)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def stop(poller):
+        out, _ = poller.communicate("")
+        if poller.returncode:
+            raise SystemExit(f"polling the operators' page failed (exit {poller.returncode})")
+        return [tuple(map(float, line.split())) for line in out.splitlines()]
+
+    def get(path):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        started = time.perf_counter()
+        conn.request("GET", path)
+        answer = conn.getresponse()
+        body = answer.read()
+        seconds = time.perf_counter() - started
+        conn.close()
+        if answer.status != 200:
+            raise SystemExit(f"GET {path}: {answer.status} {body[:200]}")
+        return seconds, json.loads(body)
+
+    def ms(seconds):
+        return f"{seconds * 1000:.0f} ms"
+
+    rows, base = [], f"/ops/campaigns/{campaign_id}"
+    try:
+        get(f"/ops/live.json?campaign={campaign_id}")  # a worker long up: connected to both stores
+        if during:
+            live = poll(f"/ops/live.json?campaign={campaign_id}", 0.5)
+            during()
+            polls = sorted(seconds for _, seconds in stop(live))
+            rows.append(("ops live.json, during the sale", f"median {ms(polls[len(polls) // 2])}, "
+                         f"max {ms(polls[-1])}", f"{len(polls)} polls"))
+            seconds, history = get(f"{base}/history.json")
+            rows.append(("ops history.json", ms(seconds), f"{history['rows']:,} rows"))
+        prober = poll("/healthz", 0)
+        time.sleep(1)  # the prober's own pace first
+        asked = time.monotonic()
+        (first, replay), (second, _) = get(f"{base}/replay.json"), get(f"{base}/replay.json")
+        answered = time.monotonic()
+        time.sleep(1)
+        probes = stop(prober)
+        waits = sorted(s for t, s in probes if t + s > asked and t < answered)  # overlapping the replays
+        around = sorted(s for t, s in probes if not (t + s > asked and t < answered))
+        rows.append((f"ops replay.json, {label}", f"{ms(first)}, then {ms(second)}",
+                     f"{replay['rows']:,} rows"))
+        rows.append(("  /healthz meanwhile", f"median {ms(waits[len(waits) // 2])}, max {ms(waits[-1])}"
+                     if waits else "none asked", f"{len(waits)} asked back to back; "
+                     f"in the 2 s around: max {ms(around[-1])}"))
+    finally:
+        server.stop()
+    return rows
+
+
 def campaign_bytes(svc, raw, keys):
     """MEMORY USAGE of every key of the campaign (SAMPLES 0: every element of each counted); its
     claims buckets, and how many of them Redis keeps as a plain hash rather than a listpack."""
@@ -77,7 +171,7 @@ def pipelined(raw, keys, command, per_round=1000):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000)
-    parser.add_argument("--idle", type=int, default=1000, help="live campaigns of (5); 0: skip it")
+    parser.add_argument("--idle", type=int, default=1000, help="live campaigns of (6); 0: skip it")
     args = parser.parse_args()
     if not 1000 <= args.n <= 10_000_000:
         raise SystemExit("N is from 1000 to 10,000,000")
@@ -88,14 +182,18 @@ def main():
     before = raw.info("memory")["used_memory"]
     campaign_id = open_campaign(svc, args.n, "scale")
     keys = svc.keys(campaign_id)
-    started = time.perf_counter()
-    fill_outbox(svc, campaign_id, args.n)
-    rows.append(("claims through claim.lua", f"{time.perf_counter() - started:.1f} s", ""))
-    started, flusher = time.perf_counter(), Flusher(svc, "scale-bench")
-    while outbox_stats(svc.redis, keys)[0]:
-        flusher.flush([campaign_id])
-    rows.append(("flushed into the database", f"{time.perf_counter() - started:.1f} s",
-                 f"{count_rows(svc.engine, campaign_id):,} rows"))
+
+    def sale():
+        started = time.perf_counter()
+        fill_outbox(svc, campaign_id, args.n)
+        rows.append(("claims through claim.lua", f"{time.perf_counter() - started:.1f} s", ""))
+        started, flusher = time.perf_counter(), Flusher(svc, "scale-bench")
+        while outbox_stats(svc.redis, keys)[0]:
+            flusher.flush([campaign_id])
+        rows.append(("flushed into the database", f"{time.perf_counter() - started:.1f} s",
+                     f"{count_rows(svc.engine, campaign_id):,} rows"))
+
+    ops = ops_page(env, campaign_id, "Redis holds it", during=sale)
     used = raw.info("memory")["used_memory"] - before
     in_keys, buckets, plain = campaign_bytes(svc, raw, keys)
     rows.append(("Redis memory per held coupon", f"{used / args.n:.0f} B (used_memory)",
@@ -110,6 +208,7 @@ def main():
     rows.append(("flask campaign close", f"{seconds:.1f} s ({seconds / args.n * 1e6:.1f} s per million)",
                  f"peak RSS {peak:.0f} MB"))
     report = next(line for line in out.splitlines() if line.startswith("campaign "))
+    rows += ops + ops_page(env, campaign_id, "closed")
 
     print(f"== bench-scale: one campaign of {args.n:,} coupons")
     for what, figure, more in rows:

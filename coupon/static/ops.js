@@ -361,9 +361,10 @@
     key("key-replay", [["issued", "#2e7d32", `${number(r.rows)} of ${number(r.total)}`],
                        ["peak", "#2e7d32", `${number(peak)}/s`], ["", "transparent", soldOut]]);
     const rec = $("reconciliation");
-    rec.className = `reconciliation ${r.reconciliation.agree ? "ok" : "down"}`;
-    rec.replaceChildren(...[(r.reconciliation.agree ? "✓ reconciled" : "✗ Redis and the database differ"),
-                            ...r.reconciliation.lines].map((line, i) => {
+    const agree = r.reconciliation.agree; // null: no close has reconciled them yet
+    rec.className = `reconciliation ${agree === null ? "pending" : agree ? "ok" : "down"}`;
+    rec.replaceChildren(...[(agree === null ? "… not reconciled yet" : agree ? "✓ reconciled" :
+                             "✗ Redis and the database differ"), ...r.reconciliation.lines].map((line, i) => {
       const p = document.createElement(i ? "pre" : "b");
       p.textContent = line;
       return p;
