@@ -1,8 +1,9 @@
 """What a big sale costs: `make bench-scale [N=1000000]` (N up to 10,000,000).
 
   (1) N claims of one campaign through claim.lua (the script and layout of real issuing, in
-      batches of 500: this machine would flood 1M users through HTTP for many minutes), flushed
-      into the database by the Flusher;
+      batches of 500: this machine would flood 1M users through HTTP for many minutes), and the
+      claims per second of the last tenth against the first; flushed into the database by the
+      Flusher;
   (2) Redis memory per held coupon: used_memory (and MEMORY USAGE of the campaign's keys) after
       the outbox drained, less what it was before;
   (3) `flask campaign recover` after the campaign's keys are deleted (Redis lost it): seconds
@@ -14,7 +15,8 @@
   (6) what live campaigns cost while nobody asks for them (loadtest/bench_idle.py): Redis
       commands per second and the scheduler's CPU, with IDLE campaigns (default 1000).
 
-Uses Redis db 13 and the MariaDB database `coupon_scalebench` (made anew); prints a table.
+A redis-server of its own (or SCALE_BENCH_REDIS_URL, emptied) and the MariaDB database
+`coupon_scalebench` (made anew); prints a table.
 """
 import argparse
 import http.client
@@ -22,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 from redis import Redis
@@ -32,9 +35,9 @@ from coupon.queries import count_rows
 from loadtest import bench
 from loadtest.bench_idle import measure_idle
 from loadtest.flush_bench import fill_outbox
-from loadtest.harness import ROOT, Gunicorn, open_campaign
+from loadtest.harness import ROOT, Gunicorn, RedisServer, open_campaign
 
-REDIS_URL = os.environ.get("SCALE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+REDIS_URL = os.environ.get("SCALE_BENCH_REDIS_URL")  # unset: a redis-server of its own
 DATABASE_URL = os.environ.get("SCALE_BENCH_DATABASE_URL",
                               "mysql+pymysql://root@127.0.0.1:3306/coupon_scalebench")
 FLASK = os.path.join(ROOT, ".venv", "bin", "flask")
@@ -175,18 +178,35 @@ def main():
     args = parser.parse_args()
     if not 1000 <= args.n <= 10_000_000:
         raise SystemExit("N is from 1000 to 10,000,000")
-    svc, env = bench.prepare(DATABASE_URL, REDIS_URL)
-    raw = Redis.from_url(REDIS_URL)
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as folder:
+        # a redis-server of its own, unless one is named: used_memory counts this campaign only
+        server = None if REDIS_URL else RedisServer(folder, "no file")
+        try:
+            big_sale(args.n, REDIS_URL or server.url)
+        finally:
+            if server:
+                server.stop()
+    if args.idle:
+        figures = measure_idle(args.idle, IDLE_SECONDS)
+        print(f"== bench-scale: {args.idle:,} live campaigns nobody asks for, over {IDLE_SECONDS:.0f} s")
+        for what, figure in figures.items():
+            print(f"  {what:<30} {figure:.1f}")
+
+
+def big_sale(n, redis_url):
+    svc, env = bench.prepare(DATABASE_URL, redis_url)
+    raw = Redis.from_url(redis_url)
     rows = []
 
     before = raw.info("memory")["used_memory"]
-    campaign_id = open_campaign(svc, args.n, "scale")
+    campaign_id = open_campaign(svc, n, "scale")
     keys = svc.keys(campaign_id)
 
     def sale():
         started = time.perf_counter()
-        fill_outbox(svc, campaign_id, args.n)
-        rows.append(("claims through claim.lua", f"{time.perf_counter() - started:.1f} s", ""))
+        calls = fill_outbox(svc, campaign_id, n)
+        rows.append(("claims through claim.lua", f"{time.perf_counter() - started:.1f} s",
+                     f"claims/s, last tenth against the first: {tenths_ratio(calls):.2f}"))
         started, flusher = time.perf_counter(), Flusher(svc, "scale-bench")
         while outbox_stats(svc.redis, keys)[0]:
             flusher.flush([campaign_id])
@@ -196,30 +216,38 @@ def main():
     ops = ops_page(env, campaign_id, "Redis holds it", during=sale)
     used = raw.info("memory")["used_memory"] - before
     in_keys, buckets, plain = campaign_bytes(svc, raw, keys)
-    rows.append(("Redis memory per held coupon", f"{used / args.n:.0f} B (used_memory)",
-                 f"{in_keys / args.n:.0f} B (MEMORY USAGE of its keys; {buckets:,} claims buckets, "
+    rows.append(("Redis memory per held coupon", f"{used / n:.0f} B (used_memory)",
+                 f"{in_keys / n:.0f} B (MEMORY USAGE of its keys; {buckets:,} claims buckets, "
                  f"{plain} not a listpack)"))
 
     redis_state.delete_keys(svc.redis, keys)  # Redis lost the campaign
     seconds, peak, _ = flask(env, "campaign", "recover", str(campaign_id))
-    rows.append(("flask campaign recover", f"{seconds:.1f} s ({seconds / args.n * 1e6:.1f} s per million)",
+    rows.append(("flask campaign recover", f"{seconds:.1f} s ({seconds / n * 1e6:.1f} s per million)",
                  f"peak RSS {peak:.0f} MB"))
     seconds, peak, out = flask(env, "campaign", "close", str(campaign_id))
-    rows.append(("flask campaign close", f"{seconds:.1f} s ({seconds / args.n * 1e6:.1f} s per million)",
+    rows.append(("flask campaign close", f"{seconds:.1f} s ({seconds / n * 1e6:.1f} s per million)",
                  f"peak RSS {peak:.0f} MB"))
     report = next(line for line in out.splitlines() if line.startswith("campaign "))
     rows += ops + ops_page(env, campaign_id, "closed")
 
-    print(f"== bench-scale: one campaign of {args.n:,} coupons")
+    print(f"== bench-scale: one campaign of {n:,} coupons")
     for what, figure, more in rows:
-        print(f"  {what:<30} {figure:<34} {more}")
+        print(f"  {what:<34} {figure:<34} {more}")
     print(f"  close's report: {report}")
     raw.flushdb()
-    if args.idle:
-        figures = measure_idle(args.idle, IDLE_SECONDS)
-        print(f"== bench-scale: {args.idle:,} live campaigns nobody asks for, over {IDLE_SECONDS:.0f} s")
-        for what, figure in figures.items():
-            print(f"  {what:<30} {figure:.1f}")
+
+
+def tenths_ratio(calls):
+    """Claims per second in the last tenth of the claims against the first (calls: [(claims,
+    seconds)] in order): 1.0 is a flat issue rate, however full the claims buckets get."""
+    total, done, first, last = sum(c for c, _ in calls), 0, [0, 0.0], [0, 0.0]
+    for claims, seconds in calls:
+        part = first if done < total / 10 else last if done >= total * 9 / 10 else None
+        if part is not None:
+            part[0] += claims
+            part[1] += seconds
+        done += claims
+    return (last[0] / last[1]) / (first[0] / first[1])
 
 
 if __name__ == "__main__":
