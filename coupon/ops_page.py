@@ -36,9 +36,10 @@ from coupon.extensions import services
 from coupon.health import readiness
 from coupon.keys import SCHEDULER_LEADER, active_campaigns
 from coupon.outbox import outbox_stats
+from coupon.redis_state import stocks_in_redis
 from coupon.queries import (
     campaign_row, campaign_status, close_report, issues_per_step, sale_replay, sale_span,
-    seconds_between, status_of, status_view, step_of,
+    seconds_between, status_view, step_of,
 )
 from coupon.scripts import decode_serials
 
@@ -195,8 +196,13 @@ def campaign_list(svc, active):
         closed = conn.execute(
             select(db.campaigns).where(c.status == "closed", c.id.not_in(active or [0]))
             .order_by(c.closed_at.desc(), c.id.desc()).limit(RECENT_CLOSED)).all()
+    try:  # the live ones' counters in one batch: a round trip per node, however many are live
+        stocks = stocks_in_redis(svc.redis, [svc.keys(row.id) for row in held])
+    except RedisError:
+        stocks = {}
     # closed: the database's count is final, no Redis round trip
-    return ([dict(status_of(svc, row), live=True) for row in held]
+    return ([dict(status_view(row, stocks[row.id][1] if row.id in stocks else row.issued), live=True)
+             for row in held]
             + [dict(status_view(row, row.issued), live=False) for row in closed])
 
 
