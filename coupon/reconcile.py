@@ -1,5 +1,6 @@
 """Compare a campaign's claims in Redis with its rows in the database. Reports; never deletes."""
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sqlalchemy import select, text
@@ -83,11 +84,13 @@ def reconcile(redis, engine, keys, signer):
     Redis stores no code: a claim's is derived from its serial by `signer`."""
     total = campaign_total(engine, keys.campaign_id)
     tickets = tickets_of(redis, keys, signer)
-    counter, in_redis = 0, []
-    for shard in keys.all_shards():
-        in_redis.append(tally(tickets(shard)))
-        counter += int(redis.hget(shard.state, "issued") or 0)
-    in_mysql = database_tallies(engine, keys)
+    with ThreadPoolExecutor(1) as database:  # it tallies while this thread reads Redis
+        in_database = database.submit(database_tallies, engine, keys)
+        counter, in_redis = 0, []
+        for shard in keys.all_shards():
+            in_redis.append(tally(tickets(shard)))
+            counter += int(redis.hget(shard.state, "issued") or 0)
+        in_mysql = in_database.result()
     report = Report(keys.campaign_id, sum(c for c, _ in in_redis), counter, sum(c for c, _ in in_mysql))
     differing = [shard for shard, r, m in zip(keys.all_shards(), in_redis, in_mysql) if r != m]
     if differing:
