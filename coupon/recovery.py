@@ -16,7 +16,7 @@ from coupon import redis_state
 from coupon.campaigns import drain_outbox
 from coupon.clock import to_ms, utcnow
 from coupon.errors import NothingToRecover
-from coupon.queries import campaign_row, rows_by_serial
+from coupon.queries import campaign_row, issued_at_ms, rows_by_serial
 from coupon.scripts import StoredClaim
 
 ROWS = 10_000  # rows read a round
@@ -120,17 +120,19 @@ def restore_claims(svc, keys, layout, progress=None):
     per_shard, cursor, returned = [0] * keys.shards, 0, 0
     bitmaps = [bytearray() for _ in shards]
     gathered, count = {}, 0  # bucket key -> {user: stored claim}
-    for rows in rows_by_serial(svc.engine, keys.campaign_id, ("user_id", "serial", "issued_at"),
-                               chunk=ROWS):
+    columns = ("user_id", "serial", issued_at_ms(svc.engine))
+    for rows in rows_by_serial(svc.engine, keys.campaign_id, columns, chunk=ROWS):
         holes = []
         for user, serial, issued_at in rows:
+            if not isinstance(issued_at, int):  # a datetime (SQLite)
+                issued_at = to_ms(issued_at)
             holes.extend(range(cursor + 1, serial))
             cursor = serial
             k = keys.shard_of(user)
             per_shard[k] += 1
             set_bit(bitmaps[k], serial)
             bucket = shards[k].bucket(keys.bucket_of(user, layout.buckets))
-            gathered.setdefault(bucket, {})[user] = StoredClaim(serial, to_ms(issued_at)).encode(layout.time_base)
+            gathered.setdefault(bucket, {})[user] = StoredClaim(serial, issued_at).encode(layout.time_base)
         count += len(rows)
         batch = svc.redis.batch(durable=True)
         for i in range(0, len(holes), RETURNED):
