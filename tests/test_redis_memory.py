@@ -36,10 +36,10 @@ def sender(svc, signer, keys):
 
 
 def test_a_held_coupon_costs_under_40_bytes_in_buckets_redis_keeps_compact(mysql_url, signer, private_redis):
-    """50,000 claims through claim.lua, the outbox drained: the claims buckets, bitmaps and
-    counters cost under 40 B a coupon (the old single hash per shard: ~100), every bucket a
-    listpack at hash-max-listpack-entries 128 (Redis's default is 512); and each user's claim
-    reads back as the ticket claim.lua answered, which a repeat gets again."""
+    """50,000 claims through claim.lua: the claims buckets, bitmaps and counters (what stays once
+    the flush job drained the outbox) cost under 40 B a coupon (one hash per shard: ~100), every
+    bucket a listpack at hash-max-listpack-entries 128 (Redis's default is 512); and each user's
+    claim reads back as the ticket claim.lua answered, which a repeat gets again."""
     app = create_app(app_config(mysql_url, private_redis.url, RATE_LIMIT=0))
     svc = app.extensions["coupon"]
     client = private_redis.client()
