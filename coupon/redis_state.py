@@ -28,8 +28,9 @@ class Layout(NamedTuple):
 
     @classmethod
     def of(cls, fields):
-        """The layout in a meta hash or shard state (their fields); None if it has none."""
-        if not fields or not fields.get("epoch"):
+        """The layout in a meta hash or shard state (their fields); None if it has none (or one
+        of the version before the claims buckets: docs/operations.md, "Upgrading")."""
+        if not fields or not fields.get("epoch") or "buckets" not in fields:
             return None
         return cls(fields["epoch"], int(fields["buckets"]), int(fields["time_base"]))
 
