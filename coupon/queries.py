@@ -13,7 +13,7 @@ from coupon.errors import CampaignNotFound, NoTicket, Unavailable
 from coupon.redis_state import issued_in_redis, stored_claim
 from coupon.tickets import Ticket
 
-CHUNK = 2000  # rows read a round (rows_by_serial), by default
+CHUNK = 2000  # serials whose rows are read a round (rows_by_serial), by default
 REPLAY_POINTS = 3600  # a longer sale is counted in steps of several seconds
 
 

@@ -10,7 +10,7 @@ from coupon.queries import rows_by_serial
 from coupon.redis_state import shard_claims
 
 TICKET = ("user_id", "serial", "code")  # what is compared of a row
-CHUNK = 10_000  # rows read a round: a few MB
+CHUNK = 10_000  # serials whose rows are read a round: a few MB
 
 
 @dataclass

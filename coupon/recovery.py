@@ -20,7 +20,7 @@ from coupon.errors import NothingToRecover
 from coupon.queries import campaign_row, issued_at_ms, rows_by_serial
 from coupon.scripts import StoredClaim
 
-ROWS = 10_000  # rows read a round
+ROWS = 10_000  # serials whose rows are read a round
 # claims gathered before their buckets are written, one HSET each: at a million coupons (15,600
 # buckets) about 13 claims a bucket, and recover's peak RSS 127 MB (75 MB writing them per chunk)
 GATHER = 200_000

@@ -116,7 +116,7 @@ def rows_of(svc, campaign_id):
 @on_single_and_cluster
 def test_recover_rebuilds_what_the_rows_imply_and_the_sale_goes_on(svc, signer, runner, workers,
                                                                     redis_client, monkeypatch):
-    # rows read 3 a round, buckets written every 4 claims: each step of a big recover, at 10 rows
+    # rows of 3 serials read a round, buckets written every 4 claims: each step of a big recover
     monkeypatch.setattr(recovery, "ROWS", 3)
     monkeypatch.setattr(recovery, "GATHER", 4)
     campaign_id = open_campaign(svc, 1000)
