@@ -202,8 +202,10 @@ def close_campaign(svc, campaign_id, progress=None):
         return Report(campaign_id, rows, rows, rows)
     drain_outbox(svc, campaign_id, progress)
     report = reconcile(svc.redis, svc.engine, keys, svc.signer)
-    # the rows are final once they agree: the sale's replay is counted once, here
-    replay = sale_replay(svc.engine, campaign_row(svc.engine, campaign_id)) if report.agree else None
+    # the rows are final once they agree: the sale's replay is counted once, here, from Redis's
+    # count per second of the claims the rows were found to be (a GROUP BY of 10M rows: 9 s)
+    replay = (sale_replay(svc.engine, campaign_row(svc.engine, campaign_id),
+                          redis_state.issues_per_second(svc.redis, keys)[0]) if report.agree else None)
     with svc.engine.begin() as conn:
         record_close(conn, report, replay)
         if report.agree:

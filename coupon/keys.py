@@ -107,6 +107,9 @@ class ShardKeys:
         self.claimed = prefix + ":claimed"  # bitmap: serial -> claimed in this shard
         self.outbox = prefix + ":outbox"  # stream of claims not yet in MySQL
         self.state = prefix + ":state"  # hash: issued, closes_at, layout (redis_state.shard_state)
+        # hash: epoch second -> new tickets (claim.lua; recover writes it back from the rows): the
+        # sale per second while Redis holds it, one field a second of claims
+        self.per_second = prefix + ":per_second"
         # shared by every campaign's shard K: the ids of the campaigns whose outbox stream of this
         # shard may hold entries (claim.lua adds, ack_outbox.lua removes once it is empty); what
         # the flush job reads, rather than every stream of every campaign
@@ -118,11 +121,13 @@ class ShardKeys:
 
     def all(self, buckets):
         """The shard's keys, with `buckets` claims buckets; the state last (delete_keys)."""
-        return [*(self.bucket(i) for i in range(buckets)), self.claimed, self.outbox, self.state]
+        return [*(self.bucket(i) for i in range(buckets)), self.claimed, self.outbox, self.per_second,
+                self.state]
 
     def claim_keys(self, window, buckets):
         """The KEYS of claim.lua, in its order: then the bucket key of each claim of the call."""
-        return [self.claimed, self.outbox, self.state, self.rate(window), self.news, *buckets]
+        return [self.claimed, self.outbox, self.state, self.rate(window), self.news, self.per_second,
+                *buckets]
 
     def rate(self, window):
         """Hash of one rate-limit window: user id -> issue requests (expires after the window).

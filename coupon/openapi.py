@@ -117,8 +117,8 @@ SPEC = {
         },
         "/ops/campaigns/{campaign_id}/history.json": {
             "get": {
-                "summary": "A live sale's coupons issued per second from its opening, counted by "
-                           "the database, up to the oldest claim not yet written there",
+                "summary": "A live sale's coupons issued per second from its opening, as Redis "
+                           "counted them, up to the last whole second",
                 "security": OPS,
                 "parameters": [CAMPAIGN_ID],
                 "responses": {"200": {"description": "the history", **_json("Object")},
@@ -127,8 +127,7 @@ SPEC = {
         },
         "/ops/campaigns/{campaign_id}/replay.json": {
             "get": {
-                "summary": "A sale replayed from the database: issues per second, time to sell "
-                           "out, reconciliation",
+                "summary": "A sale replayed: issues per second, time to sell out, reconciliation",
                 "security": OPS,
                 "parameters": [CAMPAIGN_ID],
                 "responses": {"200": {"description": "the replay", **_json("Object")},

@@ -5,9 +5,9 @@ stock and issued, outbox backlog and flush lag, leases, health. Figures of this 
 over its gunicorn workers, all campaigns together): answers by outcome, time in the worker,
 claims flushed by a scheduler sharing its metrics folder, serials in its workers' local blocks.
 The JSON carries counters; the page turns them into rates and keeps the recent history itself,
-so a poll costs a few Redis and database round trips. A sale's coupons per second since its
-opening come from the database, counted there (GROUP BY the second), once when the page selects
-it. A closed sale's replay, and what Redis and the database were found to agree on, are what its
+so a poll costs a few Redis and database round trips. A live sale's coupons per second since
+its opening come from Redis, which counts them per second as it claims them (one field a second
+of each claim shard), once when the page selects it. A closed sale's replay, and what Redis and the database were found to agree on, are what its
 close counted and recorded: the page never reconciles (that reads every claim and row). While a
 page polls a campaign, the worker reads its outbox every SAMPLE_SECONDS, so that a poll can say
 the highest backlog and lag since the previous one (a sawtooth: it grows between flushes and
@@ -35,12 +35,12 @@ from coupon.errors import Unauthorized, error_response
 from coupon.extensions import services
 from coupon.health import readiness
 from coupon.keys import SCHEDULER_LEADER, active_campaigns
-from coupon.outbox import outbox_stats
-from coupon.redis_state import stocks_in_redis
+from coupon.outbox import outbox_stats, queue_outbox_stats
 from coupon.queries import (
-    campaign_row, campaign_status, close_report, issues_per_step, sale_replay, sale_span,
-    seconds_between, status_view, step_of,
+    campaign_row, campaign_status, close_report, into_steps, sale_replay, sale_span, seconds_between,
+    status_view, step_of,
 )
+from coupon.redis_state import issues_per_second, queue_stocks
 from coupon.scripts import decode_serials
 
 bp = Blueprint("ops", __name__, url_prefix="/ops")
@@ -142,12 +142,34 @@ def live_state(svc, campaign_id, finished, outbox_watch, since=None):
 
 
 def campaigns_and_view(svc, active, campaign_id, finished, outbox_watch, since):
-    """The list of campaigns, and the view of the one asked for (none asked: the first listed)."""
-    campaigns = campaign_list(svc, active)
-    if campaign_id is None and campaigns:
-        campaign_id = campaigns[0]["id"]
+    """The list of campaigns, and the view of the one asked for (none asked: the first listed).
+    What Redis says of them is read in one batch, a round trip per node: during a sale each
+    round trip waits behind the claims queued on a busy Redis."""
+    held, closed = listed_rows(svc, active)
+    if campaign_id is None and (held or closed):
+        campaign_id = (held or closed)[0].id
+    batch = svc.redis.batch()
+    stocks = queue_stocks(batch, [svc.keys(row.id) for row in held])
+    watched = campaign_id in {row.id for row in held}
+    if watched:
+        outbox = queue_outbox_stats(batch, svc.keys(campaign_id))
+        standing = queue_leases(batch, svc.keys(campaign_id))
+    replies = batch.execute()
+    stocks = stocks(replies)
+    # closed: the database's count is final
+    campaigns = ([dict(status_view(row, stocks[row.id][1] if row.id in stocks else row.issued), live=True)
+                  for row in held]
+                 + [dict(status_view(row, row.issued), live=False) for row in closed])
     listed = next((c for c in campaigns if c["id"] == campaign_id), None)
-    view = campaign_view(svc, campaign_id, listed, finished, outbox_watch, since) if campaign_id else None
+    view = None
+    if campaign_id:
+        # the figures of the list when it holds the campaign: the sidebar and the headline agree
+        view = dict(listed) if listed else dict(campaign_status(svc, campaign_id), live=False)
+        if watched:
+            live_view(svc, view, finished, outbox_watch.read(svc, campaign_id, since, outbox(replies)),
+                      standing(replies))
+        elif view["status"] == "closed":
+            view["replay_url"] = url_for("ops.replay", raw_id=campaign_id)
     return campaigns, view
 
 
@@ -186,8 +208,8 @@ def health_checks(svc):
     return checks
 
 
-def campaign_list(svc, active):
-    """The campaigns Redis holds (newest first), then the most recently closed ones."""
+def listed_rows(svc, active):
+    """The campaigns rows of those Redis holds (newest first), and of the most recently closed."""
     c = db.campaigns.c
     active = [i for i in active if 1 <= i <= db.MAX_ID]  # another database's could be anything
     with svc.engine.connect() as conn:  # one connection: each checkout costs a round trip (ping)
@@ -196,26 +218,16 @@ def campaign_list(svc, active):
         closed = conn.execute(
             select(db.campaigns).where(c.status == "closed", c.id.not_in(active or [0]))
             .order_by(c.closed_at.desc(), c.id.desc()).limit(RECENT_CLOSED)).all()
-    try:  # the live ones' counters in one batch: a round trip per node, however many are live
-        stocks = stocks_in_redis(svc.redis, [svc.keys(row.id) for row in held])
-    except RedisError:
-        stocks = {}
-    # closed: the database's count is final, no Redis round trip
-    return ([dict(status_view(row, stocks[row.id][1] if row.id in stocks else row.issued), live=True)
-             for row in held]
-            + [dict(status_view(row, row.issued), live=False) for row in closed])
+    return held, closed
 
 
-def campaign_view(svc, campaign_id, listed, finished, outbox_watch, since):
-    # the figures of the list when it holds the campaign: the sidebar and the headline agree
-    view = dict(listed) if listed else dict(campaign_status(svc, campaign_id), live=False)
-    if view["status"] == "closed":
+def live_view(svc, view, finished, outbox, leases):
+    """Add to the view of a campaign Redis holds what the page shows of a live one."""
+    campaign_id = view["id"]
+    if view["status"] == "closed":  # its close under way
         view["replay_url"] = url_for("ops.replay", raw_id=campaign_id)
-    if not view["live"]:
-        return view
     view["history_url"] = url_for("ops.history", raw_id=campaign_id)
-    view["outbox"] = outbox_watch.read(svc, campaign_id, since)
-    view["leases"] = leases(svc, svc.keys(campaign_id))
+    view["outbox"], view["leases"] = outbox, leases
     if view["issued"] >= view["total"]:
         # sold out and the outbox empty: every claim is in the database (the flusher deletes an
         # entry only after its row was committed), so the replay is whole. Not counted here: a
@@ -225,7 +237,6 @@ def campaign_view(svc, campaign_id, listed, finished, outbox_watch, since):
                                           if everything_in else None)
         if view["sold_out_after_seconds"] is not None:
             view["replay_url"] = url_for("ops.replay", raw_id=campaign_id)
-    return view
 
 
 class OutboxWatch:
@@ -240,10 +251,11 @@ class OutboxWatch:
         self.readings = {}  # campaign id -> deque of (time, backlog, lag)
         self.thread = None
 
-    def read(self, svc, campaign_id, since):
-        """{backlog, flush_lag_seconds} now, and the highest of the readings after `since` (this
-        one included): peak_backlog, peak_flush_lag_seconds, and how many readings that is."""
-        backlog, lag = outbox_stats(svc.redis, svc.keys(campaign_id))
+    def read(self, svc, campaign_id, since, reading):
+        """{backlog, flush_lag_seconds} now (`reading`: outbox_stats, read by the poll), and the
+        highest of the readings after `since` (this one included): peak_backlog,
+        peak_flush_lag_seconds, and how many readings that is."""
+        backlog, lag = reading
         now = time.time()
         with self.lock:
             self.polled[campaign_id] = time.monotonic()
@@ -283,17 +295,24 @@ class OutboxWatch:
                 self.thread = None
 
 
-def leases(svc, keys):
-    """The leases standing in Redis, by worker: serials leased and seconds until expiry (negative:
-    expired, its unclaimed serials wait for the reclaim job)."""
-    expiries = svc.redis.zrange(keys.leases, 0, -1, withscores=True)
-    encoded = svc.redis.hgetall(keys.lease_serials) if expiries else {}
-    now_ms = svc.redis.time_at(keys.leases) if expiries else 0  # the clock lease.lua stamped with
-    return [
-        {"worker": lease_id.rsplit(":", 2)[0],  # node:pid of worker_id:uuid:number
-         "lease": lease_id, "serials": len(decode_serials(encoded.get(lease_id, ""))),
-         "expires_in": round((expiry - now_ms) / 1000, 1)}
-        for lease_id, expiry in expiries]
+def queue_leases(batch, keys):
+    """Queue the reads of the leases standing in Redis; return what makes of the batch's replies
+    their list, by worker: serials leased and seconds until expiry (negative: expired, its
+    unclaimed serials wait for the reclaim job)."""
+    first = len(batch)
+    batch.on(keys.leases).zrange(keys.leases, 0, -1, withscores=True)
+    batch.on(keys.lease_serials).hgetall(keys.lease_serials)
+    batch.on(keys.leases).time()  # the clock lease.lua stamped with
+
+    def leases(replies):
+        expiries, encoded, (seconds, micros) = replies[first:first + 3]
+        now_ms = seconds * 1000 + micros // 1000
+        return [
+            {"worker": lease_id.rsplit(":", 2)[0],  # node:pid of worker_id:uuid:number
+             "lease": lease_id, "serials": len(decode_serials(encoded.get(lease_id, ""))),
+             "expires_in": round((expiry - now_ms) / 1000, 1)}
+            for lease_id, expiry in expiries]
+    return leases
 
 
 def sold_out_after(svc, campaign_id, total, finished):
@@ -309,34 +328,35 @@ def sold_out_after(svc, campaign_id, total, finished):
 
 def sale_history(svc, campaign_id):
     """A live sale's coupons per step (a second, or several in a long sale) from its opening to
-    `until` (epoch s), from the rows in the database: those issued before `until` are all there
-    (the flush job writes rows a flush interval or so after they were issued). The page counts
-    what follows from the live polls."""
+    `until` (epoch s), from Redis's count of new tickets per second (claim.lua counts each in the
+    call that claims it): every claim stamped before `until` is there, in the database or not
+    yet. The page counts what follows from the live polls."""
     row = campaign_row(svc.engine, campaign_id)
-    # every claim older than the oldest entry still in the outbox is in the database
-    now = time.time()
-    _, lag = outbox_stats(svc.redis, svc.keys(campaign_id))
-    complete = math.floor(now - lag - 0.001)  # lag is rounded to the ms
-    start = min(complete, to_ms(row.opens_at) // 1000) if row.opens_at else complete
-    step = step_of(complete - start)
-    steps = (complete - start) // step  # whole steps only
-    issues = issues_per_step(svc.engine, campaign_id, start, steps, step) if steps else []
+    per_second, now = issues_per_second(svc.redis, svc.keys(campaign_id))
+    start = min(now, to_ms(row.opens_at) // 1000) if row.opens_at else now
+    step = step_of(now - start)
+    steps = (now - start) // step  # whole steps only
+    issues = into_steps(per_second, start, steps, step)
     return {"id": campaign_id, "start": start, "step_seconds": step, "issues": issues,
             "until": start + steps * step, "rows": sum(issues)}
 
 
 def replay_of(svc, campaign_id, finished):
-    """A sale replayed from the database: issues per second (or per step of several seconds)
-    from open to the last coupon, time to sell out, and what is known of its reconciliation.
-    The replay a close counted once Redis and the database agreed (the rows are final then);
-    any other is counted now."""
+    """A sale replayed: issues per second (or per step of several seconds) from open to the last
+    coupon, time to sell out, and what is known of its reconciliation. The replay a close
+    counted once Redis and the database agreed (the rows are final then); while Redis holds the
+    campaign, its count per second; else the database's, counted now."""
     key = ("replay", campaign_id)
     if key in finished:
         return finished[key]
     row = campaign_row(svc.engine, campaign_id)
-    keys_kept = svc.redis.exists(svc.keys(campaign_id).meta)
+    keys = svc.keys(campaign_id)
+    keys_kept = svc.redis.exists(keys.meta)
     record = close_report(svc.engine, campaign_id)
-    counted = record["replay"] if record and record["replay"] else sale_replay(svc.engine, row)
+    if record and record["replay"]:
+        counted = record["replay"]
+    else:
+        counted = sale_replay(svc.engine, row, issues_per_second(svc.redis, keys)[0] if keys_kept else None)
     replay = {"id": campaign_id, "name": row.name, "total": row.total, **counted,
               "reconciliation": reconciliation(row, keys_kept, record, counted["rows"])}
     if row.status == "closed" and not keys_kept:  # released: nothing of it can change

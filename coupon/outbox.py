@@ -184,11 +184,21 @@ def campaigns_with_news(redis, shards):
 def outbox_stats(redis, keys):
     """Return (backlog, lag in seconds): entries not yet in the database, age of the oldest."""
     batch = redis.batch()
+    return queue_outbox_stats(batch, keys)(batch.execute())
+
+
+def queue_outbox_stats(batch, keys):
+    """Queue the reads of outbox_stats into a batch; return what makes its answer of the
+    batch's replies."""
+    first = len(batch)
     for shard in keys.all_shards():
         batch.on(shard.outbox).xlen(shard.outbox)
         batch.on(shard.outbox).xrange(shard.outbox, count=1)
-    replies = batch.execute()
-    backlog = sum(replies[0::2])
-    oldest = [int(first[0][0].split("-")[0]) for first in replies[1::2] if first]
-    lag = max(0.0, time.time() - min(oldest) / 1000) if oldest else 0.0
-    return backlog, round(lag, 3)
+
+    def stats(replies):
+        ours = replies[first:first + 2 * keys.shards]
+        backlog = sum(ours[0::2])
+        oldest = [int(entries[0][0].split("-")[0]) for entries in ours[1::2] if entries]
+        lag = max(0.0, time.time() - min(oldest) / 1000) if oldest else 0.0
+        return backlog, round(lag, 3)
+    return stats

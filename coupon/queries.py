@@ -1,6 +1,6 @@
 """The read side: a campaign's row and public status, the list of campaigns, a user's ticket.
 From Redis while a campaign is live, from the database once it was closed and released. And a
-sale counted by the database, for the operators' page and the close that records its replay."""
+sale counted per second, for the operators' page and the close that records its replay."""
 import json
 import math
 
@@ -178,23 +178,34 @@ def issues_per_step(engine, campaign_id, start, steps, step):
             select(index, func.count())
             .where(c.campaign_id == campaign_id, c.issued_at < from_ms((start + steps * step) * 1000))
             .group_by(index)).all()
+    return into_steps({start + int(i) * step: n for i, n in counts}, start, steps, step)
+
+
+def into_steps(per_second, start, steps, step):
+    """{epoch second: coupons} as `steps` steps of `step` seconds from epoch second `start`:
+    those before `start` count in the first step, none after the last step."""
     issues = [0] * steps
-    for i, n in counts:
-        issues[max(0, int(i))] += n
+    for second, n in per_second.items():
+        i = (second - start) // step
+        if i < steps:
+            issues[max(0, i)] += n
     return issues
 
 
-def sale_replay(engine, row):
-    """The sale of a campaigns row from the database: its coupons per step (a second, or several
-    in a long sale) from its opening to its last coupon, and the seconds it took to sell out
-    (None unless every coupon is in a row). Reads the index of issued_at, never the rows."""
+def sale_replay(engine, row, per_second=None):
+    """The sale of a campaigns row: its coupons per step (a second, or several in a long sale)
+    from its opening to its last coupon, and the seconds it took to sell out (None unless every
+    coupon is in a row). Counted by the database from the index of issued_at (never the rows),
+    or from `per_second` ({epoch second: coupons}: redis_state.issues_per_second) when given;
+    the ends of the sale from that index either way (call it once every claim is in a row)."""
     opened, last = sale_span(engine, row)
     issues, step = [], 1
     if last is not None:
         start = to_ms(opened) // 1000
         step = step_of(to_ms(last) // 1000 + 1 - start)
         steps = max(1, (to_ms(last) // 1000 - start) // step + 1)  # rows before the opening: the first
-        issues = issues_per_step(engine, row.id, start, steps, step)
+        issues = (issues_per_step(engine, row.id, start, steps, step) if per_second is None
+                  else into_steps(per_second, start, steps, step))
     rows = sum(issues)  # every row: the steps run to the last one
     return {"rows": rows, "opened_at": iso(opened), "step_seconds": step, "issues": issues,
             "sold_out_after_seconds": seconds_between(opened, last) if rows and rows >= row.total else None}

@@ -1,7 +1,7 @@
 """Recover: rebuild a campaign's Redis state from the database, for a Redis that lost it.
 
 What the rows imply is written back: each claim into its shard (its claims bucket, the
-claimed-serials bitmap, the issued counter), the cursor at the highest serial issued, every
+claimed-serials bitmap, the issued counter, the count of its second), the cursor at the highest serial issued, every
 serial below it that no row holds onto the returned list (leased and never claimed, or claimed
 and lost with Redis: they are handed out again first), the status and window. Then the sale goes
 on.
@@ -11,6 +11,7 @@ stock sync's count against the rows says how many at least. The state gets a new
 claims buckets of the total, time base), so that serials leased before the loss are refused
 (lease.lua, claim.lua).
 """
+from collections import Counter
 from dataclasses import dataclass
 
 from coupon import redis_state
@@ -114,12 +115,13 @@ def save_what_redis_kept(svc, keys):
 def restore_claims(svc, keys, layout, progress=None):
     """Write each row's claim back into its shard (in the new layout), reading the rows in serial
     order: the claims of many rows gathered into one HSET per bucket, the shards' claimed-serials
-    bitmaps built here and written whole at the end, and the serials between the rows that no
-    row holds pushed onto the returned list. Return (rows per shard, the highest serial, serials
+    bitmaps and counts of claims per second built here and written whole at the end, and the
+    serials between the rows that no row holds pushed onto the returned list. Return (rows per shard, the highest serial, serials
     returned). A failure midway leaves keys that recover, run again, deletes first."""
     shards = keys.all_shards()
     per_shard, cursor, returned = [0] * keys.shards, 0, 0
     bitmaps = [bytearray() for _ in shards]
+    per_second = [Counter() for _ in shards]  # epoch second -> rows, what claim.lua counts
     gathered, count = {}, 0  # bucket key -> {user: stored claim}
     columns = ("user_id", "serial", issued_at_ms(svc.engine))
     for rows in rows_by_serial(svc.engine, keys.campaign_id, columns, chunk=ROWS):
@@ -132,6 +134,7 @@ def restore_claims(svc, keys, layout, progress=None):
             k = keys.shard_of(user)
             per_shard[k] += 1
             set_bit(bitmaps[k], serial)
+            per_second[k][issued_at // 1000] += 1
             bucket = shards[k].bucket(keys.bucket_of(user, layout.buckets))
             gathered.setdefault(bucket, {})[user] = StoredClaim(serial, issued_at).encode(layout.time_base)
         count += len(rows)
@@ -147,9 +150,10 @@ def restore_claims(svc, keys, layout, progress=None):
             progress(len(rows))
     batch = svc.redis.batch(durable=True)
     write_buckets(batch, gathered)
-    for shard, bitmap in zip(shards, bitmaps):
+    for shard, bitmap, counts in zip(shards, bitmaps, per_second):
         if bitmap:
             batch.on(shard.claimed).set(shard.claimed, bytes(bitmap))
+        redis_state.write_issues_per_second(batch, shard, counts)
     batch.execute()
     return per_shard, cursor, returned
 

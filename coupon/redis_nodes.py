@@ -216,6 +216,10 @@ class Batch:
     def on(self, key):
         return _Queue(self._commands, key)
 
+    def __len__(self):
+        """Commands queued: where the replies of the next one queued begin."""
+        return len(self._commands)
+
     def script(self, script, keys, args):
         self._commands.append((keys[0], "evalsha", (script.sha, len(keys), *keys, *args), {}, script))
 

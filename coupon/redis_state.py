@@ -3,6 +3,7 @@ its claim shards' state hashes (issued, closes_at, layout), written, read and de
 the claims of its users read back. The keys are named in keys.py; the scripts that change this
 state as users ask are in lua/."""
 import uuid
+from collections import Counter
 from typing import NamedTuple
 
 from coupon.clock import now_ms, to_ms
@@ -178,17 +179,48 @@ def stock_in_redis(redis, keys):
 def stocks_in_redis(redis, campaigns):
     """{campaign id: (total, issued)} of these campaigns' keys, of those Redis holds: one batch."""
     batch = redis.batch()
+    return queue_stocks(batch, campaigns)(batch.execute())
+
+
+def queue_stocks(batch, campaigns):
+    """Queue the reads of stocks_in_redis into a batch; return what makes its answer of the
+    batch's replies."""
+    first = len(batch)
     for keys in campaigns:
         batch.on(keys.meta).hget(keys.meta, "total")
         for shard in keys.all_shards():
             batch.on(shard.state).hget(shard.state, "issued")
-    replies, stocks, at = batch.execute(), {}, 0
-    for keys in campaigns:
-        total, *counts = replies[at:at + 1 + keys.shards]
-        at += 1 + keys.shards
-        if total is not None:
-            stocks[keys.campaign_id] = (int(total), sum(int(c or 0) for c in counts))
+
+    def stocks(replies):
+        found, at = {}, first
+        for keys in campaigns:
+            total, *counts = replies[at:at + 1 + keys.shards]
+            at += 1 + keys.shards
+            if total is not None:
+                found[keys.campaign_id] = (int(total), sum(int(c or 0) for c in counts))
+        return found
     return stocks
+
+
+def issues_per_second(redis, keys):
+    """({epoch second: new tickets} of a campaign, its shards' counts summed (claim.lua), and the
+    epoch second of the meta hash node's clock now: every claim stamped before it is counted."""
+    batch = redis.batch()
+    batch.on(keys.meta).time()
+    for shard in keys.all_shards():
+        batch.on(shard.per_second).hgetall(shard.per_second)
+    (now, _), *shards = batch.execute()
+    per_second = Counter()
+    for counts in shards:
+        for second, n in counts.items():
+            per_second[int(second)] += int(n)
+    return per_second, now
+
+
+def write_issues_per_second(batch, shard, per_second):
+    """Queue writing a shard's new tickets per second ({epoch second: n}), as recover counted them."""
+    if per_second:
+        batch.on(shard.per_second).hset(shard.per_second, mapping=per_second)
 
 
 def stored_claim(redis, keys, user_id):

@@ -47,7 +47,7 @@ def test_page_opened_late_shows_the_sale_from_its_opening(browser, gunicorn, sch
     page.goto(f"{server.url}/ops/?campaign={campaign_id}")
     page.wait_for_function("window.opsPage.history() && window.opsPage.polls >= 2")
 
-    # the issued chart begins at the opening, with the seconds of both waves from the rows
+    # the issued chart begins at the opening, with the seconds of both waves as Redis counted them
     history = page.evaluate("window.opsPage.history()")
     assert history["rows"] == 200 and history["step_seconds"] == 1
     ts, per_second = page.evaluate("window.opsPage.charts.issued.data")
@@ -57,7 +57,7 @@ def test_page_opened_late_shows_the_sale_from_its_opening(browser, gunicorn, sch
     # the chart accounts for every coupon: its rates times their intervals make the count shown
     edges = [history["start"]] + ts
     assert round(sum(v * (b - a) for a, b, v in zip(edges, ts, per_second))) == shown_issued(page) == 200
-    assert "from the database" in page.text_content("#note-issued")
+    assert "as Redis counted them" in page.text_content("#note-issued")
     assert "in all" in page.text_content("#key-answers")  # this host's totals, not only rates
 
     # the sale goes on with the page open: the list and the headline show the same count

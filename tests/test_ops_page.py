@@ -11,12 +11,13 @@ from hypothesis import strategies as st
 
 from sqlalchemy import delete, insert, inspect, select, text
 
-from coupon import campaigns, create_app, db, queries
+from coupon import campaigns, create_app, db, queries, redis_state
 from coupon.clock import parse_time, to_ms, utcnow
 from coupon.db import init_db
 from coupon.errors import ReconcileMismatch
-from coupon.keys import SCHEDULER_LEADER
+from coupon.keys import ACTIVE, SCHEDULER_LEADER
 from coupon.outbox import Flusher
+from coupon.recovery import recover_campaign
 from loadtest.harness import open_campaign
 from tests.support import app_config, assert_error, issue, issue_directly, on_single_and_cluster
 
@@ -225,17 +226,16 @@ def per_second(start, step, issues):
     return {start + i: n for i, n in enumerate(issues) if n}
 
 
-def test_history_of_a_live_sale_counts_the_rows_per_second(client, svc):
+@on_single_and_cluster
+def test_history_of_a_live_sale_counts_every_claim_per_second(client, svc):
     campaign_id = open_campaign(svc, 100, "ops history")
-    for user in ("h1", "h2", "h3"):
-        issue_directly(svc, campaign_id, user)
+    tickets = [issue_directly(svc, campaign_id, user) for user in ("h1", "h2", "h3")]
     time.sleep(1.1)
-    for user in ("h4", "h5"):
-        issue_directly(svc, campaign_id, user)
-    time.sleep(1.1)  # the history ends at a whole second: the one of h4 and h5 is over
+    tickets += [issue_directly(svc, campaign_id, user) for user in ("h4", "h5")]
     Flusher(svc, consumer="test").flush([campaign_id])
-    pending = issue_directly(svc, campaign_id, "h6")  # in the outbox, not in the database
-    time.sleep(1.1)  # its second is over too: the history must stop before it all the same
+    time.sleep(1.1)
+    tickets.append(issue_directly(svc, campaign_id, "h6"))  # in the outbox, not in the database
+    time.sleep(1.1)  # the history ends at a whole second: the one of h6 is over
 
     view = client.get(f"/ops/live.json?campaign={campaign_id}").json["campaign"]
     assert view["history_url"] == f"/ops/campaigns/{campaign_id}/history.json"
@@ -243,11 +243,34 @@ def test_history_of_a_live_sale_counts_the_rows_per_second(client, svc):
     opened = to_ms(parse_time(view["opens_at"])) // 1000
     assert history["start"] == opened and history["step_seconds"] == 1
     assert history["until"] == history["start"] + len(history["issues"])
-    # up to the oldest claim not yet in the database (h6), every row, counted per second
-    assert history["until"] <= pending.issued_at_ms / 1000
-    assert history["rows"] == sum(history["issues"]) == 5
-    assert per_second(history["start"], 1, history["issues"]) == rows_per_second(svc, campaign_id)
-    assert len(rows_per_second(svc, campaign_id)) >= 2  # two seconds at least: a shape to compare
+    assert history["until"] > tickets[-1].issued_at_ms / 1000
+    # every claim, in the database or not yet, in the second it was stamped
+    claimed = Counter(t.issued_at_ms // 1000 for t in tickets)
+    assert history["rows"] == sum(history["issues"]) == 6
+    assert per_second(history["start"], 1, history["issues"]) == claimed
+    assert len(claimed) >= 3  # three seconds at least: a shape to compare
+    Flusher(svc, consumer="test").flush([campaign_id])
+    assert rows_per_second(svc, campaign_id) == claimed  # what the rows will say
+
+
+@on_single_and_cluster
+def test_a_recovered_sale_counts_its_seconds_as_before_redis_lost_it(client, svc):
+    campaign_id = open_campaign(svc, 100, "ops recovered history")
+    tickets = [issue_directly(svc, campaign_id, user) for user in ("r1", "r2")]
+    time.sleep(1.1)
+    tickets.append(issue_directly(svc, campaign_id, "r3"))
+    Flusher(svc, consumer="test").flush([campaign_id])
+    redis_state.delete_keys(svc.redis, svc.keys(campaign_id))  # Redis lost it
+    svc.redis.srem(ACTIVE, campaign_id)
+    recover_campaign(svc, campaign_id)
+    time.sleep(1.1)
+    tickets.append(issue_directly(svc, campaign_id, "r4"))  # the sale goes on
+    time.sleep(1.1)
+
+    history = client.get(f"/ops/campaigns/{campaign_id}/history.json").json
+    claimed = Counter(t.issued_at_ms // 1000 for t in tickets)
+    assert history["rows"] == 4 and per_second(history["start"], 1, history["issues"]) == claimed
+    assert len(claimed) >= 3
 
 
 def test_sold_out_sale_not_closed_has_its_replay_once_its_rows_are_in(client, svc):

@@ -8,7 +8,9 @@
 -- KEYS[4] - rate hash of the current window: user id -> requests (see keys.ShardKeys.rate)
 -- KEYS[5] - the shard's outbox news set, shared by all campaigns: gets the campaign id with a
 --           new claim, so the flush job finds the streams that hold entries without polling all
--- KEYS[5 + i] - the claims bucket of the i-th triplet's user (keys.CampaignKeys.claims_of):
+-- KEYS[6] - the shard's new tickets per second: hash epoch second -> count (the operators'
+--           page draws the sale from it while Redis holds the campaign)
+-- KEYS[6 + i] - the claims bucket of the i-th triplet's user (keys.CampaignKeys.claims_of):
 --           hash user id -> issued_at_ms - time_base, then the serial in 8 digits, as decimal
 --           digits (scripts.StoredClaim; the code is derived from the serial, never stored)
 -- ARGV[1] - campaign id
@@ -45,7 +47,7 @@ local limit = tonumber(ARGV[2])
 local new = 0
 for i = 5, #ARGV, 3 do
   local user, serial, code = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local bucket = KEYS[5 + (i - 2) / 3]
+  local bucket = KEYS[6 + (i - 2) / 3]
   -- the limit comes first: a user who already holds a ticket may not hammer either
   local limited = limit > 0 and redis.call('HINCRBY', KEYS[4], user, 1) > limit
   local held = not limited and redis.call('HGET', bucket, user)
@@ -69,6 +71,9 @@ for i = 5, #ARGV, 3 do
     new = new + 1
   end
 end
-if new > 0 then redis.call('SADD', KEYS[5], ARGV[1]) end
+if new > 0 then
+  redis.call('SADD', KEYS[5], ARGV[1])
+  redis.call('HINCRBY', KEYS[6], string.format('%d', math.floor(now / 1000)), new)  -- one now a call
+end
 if limit > 0 then redis.call('EXPIRE', KEYS[4], ARGV[3]) end
 return replies

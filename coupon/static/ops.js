@@ -1,7 +1,7 @@
 // The operators' live page: polls live.json every second, turns its counters into rates, keeps
 // the last five minutes itself and draws them with uPlot. The coupons issued per second since the
-// opening come from the database once, when a campaign is selected (history.json); the polls
-// extend them.
+// opening come from Redis's count per second once, when a campaign is selected (history.json);
+// the polls extend them.
 "use strict";
 (function () {
   const root = document.getElementById("ops");
@@ -75,8 +75,8 @@
     if (!mark || now > mark.now) mark = {now, issued: count};
   }
 
-  // the sale so far from the database: a point at the end of each step; the polls that came
-  // before it are counted again after it (the rows lag the live count by about a flush)
+  // the sale so far from Redis's count per second: a point at the end of each step; the polls
+  // that came before it are counted again after it
   function useHistory(r) {
     const before = mark;
     history = r;
@@ -178,9 +178,9 @@
     charts.answers.setData([h.t, ...h.answers]);
     key("key-issued", [["issued / s", "#2e7d32", number(last(issued.perSecond))],
                        ["in all", "transparent", number(c.issued)]]);
-    text("note-issued", !history ? (historyOf === c.id ? "the sale so far is being read from the database…" : "") :
-      history.issues.length ? `From the opening to ${clockTime(history.until)} from the database's rows ` +
-        `(${history.step_seconds > 1 ? `per ${history.step_seconds} s` : "per second"}; they lag the sale by about a flush), ` +
+    text("note-issued", !history ? (historyOf === c.id ? "the sale so far is being read…" : "") :
+      history.issues.length ? `From the opening to ${clockTime(history.until)} as Redis counted them ` +
+        `(${history.step_seconds > 1 ? `per ${history.step_seconds} s` : "per second"}), ` +
         "then from the live count, a point a poll." : "From the live count, a point a poll.");
     key("key-answers", OUTCOMES.map(([label, colour], i) => [label, colour,
       `${number(last(h.answers[i]))}/s · ${number(total[i])} in all`]).filter((_, i) => seen[i]));
@@ -346,7 +346,7 @@
       `not sold out: ${number(r.rows)} of ${number(r.total)} issued` :
       `sold out after ${duration(r.sold_out_after_seconds)}`;
     const peak = Math.max(0, ...r.issues) / r.step_seconds;
-    text("replay-caption", `The sale replayed from the database: coupons issued ${per} from opening`);
+    text("replay-caption", `The sale replayed: coupons issued ${per} from opening`);
     replayClock = `${c.status.replace("_", " ")} · ${soldOut}`;
     if (!c.live) text("clock", replayClock);
     if (charts.replay) charts.replay.destroy();
