@@ -1,9 +1,10 @@
 """What a big sale costs: `make bench-scale [N=1000000]` (N up to 10,000,000).
 
-  (1) N claims of one campaign through claim.lua (the script and layout of real issuing, in
-      batches of 500: this machine would flood 1M users through HTTP for many minutes), and the
-      claims per second of the last tenth against the first; flushed into the database by the
-      Flusher;
+  (1) N distinct users issued a coupon each: through HTTP (wrk, 100 connections, against
+      `gunicorn -k gevent app:app` with 2 workers) up to HTTP_UP_TO coupons, else straight
+      through claim.lua (the script and layout of real issuing, in batches of 500: this machine
+      would flood 10M users through HTTP for half an hour); the coupons per second of the last
+      tenth against the first; flushed into the database by the Flusher;
   (2) Redis memory per held coupon: used_memory (and MEMORY USAGE of the campaign's keys) after
       the outbox drained, less what it was before;
   (3) `flask campaign recover` after the campaign's keys are deleted (Redis lost it): seconds
@@ -22,6 +23,7 @@ import argparse
 import http.client
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,6 +44,7 @@ DATABASE_URL = os.environ.get("SCALE_BENCH_DATABASE_URL",
                               "mysql+pymysql://root@127.0.0.1:3306/coupon_scalebench")
 FLASK = os.path.join(ROOT, ".venv", "bin", "flask")
 IDLE_SECONDS = 60.0
+HTTP_UP_TO = 1_000_000  # coupons issued through HTTP; a bigger sale goes through claim.lua
 
 
 # runs a command and prints its peak RSS (KB) last on stderr. A child's peak counts the RSS of
@@ -182,7 +185,7 @@ def main():
         # a redis-server of its own, unless one is named: used_memory counts this campaign only
         server = None if REDIS_URL else RedisServer(folder, "no file")
         try:
-            big_sale(args.n, REDIS_URL or server.url)
+            big_sale(args.n, REDIS_URL or server.url, folder)
         finally:
             if server:
                 server.stop()
@@ -193,10 +196,14 @@ def main():
             print(f"  {what:<30} {figure:.1f}")
 
 
-def big_sale(n, redis_url):
+def big_sale(n, redis_url, folder):
     svc, env = bench.prepare(DATABASE_URL, redis_url)
     raw = Redis.from_url(redis_url)
     rows = []
+    tokens = None
+    if n <= HTTP_UP_TO:
+        bench.need_wrk()
+        tokens = bench.write_tokens(svc.signer, "scale", n, folder)
 
     before = raw.info("memory")["used_memory"]
     campaign_id = open_campaign(svc, n, "scale")
@@ -204,9 +211,16 @@ def big_sale(n, redis_url):
 
     def sale():
         started = time.perf_counter()
-        calls = fill_outbox(svc, campaign_id, n)
-        rows.append(("claims through claim.lua", f"{time.perf_counter() - started:.1f} s",
-                     f"claims/s, last tenth against the first: {tenths_ratio(calls):.2f}"))
+        if tokens:
+            http_sale(env, svc, campaign_id, n, tokens)
+            tenths = issued_tenths(svc, keys, n)
+            rows.append(("users through HTTP (wrk)", f"{time.perf_counter() - started:.1f} s",
+                         f"coupons/s, last tenth against the first: {tenths[-1]:.2f} "
+                         f"(each tenth: {' '.join(f'{r:.2f}' for r in tenths)})"))
+        else:
+            calls = fill_outbox(svc, campaign_id, n)
+            rows.append(("claims through claim.lua", f"{time.perf_counter() - started:.1f} s",
+                         f"claims/s, last tenth against the first: {tenths_ratio(calls):.2f}"))
         started, flusher = time.perf_counter(), Flusher(svc, "scale-bench")
         while outbox_stats(svc.redis, keys)[0]:
             flusher.flush([campaign_id])
@@ -235,6 +249,37 @@ def big_sale(n, redis_url):
         print(f"  {what:<34} {figure:<34} {more}")
     print(f"  close's report: {report}")
     raw.flushdb()
+
+
+def http_sale(env, svc, campaign_id, n, tokens):
+    """Flood the campaign with the users of the token file through HTTP until it sold out."""
+    server = Gunicorn(env, workers=2)
+    try:
+        flood = subprocess.Popen(
+            ["wrk", "-t", "2", "-c", "100", "-d", f"{n // 500 + 60}s", "--timeout", "5s",
+             "-s", os.path.join(ROOT, "loadtest", "tokens.lua"),
+             f"{server.url}/api/v1/campaigns/{campaign_id}/issue", "--", tokens, "2"],
+            stdout=subprocess.DEVNULL)
+        try:
+            while redis_state.issued_in_redis(svc.redis, svc.keys(campaign_id)) < n:
+                if flood.poll() is not None:
+                    raise SystemExit(f"wrk stopped (exit {flood.returncode}) before the sale sold out")
+                time.sleep(0.2)
+        finally:
+            flood.send_signal(signal.SIGINT)  # wrk stops at once
+            flood.wait(timeout=30)
+    finally:
+        server.stop()
+
+
+def issued_tenths(svc, keys, n):
+    """Coupons per second in each tenth of the sale, against the first, from the issued_at of the
+    claims (scripts.StoredClaim: Redis's clock at each claim)."""
+    at = sorted(claim.issued_at_ms for shard in keys.all_shards()
+                for _, claim in redis_state.shard_claims(svc.redis, shard))
+    tenth = n // 10
+    rates = [tenth / max(1, at[i + tenth - 1] - at[i]) for i in range(0, tenth * 10, tenth)]
+    return [rate / rates[0] for rate in rates]
 
 
 def tenths_ratio(calls):
