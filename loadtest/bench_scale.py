@@ -101,14 +101,20 @@ def ops_page(env, campaign_id, label, during=None):
                       log_path=os.path.join(ROOT, "reports", "bench-scale-ops.log"))
 
     def poll(path, interval):
-        return subprocess.Popen([sys.executable, "-c", POLLER, str(server.port), path, str(interval)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        # into a file: a pipe nobody reads until the end fills up (64 KB, two seconds of /healthz
+        # back to back) and stops the poller
+        out = tempfile.TemporaryFile("w+")
+        poller = subprocess.Popen([sys.executable, "-c", POLLER, str(server.port), path, str(interval)],
+                                  stdin=subprocess.PIPE, stdout=out, text=True)
+        poller.out = out
+        return poller
 
     def stop(poller):
-        out, _ = poller.communicate("")
+        poller.communicate("")
         if poller.returncode:
             raise SystemExit(f"polling the operators' page failed (exit {poller.returncode})")
-        return [tuple(map(float, line.split())) for line in out.splitlines()]
+        poller.out.seek(0)
+        return [tuple(map(float, line.split())) for line in poller.out.read().splitlines()]
 
     def get(path):
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
