@@ -7,11 +7,12 @@ claims flushed by a scheduler sharing its metrics folder, serials in its workers
 The JSON carries counters; the page turns them into rates and keeps the recent history itself,
 so a poll costs a few Redis and database round trips. A live sale's coupons per second since
 its opening come from Redis, which counts them per second as it claims them (one field a second
-of each claim shard), once when the page selects it. A closed sale's replay, and what Redis and the database were found to agree on, are what its
-close counted and recorded: the page never reconciles (that reads every claim and row). While a
-page polls a campaign, the worker reads its outbox every SAMPLE_SECONDS, so that a poll can say
-the highest backlog and lag since the previous one (a sawtooth: it grows between flushes and
-drops at each, which a once-a-second sample would alias).
+of each claim shard), once when the page selects it. A closed sale's replay, and what Redis and
+the database were found to agree on, are what its close counted and recorded: the page never
+reconciles (that reads every claim and row). While a page polls a campaign, the worker reads
+its outbox every SAMPLE_SECONDS, so that a poll can say the highest backlog and lag since the
+previous one (a sawtooth: it grows between flushes and drops at each, which a once-a-second
+sample would alias).
 
 In production the page asks for HTTP Basic with OPS_PASSWORD (any user name); with no password
 set it is not registered at all (404 to every method). In development it is open.
