@@ -21,10 +21,7 @@ from coupon.errors import NothingToRecover
 from coupon.queries import campaign_row, issued_at_ms, rows_by_serial
 from coupon.scripts import StoredClaim
 
-ROWS = 10_000  # serials whose rows are read a round
-# claims gathered before their buckets are written, one HSET each: at a million coupons (15,600
-# buckets) about 13 claims a bucket, and recover's peak RSS 127 MB (75 MB writing them per chunk)
-GATHER = 200_000
+ROWS = 10_000  # serials whose rows are read, and their claims written, a round
 RETURNED = 2000  # serials per RPUSH
 
 
@@ -114,18 +111,20 @@ def save_what_redis_kept(svc, keys):
 
 def restore_claims(svc, keys, layout, progress=None):
     """Write each row's claim back into its shard (in the new layout), reading the rows in serial
-    order: the claims of many rows gathered into one HSET per bucket, the shards' claimed-serials
-    bitmaps and counts of claims per second built here and written whole at the end, and the
-    serials between the rows that no row holds pushed onto the returned list. Return (rows per shard, the highest serial, serials
-    returned). A failure midway leaves keys that recover, run again, deletes first."""
+    order: a chunk's claims of a shard in one call of restore_claims.lua, the shards'
+    claimed-serials bitmaps and counts of claims per second built here and written whole at the
+    end, and the serials between the rows that no row holds pushed onto the returned list.
+    Return (rows per shard, the highest serial, serials returned). A failure midway leaves keys
+    that recover, run again, deletes first."""
     shards = keys.all_shards()
     per_shard, cursor, returned = [0] * keys.shards, 0, 0
     bitmaps = [bytearray() for _ in shards]
     per_second = [Counter() for _ in shards]  # epoch second -> rows, what claim.lua counts
-    gathered, count = {}, 0  # bucket key -> {user: stored claim}
     columns = ("user_id", "serial", issued_at_ms(svc.engine))
     for rows in rows_by_serial(svc.engine, keys.campaign_id, columns, chunk=ROWS):
         holes = []
+        buckets = [[] for _ in shards]  # per shard: the bucket of each claim, and its (user, claim)
+        claims = [[] for _ in shards]
         for user, serial, issued_at in rows:
             if not isinstance(issued_at, int):  # a datetime (SQLite)
                 issued_at = to_ms(issued_at)
@@ -135,32 +134,25 @@ def restore_claims(svc, keys, layout, progress=None):
             per_shard[k] += 1
             set_bit(bitmaps[k], serial)
             per_second[k][issued_at // 1000] += 1
-            bucket = shards[k].bucket(keys.bucket_of(user, layout.buckets))
-            gathered.setdefault(bucket, {})[user] = StoredClaim(serial, issued_at).encode(layout.time_base)
-        count += len(rows)
+            buckets[k].append(shards[k].bucket(keys.bucket_of(user, layout.buckets)))
+            claims[k] += (user, StoredClaim(serial, issued_at).encode(layout.time_base))
         batch = svc.redis.batch(durable=True)
         for i in range(0, len(holes), RETURNED):
             batch.on(keys.returned).rpush(keys.returned, *holes[i:i + RETURNED])
-        if count >= GATHER:
-            write_buckets(batch, gathered)
-            gathered, count = {}, 0
+        for shard_buckets, shard_claims in zip(buckets, claims):
+            if shard_buckets:
+                batch.script(svc.scripts.restore_claims, shard_buckets, shard_claims)
         batch.execute()
         returned += len(holes)
         if progress:
             progress(len(rows))
     batch = svc.redis.batch(durable=True)
-    write_buckets(batch, gathered)
     for shard, bitmap, counts in zip(shards, bitmaps, per_second):
         if bitmap:
             batch.on(shard.claimed).set(shard.claimed, bytes(bitmap))
         redis_state.write_issues_per_second(batch, shard, counts)
     batch.execute()
     return per_shard, cursor, returned
-
-
-def write_buckets(batch, gathered):
-    for bucket, mapping in gathered.items():
-        batch.on(bucket).hset(bucket, mapping=mapping)
 
 
 def set_bit(bitmap, n):

@@ -157,6 +157,8 @@ class Scripts:
         self._lease, self._renew, self._give_back = load("lease"), load("renew"), load("give_back")
         self._leader, self._resign = load("leader"), load("resign")
         self._raise_total = load("raise_total")
+        # recover sends it pipelined, per shard (recovery.restore_claims)
+        self.restore_claims = load("restore_claims")
         # the flusher sends it pipelined, per stream (outbox.Flusher)
         self.ack_outbox = load("ack_outbox")
 

@@ -116,9 +116,8 @@ def rows_of(svc, campaign_id):
 @on_single_and_cluster
 def test_recover_rebuilds_what_the_rows_imply_and_the_sale_goes_on(svc, signer, runner, workers,
                                                                     redis_client, monkeypatch):
-    # rows of 3 serials read a round, buckets written every 4 claims: each step of a big recover
+    # rows of 3 serials read and written a round: each step of a big recover
     monkeypatch.setattr(recovery, "ROWS", 3)
-    monkeypatch.setattr(recovery, "GATHER", 4)
     campaign_id = open_campaign(svc, 1000)
     keys = svc.keys(campaign_id)
     # two workers, each with a lease of its own: the rows leave a gap of serials leased, never claimed
