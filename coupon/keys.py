@@ -49,13 +49,19 @@ class CampaignKeys:
         return zlib.crc32(user_id.encode()) % self.shards
 
     def bucket_of(self, user_id, buckets):
-        """The index of the user's claims bucket within its shard (of `buckets`): the bits of
-        the hash above those that chose the shard."""
-        return zlib.crc32(user_id.encode()) // self.shards % buckets
+        """The index of the user's claims bucket within its shard (of `buckets`)."""
+        return self.place(user_id, buckets)[1]
+
+    def place(self, user_id, buckets):
+        """(shard_of, bucket_of) the user from one hash (recover places millions): the shard
+        from its remainder, the bucket from the bits above."""
+        above, shard = divmod(zlib.crc32(user_id.encode()), self.shards)
+        return shard, above % buckets
 
     def claims_of(self, user_id, buckets):
         """The key of the claims bucket that holds (or will hold) the user's claim."""
-        return self.shard(self.shard_of(user_id)).bucket(self.bucket_of(user_id, buckets))
+        shard, bucket = self.place(user_id, buckets)
+        return self.shard(shard).bucket(bucket)
 
     def shard(self, k):
         return ShardKeys(shard_tag(k, self.shards), self.campaign_id, k)
@@ -114,10 +120,11 @@ class ShardKeys:
         # shard may hold entries (claim.lua adds, ack_outbox.lua removes once it is empty); what
         # the flush job reads, rather than every stream of every campaign
         self.news = news_of(tag)
+        self._bucket = prefix + ":claims:%d"  # bucket(i): formatted per claim
 
     def bucket(self, i):
         """Claims bucket i of the shard: hash user id -> scripts.StoredClaim (see above)."""
-        return "%s:claims:%d" % (self.prefix, i)
+        return self._bucket % i
 
     def all(self, buckets):
         """The shard's keys, with `buckets` claims buckets; the state last (delete_keys)."""

@@ -12,13 +12,14 @@ claims buckets of the total, time base), so that serials leased before the loss 
 (lease.lua, claim.lua).
 """
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from coupon import redis_state
 from coupon.campaigns import drain_outbox
-from coupon.clock import to_ms, utcnow
+from coupon.clock import utcnow
 from coupon.errors import NothingToRecover
-from coupon.queries import campaign_row, issued_at_ms, rows_by_serial
+from coupon.queries import campaign_row, claims_by_serial
 from coupon.scripts import StoredClaim
 
 ROWS = 10_000  # serials whose rows are read, and their claims written, a round
@@ -120,32 +121,38 @@ def restore_claims(svc, keys, layout, progress=None):
     per_shard, cursor, returned = [0] * keys.shards, 0, 0
     bitmaps = [bytearray() for _ in shards]
     per_second = [Counter() for _ in shards]  # epoch second -> rows, what claim.lua counts
-    columns = ("user_id", "serial", issued_at_ms(svc.engine))
-    for rows in rows_by_serial(svc.engine, keys.campaign_id, columns, chunk=ROWS):
-        holes = []
-        buckets = [[] for _ in shards]  # per shard: the bucket of each claim, and its (user, claim)
-        claims = [[] for _ in shards]
-        for user, serial, issued_at in rows:
-            if not isinstance(issued_at, int):  # a datetime (SQLite)
-                issued_at = to_ms(issued_at)
-            holes.extend(range(cursor + 1, serial))
-            cursor = serial
-            k = keys.shard_of(user)
-            per_shard[k] += 1
-            set_bit(bitmaps[k], serial)
-            per_second[k][issued_at // 1000] += 1
-            buckets[k].append(shards[k].bucket(keys.bucket_of(user, layout.buckets)))
-            claims[k] += (user, StoredClaim(serial, issued_at).encode(layout.time_base))
-        batch = svc.redis.batch(durable=True)
-        for i in range(0, len(holes), RETURNED):
-            batch.on(keys.returned).rpush(keys.returned, *holes[i:i + RETURNED])
-        for shard_buckets, shard_claims in zip(buckets, claims):
-            if shard_buckets:
-                batch.script(svc.scripts.restore_claims, shard_buckets, shard_claims)
-        batch.execute()
-        returned += len(holes)
-        if progress:
-            progress(len(rows))
+    chunks = claims_by_serial(svc.engine, keys.campaign_id, ROWS)
+    # the next chunk read and the last one written while this one is placed: MariaDB, Redis
+    # and this process busy at once (one write at a time: the returned list keeps its order)
+    with ThreadPoolExecutor(2, thread_name_prefix="recover") as pool:
+        reading, writing = pool.submit(next, chunks, None), None
+        while (rows := reading.result()) is not None:
+            reading = pool.submit(next, chunks, None)
+            holes = []
+            buckets = [[] for _ in shards]  # per shard: the bucket of each claim, and its (user, claim)
+            claims = [[] for _ in shards]
+            for user, serial, issued_at in rows:
+                if serial > cursor + 1:
+                    holes.extend(range(cursor + 1, serial))
+                cursor = serial
+                k, bucket = keys.place(user, layout.buckets)
+                per_shard[k] += 1
+                set_bit(bitmaps[k], serial)
+                per_second[k][issued_at // 1000] += 1
+                buckets[k].append(shards[k].bucket(bucket))
+                claims[k] += (user, StoredClaim.value(serial, issued_at, layout.time_base))
+            batch = svc.redis.batch(durable=True)
+            for i in range(0, len(holes), RETURNED):
+                batch.on(keys.returned).rpush(keys.returned, *holes[i:i + RETURNED])
+            for shard_buckets, shard_claims in zip(buckets, claims):
+                if shard_buckets:
+                    batch.script(svc.scripts.restore_claims, shard_buckets, shard_claims)
+            if writing:
+                report(writing.result(), progress)
+            writing = pool.submit(written, batch, len(rows))
+            returned += len(holes)
+        if writing:
+            report(writing.result(), progress)
     batch = svc.redis.batch(durable=True)
     for shard, bitmap, counts in zip(shards, bitmaps, per_second):
         if bitmap:
@@ -153,6 +160,16 @@ def restore_claims(svc, keys, layout, progress=None):
         redis_state.write_issues_per_second(batch, shard, counts)
     batch.execute()
     return per_shard, cursor, returned
+
+
+def written(batch, rows):
+    batch.execute()
+    return rows
+
+
+def report(rows, progress):
+    if progress:
+        progress(rows)
 
 
 def set_bit(bitmap, n):

@@ -155,6 +155,25 @@ def test_recover_rebuilds_what_the_rows_imply_and_the_sale_goes_on(svc, signer, 
     assert closed.exit_code == 0 and "database rows 20: AGREE" in closed.output, closed.output
 
 
+def test_recover_stops_at_an_aggregated_chunk_cut_short_and_runs_again(svc, signer, runner, workers,
+                                                                      redis_client, monkeypatch):
+    # MySQL's group_concat_max_len cuts a GROUP_CONCAT short (with a warning only): here at 40
+    # bytes, less than the rows of a chunk take
+    campaign_id = open_campaign(svc, 1000)
+    issue_to(workers(), signer, campaign_id, [f"a{i}" for i in range(5)])
+    flush(svc, campaign_id)
+    lose(svc, campaign_id)
+    monkeypatch.setattr(queries, "AGGREGATED_MAX", 40)
+    cut = recover(runner, campaign_id)
+    assert cut.exit_code == 1 and "Traceback" not in cut.output
+    assert f"INTERNAL: campaign {campaign_id}: only 2 of 5 rows read from serial 1" in cut.output
+    assert not redis_client.exists(svc.keys(campaign_id).meta)  # workers do not serve it
+    monkeypatch.undo()
+    assert recover(runner, campaign_id).exit_code == 0
+    assert_rebuilt_from(redis_client, svc.keys(campaign_id), rows_of(svc, campaign_id),
+                        queries.campaign_row(svc.engine, campaign_id))
+
+
 @on_single_and_cluster
 def test_recover_drains_the_shards_redis_kept_before_it_rebuilds(svc, signer, runner, workers,
                                                                   redis_client):
