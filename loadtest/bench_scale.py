@@ -11,8 +11,9 @@
       and peak RSS of the command;
   (4) `flask campaign close`: seconds and peak RSS of the command, its report;
   (5) the operators' page of the campaign, served by one gevent worker: live.json polled while
-      the claims are written and flushed, history.json, and replay.json while Redis holds the
-      campaign and again once it is closed, each with the longest wait of a second client.
+      the claims are written and flushed (as its pollers waited, and as the worker's access log
+      timed its answers), history.json, and replay.json while Redis holds the campaign and
+      again once it is closed, each with the longest wait of a second client.
   (6) what live campaigns cost while nobody asks for them (loadtest/bench_idle.py): Redis
       commands per second and the scheduler's CPU, with IDLE campaigns (default 1000).
 
@@ -97,7 +98,9 @@ def ops_page(env, campaign_id, label, during=None):
     (gevent's monitor thread would say it too, but each report it writes walks every object of
     the worker, holding the loop far longer than what it reports). Returns the rows of the table."""
     os.makedirs(os.path.join(ROOT, "reports"), exist_ok=True)
-    server = Gunicorn(env, workers=1, private_metrics=True,
+    # its access log gives each answer's own time (%(D)s µs), apart from the wait for a core
+    server = Gunicorn({**env, "ACCESS_LOG": "-", "GUNICORN_CMD_ARGS": "--access-logformat '%(U)s %(D)s'"},
+                      workers=1, private_metrics=True,
                       log_path=os.path.join(ROOT, "reports", "bench-scale-ops.log"))
 
     def poll(path, interval):
@@ -138,8 +141,10 @@ def ops_page(env, campaign_id, label, during=None):
             live = poll(f"/ops/live.json?campaign={campaign_id}", 0.5)
             during()
             polls = sorted(seconds for _, seconds in stop(live))
+            served = sorted(served_seconds(server.log_path, "/ops/live.json"))
             rows.append(("ops live.json, during the sale", f"median {ms(polls[len(polls) // 2])}, "
-                         f"max {ms(polls[-1])}", f"{len(polls)} polls"))
+                         f"max {ms(polls[-1])}", f"{len(polls)} polls; in the worker: median "
+                         f"{ms(served[len(served) // 2])}, max {ms(served[-1])}"))
             seconds, history = get(f"{base}/history.json")
             rows.append(("ops history.json", ms(seconds), f"{history['rows']:,} rows"))
         prober = poll("/healthz", 0)
@@ -159,6 +164,13 @@ def ops_page(env, campaign_id, label, during=None):
     finally:
         server.stop()
     return rows
+
+
+def served_seconds(log_path, path):
+    """Seconds of each answer to `path` so far, as the worker's access log timed them (from
+    reading the request to its last byte written)."""
+    with open(log_path) as log:
+        return [int(line.split()[1]) / 1e6 for line in log if line.startswith(path + " ")]
 
 
 def campaign_bytes(svc, raw, keys):
