@@ -23,6 +23,13 @@ def readiness(svc):
 def check_readiness(svc):
     """The checks of readiness() and each master's replicas: one INFO per master, one SELECT 1
     (and the settings' verdict, read every few seconds)."""
+    checks, replicas = check_redis(svc)
+    checks["database"] = check_database(svc.engine)
+    return Readiness(checks, replicas)
+
+
+def check_redis(svc):
+    """The Redis checks of readiness() (every one but "database") and each master's replicas."""
     checks, replicas = {"redis": "ok"}, {}
     try:
         primaries = svc.redis.primaries()
@@ -45,10 +52,14 @@ def check_readiness(svc):
             checks["redis"] = f"down: master {name}" if svc.redis.cluster else state
     verdict = svc.redis_guard.verdict()  # cached: read every few seconds, not per call
     checks["redis settings"] = "; ".join(verdict.problems) if verdict.refuses else "ok"
+    return checks, replicas
+
+
+def check_database(engine):
+    """"ok", or "down: <error>": whether the database answers a SELECT 1."""
     try:
-        with svc.engine.connect() as conn:
+        with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-        checks["database"] = "ok"
+        return "ok"
     except SQLAlchemyError as e:
-        checks["database"] = f"down: {type(e).__name__}"
-    return Readiness(checks, replicas)
+        return f"down: {type(e).__name__}"

@@ -5,9 +5,10 @@ stock and issued, outbox backlog and flush lag, leases, health. Figures of this 
 over its gunicorn workers, all campaigns together): answers by outcome, time in the worker,
 claims flushed by a scheduler sharing its metrics folder, serials in its workers' local blocks.
 The JSON carries counters; the page turns them into rates and keeps the recent history itself,
-so a poll costs a few Redis and database round trips. A live sale's coupons per second since
-its opening come from Redis, which counts them per second as it claims them (one field a second
-of each claim shard), once when the page selects it. A closed sale's replay, and what Redis and
+so a poll costs a few Redis round trips and a read of the campaigns rows (RowsReader: a poll
+never waits long for the database). A live sale's coupons per second since its opening come
+from Redis, which counts them per second as it claims them (one field a second of each claim
+shard), once when the page selects it. A closed sale's replay, and what Redis and
 the database were found to agree on, are what its close counted and recorded: the page never
 reconciles (that reads every claim and row). While a page polls a campaign, the worker reads
 its outbox every SAMPLE_SECONDS, so that a poll can say the highest backlog and lag since the
@@ -24,17 +25,19 @@ import socket
 import threading
 import time
 from collections import deque
+from typing import NamedTuple
 
 from flask import Blueprint, current_app, jsonify, render_template, request, send_from_directory, url_for
 from redis.exceptions import RedisError
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from coupon import db
 from coupon.api import campaign_id_of
 from coupon.clock import iso, to_ms
 from coupon.errors import Unauthorized, error_response
 from coupon.extensions import services
-from coupon.health import readiness
+from coupon.health import check_redis
 from coupon.keys import SCHEDULER_LEADER, active_campaigns
 from coupon.outbox import outbox_stats, queue_outbox_stats
 from coupon.queries import (
@@ -47,6 +50,8 @@ from coupon.scripts import decode_serials
 bp = Blueprint("ops", __name__, url_prefix="/ops")
 
 POLL_SECONDS = 1.0
+DATABASE_WAIT = 0.05  # a poll waits this long for the database, then shows its last reading
+DATABASE_DOWN_AFTER = 2.0  # a read under way this long: the page says the database is down
 RECENT_CLOSED = 10  # closed campaigns listed after the live ones
 SAMPLE_SECONDS = 0.1  # the outbox is read this often while a page polls the campaign
 WATCH_SECONDS = 5.0  # and for this long after the last poll
@@ -63,6 +68,7 @@ def register(app):
         app.register_blueprint(bp)
         app.extensions["coupon_ops"] = {}  # figures of finished sales, computed once
         app.extensions["coupon_ops_outbox"] = OutboxWatch()
+        app.extensions["coupon_ops_rows"] = RowsReader()
 
 
 def favicon():
@@ -95,8 +101,9 @@ def page():
 def live():
     raw = request.args.get("campaign", "")
     campaign_id = campaign_id_of(raw) if raw else None
-    return jsonify(live_state(services(current_app), campaign_id, current_app.extensions["coupon_ops"],
-                              current_app.extensions["coupon_ops_outbox"], since_of(request.args)))
+    ext = current_app.extensions
+    return jsonify(live_state(services(current_app), campaign_id, ext["coupon_ops"], ext["coupon_ops_outbox"],
+                              ext["coupon_ops_rows"], since_of(request.args)))
 
 
 @bp.get("/campaigns/<raw_id>/history.json")
@@ -119,34 +126,41 @@ def since_of(args):
     return since if math.isfinite(since) else None
 
 
-def live_state(svc, campaign_id, finished, outbox_watch, since=None):
+def live_state(svc, campaign_id, finished, outbox_watch, rows_reader, since=None):
     """What the page shows now; `finished` caches the figures of sales that can no longer move;
     `since`: the previous poll's `now`, for the highest outbox figures in between."""
-    # the health checks meanwhile: a poll waits for the longer of the two sets of round trips,
-    # not their sum (during a big sale each waits behind a busy Redis or database: BENCHMARKS.md)
+    # the Redis health checks meanwhile: a poll waits for the longer of the two sets of round
+    # trips, not their sum (during a big sale each waits behind a busy Redis: BENCHMARKS.md)
     health = Meanwhile(health_checks, svc)
     try:
-        campaigns, view = campaigns_and_view(svc, active_campaigns(svc.redis), campaign_id,
+        active = active_campaigns(svc.redis)
+    except RedisError:
+        active = None
+    listing, database, read_now = rows_reader.read(svc, active or [])
+    try:
+        campaigns, view = campaigns_and_view(svc, *listing.split(active or []), campaign_id,
                                              finished, outbox_watch, since)
     except RedisError:
         campaigns = None
     if campaigns is None or not health.result()["redis"]["ok"]:  # what the database says alone
-        campaigns, view = campaigns_and_view(svc, [], campaign_id, finished, outbox_watch, since)
+        campaigns, view = campaigns_and_view(svc, *listing.split([]), campaign_id, finished, outbox_watch, since)
     return {
         "now": time.time(),
         "host": socket.gethostname(),
-        "health": health.result(),
+        "health": {**health.result(), "database": database},
         "this_host": svc.metrics.totals(),
         "campaigns": campaigns,
         "campaign": view,
+        "rows_read_at": listing.read_at,  # when the campaigns rows listed were read
+        "rows_read_now": read_now,  # false: the database had not answered within DATABASE_WAIT
     }
 
 
-def campaigns_and_view(svc, active, campaign_id, finished, outbox_watch, since):
-    """The list of campaigns, and the view of the one asked for (none asked: the first listed).
-    What Redis says of them is read in one batch, a round trip per node: during a sale each
-    round trip waits behind the claims queued on a busy Redis."""
-    held, closed = listed_rows(svc, active)
+def campaigns_and_view(svc, held, closed, campaign_id, finished, outbox_watch, since):
+    """The list of campaigns (`held`: the rows of those Redis holds, then the recently `closed`),
+    and the view of the one asked for (none asked: the first listed). What Redis says of them is
+    read in one batch, a round trip per node: during a sale each round trip waits behind the
+    claims queued on a busy Redis."""
     if campaign_id is None and (held or closed):
         campaign_id = (held or closed)[0].id
     batch = svc.redis.batch()
@@ -181,6 +195,7 @@ class Meanwhile(threading.Thread):
     def __init__(self, f, *args):
         super().__init__(daemon=True, name=f"ops-{f.__name__}")
         self.f, self.args, self.value, self.error = f, args, None, None
+        self.started = time.time()
         self.start()
 
     def run(self):
@@ -197,8 +212,8 @@ class Meanwhile(threading.Thread):
 
 
 def health_checks(svc):
-    """Redis, the database and the scheduler leader: {name: {"ok", "detail"}}."""
-    checks = {name: {"ok": state == "ok", "detail": state} for name, state in readiness(svc).items()}
+    """Redis and the scheduler leader: {name: {"ok", "detail"}} (the database: RowsReader)."""
+    checks = {name: {"ok": state == "ok", "detail": state} for name, state in check_redis(svc)[0].items()}
     try:
         leader = svc.redis.get(SCHEDULER_LEADER)
         checks["scheduler"] = (
@@ -209,17 +224,75 @@ def health_checks(svc):
     return checks
 
 
-def listed_rows(svc, active):
-    """The campaigns rows of those Redis holds (newest first), and of the most recently closed."""
+class Listing(NamedTuple):
+    """The campaigns rows the page lists, as read at `read_at` (time.time())."""
+    read_at: float
+    held: dict  # id -> row, of the campaigns Redis held then
+    closed: list  # the rows of the most recently closed of the others, newest first
+
+    def split(self, active):
+        """(held, closed): the rows of the campaigns Redis holds now (`active`), newest first,
+        and of the most recently closed of the others."""
+        active = set(active)
+        held = sorted((row for i, row in self.held.items() if i in active), key=lambda row: -row.id)
+        closed = {row.id: row for row in self.closed}
+        closed.update((row.id, row) for row in self.held.values() if row.status == "closed")
+        closed = sorted((row for i, row in closed.items() if i not in active),
+                        key=lambda row: (row.closed_at, row.id), reverse=True)  # close stamps each
+        return held, closed[:RECENT_CLOSED]
+
+
+def read_listing(svc, active):
+    """The Listing of the campaigns Redis holds (`active`) and the most recently closed."""
     c = db.campaigns.c
+    read_at = time.time()
     active = [i for i in active if 1 <= i <= db.MAX_ID]  # another database's could be anything
     with svc.engine.connect() as conn:  # one connection: each checkout costs a round trip (ping)
         # in Redis but not in this database (another one's leftovers): not listed
-        held = conn.execute(select(db.campaigns).where(c.id.in_(active)).order_by(c.id.desc())).all()
+        held = conn.execute(select(db.campaigns).where(c.id.in_(active))).all()
         closed = conn.execute(
             select(db.campaigns).where(c.status == "closed", c.id.not_in(active or [0]))
             .order_by(c.closed_at.desc(), c.id.desc()).limit(RECENT_CLOSED)).all()
-    return held, closed
+    return Listing(read_at, {row.id: row for row in held}, closed)
+
+
+class RowsReader:
+    """A worker's reads of the campaigns rows its pages list, which are also the page's check of
+    the database. A read, once under way, serves every poll until it ends; a poll waits for it
+    at most DATABASE_WAIT and then answers from the last Listing read, with its time: during a
+    big sale the database of a saturated machine can take 50-130 ms to answer the smallest query
+    (BENCHMARKS.md), and one that hangs would hold every poll. The first poll waits for its read:
+    there is nothing older to show."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.last = None  # the last Listing read
+        self.reading = None  # the read under way (a Meanwhile), or None
+
+    def read(self, svc, active):
+        """(Listing, the database's health {"ok", "detail"}, whether the Listing was read now)."""
+        with self.lock:
+            if self.reading is None:
+                self.reading = Meanwhile(read_listing, svc, active)
+            reading, last = self.reading, self.last
+        reading.join(DATABASE_WAIT if last is not None else None)
+        if reading.is_alive():
+            waited = time.time() - reading.started
+            if waited < DATABASE_DOWN_AFTER:
+                return last, {"ok": True, "detail": f"ok, slow: no answer yet after {waited:.2f} s"}, False
+            return last, {"ok": False, "detail": f"down: no answer for {waited:.1f} s"}, False
+        with self.lock:
+            if self.reading is reading:
+                self.reading = None
+            try:
+                listing = reading.result()
+            except SQLAlchemyError as e:
+                if last is None:
+                    raise  # nothing to show: 503, as for any database failure
+                return last, {"ok": False, "detail": f"down: {type(e).__name__}"}, False
+            if self.last is None or listing.read_at > self.last.read_at:
+                self.last = listing
+        return listing, {"ok": True, "detail": "ok"}, True
 
 
 def live_view(svc, view, finished, outbox, leases):

@@ -69,7 +69,8 @@ def flask(env, *args):
 
 # polls GET http://127.0.0.1:PORT/PATH every INTERVAL s (0: back to back) until its stdin closes,
 # passing the previous answer's `now` as `since` as the page does; prints each poll's start
-# (time.monotonic(), the same clock in every process) and seconds. A process of its own: in the
+# (time.monotonic(), the same clock in every process), seconds, and 0 if it answered from rows
+# read before it (live.json's rows_read_now), else 1. A process of its own: in the
 # benchmark's, a poll would wait for the GIL the claims hold
 POLLER = """
 import http.client, json, sys, threading, time
@@ -84,8 +85,9 @@ while not done.is_set():
     body = answer.read()
     seconds = time.perf_counter() - started
     assert answer.status == 200, (answer.status, body)
-    since = json.loads(body).get("now") if "?" in path else None
-    print(started_at, seconds, flush=True)
+    state = json.loads(body) if "?" in path else {}
+    since = state.get("now")
+    print(started_at, seconds, int(state.get("rows_read_now", True)), flush=True)
     done.wait(max(0.0, interval - seconds))
 """
 
@@ -140,10 +142,13 @@ def ops_page(env, campaign_id, label, during=None):
         if during:
             live = poll(f"/ops/live.json?campaign={campaign_id}", 0.5)
             during()
-            polls = sorted(seconds for _, seconds in stop(live))
+            answers = stop(live)
+            polls = sorted(seconds for _, seconds, _ in answers)
+            earlier = sum(not read_now for _, _, read_now in answers)
             served = sorted(served_seconds(server.log_path, "/ops/live.json")[1:])  # not the first get
             rows.append(("ops live.json, during the sale", f"median {ms(polls[len(polls) // 2])}, "
-                         f"max {ms(polls[-1])}", f"{len(polls)} polls; in the worker: median "
+                         f"max {ms(polls[-1])}", f"{len(polls)} polls, {earlier} from rows read "
+                         f"before them; in the worker: median "
                          f"{ms(served[len(served) // 2])}, max {ms(served[-1])}"))
             seconds, history = get(f"{base}/history.json")
             rows.append(("ops history.json", ms(seconds), f"{history['rows']:,} rows"))
@@ -154,8 +159,8 @@ def ops_page(env, campaign_id, label, during=None):
         answered = time.monotonic()
         time.sleep(1)
         probes = stop(prober)
-        waits = sorted(s for t, s in probes if t + s > asked and t < answered)  # overlapping the replays
-        around = sorted(s for t, s in probes if not (t + s > asked and t < answered))
+        waits = sorted(s for t, s, _ in probes if t + s > asked and t < answered)  # overlapping the replays
+        around = sorted(s for t, s, _ in probes if not (t + s > asked and t < answered))
         rows.append((f"ops replay.json, {label}", f"{ms(first)}, then {ms(second)}",
                      f"{replay['rows']:,} rows"))
         rows.append(("  /healthz meanwhile", f"median {ms(waits[len(waits) // 2])}, max {ms(waits[-1])}"

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from sqlalchemy import delete, insert, inspect, select, text
 
-from coupon import campaigns, create_app, db, queries, redis_state
+from coupon import campaigns, create_app, db, ops_page, queries, redis_state
 from coupon.clock import parse_time, to_ms, utcnow
 from coupon.db import init_db
 from coupon.errors import ReconcileMismatch
@@ -369,6 +369,49 @@ def test_the_page_answers_while_redis_is_down(svc, mysql_url):
     assert_error(down.get(f"/ops/campaigns/{closed}/replay.json"), 503, "UNAVAILABLE")
     assert_error(down.get(f"/ops/campaigns/{live}/history.json"), 503, "UNAVAILABLE")
     app.extensions["coupon"].engine.dispose()
+
+
+def test_a_poll_answers_from_its_last_reading_while_the_database_does_not(client, svc):
+    campaign_id = open_campaign(svc, 100, "ops database stuck")
+    live = f"/ops/live.json?campaign={campaign_id}"
+    first = client.get(live).json
+    assert first["rows_read_now"] and first["health"]["database"] == {"ok": True, "detail": "ok"}
+    issue_directly(svc, campaign_id, "stuck1")
+
+    def poll():  # in a thread: a poll waiting on the locked table would never end
+        answers = []
+        asking = threading.Thread(target=lambda: answers.append(client.get(live)), daemon=True)
+        asking.start()
+        asking.join(60)
+        assert answers, "the poll waited on the database"
+        assert answers[0].status_code == 200
+        return answers[0].json
+
+    with svc.engine.connect() as locker:
+        locker.execute(text("LOCK TABLES campaigns WRITE"))  # every other session's read waits
+        try:
+            stuck = poll()
+            time.sleep(ops_page.DATABASE_DOWN_AFTER + 0.5)
+            later = poll()
+        finally:
+            locker.execute(text("UNLOCK TABLES"))
+    # the rows of the first poll's read; what Redis says, now
+    assert (stuck["rows_read_now"], stuck["rows_read_at"]) == (False, first["rows_read_at"])
+    assert stuck["health"]["database"]["ok"] and "no answer yet" in stuck["health"]["database"]["detail"]
+    assert [(c["id"], c["issued"]) for c in stuck["campaigns"] if c["live"]] == [(campaign_id, 1)]
+    assert (stuck["campaign"]["id"], stuck["campaign"]["issued"]) == (campaign_id, 1)
+    assert stuck["health"]["redis"]["ok"]
+    assert later["health"]["database"]["ok"] is False
+    assert later["health"]["database"]["detail"].startswith("down: no answer for")
+    assert later["rows_read_at"] == first["rows_read_at"]
+
+    for _ in range(300):  # the read under way ends; then a poll reads again and waits for it
+        state = client.get(live).json
+        if state["rows_read_now"]:
+            break
+        time.sleep(0.1)
+    assert state["rows_read_now"] and state["health"]["database"] == {"ok": True, "detail": "ok"}
+    assert state["rows_read_at"] > first["rows_read_at"]
 
 
 @pytest.mark.parametrize("path", ["/ops/live.json?campaign={}", "/ops/campaigns/{}/replay.json"])
