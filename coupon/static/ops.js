@@ -29,7 +29,7 @@
   let mark = null; // {now, issued}: the last count of coupons issued the chart has accounted for
   let history = null; // history.json of the selected campaign, once fetched
   let historyOf = null; // campaign id whose history was asked for
-  let replayOf = null; // campaign id and status whose replay is shown
+  let replayOf = null; // campaign id, status and whether Redis held it, of the replay shown
   let replayClock = ""; // what the replay says of the sale's length
   const charts = {};
 
@@ -285,7 +285,7 @@
       if (String(c.id) !== selected && selected) return; // another campaign was chosen meanwhile
       showLive(state);
     }
-    if (c.replay_url && replayOf !== `${c.id} ${c.status}`) showReplay(c);
+    if (c.replay_url && replayOf !== replayKey(c)) showReplay(c);
     $("replay").hidden = !c.replay_url;
   }
 
@@ -331,8 +331,11 @@
     text("host-block", held === undefined ? "" : `This host's workers have ${number(held)} leased serials not yet handed out.`);
   }
 
+  // its reconciliation changes when its close releases it: still "closed", no longer live
+  function replayKey(c) { return `${c.id} ${c.status} ${c.live}`; }
+
   async function showReplay(c) {
-    replayOf = `${c.id} ${c.status}`;
+    replayOf = replayKey(c);
     const response = await fetch(c.replay_url, {cache: "no-store"});
     const r = await response.json();
     if (!response.ok) {
@@ -340,7 +343,7 @@
       return;
     }
     const xs = r.issues.map((_, i) => i * r.step_seconds);
-    if (replayOf !== `${c.id} ${c.status}`) return; // another campaign was chosen meanwhile
+    if (replayOf !== replayKey(c)) return; // another campaign was chosen meanwhile
     const per = r.step_seconds > 1 ? `per ${r.step_seconds} s` : "per second";
     const soldOut = r.sold_out_after_seconds === null ?
       `not sold out: ${number(r.rows)} of ${number(r.total)} issued` :
