@@ -135,10 +135,10 @@ def live_state(svc, campaign_id, finished, outbox_watch, rows_reader, since=None
     try:
         active = active_campaigns(svc.redis)
     except RedisError:
-        active = None
-    listing, database, read_now = rows_reader.read(svc, active or [])
+        active = []  # Redis down: the health check says so, and the list is the database's alone
+    listing, database, read_now = rows_reader.read(svc, active)
     try:
-        campaigns, view = campaigns_and_view(svc, *listing.split(active or []), campaign_id,
+        campaigns, view = campaigns_and_view(svc, *listing.split(active), campaign_id,
                                              finished, outbox_watch, since)
     except RedisError:
         campaigns = None
