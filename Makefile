@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export FLASK_APP := app.py
 SHELL := /bin/bash
 
-.PHONY: setup setup-dev run test clean loadtest locust-ui lean-ramp bench bench-scale cluster cluster-stop
+.PHONY: setup setup-dev run test clean loadtest locust-ui lean-ramp bench bench-scale bench-fair cluster cluster-stop
 
 # what the service needs (requirements.txt, this project editable: pyproject.toml)
 $(BIN)/.installed: requirements.txt pyproject.toml
@@ -71,6 +71,16 @@ bench: setup-dev
 # and what IDLE live campaigns cost while nobody asks [IDLE=1000; 0: skip]
 bench-scale: setup-dev
 	$(BIN)/python -m loadtest.bench_scale $(if $(N),--n $(N)) $(if $(IDLE),--idle $(IDLE))
+
+# who gets the coupons: 3,000 users, one request and one connection each, written in a fixed order
+# at 2x and 5x the measured capacity for a stock of 500; single Redis and cluster, 2 and 4 workers,
+# one and two hosts, pooled and fresh connections; figures to reports/bench-fair.md
+# [ONLY='single/on/w2/h1/*': those settings; RUNS= USERS= STOCK=; RATE=10000: req/s instead of 2x, 5x;
+# ORDER=on: only ARRIVAL_ORDER=on (default: off, then on, paced by the capacity measured with off)]
+bench-fair: setup-dev
+	$(BIN)/python -m loadtest.bench_fair $(if $(ONLY),--only '$(ONLY)') $(if $(RUNS),--runs $(RUNS)) \
+		$(if $(ORDER),--order $(ORDER)) \
+		$(if $(USERS),--users $(USERS)) $(if $(STOCK),--stock $(STOCK)) $(if $(RATE),--rate $(RATE))
 
 # A local Redis Cluster (3 masters, 3 replicas, under instance/cluster/) for trying the service
 # on one: prints the REDIS_CLUSTER_NODES to export before `make run`.

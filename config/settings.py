@@ -16,6 +16,14 @@ def optional_int(text):
     return int(text) if text.strip() else None
 
 
+def on_off(text):
+    """true for on/true/yes/1, false for off/false/no/0 (any case); anything else is refused."""
+    value = text.strip().lower()
+    if value not in ("on", "true", "yes", "1", "off", "false", "no", "0"):
+        raise ValueError(f"say on or off, not {text!r}")
+    return value in ("on", "true", "yes", "1")
+
+
 # name: (default, parser of its environment variable)
 SETTINGS = {
     # Runtime mode: development or production (production refuses the development secret, the
@@ -51,6 +59,9 @@ SETTINGS = {
     "LEASE_TTL": (30.0, float),  # seconds a lease lives without renewal
     "STATE_REFRESH": (1.0, float),  # seconds a worker trusts its cached window / sold-out state
     "CLAIM_BATCH_MAX": (256, int),  # most claims sent in one script call
+    # serve issue requests in the order they arrived, across workers and hosts (coupon/arrival.py);
+    # off by default until its order across workers is exact (issue 32; make bench-fair)
+    "ARRIVAL_ORDER": (False, on_off),
     "RATE_LIMIT": (20, int),  # requests per user per window, summed over all workers; 0: no limit
     "RATE_LIMIT_WINDOW": (10, int),  # seconds of the fixed rate-limit window
     # Scheduler (flask jobs run): one leader at a time across hosts

@@ -7,6 +7,7 @@ from flask.sessions import SessionInterface
 from werkzeug.http import HTTP_STATUS_CODES
 
 from coupon import db
+from coupon.arrival import RECEIVED_NS, arrival_ms
 from coupon.bodies import announces_body
 from coupon.errors import JSON, BadRequest, CampaignNotFound, Unauthorized, as_coupon_error, error_answer
 from coupon.extensions import services
@@ -55,14 +56,23 @@ def check_body(raw):
         raise BadRequest("the body must be empty or a JSON object")
 
 
-def answer_issue(svc, raw_id, authorization, read_body=None):
-    """The answer to an issue call, as (body, status, headers); counted and timed. read_body,
-    if the call has a body, reads it: only once the caller is known (bodies.py)."""
+def answer_issue(svc, raw_id, authorization, read_body=None, received_ns=None):
+    """The answer to an issue call, as (body, status, headers); counted, timed, and its arrival
+    noted with its outcome (fairness.py). read_body, if the call has a body, reads it: only once
+    the caller is known (bodies.py). received_ns: when its bytes reached the host
+    (arrival.StampedSocket), if known."""
     started = svc.metrics.issue_started()
-    outcome = "INTERNAL"
+    arrival = arrival_ms(received_ns, svc.clock)
+    campaign_id, outcome = None, "INTERNAL"
     try:
-        # sold out, not open, closed: answered before anything else
-        campaign = svc.issuer.admit(campaign_id_of(raw_id))
+        campaign_id = campaign_id_of(raw_id)
+        # sold out, not open, closed: answered before anything else, then in the order they
+        # arrived (coupon/arrival.py), asking Redis only then (a request that waited for Redis
+        # before its turn would be overtaken by later ones)
+        if svc.gate.enabled:
+            svc.issuer.admit_known(campaign_id)
+            svc.gate.wait_turn(arrival)
+        campaign = svc.issuer.admit(campaign_id)
         user_id = svc.signer.user_of(bearer_token(authorization))
         if read_body is not None:
             check_body(read_body())
@@ -75,6 +85,8 @@ def answer_issue(svc, raw_id, authorization, read_body=None):
         return error_answer(error)
     finally:
         svc.metrics.issue_answered(outcome, started)
+        if campaign_id is not None:
+            svc.arrivals.note(campaign_id, outcome, arrival)
 
 
 class IssueEndpoint:
@@ -98,7 +110,8 @@ class IssueEndpoint:
         if match is None or environ["REQUEST_METHOD"] != "POST" or announces_body(environ):
             return self.app(environ, start_response)
         body, status, headers = answer_issue(
-            self.services, match[1], environ.get("HTTP_AUTHORIZATION", ""))
+            self.services, match[1], environ.get("HTTP_AUTHORIZATION", ""),
+            received_ns=environ.get(RECEIVED_NS))
         start_response(self.STATUS[status], [
             ("Content-Type", JSON), ("Content-Length", str(len(body))), *headers])
         return [body]
@@ -108,7 +121,8 @@ class IssueEndpoint:
 def issue(raw_id):
     """The issue call with a body (IssueEndpoint answers those without)."""
     answer = answer_issue(services(current_app), raw_id, request.headers.get("Authorization", ""),
-                          read_body=request.environ["wsgi.input"].read)
+                          read_body=request.environ["wsgi.input"].read,
+                          received_ns=request.environ.get(RECEIVED_NS))
     return Response(*answer, content_type=JSON)
 
 

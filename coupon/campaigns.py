@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from coupon import db, redis_state
 from coupon.clock import iso, utcnow
 from coupon.errors import InvalidCampaign, ReconcileMismatch, RequestIdReused, Unavailable
+from coupon.fairness import SaleOrder
 from coupon.outbox import Flusher, outbox_stats
 from coupon.queries import campaign_row, count_rows, sale_replay
 from coupon.reconcile import Report, reconcile
@@ -202,6 +203,7 @@ def close_campaign(svc, campaign_id, progress=None):
         return Report(campaign_id, rows, rows, rows)
     drain_outbox(svc, campaign_id, progress)
     report = reconcile(svc.redis, svc.engine, keys, svc.signer)
+    report.order = SaleOrder.read(svc.redis, keys)
     # the rows are final once they agree: the sale's replay is counted once, here, from Redis's
     # count per second of the claims the rows were found to be (a GROUP BY of 10M rows: 9 s), or
     # by the database if Redis did not count them all (a state older than the counts)

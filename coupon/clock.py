@@ -72,8 +72,11 @@ class RedisClock:
         self.next_sample = 0.0  # monotonic
         self._sampling = threading.Lock()
 
-    def now_ms(self):
-        if time.monotonic() >= self.next_sample and self._sampling.acquire(blocking=False):
+    def now_ms(self, measure=True):
+        """Redis's now (epoch ms); measure=False: by the offset measured last, never waiting for
+        Redis (but once, if none was measured yet)."""
+        if (measure or not self.samples) and time.monotonic() >= self.next_sample \
+                and self._sampling.acquire(blocking=False):
             try:
                 self.sample()
             finally:

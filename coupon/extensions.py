@@ -1,6 +1,12 @@
 """The gateways a worker needs, built once in init_app and kept in app.extensions["coupon"]."""
+import os
+import socket
+import uuid
+
+from coupon.arrival import STALE_MS, ArrivalGate
 from coupon.clock import RedisClock
 from coupon.db import make_engine
+from coupon.fairness import ArrivalLog
 from coupon.issuing import Issuer
 from coupon.keys import ACTIVE, CampaignKeys
 from coupon.metrics import Metrics
@@ -24,6 +30,12 @@ class Services:
         # nodes' clocks are kept together by NTP)
         self.clock = RedisClock(lambda: self.redis.time_at(ACTIVE))
         self.rate_limit = RateLimit(config["RATE_LIMIT"], config["RATE_LIMIT_WINDOW"], self.clock)
+        # this process among the workers of every host (first come, first served across them)
+        self.worker_id = "%s:%d:%s" % (socket.gethostname(), os.getpid(), uuid.uuid4().hex[:8])
+        self.gate = ArrivalGate(
+            lambda frontier: self.scripts.frontier(self.worker_id, frontier, STALE_MS),
+            self.clock, enabled=config["ARRIVAL_ORDER"])
+        self.arrivals = ArrivalLog(self.scripts, self.keys, self.worker_id)
         self.issuer = Issuer(self.redis, self.scripts, self.engine, self.signer, config,
                              self.keys, self.metrics, self.rate_limit, self.clock)
 

@@ -27,6 +27,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 ACTIVE = "campaigns:active"  # set of campaign ids the jobs walk
 SCHEDULER_LEADER = "scheduler:leader"
 BUCKET_FILL = 64  # claims per bucket at the campaign's total: half of 128 (see above)
+FRONTIERS = "workers:frontiers"  # hash: worker id -> its arrival frontier (arrival.ArrivalGate)
 JOB_SUCCESS = "scheduler:job_success"  # hash: job name -> epoch seconds of its last success
 
 
@@ -44,6 +45,8 @@ class CampaignKeys:
         self.leases = home + ":leases"  # zset: lease id -> expiry (epoch ms)
         self.lease_serials = home + ":lease_serials"  # hash: lease id -> encoded serials
         self.returned = home + ":returned"  # list: serials to hand out again first
+        # hash: each worker's latest winning arrival, refusals by arrival ms (coupon/fairness.py)
+        self.arrivals = home + ":arrivals"
 
     def shard_of(self, user_id):
         return zlib.crc32(user_id.encode()) % self.shards
@@ -75,7 +78,8 @@ class CampaignKeys:
     def every_key(self, buckets):
         """Every key of the campaign, with `buckets` claims buckets per shard, but the rate
         windows (they expire by themselves)."""
-        return [*self.home_keys(), *(key for shard in self.all_shards() for key in shard.all(buckets))]
+        return [*self.home_keys(), self.arrivals,
+                *(key for shard in self.all_shards() for key in shard.all(buckets))]
 
 
 def bucket_count(total, shards):

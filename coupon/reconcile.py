@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select, text
 
 from coupon import db
+from coupon.fairness import SaleOrder
 from coupon.queries import rows_by_serial
 from coupon.redis_state import shard_claims
 
@@ -24,6 +25,7 @@ class Report:
     different: list = field(default_factory=list)  # (user, redis (serial, code), mysql (serial, code))
     duplicate_serials: list = field(default_factory=list)
     beyond_total: list = field(default_factory=list)  # serials above the campaign's total
+    order: SaleOrder = None  # how its coupons went against its requests' arrival (close reads it)
 
     @property
     def agree(self):
@@ -48,6 +50,8 @@ class Report:
             if items:
                 out.append(f"  {title}: {len(items)}")
                 out.extend(f"    {item}" for item in items[:limit])
+        if self.order is not None:
+            out.extend(self.order.lines())
         return out
 
 

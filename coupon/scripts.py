@@ -9,6 +9,7 @@ import enum
 from pathlib import Path
 from typing import NamedTuple
 
+from coupon.keys import FRONTIERS
 from coupon.redis_nodes import Script
 
 SCRIPT_DIR = Path(__file__).parent / "lua"
@@ -162,6 +163,8 @@ class Scripts:
         self._lease, self._renew, self._give_back = load("lease"), load("renew"), load("give_back")
         self._leader, self._resign = load("leader"), load("resign")
         self._raise_total = load("raise_total")
+        self._frontier = load("frontier")
+        self._note_arrivals = load("note_arrivals")
         # recover sends it pipelined, per shard (recovery.restore_claims)
         self.restore_claims = load("restore_claims")
         # the flusher sends it pipelined, per stream (outbox.Flusher)
@@ -191,6 +194,21 @@ class Scripts:
         total Redis holds now, or None if it does not hold the campaign."""
         held = self.redis.run(self._raise_total, [keys.meta], [total], durable=True)
         return None if held < 0 else held
+
+    def frontier(self, worker_id, frontier, stale_ms):
+        """Publish a worker's arrival frontier (ms, Redis's clock; None: it holds nobody back);
+        return the other workers' earliest, or None (see frontier.lua)."""
+        others = self.redis.run(self._frontier, [FRONTIERS],
+                                [worker_id, "" if frontier is None else repr(frontier), stale_ms])
+        return float(others) if others else None
+
+    def note_arrivals(self, keys, worker_id, latest_win, refused):
+        """Note a worker's latest winning arrival (ms or None) and its refusals {arrival ms:
+        count} of a campaign; False if Redis does not hold it (see note_arrivals.lua)."""
+        args = [worker_id, "" if latest_win is None else repr(latest_win)]
+        for ms, count in refused.items():
+            args += [ms, count]
+        return self.redis.run(self._note_arrivals, [keys.meta, keys.arrivals], args) == 1
 
     def lead(self, key, ident, ttl_ms):
         """Take or keep the scheduler's leader lease; True if `ident` leads now."""

@@ -54,7 +54,7 @@ def test_the_shards_of_every_campaign_use_the_same_tags():
 @given(campaign_id=st.integers(1, 2**31 - 1), shards=st.integers(1, 32), buckets=st.integers(1, 50))
 def test_every_key_of_a_shard_is_in_its_tags_slot_and_the_home_keys_share_one(campaign_id, shards, buckets):
     keys = CampaignKeys(campaign_id, shards)
-    assert {key_slot(key.encode()) for key in keys.home_keys()} == {
+    assert {key_slot(key.encode()) for key in [*keys.home_keys(), keys.arrivals]} == {
         key_slot(b"c:%d" % campaign_id)}
     for k, shard in enumerate(keys.all_shards()):
         slot = slot_of_tag(shard_tag(k, shards))
@@ -63,7 +63,7 @@ def test_every_key_of_a_shard_is_in_its_tags_slot_and_the_home_keys_share_one(ca
         assert all(f":c:{campaign_id}:" in key for key in shard.all(buckets))  # whose keys these are
         assert shard.all(buckets)[-1] == shard.state  # deleted after its buckets
     every = keys.every_key(buckets)
-    assert len(every) == len(set(every)) == 4 + (4 + buckets) * shards
+    assert len(every) == len(set(every)) == 5 + (4 + buckets) * shards
 
 
 @given(user_id=st.text(min_size=1, max_size=64), shards=st.integers(1, 64), buckets=st.integers(1, 10**5))
