@@ -63,7 +63,7 @@ def answer_issue(svc, raw_id, authorization, read_body=None, received_ns=None):
     (arrival.StampedSocket), if known."""
     started = svc.metrics.issue_started()
     arrival = arrival_ms(received_ns, svc.clock)
-    campaign_id, outcome = None, "INTERNAL"
+    campaign_id, turn, outcome = None, None, "INTERNAL"
     try:
         campaign_id = campaign_id_of(raw_id)
         # sold out, not open, closed: answered before anything else, then in the order they
@@ -71,12 +71,12 @@ def answer_issue(svc, raw_id, authorization, read_body=None, received_ns=None):
         # before its turn would be overtaken by later ones)
         if svc.gate.enabled:
             svc.issuer.admit_known(campaign_id)
-            svc.gate.wait_turn(arrival)
+            turn = svc.gate.wait_turn(arrival, campaign_id)
         campaign = svc.issuer.admit(campaign_id)
         user_id = svc.signer.user_of(bearer_token(authorization))
         if read_body is not None:
             check_body(read_body())
-        ticket = svc.issuer.issue(campaign, user_id)
+        ticket = svc.issuer.issue(campaign, user_id, turn)
         outcome = "NEW" if ticket.new else "HELD"
         return ticket.body(), 201 if ticket.new else 200, []
     except Exception as e:
@@ -84,6 +84,7 @@ def answer_issue(svc, raw_id, authorization, read_body=None, received_ns=None):
         outcome = error.code
         return error_answer(error)
     finally:
+        svc.gate.finished(turn)
         svc.metrics.issue_answered(outcome, started)
         if campaign_id is not None:
             svc.arrivals.note(campaign_id, outcome, arrival)

@@ -11,11 +11,11 @@ So each issue request is stamped with its arrival, on Redis's clock (one clock f
 - StampedSocket: the kernel's receive time of its bytes (SO_TIMESTAMPNS), however long they then
   waited for the worker; arrival_ms() places it on Redis's clock.
 - ArrivalGate: a worker's issue requests, once read and admitted, wait their turn and go on (token
-  check, serial, claim) one at a time in arrival order. Each runs until it waits for Redis, so the
-  claims leave in arrival order too. A worker whose requests wait publishes its frontier (the
-  arrival of its oldest waiting request) in Redis; a worker never lets a request go on that
-  arrived more than LEAD_MS after another worker's frontier, so no worker runs ahead of the rest
-  by more than that and a slow worker's early arrivals are not left behind when the stock runs out.
+  check, serial, claim) one at a time in arrival order; each runs until it waits for Redis, so the
+  claims leave in arrival order too. Across workers and hosts the tail of a campaign (its last
+  ORDERED_TAIL serials) goes to bids in arrival order (lease.lua): a serial goes to a bid only
+  once no worker still holds a request that arrived before it and has not bid (the watermark,
+  from every worker's published frontier).
 """
 import heapq
 import itertools
@@ -29,10 +29,7 @@ TIMESPEC = struct.Struct("qq")
 ANCILLARY_SPACE = socket.CMSG_SPACE(TIMESPEC.size)
 
 RECEIVED_NS = "coupon.received_ns"  # the WSGI environ's key of StampedSocket.take_received_ns()
-LEAD_MS = 10.0  # how far (Redis's ms) a worker may run ahead of another's oldest waiting request
-PUBLISH_EVERY = 0.005  # seconds between a busy worker's publications of its frontier
-STALE_MS = 250  # a frontier not published again within this no longer holds anyone back
-MAX_HOLD = 1.0  # seconds a worker waits for a frontier that does not move (a stuck peer) at most
+PUBLISH_EVERY = 0.002  # seconds between a busy worker's publications of its frontiers
 ENTRY_TURNS = 8  # turns of the loop a waking dispatcher yields at most while requests come in
 IDLE_EXIT = 30.0  # seconds the dispatcher waits for work before it ends (started again on demand)
 
@@ -85,50 +82,96 @@ def arrival_ms(received_ns, clock):
     return now - max(0, age_ns) / 1e6
 
 
-class ArrivalGate:
-    """One per worker: its issue requests go on one at a time, in arrival order, never more than
-    LEAD_MS ahead of another worker's oldest waiting request.
+class Turn:
+    """One issue request's place in the arrival order: its arrival, its campaign, the id its bid
+    goes by."""
 
-    publish(frontier or None) -> the other workers' earliest frontier or None (Scripts.frontier;
-    a failure is taken as none); clock: Redis's (clock.RedisClock). A worker publishes a frontier
-    only while its oldest waiting request is older than LEAD_MS (a fresher one holds nobody back),
-    and reads the others' every PUBLISH_EVERY while it has requests. Under gevent each request let
-    through runs until it waits (for Redis, mostly), then the next is let through; with threads
-    (the tests' in-process server) the order is only as good as the threads'.
+    __slots__ = ("arrival", "campaign_id", "id", "event")
+
+    def __init__(self, arrival, campaign_id, id_):
+        self.arrival, self.campaign_id, self.id = arrival, campaign_id, id_
+        self.event = threading.Event()
+
+    def __lt__(self, other):
+        return (self.arrival, self.id) < (other.arrival, other.id)
+
+
+class ArrivalGate:
+    """One per worker: its issue requests go on one at a time, in arrival order; and, per campaign,
+    the earliest arrival it holds that has not bid for a serial (its frontier), kept in Redis.
+
+    A request waits its turn (wait_turn), is let through, runs until it waits (for Redis, mostly),
+    then the next is let through. Until its bid is in Redis (placed) or it is answered (finished)
+    it holds its campaign's frontier here: the earliest of the requests let through that have not
+    bid and of those still waiting their turn (of any campaign: a frontier may be early, never
+    late). Every PUBLISH_EVERY while it holds requests of a campaign, the frontier goes to the
+    campaign's bidders hash (publish(campaign id, frontier or None, holding any)), and with each of its bids
+    (lease.lua): the tail's serials go to the bids in arrival order up to the earliest frontier of
+    all workers (the watermark), so no worker's earlier request is passed over. A frontier read
+    late is earlier than the truth: it delays a bid, never reorders it.
+    With threads (the tests' in-process server) the order is only as good as the threads'.
     """
 
-    def __init__(self, publish, clock, enabled=True):
+    def __init__(self, worker_id, publish, enabled=True):
+        self.worker_id = worker_id  # this worker among those of every host
         self.publish = publish
-        self.clock = clock
         self.enabled = enabled
-        self._waiting = []  # heap of (arrival ms, sequence, turn event)
-        self._sequence = itertools.count()
+        self._waiting = []  # heap of Turns waiting to be let through
+        self._holding = {}  # campaign id -> Turns of it not answered yet, waiting or let through
+        self._unbid = {}  # campaign id -> {Turn id: arrival} let through, not bid yet (few)
+        self._published = set()  # campaigns whose bidders hash holds this worker's frontier
+        self._said_none = set()  # of those, the ones it said "none" of: a new request says so at once
+        self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._work = threading.Event()
         self._dispatcher = None
-        self._published = False  # this worker's frontier is in Redis
         self._next_publish = 0.0  # monotonic
-        self._others = None  # the other workers' earliest frontier (ms), as last read
-        self._held_since = None  # monotonic, while the head waits for the others
-        self._stuck = None  # a frontier that held us MAX_HOLD without moving: ignored
 
     @property
     def waiting(self):
         return len(self._waiting)
 
-    def wait_turn(self, arrival):
-        """Return once the requests that arrived before `arrival` (ms, Redis's clock) have gone on."""
+    def wait_turn(self, arrival, campaign_id):
+        """Return once the requests that arrived before `arrival` (ms, Redis's clock) have gone
+        on: its Turn (None when the gate is off)."""
         if not self.enabled:
-            return
-        turn = threading.Event()
+            return None
+        turn = Turn(arrival, campaign_id, next(self._ids))
         with self._lock:
-            heapq.heappush(self._waiting, (arrival, next(self._sequence), turn))
+            heapq.heappush(self._waiting, turn)
+            self._holding[campaign_id] = self._holding.get(campaign_id, 0) + 1
             self._work.set()
+            if campaign_id in self._said_none or campaign_id not in self._published:
+                self._next_publish = 0.0  # others count on none coming: say so at once
             if self._dispatcher is None:
                 self._dispatcher = threading.Thread(target=self._dispatch, daemon=True,
                                                     name="arrival-gate")
                 self._dispatcher.start()
-        turn.wait()
+        turn.event.wait()
+        return turn
+
+    def placed(self, turn):
+        """The request's bid is in Redis: it holds the frontier no more (others see the bid)."""
+        self._unbid.get(turn.campaign_id, {}).pop(turn.id, None)
+
+    def finished(self, turn):
+        """The request is answered."""
+        if turn is None:
+            return
+        self.placed(turn)
+        with self._lock:
+            self._holding[turn.campaign_id] -= 1
+            if not self._holding[turn.campaign_id]:
+                del self._holding[turn.campaign_id]
+                self._unbid.pop(turn.campaign_id, None)
+
+    def frontier(self, campaign_id, bidding=()):
+        """The earliest arrival (ms) this worker holds of a campaign that has not bid, but for
+        the Turns `bidding` (their bids go with the call this is for); None if none."""
+        skip = {turn.id for turn in bidding}
+        marks = [a for i, a in self._unbid.get(campaign_id, {}).items() if i not in skip]
+        marks += [self._waiting[0].arrival] if self._waiting else []
+        return min(marks) if marks else None
 
     def _dispatch(self):
         try:
@@ -141,18 +184,22 @@ class ArrivalGate:
                     if len(self._waiting) == entered:
                         break
                     entered = len(self._waiting)
-                while self._waiting:
-                    if not self._may_go(self._waiting[0][0]):
-                        time.sleep(0.001)
+                while self._holding or self._published:
+                    if time.monotonic() >= self._next_publish:
+                        self._share()
+                    if not self._waiting:  # only requests let through, or bidding: publish
+                        with self._lock:
+                            if not self._waiting:
+                                self._work.clear()
+                        self._work.wait(PUBLISH_EVERY)
                         continue
-                    _, _, turn = heapq.heappop(self._waiting)
-                    turn.set()
+                    turn = heapq.heappop(self._waiting)
+                    self._unbid.setdefault(turn.campaign_id, {})[turn.id] = turn.arrival
+                    turn.event.set()
                     time.sleep(0)  # it runs until it waits; then the next one
                 with self._lock:
                     if not self._waiting:
                         self._work.clear()
-                if self._published:
-                    self._share(None)
         finally:
             with self._lock:
                 self._dispatcher = None
@@ -161,27 +208,22 @@ class ArrivalGate:
                                                         name="arrival-gate")
                     self._dispatcher.start()
 
-    def _may_go(self, arrival):
-        """The oldest waiting request may go on: no other worker holds one that arrived more than
-        LEAD_MS before it (as last read; every PUBLISH_EVERY while ours wait)."""
-        now = time.monotonic()
-        if now >= self._next_publish:
-            self._share(arrival if self.clock.now_ms() - arrival > LEAD_MS else None)
-        others = self._others
-        if others is None or others == self._stuck or arrival <= others + LEAD_MS:
-            self._held_since = None
-            return True
-        if self._held_since is None:
-            self._held_since = now
-        elif now - self._held_since > MAX_HOLD:  # that worker is stuck: do not wait for it
-            self._stuck, self._held_since = others, None
-            return True
-        return False
-
-    def _share(self, frontier):
+    def _share(self):
+        """Publish this worker's frontier of each campaign it holds requests of; withdraw it
+        from those it no longer does."""
         self._next_publish = time.monotonic() + PUBLISH_EVERY
-        try:
-            self._others = self.publish(frontier)
-            self._published = frontier is not None
-        except Exception:  # Redis down, mostly: the gate goes on by this worker's order alone
-            self._others = None
+        for campaign_id in set(self._holding) | self._published:
+            holding = campaign_id in self._holding
+            frontier = self.frontier(campaign_id)
+            try:
+                self.publish(campaign_id, frontier, holding)
+            except Exception:  # Redis down, mostly: published again in PUBLISH_EVERY
+                continue
+            if holding:
+                self._published.add(campaign_id)
+            else:
+                self._published.discard(campaign_id)
+            if holding and frontier is None:
+                self._said_none.add(campaign_id)
+            else:
+                self._said_none.discard(campaign_id)

@@ -3,7 +3,7 @@ import os
 import socket
 import uuid
 
-from coupon.arrival import STALE_MS, ArrivalGate
+from coupon.arrival import ArrivalGate
 from coupon.clock import RedisClock
 from coupon.db import make_engine
 from coupon.fairness import ArrivalLog
@@ -33,11 +33,14 @@ class Services:
         # this process among the workers of every host (first come, first served across them)
         self.worker_id = "%s:%d:%s" % (socket.gethostname(), os.getpid(), uuid.uuid4().hex[:8])
         self.gate = ArrivalGate(
-            lambda frontier: self.scripts.frontier(self.worker_id, frontier, STALE_MS),
-            self.clock, enabled=config["ARRIVAL_ORDER"])
+            self.worker_id,
+            lambda campaign_id, *said: self.scripts.frontier(self.keys(campaign_id), self.worker_id,
+                                                             *said),
+            enabled=config["ARRIVAL_ORDER"])
         self.arrivals = ArrivalLog(self.scripts, self.keys, self.worker_id)
         self.issuer = Issuer(self.redis, self.scripts, self.engine, self.signer, config,
-                             self.keys, self.metrics, self.rate_limit, self.clock)
+                             self.keys, self.metrics, self.rate_limit, self.clock,
+                             self.gate if self.gate.enabled else None)
 
     def keys(self, campaign_id):
         """The Redis keys of a campaign (the one place they are built)."""

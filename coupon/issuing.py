@@ -64,10 +64,11 @@ class LiveCampaign:
         if self.supply.known_sold_out():
             raise SoldOut()
 
-    def issue(self, user_id):
+    def issue(self, user_id, turn=None):
         """Issue the user's ticket (once admitted), or return the one they hold. Raises what the
         claim answers instead (Closed, RateLimited), Unavailable if Redis failed, CampaignGone if
-        Redis no longer holds this state of the campaign (the issuer loads it afresh)."""
+        Redis no longer holds this state of the campaign (the issuer loads it afresh). turn: the
+        request's place in the arrival order (arrival.Turn), if kept."""
         try:
             if not self.supply.at_hand:
                 # no serial at hand (the tail is never at hand): first ask whether the user already
@@ -80,7 +81,7 @@ class LiveCampaign:
                 if reply.outcome is not Claim.NEEDS_SERIAL:
                     return self._ticket(user_id, reply)
             while True:
-                lease, serial = self.supply.take()
+                lease, serial = self.supply.take(turn)
                 try:
                     reply = self.claims.claim(user_id, serial)
                 except OutOfMemoryError:
@@ -117,7 +118,8 @@ class Issuer:
 
     UNKNOWN_CACHE_MAX = 4096
 
-    def __init__(self, redis, scripts, engine, signer, config, keys, metrics, rate_limit, clock):
+    def __init__(self, redis, scripts, engine, signer, config, keys, metrics, rate_limit, clock,
+                 gate=None):
         self.redis = redis
         self.scripts = scripts
         self.engine = engine
@@ -127,6 +129,7 @@ class Issuer:
         self.metrics = metrics
         self.rate_limit = rate_limit
         self.clock = clock  # clock.RedisClock: the window is judged by Redis's clock, as lease.lua does
+        self.gate = gate  # arrival.ArrivalGate when serving in arrival order, else None
         self.refresh = config["STATE_REFRESH"]
         worker_id = "%s:%d:%s" % (os.uname().nodename, os.getpid(), uuid.uuid4().hex[:8])
         lease_numbers = itertools.count(1)
@@ -151,16 +154,16 @@ class Issuer:
         if campaign is not None:
             campaign.admit(self.clock.now_ms(measure=False))
 
-    def issue(self, campaign, user_id, reloaded=False):
+    def issue(self, campaign, user_id, turn=None, reloaded=False):
         """Issue the user's ticket of an admitted campaign, or return the one they hold."""
         try:
-            return campaign.issue(user_id)
+            return campaign.issue(user_id, turn)
         except CampaignGone:  # released after close, lost, or recovered since: load it afresh
             self._campaigns.pop(campaign.campaign_id, None)
             fresh = self.admit(campaign.campaign_id)  # raises what the reloaded state knows
             if reloaded:
                 raise Unavailable() from None
-            return self.issue(fresh, user_id, reloaded=True)
+            return self.issue(fresh, user_id, turn, reloaded=True)
 
     # --- campaign state ---------------------------------------------------------------
 
@@ -202,7 +205,7 @@ class Issuer:
             meta = self._meta_from_db(campaign_id)
         layout = meta.layout or Layout("", 1, 0)  # closed and released: nothing is claimed
         supply = SerialSupply(keys, layout.epoch, self.redis, self.scripts, self.config,
-                              self._new_lease_id, self.metrics.block_gauge(campaign_id))
+                              self._new_lease_id, self.metrics.block_gauge(campaign_id), self.gate)
         code_of = functools.partial(self.signer.ticket_code, campaign_id)
         sender = ClaimSender(self.redis, self.scripts.claim, keys, layout, self.rate_limit, code_of)
         claims = Claims(sender, self.config["CLAIM_BATCH_MAX"])

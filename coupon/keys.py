@@ -27,7 +27,6 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 ACTIVE = "campaigns:active"  # set of campaign ids the jobs walk
 SCHEDULER_LEADER = "scheduler:leader"
 BUCKET_FILL = 64  # claims per bucket at the campaign's total: half of 128 (see above)
-FRONTIERS = "workers:frontiers"  # hash: worker id -> its arrival frontier (arrival.ArrivalGate)
 JOB_SUCCESS = "scheduler:job_success"  # hash: job name -> epoch seconds of its last success
 
 
@@ -47,6 +46,9 @@ class CampaignKeys:
         self.returned = home + ":returned"  # list: serials to hand out again first
         # hash: each worker's latest winning arrival, refusals by arrival ms (coupon/fairness.py)
         self.arrivals = home + ":arrivals"
+        # in arrival order (lease.lua): zset of the tail's bids, hash of their bidders
+        self.bids = home + ":bids"
+        self.bidders = home + ":bidders"
 
     def shard_of(self, user_id):
         return zlib.crc32(user_id.encode()) % self.shards
@@ -73,7 +75,8 @@ class CampaignKeys:
         return [self.shard(k) for k in range(self.shards)]
 
     def home_keys(self):
-        return [self.meta, self.leases, self.lease_serials, self.returned]
+        """lease.lua's KEYS, in its order."""
+        return [self.meta, self.leases, self.lease_serials, self.returned, self.bids, self.bidders]
 
     def every_key(self, buckets):
         """Every key of the campaign, with `buckets` claims buckets per shard, but the rate

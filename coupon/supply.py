@@ -31,6 +31,13 @@ TAIL_RECHECK = 0.1
 # overtakes the last claims nor misses a serial that comes back (BENCHMARKS.md, "The tail").
 TAIL_TRIES, TAIL_WAIT = 4, 0.01
 GAUGE_STEP = 32  # the local-block gauge moves in steps of this many serials (and at 0)
+# In arrival order (ARRIVAL_ORDER): the last this many serials of a campaign go to bids in arrival
+# order across workers (lease.lua), never in blocks: more than the requests a flood keeps waiting
+# at once, so that those served from blocks before would have been served anyway
+ORDERED_TAIL = 10_000
+BIDDER_STALE_MS = 1_000  # a worker not heard from for this long is gone: its bids keep nothing
+ORDER_WAIT = 0.002  # seconds between bids that got no answer yet (the watermark moves on)
+ORDER_PATIENCE = 2.0  # seconds a bid waits for an answer at most; then SOLD_OUT (and withdrawn)
 
 
 class CampaignGone(Exception):
@@ -95,7 +102,7 @@ class Lease:
 class SerialSupply:
     """One worker's serials of one campaign: take one, say when its claim is done."""
 
-    def __init__(self, keys, epoch, redis, scripts, config, new_lease_id, gauge):
+    def __init__(self, keys, epoch, redis, scripts, config, new_lease_id, gauge, gate=None):
         self.keys = keys
         self.epoch = epoch  # the campaign's, as loaded: lease.lua refuses another
         self.redis = redis
@@ -117,6 +124,15 @@ class SerialSupply:
         self.unanswered_lease_id = None  # of a refill that failed: the next one asks under it
         self._refill = SingleFlight()
         self._renew_lock = threading.Lock()
+        # in arrival order (arrival.ArrivalGate): the waiting requests' bids, and their answers
+        self.gate = gate
+        self._bidding = {}  # Turn id -> Turn of the requests waiting for a serial
+        self._granted = {}  # Turn id -> (lease, serial) served to its bid
+        self._refused = set()  # Turn ids of bids refused (sold out)
+        self._placed = {}  # Turn id -> monotonic deadline of the bids in Redis, not answered yet
+        self._withdrawn = []  # Turn ids of bids in Redis whose requests went without a serial
+        if gate is not None:
+            self.tail_size = max(self.tail_size, ORDERED_TAIL)
 
     @property
     def at_hand(self):
@@ -133,12 +149,18 @@ class SerialSupply:
         return bool(self.sold_out_until) and (
             time.monotonic() < self.sold_out_until or self._refill.busy)
 
-    def take(self):
+    def take(self, turn=None):
         """Return (lease, serial): a serial of the current lease, refilled as needed. Every take
-        is followed by exactly one done(lease, ...)."""
+        is followed by exactly one done(lease, ...). turn: the request's arrival.Turn, its bid
+        for the tail in arrival order."""
         waiting = False
         try:
             while True:
+                if turn is not None and turn.id in self._granted:
+                    return self._granted.pop(turn.id)
+                if turn is not None and (turn.id in self._refused
+                                         or self._placed.get(turn.id, float("inf")) < time.monotonic()):
+                    raise SoldOut()
                 lease = self.current
                 if lease is not None and lease.unused and time.monotonic() < lease.valid_until:
                     if time.monotonic() >= lease.renew_at:
@@ -151,12 +173,22 @@ class SerialSupply:
                 if not waiting:
                     waiting = True
                     self.waiting_requests += 1
+                    if turn is not None:
+                        self._bidding[turn.id] = turn
                 fresh = self._refill.run(lambda: self.current is lease and self._lease_more())
                 if fresh and fresh.unused and not fresh.settled:  # the requests that waited go first
                     return fresh, self._take_from(fresh)
         finally:
             if waiting:
                 self.waiting_requests -= 1
+            if turn is not None:
+                self._bidding.pop(turn.id, None)
+                if self._placed.pop(turn.id, None) is not None and turn.id not in self._refused:
+                    self._withdrawn.append(turn.id)  # its bid must not keep a serial
+                self._refused.discard(turn.id)
+                granted = self._granted.pop(turn.id, None)  # left before it saw it: unused
+                if granted is not None:
+                    self.done(*granted, unused=True)
 
     def done(self, lease, serial, unused=False, uncertain=False):
         """The claim of a taken serial has answered. `unused`: the serial is free for the next
@@ -204,23 +236,36 @@ class SerialSupply:
         # the requests waiting for a serial, but for those the last tail lease still holds one
         # for (they were woken, and take it as soon as they run)
         waiting = self.waiting_requests - (len(self.tail_lease.unused) if self.tail_lease else 0)
+        # in arrival order, but for those answered already (their requests have not run since)
+        bids = sorted(turn for turn in self._bidding.values()
+                      if turn.id not in self._granted and turn.id not in self._refused)
+        withdrawn, self._withdrawn = self._withdrawn, []
         for attempt in range(TAIL_TRIES):
             if attempt:
                 time.sleep(TAIL_WAIT)
             sent = time.monotonic()
+            order = None
+            if self.gate is not None:
+                order = (self.gate.worker_id, self.gate.frontier(self.keys.campaign_id, bids),
+                         BIDDER_STALE_MS,
+                         [(turn.id, turn.arrival) for turn in bids] + [(i, "") for i in withdrawn])
             try:
                 reply = self.scripts.lease(self.keys, self.epoch, lease_id, self.block_size,
-                                           int(self.lease_ttl * 1000), self.tail_size, waiting)
+                                           int(self.lease_ttl * 1000), self.tail_size, waiting,
+                                           order)
             except RedisError:
                 # leased or not, replicated or not: unknown. Never use it; ask again under the
                 # same id, which answers the same serials if they were leased
                 self.unanswered_lease_id = lease_id
+                self._withdrawn += withdrawn
                 raise Unavailable() from None
             self.unanswered_lease_id = None
             if reply.outcome is Leased.EXPIRED:  # asked again too late: its serials are not ours
                 lease_id = self.new_lease_id()
             elif not (reply.outcome is Leased.SOLD_OUT and reply.others_hold):
                 break
+        if reply.outcome is Leased.ORDERED:
+            return self._answer_bids(lease_id, sent, bids, reply)
         if reply.outcome is Leased.LEASED:
             lease = Lease(lease_id, reply.serials)
             self._renewed(lease, sent)
@@ -246,6 +291,36 @@ class SerialSupply:
         if reply.outcome is Leased.CLOSED:
             raise Closed()
         raise CampaignGone()
+
+    def _answer_bids(self, lease_id, sent, bids, reply):
+        """lease.lua's answer to the bids: a serial for each of the earliest (a tail lease, never
+        current), sold out for the next `refused`; the later ones bid again once the watermark
+        has moved on (their bids wait in Redis meanwhile, and hold their place)."""
+        deadline = time.monotonic() + ORDER_PATIENCE
+        for turn in bids:
+            self.gate.placed(turn)
+            self._placed.setdefault(turn.id, deadline)
+        self.low_stock, self.sold_out_until = True, 0.0
+        served, refused = len(reply.serials), reply.refused
+        for turn in bids[:served]:
+            del self._placed[turn.id]
+        for turn in bids[served:served + refused]:
+            del self._placed[turn.id]
+            self._refused.add(turn.id)
+        if not served:
+            if not refused:
+                time.sleep(ORDER_WAIT)
+            return None
+        # each serial is its bid's, done() as it is claimed; one for a bid of a request gone
+        # since (sent before an error) is unused, given back with the rest
+        lease = self.tail_lease = Lease(lease_id, reply.serials[len(bids):])
+        self._renewed(lease, sent)
+        lease.in_flight = min(served, len(bids))
+        for turn, serial in zip(bids, reply.serials):
+            self._granted[turn.id] = (lease, serial)
+        if not lease.in_flight:
+            self._settle(lease)
+        return lease
 
     def _settle(self, lease):
         """Give a lease's unused serials back to Redis and end it, or leave it to the reclaim job."""

@@ -9,12 +9,29 @@
 -- ARGV[4] - the last this many serials are leased only as requests wait for them (SINGLE_LEASE_TAIL)
 -- ARGV[5] - requests of this worker waiting for a serial now
 -- ARGV[6] - the campaign's epoch as the caller loaded it (meta's; new after a recovery)
+-- ARGV[7] - in arrival order (ARRIVAL_ORDER, coupon/arrival.py): this worker's frontier, the
+--           earliest arrival (epoch ms, Redis's clock) of its requests of the campaign that have
+--           not bid, but for those bidding now ("-": none); "" (or absent): not in arrival order,
+--           and ARGV[8..] are not sent
+-- ARGV[8] - the bidder: this worker's id
+-- ARGV[9] - ms after which a bidder not heard from (here or by frontier.lua) is gone: its frontier
+--           holds no one back, its bids are dropped
+-- ARGV[10..] - pairs: bid id, arrival (epoch ms, Redis's clock) of each request of this worker
+--           waiting for a serial; arrival "": the bid is withdrawn (the request went without one)
+-- KEYS[5] - bids zset: "<bidder>|<bid id>" -> arrival (in arrival order only)
+-- KEYS[6] - bidders hash: bidder -> "<frontier> <when it said so (epoch ms)>" (frontier.lua too)
 -- Returns {1, start, end, tail, serial...}: serials start..end (none if start > end) and the listed
 --   ones; tail is 1 if they are of the last ARGV[4] (the worker hands them to the requests waiting,
 --   and gives back what is unused as soon as they have answered);
 --   {0, 0} sold out; {0, 1} none left here but other workers hold some (they are asked for them);
 --   {-1} unknown campaign (or of another epoch); {-2} not open yet; {-3} closed;
---   {-4} this lease id was leased before and has expired since: ask under a new one.
+--   {-4} this lease id was leased before and has expired since: ask under a new one;
+--   in arrival order, of the tail: {5, refused, start, end, serial...}: serials as above for the
+--   earliest bids of this worker (as many as there are serials), the next `refused` of its bids
+--   refused (sold out); its later bids wait. The tail goes to the bids in arrival order up to the
+--   watermark, whichever worker made them: a serial kept for another worker's earlier bid is
+--   leased to that worker when it asks. With none left but some in flight elsewhere (leased), the
+--   bids wait ({5, 0, 0, -1}): a serial that comes back goes to the next of them.
 -- Asked again under the same lease id (its answer was lost, or replicas had not acknowledged
 -- it), it leases nothing more: it answers the same serials and extends the lease.
 -- As stock runs low a lease takes only a fair share of what is left, and of the very last serials
@@ -49,6 +66,32 @@ end
 local returned = redis.call('LLEN', KEYS[4])
 local remaining = total - cursor + returned
 local live = redis.call('ZCOUNT', KEYS[2], now, '+inf')
+local ordered = (ARGV[7] or '') ~= ''
+local watermark = nil  -- the earliest frontier of every live bidder: bids up to it are answered
+if ordered then
+  redis.call('HSET', KEYS[6], ARGV[8], ARGV[7] .. ' ' .. now)
+  local bidders = redis.call('HGETALL', KEYS[6])
+  for i = 1, #bidders, 2 do
+    local frontier, said = string.match(bidders[i + 1], '^(%S+) (%d+)$')
+    if not said or tonumber(said) < now - tonumber(ARGV[9]) then
+      redis.call('HDEL', KEYS[6], bidders[i])  -- gone: holds no one back, its bids keep nothing
+    elseif frontier ~= '-' and (not watermark or tonumber(frontier) < watermark) then
+      watermark = tonumber(frontier)
+    end
+  end
+  for i = 10, #ARGV, 2 do
+    if ARGV[i + 1] == '' then  -- withdrawn: that request went without a serial
+      redis.call('ZREM', KEYS[5], ARGV[8] .. '|' .. ARGV[i])
+    else
+      redis.call('ZADD', KEYS[5], ARGV[i + 1], ARGV[8] .. '|' .. ARGV[i])
+    end
+  end
+  -- in flight elsewhere: a serial that comes back unused goes to the next bid; until then, wait
+  if remaining <= 0 and live > 0 then
+    redis.call('HSET', KEYS[1], 'wanted', now)  -- workers holding serials unused: give them back
+    return {5, 0, 0, -1}
+  end
+end
 if remaining <= 0 then
   if live == 0 then return {0, 0} end
   -- other workers hold serials: ask them (through meta, read every STATE_REFRESH) to give back
@@ -59,8 +102,45 @@ end
 local want = math.min(tonumber(ARGV[2]), math.max(1, math.ceil(remaining / (4 * (live + 1)))))
 -- the tail: exactly what the worker's waiting requests take at once, so none of it sits idle
 local tail = remaining <= tonumber(ARGV[4])
-if tail then want = math.max(1, math.min(remaining, tonumber(ARGV[5]))) end
 local reply = {1, 0, -1, tail and 1 or 0}
+if tail and not ordered then want = math.max(1, math.min(remaining, tonumber(ARGV[5]))) end
+if ordered and not tail then want = math.min(want, remaining - tonumber(ARGV[4])) end
+if ordered and tail then
+  local bidder = ARGV[8]
+  local available, alive, granted, refused, cut = remaining, {}, 0, 0, nil
+  -- in arrival order up to the watermark, until the serials left are spoken for: a serial kept
+  -- for another worker's earlier bid, or ours (the walk stops there: a page is enough)
+  for _, bid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', watermark or '+inf',
+                                  'LIMIT', 0, remaining + 256)) do
+    local owner = string.match(bid, '^(.*)|')
+    if alive[owner] == nil then alive[owner] = redis.call('HEXISTS', KEYS[6], owner) == 1 end
+    if not alive[owner] then
+      redis.call('ZREM', KEYS[5], bid)  -- a gone worker's bid keeps nothing
+    elseif available == 0 then
+      cut = bid
+      break
+    else
+      available = available - 1
+      if owner == bidder then
+        granted = granted + 1
+        redis.call('ZREM', KEYS[5], bid)
+      end
+    end
+  end
+  if cut then  -- none left for the bids from the cut on: ours among them, up to the watermark
+    local from = tonumber(redis.call('ZSCORE', KEYS[5], cut))
+    for i = 10, #ARGV, 2 do
+      local arrival = tonumber(ARGV[i + 1])
+      if arrival and arrival >= from and (not watermark or arrival <= watermark)
+          and redis.call('ZREM', KEYS[5], bidder .. '|' .. ARGV[i]) == 1 then
+        refused = refused + 1
+      end
+    end
+  end
+  if granted == 0 then return {5, refused, 0, -1} end
+  want, reply = granted, {5, refused, 0, -1}
+end
+local at = reply[1] == 5 and 3 or 2  -- where start and end go in the reply
 local parts = {}
 if returned > 0 then
   local back = redis.call('LPOP', KEYS[4], want)
@@ -72,7 +152,7 @@ if returned > 0 then
 end
 local n = math.min(want, total - cursor)
 if n > 0 then
-  reply[2], reply[3] = cursor + 1, cursor + n
+  reply[at], reply[at + 1] = cursor + 1, cursor + n
   redis.call('HINCRBY', KEYS[1], 'cursor', n)
   table.insert(parts, 1, (cursor + 1) .. '-' .. (cursor + n))
 end

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from coupon import arrival
-from coupon.arrival import LEAD_MS, ArrivalGate, StampedSocket, arrival_ms
+from coupon.arrival import ArrivalGate, StampedSocket, arrival_ms
 
 
 class FixedClock:
@@ -76,54 +76,58 @@ def test_arrival_is_placed_on_redis_clock_by_its_age():
 
 
 class Peers:
-    """What the other workers publish, as frontier.lua would answer (the gate's publish)."""
+    """Where the gate publishes its frontiers (frontier.lua, in Redis): what it said, in order."""
 
-    def __init__(self, earliest=None):
-        self.earliest = earliest
-        self.published = []
+    def __init__(self):
+        self.said = []
 
-    def __call__(self, frontier):
-        self.published.append(frontier)
-        return self.earliest
+    def __call__(self, campaign_id, frontier, holding):
+        self.said.append((campaign_id, frontier, holding))
 
 
-def test_a_request_waits_while_another_worker_holds_one_that_arrived_earlier(monkeypatch):
-    peers = Peers(earliest=1_000.0)
-    gate = ArrivalGate(peers, FixedClock(2_000))
-    assert gate._may_go(1_000.0 + LEAD_MS)  # within the lead
-    assert not gate._may_go(1_000.0 + LEAD_MS + 1)
-    assert peers.published[-1] == 1_000.0 + LEAD_MS  # ours waits long: published
-    peers.earliest = 1_005.0  # the other worker caught up
-    monkeypatch.setattr(gate, "_next_publish", 0.0)
-    assert gate._may_go(1_000.0 + LEAD_MS + 1)
+def hold(gate, campaign_id, *arrivals):
+    """Turns of requests of a campaign let through the gate (as its dispatcher does)."""
+    turns = []
+    for at in arrivals:
+        turn = arrival.Turn(at, campaign_id, next(gate._ids))
+        gate._holding[campaign_id] = gate._holding.get(campaign_id, 0) + 1
+        gate._unbid.setdefault(campaign_id, {})[turn.id] = at
+        turns.append(turn)
+    return turns
 
 
-def test_a_fresh_request_holds_nobody_back_so_it_is_not_published():
+def test_a_frontier_is_the_earliest_request_of_the_campaign_held_that_has_not_bid():
+    gate = ArrivalGate("w1", Peers())
+    first, second = hold(gate, 7, 1_200.0, 1_300.0)
+    hold(gate, 8, 1_100.0)
+    assert gate.frontier(7) == 1_200.0
+    assert gate.frontier(7, bidding=[first]) == 1_300.0  # its bid goes with the call this is for
+    gate.placed(first)
+    assert gate.frontier(7) == 1_300.0  # its bid is in Redis: others see it there
+    waiting = arrival.Turn(1_250.0, 9, next(gate._ids))
+    gate._waiting.append(waiting)  # not let through yet, of any campaign: counts (early, not late)
+    assert gate.frontier(7) == 1_250.0
+    gate._waiting.clear()
+    gate.finished(second)
+    assert gate.frontier(7) is None
+
+
+def test_a_worker_publishes_its_frontier_while_it_holds_requests_of_a_campaign_then_withdraws():
     peers = Peers()
-    gate = ArrivalGate(peers, FixedClock(2_000))
-    assert gate._may_go(2_000 - LEAD_MS / 2)
-    assert peers.published == [None]
-
-
-def test_a_peer_whose_frontier_does_not_move_holds_a_worker_back_only_so_long(monkeypatch):
-    peers = Peers(earliest=1_000.0)
-    gate = ArrivalGate(peers, FixedClock(5_000))
-    now = [100.0]
-    monkeypatch.setattr(arrival.time, "monotonic", lambda: now[0])
-    assert not gate._may_go(3_000.0)
-    now[0] += arrival.MAX_HOLD / 2
-    assert not gate._may_go(3_000.0)
-    now[0] += arrival.MAX_HOLD
-    assert gate._may_go(3_000.0)  # stuck: no longer waited for
-    assert gate._may_go(3_500.0)
-    peers.earliest = 1_200.0  # it moves again: it counts again
-    now[0] += 1
-    assert not gate._may_go(3_500.0)
+    gate = ArrivalGate("w1", peers)
+    (turn,) = hold(gate, 7, 1_100.0)
+    gate._share()
+    gate.placed(turn)
+    gate._share()  # still held, bidding: it keeps its place, with no frontier
+    gate.finished(turn)
+    gate._share()
+    gate._share()  # withdrawn once
+    assert peers.said == [(7, 1_100.0, True), (7, None, True), (7, None, False)]
 
 
 def test_a_gate_turned_off_lets_everything_through_at_once():
-    gate = ArrivalGate(Peers(earliest=0.0), FixedClock(10_000), enabled=False)
-    gate.wait_turn(9_999.0)
+    gate = ArrivalGate("w1", Peers(), enabled=False)
+    assert gate.wait_turn(9_999.0, 7) is None
     assert gate.waiting == 0
 
 
@@ -132,16 +136,15 @@ GEVENT_ORDER = textwrap.dedent("""
     import random, gevent
     from coupon.arrival import ArrivalGate
 
-    class Clock:
-        def now_ms(self): return 0
-    gate = ArrivalGate(lambda frontier: None, Clock())
+    gate = ArrivalGate("w1", lambda *said: None)
     went = []
 
     def request(arrival):
         gevent.sleep(0)  # read in a turn of the loop, as connections are
-        gate.wait_turn(arrival)
+        turn = gate.wait_turn(arrival, 7)
         went.append(arrival)
         gevent.sleep(0.001)  # its claim: it waits for Redis
+        gate.finished(turn)
 
     arrivals = list(range(500))
     random.Random(7).shuffle(arrivals)  # the loop runs ready connections in no such order

@@ -63,7 +63,7 @@ def test_every_key_of_a_shard_is_in_its_tags_slot_and_the_home_keys_share_one(ca
         assert all(f":c:{campaign_id}:" in key for key in shard.all(buckets))  # whose keys these are
         assert shard.all(buckets)[-1] == shard.state  # deleted after its buckets
     every = keys.every_key(buckets)
-    assert len(every) == len(set(every)) == 5 + (4 + buckets) * shards
+    assert len(every) == len(set(every)) == 7 + (4 + buckets) * shards
 
 
 @given(user_id=st.text(min_size=1, max_size=64), shards=st.integers(1, 64), buckets=st.integers(1, 10**5))
