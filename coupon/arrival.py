@@ -105,10 +105,10 @@ class ArrivalGate:
     it holds its campaign's frontier here: the earliest of the requests let through that have not
     bid and of those still waiting their turn (of any campaign: a frontier may be early, never
     late). Every PUBLISH_EVERY while it holds requests of a campaign, the frontier goes to the
-    campaign's bidders hash (publish(campaign id, frontier or None, holding any)), and with each of its bids
-    (lease.lua): the tail's serials go to the bids in arrival order up to the earliest frontier of
-    all workers (the watermark), so no worker's earlier request is passed over. A frontier read
-    late is earlier than the truth: it delays a bid, never reorders it.
+    campaign's bidders hash (publish(campaign id, frontier or None, holding any)), and with each
+    of its bids (lease.lua): the tail's serials go to the bids in arrival order up to the earliest
+    frontier of all workers (the watermark), so no worker's earlier request is passed over. A
+    frontier read late is earlier than the truth: it delays a bid, never reorders it.
     With threads (the tests' in-process server) the order is only as good as the threads'.
     """
 
@@ -218,6 +218,8 @@ class ArrivalGate:
             try:
                 self.publish(campaign_id, frontier, holding)
             except Exception:  # Redis down, mostly: published again in PUBLISH_EVERY
+                if not holding:  # or not: a frontier not said again goes stale (BIDDER_STALE_MS)
+                    self._published.discard(campaign_id)
                 continue
             if holding:
                 self._published.add(campaign_id)

@@ -3,10 +3,13 @@
 -- KEYS[2] - leases zset: lease id -> expiry (epoch ms)
 -- KEYS[3] - lease serials hash: lease id -> "start-end[,serial...][,t]" (t: a lease of the tail)
 -- KEYS[4] - returned serials list (handed out again before the cursor moves)
+-- KEYS[5] - bids zset: "<bidder>|<bid id>" -> arrival (in arrival order only)
+-- KEYS[6] - bidders hash: bidder -> "<frontier> <when it said so (epoch ms)>" (frontier.lua too)
 -- ARGV[1] - new lease id
 -- ARGV[2] - most serials to lease (BLOCK_SIZE)
 -- ARGV[3] - lease time to live (ms)
--- ARGV[4] - the last this many serials are leased only as requests wait for them (SINGLE_LEASE_TAIL)
+-- ARGV[4] - the last this many serials are leased only as requests wait for them (SINGLE_LEASE_TAIL;
+--           in arrival order, supply.ORDERED_TAIL, and never in blocks)
 -- ARGV[5] - requests of this worker waiting for a serial now
 -- ARGV[6] - the campaign's epoch as the caller loaded it (meta's; new after a recovery)
 -- ARGV[7] - in arrival order (ARRIVAL_ORDER, coupon/arrival.py): this worker's frontier, the
@@ -18,8 +21,6 @@
 --           holds no one back, its bids are dropped
 -- ARGV[10..] - pairs: bid id, arrival (epoch ms, Redis's clock) of each request of this worker
 --           waiting for a serial; arrival "": the bid is withdrawn (the request went without one)
--- KEYS[5] - bids zset: "<bidder>|<bid id>" -> arrival (in arrival order only)
--- KEYS[6] - bidders hash: bidder -> "<frontier> <when it said so (epoch ms)>" (frontier.lua too)
 -- Returns {1, start, end, tail, serial...}: serials start..end (none if start > end) and the listed
 --   ones; tail is 1 if they are of the last ARGV[4] (the worker hands them to the requests waiting,
 --   and gives back what is unused as soon as they have answered);
