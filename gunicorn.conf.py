@@ -49,10 +49,10 @@ class WorkerProtections:
         # imported here, in the worker (as below): each connection notes when its requests arrived
         import ssl
 
-        from coupon.arrival import StampedSocket
+        from coupon.arrival import stamped
 
         if not isinstance(client, ssl.SSLSocket):  # TLS reads its records itself: no stamps
-            client = StampedSocket(client)
+            client = stamped(client)
         return super().handle(listener, client, addr)
 
     def handle_request(self, *args):

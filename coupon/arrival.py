@@ -8,7 +8,7 @@ refused while late ones won (issue 32, BENCHMARKS.md "First come, first served")
 
 So each issue request is stamped with its arrival, on Redis's clock (one clock for every host):
 
-- StampedSocket: the kernel's receive time of its bytes (SO_TIMESTAMPNS), however long they then
+- stamped(): the kernel's receive time of its bytes (SO_TIMESTAMPNS), however long they then
   waited for the worker; arrival_ms() places it on Redis's clock.
 - ArrivalGate: a worker's issue requests, once read and admitted, wait their turn and go on (token
   check, serial, claim) one at a time in arrival order; each runs until it waits for Redis, so the
@@ -17,6 +17,7 @@ So each issue request is stamped with its arrival, on Redis's clock (one clock f
   once no worker still holds a request that arrived before it and has not bid (the watermark,
   from every worker's published frontier).
 """
+import functools
 import heapq
 import itertools
 import socket
@@ -34,27 +35,31 @@ ENTRY_TURNS = 8  # turns of the loop a waking dispatcher yields at most while re
 IDLE_EXIT = 30.0  # seconds the dispatcher waits for work before it ends (started again on demand)
 
 
+def stamped(sock):
+    """The connection `sock` as a StampedSocket of its own class (gevent's, in a worker): a
+    request's arrival is when the kernel received its bytes, however long they then waited to be
+    read. The same descriptor: `sock` itself is detached."""
+    stamped_sock = _stamped_class(type(sock))(sock.family, sock.type, sock.proto, sock.detach())
+    stamped_sock._first_ns = None  # the receive time of the first bytes read since the last take
+    stamped_sock._last_ns = None  # of the last bytes read
+    try:
+        stamped_sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:  # not a TCP socket of Linux: no stamps, arrival is when it is served
+        pass
+    # (the kernel stamps packets only while some socket asks, and turns that on a moment after
+    # the first asks: the first requests after an idle spell may have no stamp, and count as
+    # arriving when served)
+    return stamped_sock
+
+
 class StampedSocket:
-    """A connection whose reads note when the kernel received their bytes: a request's arrival,
-    however long it then waited to be read. Everything but recv is the socket's own."""
+    """Mixed into a socket class: reads note when the kernel received their bytes. A subclass of
+    the socket's own class, not a wrapper: every other call is the socket's, at no extra cost."""
 
-    def __init__(self, sock):
-        self._sock = sock
-        self._first_ns = None  # the receive time of the first bytes read since the last take
-        self._last_ns = None  # of the last bytes read
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        except OSError:  # not a TCP socket of Linux: no stamps, arrival is when it is served
-            pass
-        # (the kernel stamps packets only while some socket asks, and turns that on a moment after
-        # the first asks: the first requests after an idle spell may have no stamp, and count
-        # as arriving when served)
-
-    def __getattr__(self, name):
-        return getattr(self._sock, name)
+    __slots__ = ()  # the two stamps live in the subclass's slots (_stamped_class)
 
     def recv(self, size, *flags):
-        data, ancillary, _, _ = self._sock.recvmsg(size, ANCILLARY_SPACE, *flags)
+        data, ancillary, _, _ = self.recvmsg(size, ANCILLARY_SPACE, *flags)
         for level, kind, value in ancillary:
             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                 seconds, nanos = TIMESPEC.unpack(value[:TIMESPEC.size])
@@ -68,6 +73,12 @@ class StampedSocket:
         a request already read with the one before it (pipelined) has that read's time."""
         received, self._first_ns = self._first_ns or self._last_ns, None
         return received
+
+
+@functools.lru_cache(maxsize=None)
+def _stamped_class(base):
+    return type("Stamped" + base.__name__.capitalize(), (StampedSocket, base),
+                {"__slots__": ("_first_ns", "_last_ns")})
 
 
 def arrival_ms(received_ns, clock):

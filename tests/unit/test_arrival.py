@@ -9,7 +9,7 @@ import time
 import pytest
 
 from coupon import arrival
-from coupon.arrival import ArrivalGate, StampedSocket, arrival_ms
+from coupon.arrival import ArrivalGate, arrival_ms, stamped
 
 
 class FixedClock:
@@ -32,12 +32,12 @@ def kernel_stamps_on():
 
 @pytest.fixture
 def connection():
+    """(client, the server's end as stamped() makes it)."""
     with socket.create_server(("127.0.0.1", 0)) as server:
         client = socket.create_connection(server.getsockname())
         accepted, _ = server.accept()
-        yield client, accepted
-        client.close()
-        accepted.close()
+        with client, stamped(accepted) as stamped_sock:
+            yield client, stamped_sock
 
 
 def realtime_ns():
@@ -45,27 +45,25 @@ def realtime_ns():
 
 
 def test_a_read_says_when_the_kernel_received_its_bytes_not_when_it_was_read(connection):
-    client, accepted = connection
-    stamped = StampedSocket(accepted)
+    client, stamped_sock = connection
     sent = realtime_ns()
     client.sendall(b"GET / HTTP/1.1\r\n\r\n")
     time.sleep(0.2)  # the request waits, as for a busy worker
-    assert stamped.recv(100) == b"GET / HTTP/1.1\r\n\r\n"
-    received = stamped.take_received_ns()
+    assert stamped_sock.recv(100) == b"GET / HTTP/1.1\r\n\r\n"
+    received = stamped_sock.take_received_ns()
     assert sent - 10_000_000 <= received <= sent + 100_000_000  # at its sending, not 200 ms later
 
     client.sendall(b"next")
-    stamped.recv(100)
-    assert stamped.take_received_ns() > received  # the next request has its own
+    stamped_sock.recv(100)
+    assert stamped_sock.take_received_ns() > received  # the next request has its own
 
 
 def test_a_request_read_with_the_one_before_it_has_that_reads_time(connection):
-    client, accepted = connection
-    stamped = StampedSocket(accepted)
+    client, stamped_sock = connection
     client.sendall(b"first and second")
-    stamped.recv(100)
-    first = stamped.take_received_ns()
-    assert first is not None and stamped.take_received_ns() == first  # no read in between
+    stamped_sock.recv(100)
+    first = stamped_sock.take_received_ns()
+    assert first is not None and stamped_sock.take_received_ns() == first  # no read in between
 
 
 def test_arrival_is_placed_on_redis_clock_by_its_age():
