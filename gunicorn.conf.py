@@ -65,6 +65,7 @@ class WorkerProtections:
     def load_wsgi(self):
         super().load_wsgi()
         app = self.served_app = self.wsgi  # the Flask app (worker_exit below)
+        from coupon.arrival import RECEIVED_NS  # in the worker, as in handle()
 
         def closable(environ, start_response):
             # start_response is bound to gunicorn's Response: force_close() answers with
@@ -72,7 +73,7 @@ class WorkerProtections:
             environ["coupon.close_connection"] = start_response.__self__.force_close
             stamps = environ.get("gunicorn.socket")  # coupon.arrival: when the request arrived
             if hasattr(stamps, "take_received_ns"):
-                environ["coupon.received_ns"] = stamps.take_received_ns()
+                environ[RECEIVED_NS] = stamps.take_received_ns()
             return app(environ, start_response)
 
         self.wsgi = closable

@@ -138,10 +138,6 @@ class ArrivalGate:
         self._dispatcher = None
         self._next_publish = 0.0  # monotonic
 
-    @property
-    def waiting(self):
-        return len(self._waiting)
-
     def wait_turn(self, arrival, campaign_id):
         """Return once the requests that arrived before `arrival` (ms, Redis's clock) have gone
         on: its Turn (None when the gate is off)."""

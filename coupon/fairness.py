@@ -75,8 +75,8 @@ class SaleOrder:
     @classmethod
     def read(cls, redis, keys):
         fields = redis.hgetall(keys.arrivals)
-        wins = [float(v) for k, v in fields.items() if _text(k).startswith("w:")]
-        refused = {int(_text(k)[2:]): int(v) for k, v in fields.items() if _text(k).startswith("r:")}
+        wins = [float(v) for k, v in fields.items() if k.startswith("w:")]
+        refused = {int(k[2:]): int(v) for k, v in fields.items() if k.startswith("r:")}
         return cls.of(max(wins) if wins else None, refused)
 
     @classmethod
@@ -97,7 +97,3 @@ class SaleOrder:
         return [f"order: {self.refused_ahead} of {self.refused} refused SOLD_OUT arrived before the "
                 f"last coupon's request ({self.refused_plainly} of them {PLAIN_LEAD_MS} ms or more "
                 f"before it; the earliest {self.max_lead_ms:g} ms before)"]
-
-
-def _text(value):
-    return value.decode() if isinstance(value, bytes) else value
