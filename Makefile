@@ -25,9 +25,11 @@ setup-dev: $(BIN)/.installed-dev
 # The web server and the scheduler together; Ctrl-C (or either one exiting) stops both.
 # Redis: with no REDIS_URL set and nothing on :6379, a redis-server of its own that writes every
 # claim to instance/redis/ before the answer (appendfsync always: see docs/operations.md).
+# Stopped by Ctrl-C or SIGTERM it ends with status 0 (not make's "Error 130/143"): the stop was
+# asked for; one of them exiting by itself ends it with that one's status.
 run: setup
 	$(BIN)/flask db init
-	@trap 'kill $$web $$jobs $$redis 2>/dev/null; wait' INT TERM EXIT; \
+	@trap 'kill $$web $$jobs $$redis 2>/dev/null; wait' EXIT; trap 'exit 0' INT TERM; \
 	if [ -n "$$REDIS_CLUSTER_NODES" ]; then \
 		echo "on the Redis Cluster of REDIS_CLUSTER_NODES"; \
 	elif [ -z "$$REDIS_URL" ] && ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then \
@@ -52,8 +54,9 @@ LOADTEST_ARGS = --scenario $(SCENARIO) $(if $(USERS),--users $(USERS)) $(if $(ST
 loadtest: setup-dev
 	$(BIN)/python -m loadtest.run $(LOADTEST_ARGS)
 
+# Locust's web UI [the same, and WEB_PORT=8089]: each START opens a fresh campaign, each end closes and checks it
 locust-ui: setup-dev
-	$(BIN)/python -m loadtest.run --ui $(LOADTEST_ARGS)
+	$(BIN)/python -m loadtest.run --ui $(LOADTEST_ARGS) $(if $(WEB_PORT),--web-port $(WEB_PORT))
 
 # The ramp from plain gevent sockets instead of Locust [USERS= STOCK= DURATION= HOST=]
 lean-ramp: setup-dev

@@ -82,7 +82,10 @@ def require_password():
     config = current_app.config
     if config["ENV"] != "production":
         return None
-    auth = request.authorization
+    try:
+        auth = request.authorization
+    except ValueError:  # Basic credentials with a byte above 0x7F: werkzeug lets b64decode's error out
+        auth = None
     given = (auth.password or "") if auth and auth.type == "basic" else ""
     if given and hmac.compare_digest(given.encode(), config["OPS_PASSWORD"].encode()):
         return None
@@ -446,8 +449,9 @@ def reconciliation(row, keys_kept, record, rows):
     if record:
         found = [f"the close of {iso(record['reconciled_at'])} found:", *record["report"].splitlines()]
     if keys_kept and row.status != "closed":
+        state = "sold out" if rows >= row.total else "the sale is live"  # `rows`: Redis's count
         return {"agree": None, "lines": [
-            f"not reconciled yet: the sale is live; {close} drains, reconciles and releases it"]}
+            f"not reconciled yet: {state}, not closed; {close} drains, reconciles and releases it"]}
     if keys_kept and not record:
         return {"agree": None, "lines": [
             f"not reconciled yet: closed, but its close is under way or stopped before it "

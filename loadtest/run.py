@@ -1,36 +1,35 @@
-"""A load test the way operators run one: `make loadtest SCENARIO=rush|ramp [USERS= STOCK= DURATION=]`.
+"""A load test the way operators run one: `make loadtest SCENARIO=rush|ramp [USERS= STOCK= DURATION=]`,
+or in Locust's web UI: `make locust-ui`.
 
-Creates and opens a fresh campaign, runs Locust headless against the running service (`make run`),
-writes Locust's HTML report and CSVs under reports/, closes the campaign, checks the invariants
-against Redis and the database, and prints a one-screen summary. With --ui it serves Locust's web
-UI on http://localhost:8089 instead, and closes and checks when you stop it (Ctrl-C).
+Runs Locust (loadtest/locustfile.py) against the running service (`make run`). Each test Locust
+starts (headless: at once; the web UI: each START) opens a fresh campaign of the stock asked for;
+when it ends (its run time, the ramp's end, STOP, Ctrl-C or SIGTERM) the campaign is closed as
+`flask campaign close` closes it, the invariants are checked against Redis and the database, Locust's
+HTML report is written under reports/, and a one-screen summary is printed: Locust's test_start and
+test_stop events, whose listeners are in the locustfile; the figures and checks are here.
 
 Settings (SECRET_KEY, REDIS_URL, DATABASE_URL) are the service's: config.settings, as `make run`.
 """
 import argparse
-import csv
 import datetime as dt
-import glob
-import json
 import os
-import shutil
+import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections import Counter
 
 from sqlalchemy import select
 
-from coupon import create_app, db
+from coupon import db
 from coupon.campaigns import close_campaign
 from coupon.errors import CouponError
-from coupon.reconcile import redis_claims
-from loadtest.harness import ROOT, open_campaign
+from loadtest.harness import ROOT
 
-# the second post's k6 stages: users at the end of each, as a share of the peak (equal lengths)
+# the second post's k6 stages: users at the end of each, as a share of the peak
 RAMP_SHARES = (1 / 6, 1, 1, 0)  # of the peak, at the end of each stage of the ramp
 CLIMB = max(b - a for a, b in zip((0, *RAMP_SHARES), RAMP_SHARES))  # the steepest stage's rise
+RUSH_STOCK = 5000  # every request of the rush is a new user: it sells out within seconds
 
 
 def ramp_rate(peak, stage):
@@ -43,21 +42,45 @@ def ramp_stage(peak, rate):
     return CLIMB * peak / rate
 
 
+def ramp_stages(peak, rate, run_time=None):
+    """The ramp as [(seconds, users at the end)]: the stages that move users each as long as the
+    climb to the peak at `rate` users a second; the peak held for what `run_time` leaves of the
+    whole (no run time: as long as the others, the post's equal stages)."""
+    stage = ramp_stage(peak, rate)
+    moves = [a != b for a, b in zip((0, *RAMP_SHARES), RAMP_SHARES)]
+    held = stage if not run_time else max(0.0, (run_time - sum(moves) * stage) / moves.count(False))
+    return [(stage if move else held, round(peak * share)) for move, share in zip(moves, RAMP_SHARES)]
+
+
+def ramp_text(stages, rate):
+    """The ramp's stages for people: users and seconds, and the whole."""
+    parts, users = [], 0
+    for seconds, target in stages:
+        parts.append(f"held {seconds:.1f} s" if target == users else f"to {target} in {seconds:.1f} s")
+        users = target
+    return (f"ramp: {', '.join(parts)} (climbing {rate:g} users/s): "
+            f"{sum(seconds for seconds, _ in stages):.1f} s in all")
+
+
 def parse_args():
     p = argparse.ArgumentParser(description="Run a Locust scenario against the running service.")
     p.add_argument("--scenario", choices=("rush", "ramp"), default="rush")
     p.add_argument("--users", type=int, help="virtual users (ramp: the peak) [rush 500, ramp 1000]")
-    p.add_argument("--stock", type=int,
-                   help="coupons of the fresh campaign [rush 5000: every request is a new user, so "
-                        "it sells out within seconds; ramp: half the users]")
+    p.add_argument("--stock", type=int, default=0,
+                   help=f"coupons of each test's campaign [0: rush {RUSH_STOCK}, ramp half the users]")
     p.add_argument("--duration", type=int, default=30,
-                   help="seconds (rush: the run; ramp: the whole ramp, 4 stages)")
+                   help="seconds (rush: the run; ramp: the whole ramp, 4 equal stages)")
     p.add_argument("--host", default=os.environ.get("LOADTEST_HOST", "http://127.0.0.1:8000"))
-    p.add_argument("--ui", action="store_true", help="serve Locust's web UI on :8089 instead")
+    p.add_argument("--ui", action="store_true", help="serve Locust's web UI instead")
+    p.add_argument("--web-port", type=int, default=8089, help="the web UI's port [8089]")
     args = p.parse_args()
     args.users = args.users or (500 if args.scenario == "rush" else 1000)
-    args.stock = args.stock or (5000 if args.scenario == "rush" else max(1, args.users // 2))
     return args
+
+
+def stock_of(scenario, stock, users):
+    """The coupons of a test's campaign: `stock`, or 0 for the scenario's default."""
+    return stock or (RUSH_STOCK if scenario == "rush" else max(1, users // 2))
 
 
 def wait_for_service(host):
@@ -69,57 +92,67 @@ def wait_for_service(host):
         sys.exit(f"the service does not answer at {host} ({e}); start it with `make run`")
 
 
-def run_locust(args, campaign_id, name, timeline_dir):
-    users = args.users
-    # rush: every user at once; ramp: the climb's rate that makes stages of duration / 4
-    rate = users if args.scenario == "rush" else ramp_rate(users, args.duration / len(RAMP_SHARES))
-    env = dict(os.environ, CAMPAIGN_ID=str(campaign_id), SCENARIO=args.scenario,
-               USER_PREFIX=f"{name}-", TIMELINE_DIR=timeline_dir, PYTHONPATH=ROOT)
+def run_locust(args):
+    """Run Locust until it ends by itself or is stopped; return its exit status (the last test's
+    checks: 0 all ok, 1 not)."""
+    users, duration = args.users, args.duration
+    # rush: every user at once; ramp: the climb's rate that makes 4 equal stages of the duration
+    rate = users if args.scenario == "rush" else float(f"{ramp_rate(users, duration / len(RAMP_SHARES)):.3g}")
+    name = f"{args.scenario}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    env = dict(os.environ, SCENARIO=args.scenario, PYTHONPATH=ROOT)
+    # -u, -r, -t and --stock fill in the web form's fields, which mean what their labels say
     cmd = [os.path.join(os.path.dirname(sys.executable), "locust"),
            "-f", os.path.join(ROOT, "loadtest", "locustfile.py"), "--host", args.host,
-           "--html", f"reports/{name}.html", "--csv", f"reports/{name}", "--loglevel", "WARNING",
-           "--json-file", f"reports/{name}", "-u", str(users), "-r", f"{rate:g}"]
-    if args.ui:  # -u and -r fill in the form's fields, which mean what their labels say
-        cmd += ["--web-host", "127.0.0.1", "--web-port", "8089"]
-        print(f"Locust UI on http://localhost:8089 (host {args.host}, campaign {campaign_id}, "
-              f"scenario {args.scenario}); Ctrl-C to stop, close the campaign and check.", flush=True)
+           "--loglevel", "WARNING", "-u", str(users), "-r", f"{rate:g}", "--stock", str(args.stock),
+           # Locust's figures of the last test as it exits (else it prints them after our summary)
+           "--json-file", f"reports/{name}"]
+    if args.ui or args.scenario == "rush":  # the headless ramp ends by itself
+        cmd += ["-t", f"{duration}s"]
+    if args.ui:
+        cmd += ["--web-host", "127.0.0.1", "--web-port", str(args.web_port)]
+        print(f"Locust UI on http://localhost:{args.web_port} (host {args.host}, scenario {args.scenario}). "
+              f"Each START opens a fresh campaign of the form's stock (Custom parameters; 0: "
+              + (f"{RUSH_STOCK}" if args.scenario == "rush" else "half the users")
+              + "); when the test ends (its run time, STOP, or Ctrl-C here) it is closed and checked "
+              "here, and Ctrl-C then quits.", flush=True)
         if args.scenario == "ramp":
-            print(f"The ramp: its peak is the form's users ({users}), its climb to the peak starts "
-                  f"users at the form's ramp up ({rate:g}/s); 4 stages as long as that climb.", flush=True)
-        locust = subprocess.Popen(cmd, cwd=ROOT, env=env)
-        try:
-            locust.wait()
-        except KeyboardInterrupt:  # Locust got the same Ctrl-C: it stops and writes its report
-            locust.wait(timeout=60)
-        return
-    cmd += ["--headless"]
-    if args.scenario == "rush":  # every user at once, for --duration seconds (the ramp ends itself)
-        cmd += ["-t", f"{args.duration}s"]
-    cmd += ["--only-summary", "--stop-timeout", "5"]
-    print(f"locust {args.scenario}: {users} users, {args.duration} s, campaign {campaign_id} ...", flush=True)
-    # exit status 1 only says there were failures; the summary shows them
-    subprocess.run(cmd, cwd=ROOT, env=env, timeout=args.duration + 120,
-                   stdout=subprocess.DEVNULL, stderr=open(f"reports/{name}.log", "w"))
+            print(f"The ramp: the form's users are its peak, its ramp up the climb to the peak, its run "
+                  f"time (Advanced options) the whole; as filled in: "
+                  f"{ramp_text(ramp_stages(users, rate, duration), rate)}.", flush=True)
+        log = None
+    else:
+        cmd += ["--headless", "--only-summary", "--stop-timeout", "5"]
+        log = open(f"reports/{name}.log", "w")
+    # Locust in a process group of its own: Ctrl-C reaches this process alone, which stops Locust
+    # with SIGTERM as a service manager would. One way to stop, and gevent prints no
+    # KeyboardInterrupt. A second Ctrl-C kills it.
+    locust = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stderr=log,
+                              start_new_session=True)
+    signals = []
 
+    def stop(signum, _frame):
+        signals.append(signum)
+        if len(signals) == 1:
+            locust.terminate()
+        else:
+            print("killed: its campaign may be left open (`flask campaign close ID`)", flush=True)
+            locust.kill()
 
-def read_timeline(folder):
-    rows = []
-    for path in glob.glob(os.path.join(folder, "timeline-*.csv")):
-        with open(path) as f:
-            rows += [(float(t), user, outcome, serial) for t, user, outcome, serial in csv.reader(f)]
-    return sorted(rows)
-
-
-def locust_totals(name):
-    """Locust's final figures, from its JSON file: requests, failures, req/s, and latency in ms
-    (p50, p95, p99, max); None if Locust wrote none (it did not run, or was killed). Not from its
-    stats CSV: that is rewritten every second while the test runs, and the last second's requests
-    never reach it."""
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     try:
-        with open(f"reports/{name}.json") as f:
-            entries = json.load(f)
-    except (OSError, ValueError):
-        return None
+        status = locust.wait(timeout=None if args.ui else duration + 120)
+    except subprocess.TimeoutExpired:
+        stop(signal.SIGTERM, None)
+        status = locust.wait()
+    if log and os.path.getsize(log.name):
+        print(f"Locust's warnings and errors: {log.name}")
+    return status
+
+
+def locust_totals(entries):
+    """Locust's figures of a test from its stats entries (StatsEntry.serialize()): requests,
+    failures, req/s, and latency in ms (p50, p95, p99, max)."""
     times = Counter()
     for entry in entries:
         times.update({int(ms): n for ms, n in entry["response_times"].items()})
@@ -219,37 +252,30 @@ def server_line(before, after):
             f"{run[0.1] / total:.1%} under 100 ms, p99 <= {p99 * 1000:g} ms")
 
 
-def summary(args, name, campaign_id, timeline, checks, closed, server):
-    totals = locust_totals(name)
+def summary(test, totals, timeline, checks, closed, server):
+    """The one screen printed at the end of a test (`test`: the locustfile's Test)."""
     answers = Counter(outcome for _, _, outcome, _ in timeline)
-    if totals is None:
-        locust = [f"Locust wrote no final figures (reports/{name}.json): stopped before it started?"]
-    else:
-        locust = [
-            f"requests {totals['requests']}  failures {totals['failures']}  req/s {totals['rps']:.0f}"
-            + ("" if totals["requests"] == len(timeline) else
-               f"  (answers recorded: {len(timeline)}; the difference did not finish before Locust stopped)"),
-            f"latency ms  p50 {totals['p50']}  p95 {totals['p95']}  p99 {totals['p99']}  "
-            f"max {totals['max']:.0f}"]
     last_new = max((t for t, _, outcome, _ in timeline if outcome == "NEW"), default=None)
     early = sum(1 for t, _, o, _ in timeline if o == "SOLD_OUT" and last_new and t < last_new)
     first_sold_out = min((t for t, _, o, _ in timeline if o == "SOLD_OUT"), default=None)
-    first = timeline[0][0] if timeline else 0
     lines = [
-        f"== loadtest {args.scenario}: campaign {campaign_id}, stock {args.stock}, host {args.host}",
-        *locust,
+        f"== loadtest {test.scenario}: campaign {test.campaign_id}, stock {test.stock}, host {test.host}",
+        f"requests {totals['requests']}  failures {totals['failures']}  req/s {totals['rps']:.0f}"
+        + ("" if totals["requests"] == len(timeline) else
+           f"  (answers recorded: {len(timeline)}; the difference did not finish before Locust stopped)"),
+        f"latency ms  p50 {totals['p50']}  p95 {totals['p95']}  p99 {totals['p99']}  max {totals['max']:.0f}",
         f"            {server}",
         "answers     " + "  ".join(f"{k} {v}" for k, v in sorted(answers.items())),
-        f"issued      {sum(1 for o in answers.elements() if o == 'NEW')} "
-        + (f"(last at +{last_new - first:.2f} s)" if last_new else ""),
+        # from the opening, as the operators' page counts
+        f"issued      {answers['NEW']} " + (f"(last at +{last_new - test.opened:.2f} s)" if last_new else ""),
         f"SOLD_OUT answers received before the last coupon was handed out: {early}"
-        + (f" (from +{first_sold_out - first:.2f} s, {last_new - first_sold_out:.3f} s before it)"
+        + (f" (from +{first_sold_out - test.opened:.2f} s, {last_new - first_sold_out:.3f} s before it)"
            if early else ""),
         f"close       {closed}",
         "checks",
     ]
     lines += [f"  {'ok  ' if ok else 'FAIL'} {text}" for ok, text in checks]
-    lines.append(f"report      reports/{name}.html, reports/{name}_*.csv")
+    lines.append(f"report      {test.report}")
     return "\n".join(lines)
 
 
@@ -258,26 +284,7 @@ def main():
     os.chdir(ROOT)
     os.makedirs("reports", exist_ok=True)
     wait_for_service(args.host)
-    app = create_app()
-    svc = app.extensions["coupon"]
-    name = f"{args.scenario}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    campaign_id = open_campaign(svc, args.stock, f"loadtest {name}")
-    timeline_dir = os.path.join("reports", f"{name}-timeline")
-    latency_before = server_latency(args.host)
-    try:
-        run_locust(args, campaign_id, name, timeline_dir)
-        time.sleep(0.5)  # let answers in flight land before the set is read
-        claims = {user: claim.serial for user, claim in
-                  redis_claims(svc.redis, svc.keys(campaign_id))[0].items()}
-        server = server_line(latency_before, server_latency(args.host))
-    finally:
-        closed = close(svc, campaign_id)
-    timeline = read_timeline(timeline_dir)
-    checks = check(args.stock, timeline, claims, database_tickets(svc, campaign_id))
-    print(summary(args, name, campaign_id, timeline, checks, closed, server))
-    shutil.rmtree(timeline_dir, ignore_errors=True)
-    svc.engine.dispose()
-    sys.exit(0 if all(ok for ok, _ in checks) else 1)
+    sys.exit(run_locust(args))
 
 
 if __name__ == "__main__":

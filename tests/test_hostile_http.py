@@ -9,12 +9,15 @@ deadline, so that what is tested is what the server does on the wire:
   not JSON objects or are nested too deep, broken chunked framing, clients gone mid-body, bodies
   over the limit (chunked or not), bodies shorter than their Content-Length, campaign and user
   ids with a line feed after them, requests gunicorn itself cannot parse (request line, URI,
-  headers, transfer coding), request smuggling shapes;
-- pipelined requests answered in order;
+  headers, transfer coding), request smuggling shapes, SCRIPT_NAME headers, the operators' page's
+  Basic credentials with bytes above 0x7F;
+- pipelined requests answered in order, and none after one whose Connection header lists "close";
 - idle and slow-header connections (fewer than the workers hold) dropped by the server while
   real users are served;
-- a byte-level fuzz of the HTTP framing (Hypothesis): no 500, every error the JSON shape, no hang.
+- a byte-level fuzz of the HTTP framing and headers (Hypothesis), against a server in production
+  mode: no 500, every error the JSON shape, no hang, nothing answered after a "Connection: close".
 """
+import base64
 import json
 import select
 import socket
@@ -34,6 +37,7 @@ from tests.support import get, request
 HOST = "127.0.0.1"
 BODY_TIMEOUT = 2  # seconds: the servers of these tests (the fuzz: 1)
 HANG = 10.0  # seconds: no answer and no close within this is a hang
+OPS_PASSWORD = "ops-password-of-the-tests"  # the servers that run as in production
 # The floods below bound each real user's call by USER_CALL: far above what the workers' backlog
 # costs under load (the slowest calls of a busy 2-core machine: ~2 s), far below the wait for a
 # slot that only the server's own keep-alive expiry frees (KEEPALIVE, set well above it): what a
@@ -541,6 +545,52 @@ def test_pipelined_issue_calls_are_answered_in_order(gunicorn, svc, signer):
     assert [json.loads(a.body)["user_id"] for a in answers] == people
 
 
+def test_connection_close_among_other_options_closes_after_the_answer(gunicorn):
+    """RFC 9112 9.6: no request after one that carries "close" is served, whatever else its
+    Connection header lists."""
+    server = gunicorn(workers=2, BODY_TIMEOUT=BODY_TIMEOUT)
+    second = head_of("GET", "/healthz")
+    for options in (["keep-alive, close"], ["close, keep-alive"], ["te, close"], ["Keep-Alive,CLOSE"],
+                    ["keep-alive", "close"]):
+        first = head_of("GET", "/healthz", *[f"Connection: {o}" for o in options])
+        with RawConnection(server.port) as conn:
+            conn.send(first + second)
+            answer = conn.answer()
+            assert answer.status == 200 and answer.headers["connection"] == "close", f"{options}: {answer}"
+            assert conn.answers() == [], f"{options}: the pipelined request was served"
+    with RawConnection(server.port) as conn:  # without "close", both are served
+        conn.send(head_of("GET", "/healthz", "Connection: keep-alive, te") + second)
+        assert [conn.answer().headers["connection"] for _ in range(2)] == ["keep-alive"] * 2
+
+
+def test_script_name_header_changes_nothing(gunicorn, svc):
+    """gunicorn would take SCRIPT_NAME (and PATH_INFO) from a header sent by a peer in
+    forwarded_allow_ips (loopback, as here): gunicorn.conf.py drops them as any header with "_"."""
+    server = gunicorn(workers=2, BODY_TIMEOUT=BODY_TIMEOUT)
+    campaign_id = open_campaign(svc, 10, "script name")
+    path = f"/api/v1/campaigns/{campaign_id}"
+    for header in ("SCRIPT_NAME: /x", "SCRIPT_NAME: /api", "script_name: /api/v1", "SCRIPT_NAME: <b>",
+                   "PATH_INFO: /healthz"):
+        for route, key in (("/healthz", "status"), (path, "issued")):
+            answer = exchange(server.port, head_of("GET", route, header))
+            assert answer.status == 200 and key in json.loads(answer.body), f"{header} {route}: {answer}"
+    assert_no_traceback(server)
+
+
+def test_ops_basic_credentials_that_are_not_ascii_are_401(gunicorn):
+    server = gunicorn(workers=2, BODY_TIMEOUT=BODY_TIMEOUT, ENV="production", OPS_PASSWORD=OPS_PASSWORD)
+    for path in ("/ops/", "/ops/live.json", "/ops/campaigns/1/replay.json"):
+        # latin-1 bytes, UTF-8 bytes, base64 then a byte above 0x7F
+        for credentials in ("\xff", "\x80", "\xe9t\xe9", "\xc3\xa9t\xc3\xa9", "b3BzOnB3\xff", "\xff" * 40):
+            answer = exchange(server.port, head_of("GET", path, f"Authorization: Basic {credentials}"))
+            assert_error(answer, 401, "UNAUTHORIZED")
+            assert answer.headers["www-authenticate"].startswith("Basic "), f"{path}: {answer}"
+    password = base64.b64encode(f"ops:{OPS_PASSWORD}".encode()).decode()
+    opened = exchange(server.port, head_of("GET", "/ops/", f"Authorization: Basic {password}"))
+    assert opened.status == 200, opened
+    assert_no_traceback(server)
+
+
 def test_idle_and_slow_header_connections_are_dropped_while_real_users_are_served(gunicorn, svc, signer):
     """3,000 idle keep-alive connections and 200 slow headers: under what the workers hold (2 x
     2,000); above it, new connections wait in the listen queue for KEEPALIVE (README), here 10 s."""
@@ -615,8 +665,10 @@ def message(line, headers, body, separator=b": ", eol=b"\r\n"):
 
 
 def fuzz_requests(campaign_id, tokens):
-    """Whole requests as bytes, from request lines, headers, chunk framing and bodies; a third of
-    them free-form, the rest issue calls with a valid token, so that the body readers are reached."""
+    """Whole requests as bytes, from request lines, headers, chunk framing and bodies; a quarter of
+    them free-form, half issue calls with a valid token, so that the body readers are reached, and a
+    quarter well-framed calls with odd headers only, so that what reads headers is reached: gunicorn's
+    environ and keep-alive, the operators' page's Basic credentials."""
     routes = [f"/api/v1/campaigns/{campaign_id}{route}" for route in ("/issue", "", "/ticket")]
     paths = mostly(bytes_of(*routes),
                    bytes_of(f"/api/v1/campaigns/{campaign_id}%0A/issue", "/api/v1/campaigns/0/issue",
@@ -626,16 +678,22 @@ def fuzz_requests(campaign_id, tokens):
     request_lines = st.builds(lambda method, space, path, version: method + space + path + b" " + version,
                               methods, mostly(b" ", bytes_of("  ", "\t")), paths, versions)
     valid_auth = st.sampled_from(tokens).map(lambda token: b"Bearer " + token.encode())
+    basic_auth = st.builds(bytes.__add__, st.just(b"Basic "), st.one_of(
+        bytes_of(b"\xff", "\u00e9t\u00e9".encode(), b"b3BzOnB3\xff"), odd_bytes,  # bytes above 0x7F
+        st.binary(max_size=24).map(base64.b64encode)))
     values = {
         b"Host": bytes_of("x", "", "a b", "x, y"),
-        b"Authorization": mostly(valid_auth, bytes_of("Bearer", "Bearer x.y", "Basic Zm9v")),
+        b"Authorization": mostly(valid_auth, bytes_of("Bearer", "Bearer x.y"), basic_auth),
         b"Content-Length": lengths,
         b"Transfer-Encoding": codings,
-        b"Connection": bytes_of("close", "keep-alive", "Upgrade", "x"),
+        b"Connection": bytes_of("close", "keep-alive", "Upgrade", "x", "Close", "closed",
+                                "keep-alive, close", "close, keep-alive", "te, close"),
         b"Expect": bytes_of("100-continue", "nothing"),
         b"Content-Type": bytes_of("application/json", "text/plain", "multipart/form-data; boundary=x",
                                   "application/x-www-form-urlencoded"),
         b"X-Forwarded-For": bytes_of("1.2.3.4", "::1"),
+        b"SCRIPT_NAME": bytes_of("/x", "/api", "/api/v1", "/", ""),  # gunicorn's forwarder headers
+        b"PATH_INFO": bytes_of("/healthz", "/x"),
     }
     named = st.sampled_from(sorted(values)).flatmap(
         lambda name: st.tuples(st.just(name), mostly(values[name], odd_bytes)))
@@ -652,12 +710,29 @@ def fuzz_requests(campaign_id, tokens):
     length_issue = st.builds(
         lambda first, length, body: message(issue_line, first + [(b"Content-Length", length)], body),
         caller, lengths, plain_bodies)
-    return st.one_of(free_form, chunked_issue, length_issue)
+    read_by_gunicorn = st.sampled_from([b"Connection", b"SCRIPT_NAME", b"PATH_INFO"]).flatmap(
+        lambda name: st.tuples(st.just(name), values[name]))
+    header_calls = st.builds(
+        lambda method, path, more: message(b"%s %s HTTP/1.1" % (method, path), [(b"Host", b"x")] + more, b""),
+        mostly(b"GET", b"HEAD"), bytes_of(routes[1], "/healthz", "/ops/", "/ops/live.json"),
+        st.lists(st.one_of(named, st.tuples(st.just(b"Authorization"), basic_auth), read_by_gunicorn),
+                 min_size=1, max_size=3))
+    return st.one_of(free_form, chunked_issue, length_issue, header_calls)
+
+
+def asks_to_close(data):
+    """Whether the head of the request in data has a Connection header listing "close"."""
+    for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.lower() == b"connection" and b"close" in [o.strip(b" \t").lower() for o in value.split(b",")]:
+            return True
+    return False
 
 
 def test_fuzz_http_framing_never_500s_or_hangs(gunicorn, svc, signer):
-    # an unfinished body is answered after BODY_TIMEOUT, an unfinished head dropped after KEEPALIVE
-    server = gunicorn(workers=2, BODY_TIMEOUT=1, KEEPALIVE=1)
+    # an unfinished body is answered after BODY_TIMEOUT, an unfinished head dropped after KEEPALIVE;
+    # as in production, so that the operators' page asks for its password
+    server = gunicorn(workers=2, BODY_TIMEOUT=1, KEEPALIVE=1, ENV="production", OPS_PASSWORD=OPS_PASSWORD)
     campaign_id = open_campaign(svc, 1000, "framing fuzz")
     tokens = [signer.mint(f"fuzz{i}") for i in range(50)]
     statuses = Counter()
@@ -665,10 +740,11 @@ def test_fuzz_http_framing_never_500s_or_hangs(gunicorn, svc, signer):
     @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     @given(data=fuzz_requests(campaign_id, tokens), cut=mostly(None, st.integers(0, 400)),
+           then=mostly(b"", st.just(head_of("GET", "/healthz"))),  # pipelined behind
            end_writes=st.sampled_from([True] * 15 + [False]))  # not half-closed: may wait 1 s
-    def one_request(data, cut, end_writes):
+    def one_request(data, cut, then, end_writes):
         """Sent, then half-closed (every answer read, up to the close) or not (the first)."""
-        data = data[:cut] if cut is not None else data
+        data = (data[:cut] if cut is not None else data) + then
         head = data.startswith(b"HEAD ")
         with RawConnection(server.port) as conn:
             conn.send(data)
@@ -682,8 +758,12 @@ def test_fuzz_http_framing_never_500s_or_hangs(gunicorn, svc, signer):
             assert answer.status != 500, f"{data!r}: {answer}"
             if answer.status >= 400 and answer.body:
                 error_of(answer)
+        closes = [a.headers.get("connection", "").lower() == "close" for a in answers]
+        assert True not in closes[:-1], f"{data!r}: answers after Connection: close: {answers}"
+        if answers and asks_to_close(data):
+            assert closes[0], f"{data!r}: kept open: {answers[0]}"
 
     one_request()
     print(f"\nframing fuzz: answers by status {dict(sorted(statuses.items()))}")
     assert_no_traceback(server)
-    assert ready(server)
+    assert get(server.url, "/healthz")[0] == 200  # (/readyz: 503 in production on a Redis without AOF)

@@ -26,6 +26,22 @@ def shown_in_list(page):
     return int(page.text_content("#campaigns li.selected .count").split(" / ")[0].replace(",", ""))
 
 
+def crowded_labels(page, chart):
+    """The time axis labels of a chart drawn into the one before, as uPlot placed them; and how
+    many it drew."""
+    return page.evaluate("""(name) => {
+        const u = window.opsPage.charts[name], axis = u.axes[0];
+        const ctx = document.createElement("canvas").getContext("2d");
+        ctx.font = axis.font[0];
+        const boxes = axis._splits.map((v, i) => [v, axis._values[i]]).filter(([, label]) => label)
+            .map(([v, label]) => {
+                const x = u.valToPos(v, "x"), half = ctx.measureText(label).width / 2;
+                return [x - half, x + half, label];
+            });
+        return [boxes.filter((b, i) => i && b[0] < boxes[i - 1][1] + 4).map((b) => b[2]), boxes.length];
+    }""", chart)
+
+
 def test_page_opened_late_shows_the_sale_from_its_opening(browser, gunicorn, scheduler, svc, signer):
     server = gunicorn(workers=2, private_metrics=True)
     scheduler(**FAST_JOBS)
@@ -89,7 +105,7 @@ def test_page_follows_a_sale_and_replays_it(browser, gunicorn, scheduler, svc, s
     scheduler(**FAST_JOBS)
     stock = 400
     campaign_id = open_campaign(svc, stock, "Launch day")
-    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})  # where the axes ran together
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(f"{server.url}/ops/?campaign={campaign_id}")
@@ -115,6 +131,9 @@ def test_page_follows_a_sale_and_replays_it(browser, gunicorn, scheduler, svc, s
     # the write-behind catches up and the page says how long the sale took
     page.wait_for_function("window.opsPage.state.campaign.sold_out_after_seconds > 0", timeout=20_000)
     assert page.text_content("#status") == "sold out"
+    page.wait_for_function(  # not closed yet: it says so, and no longer that the sale is live
+        "document.getElementById('reconciliation').textContent.includes('sold out, not closed')",
+        timeout=FOLLOWS_WITHIN_MS)
     assert "sold out" in page.text_content("#clock")
     answers = page.evaluate("window.opsPage.charts.answers.data")
     sold_out_series = answers[3]  # "409 sold out"
@@ -122,6 +141,9 @@ def test_page_follows_a_sale_and_replays_it(browser, gunicorn, scheduler, svc, s
     assert page.text_content("#t-backlog") == "0"
     health = page.inner_text("#health")
     assert "✓ redis" in health and "✓ database" in health and "✓ scheduler" in health
+    for name in ("issued", "answers", "latency", "outbox"):  # labels apart, and some drawn
+        crowded, drawn = crowded_labels(page, name)
+        assert crowded == [] and drawn >= 2, (name, crowded, drawn)
     os.makedirs(REPORTS, exist_ok=True)
     page.screenshot(path=os.path.join(REPORTS, "ops-live.png"), full_page=True)
 
@@ -136,5 +158,7 @@ def test_page_follows_a_sale_and_replays_it(browser, gunicorn, scheduler, svc, s
     assert page.is_visible("#replay") and not page.is_visible("#live")
     assert "sold out after" in page.text_content("#clock")
     assert "sold out after" in page.text_content("#key-replay")
+    crowded, drawn = crowded_labels(page, "replay")
+    assert crowded == [] and drawn >= 2, (crowded, drawn)
     page.screenshot(path=os.path.join(REPORTS, "ops-closed.png"), full_page=True)
     assert errors == []

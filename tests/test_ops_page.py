@@ -147,6 +147,7 @@ def test_replay_says_what_the_last_close_found_and_never_reconciles_itself(clien
     assert rec["agree"] is None and len(rec["lines"]) == 1
     assert "not reconciled yet: the sale is live" in rec["lines"][0] and close in rec["lines"][0]
 
+
     campaigns.stop_issuing(svc, campaign_id)  # closed, not drained nor reconciled
     rec = reconciliation()
     assert rec["agree"] is None and "not reconciled yet: closed" in rec["lines"][0]
@@ -170,6 +171,17 @@ def test_replay_says_what_the_last_close_found_and_never_reconciles_itself(clien
     replay = client.get(f"/ops/campaigns/{campaign_id}/replay.json").json
     assert replay["rows"] == 1 and replay["reconciliation"]["agree"] is True
     assert "database rows 1: AGREE" in replay["reconciliation"]["lines"][1]
+
+
+def test_replay_of_a_sold_out_sale_not_closed_says_so(client, svc):
+    campaign_id = open_campaign(svc, 2, "ops sold out")
+    for user in ("s1", "s2"):
+        issue_directly(svc, campaign_id, user)
+    Flusher(svc, consumer="test").flush([campaign_id])
+    rec = client.get(f"/ops/campaigns/{campaign_id}/replay.json").json["reconciliation"]
+    assert rec["agree"] is None and len(rec["lines"]) == 1 and "live" not in rec["lines"][0]
+    assert rec["lines"][0] == (f"not reconciled yet: sold out, not closed; `flask campaign close "
+                               f"{campaign_id}` drains, reconciles and releases it")
 
 
 def test_replay_of_a_campaign_closed_before_close_reports(client, svc):

@@ -2,15 +2,19 @@
 managers do. Ctrl-C in `make run`'s terminal
 sends SIGINT to every process of the group, and gunicorn's master then sends its workers SIGQUIT
 as well; systemd or `docker stop` send SIGTERM to the group, and `make run`'s trap sends the
-scheduler its own. Each process stops once, cleanly, without a traceback."""
+scheduler its own. Each process stops once, cleanly, without a traceback, and `make run` without
+an error from make."""
 import os
 import signal
 import socket
 import subprocess
 import time
+import urllib.request
+
+import pytest
 
 from coupon.keys import SCHEDULER_LEADER
-from loadtest.harness import GUNICORN, ROOT, wait_until
+from loadtest.harness import GUNICORN, ROOT, free_port, wait_until
 
 
 def test_an_address_in_use_is_refused_at_once_with_a_hint(env):
@@ -54,3 +58,30 @@ def test_scheduler_stops_once_on_two_terms_and_resigns(scheduler, redis_client):
     assert "stopped" in out
     assert redis_client.get(SCHEDULER_LEADER) is None  # resigned: a standby leads at once
     assert "Adding job tentatively" not in out  # APScheduler's chatter at each start
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_make_run_stopped_ends_cleanly_without_an_error_from_make(env, tmp_path, stop):
+    """Ctrl-C in its terminal, or SIGTERM to its process group (systemd, `docker stop` of a shell
+    that runs it): every process stops, and make reports no "Error 130/143" of a clean stop."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(tmp_path / "make-run.log", "w+") as log:
+        make = subprocess.Popen(
+            ["make", "run"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=dict(env, BIND=f"127.0.0.1:{port}", PROMETHEUS_MULTIPROC_DIR=str(tmp_path)))
+        try:
+            wait_until(lambda: urllib.request.urlopen(url + "/healthz", timeout=5).status == 200,
+                       timeout=60, what="make run to serve")
+            wait_until(lambda: "leads" in open(log.name).read(), timeout=30, what="the scheduler to lead")
+            os.killpg(make.pid, stop)
+            make.wait(timeout=60)
+            out = open(log.name).read()
+            assert "make: ***" not in out and "Traceback" not in out, out
+            assert "Shutting down: Master" in out and "stopped" in out, out
+            # make re-raises the signal it got once its recipe ended, 0 here: nothing left behind
+            assert subprocess.run(["ps", "-o", "pid=", "-g", str(make.pid)],
+                                  capture_output=True, text=True).stdout.split() == []
+        finally:
+            if make.poll() is None:
+                os.killpg(make.pid, signal.SIGKILL)

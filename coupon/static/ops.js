@@ -124,6 +124,11 @@
   // ---- charts ----
   const clockTime = (t) => new Date(t * 1000).toLocaleTimeString("en-GB");
   const CLOCK_TICKS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200]; // whole seconds
+  // uPlot leaves 50 px between ticks by default, less than a clock label and a gap ("13:57:40"
+  // is ~50 px in its 12 px font): the labels ran into one another. A tick every widest label + 24 px.
+  const measurer = document.createElement("canvas").getContext("2d");
+  measurer.font = '12px system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif';
+  const labelSpace = (widest) => Math.ceil(measurer.measureText(widest).width) + 24;
   // a chart without uPlot's legend (keys of our own, with the current values, sit below it)
   function chart(id, series, axes, scales, xAxis) {
     const target = $(id);
@@ -131,7 +136,8 @@
       width: Math.max(300, target.clientWidth), height: 190,
       scales: Object.assign({x: {time: true}}, scales || {}),
       series: [{}, ...series],
-      axes: [xAxis || {values: (u, ticks) => ticks.map(clockTime), incrs: CLOCK_TICKS}, ...axes],
+      axes: [xAxis || {values: (u, ticks) => ticks.map(clockTime), incrs: CLOCK_TICKS,
+                       space: labelSpace("00:00:00")}, ...axes],
       legend: {show: false}, cursor: {drag: {x: false, y: false}},
     };
     return new uPlot(opts, [[], ...series.map(() => [])], target);
@@ -359,7 +365,7 @@
         paths: uPlot.paths.bars({size: [0.85, 160]}), points: {show: false}}],
       [{label: per}], {x: {time: false, range: (u, min, max) => [0, Math.max(1, xs.length) * r.step_seconds]}},
       {label: "seconds from opening", values: (u, ticks) => ticks.map((v) => (v < 60 ? `${v} s` : duration(v))),
-       incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600]});
+       incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600], space: labelSpace("59 min 0 s")});
     charts.replay.setData([xs.map((x) => x + r.step_seconds / 2), r.issues]);
     key("key-replay", [["issued", "#2e7d32", `${number(r.rows)} of ${number(r.total)}`],
                        ["peak", "#2e7d32", `${number(peak)}/s`], ["", "transparent", soldOut]]);
