@@ -109,6 +109,10 @@ bind = os.environ.get("BIND", "127.0.0.1:8000")
 worker_class = "gevent"  # the protections are mixed in by on_starting, whatever -k says
 workers = int(os.environ.get("WEB_WORKERS", "2"))
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "2000"))
+# connections waiting to be accepted (the kernel caps it at net.core.somaxconn): an opening
+# flood of new connections overflowed gunicorn's 2,048, and each one dropped was tried again
+# a second later, late for first come, first served (BENCHMARKS.md)
+backlog = 4096
 keepalive = int(os.environ.get("KEEPALIVE", "5"))
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "20"))
 max_requests = int(os.environ.get("MAX_REQUESTS", "0"))
@@ -120,6 +124,11 @@ loglevel = os.environ.get("LOG_LEVEL", "info")
 # every gunicorn of that user: a second server takes it over. This service is run by signals
 # (TERM, HUP, TTIN/TTOU) and its service manager, so it has none.
 control_socket_disable = True
+# No header sets the WSGI environ: by default gunicorn takes SCRIPT_NAME and PATH_INFO headers from
+# a peer in forwarded_allow_ips (loopback: any proxy on this host that passes headers on), and a
+# SCRIPT_NAME header moved the routes or drew gunicorn's HTML 500. With none listed, they are
+# dropped as every header with "_" in its name is (header_map "drop"); the service is at the root.
+forwarder_headers = ""
 
 # /metrics sums the workers' values from files here (prometheus-client multiprocess mode); set
 # before any worker forks, so each imports prometheus-client in that mode. The jobs process shares
@@ -180,6 +189,21 @@ def _alive(pid):
     return True
 
 
+def pre_request(worker, req):
+    """Close the connection after a request whose Connection header lists "close" among other
+    options (RFC 9112 9.6): gunicorn itself closes only for a value that is exactly "close", and
+    would serve the request pipelined behind it."""
+    worker.log.debug("%s %s", req.method, req.path)  # gunicorn's own pre_request
+    if asks_to_close(req.headers):
+        req.force_close()
+
+
+def asks_to_close(headers):
+    """Whether any Connection header among (NAME, value) pairs lists the option "close"."""
+    return any(name == "CONNECTION" and "close" in (o.strip(" \t").lower() for o in value.split(","))
+               for name, value in headers)
+
+
 def child_exit(server, worker):
     """Drop a dead worker's live gauges (its counters still count)."""
     from prometheus_client import multiprocess
@@ -188,10 +212,12 @@ def child_exit(server, worker):
 
 
 def post_worker_init(worker):
-    """A worker that starts says what in Redis's settings would lose claims (coupon.redis_guard)."""
+    """A worker that starts says what in Redis's settings would lose claims (coupon.redis_guard),
+    and measures its clock's offset to Redis's while its loop is idle (coupon.clock)."""
     services = _services(worker)
     if services is not None:
         services.redis_guard.verdict()
+        services.clock.calibrate()
 
 
 def worker_exit(server, worker):

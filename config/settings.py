@@ -60,8 +60,11 @@ SETTINGS = {
     "STATE_REFRESH": (1.0, float),  # seconds a worker trusts its cached window / sold-out state
     "CLAIM_BATCH_MAX": (256, int),  # most claims sent in one script call
     # serve issue requests in the order they arrived, across workers and hosts (coupon/arrival.py);
-    # off by default until its order across workers is exact (issue 32; make bench-fair)
+    # off by default: a coupon of the ordered tail waits 20 ms or more (docs/api.md; make bench-fair)
     "ARRIVAL_ORDER": (False, on_off),
+    # a request's arrival is the front proxy's X-Request-Start, where it waited first; only behind
+    # a proxy that sets it on every request (a client's own would jump the queue)
+    "TRUST_REQUEST_START": (False, on_off),
     "RATE_LIMIT": (20, int),  # requests per user per window, summed over all workers; 0: no limit
     "RATE_LIMIT_WINDOW": (10, int),  # seconds of the fixed rate-limit window
     # Scheduler (flask jobs run): one leader at a time across hosts

@@ -7,7 +7,7 @@ from flask.sessions import SessionInterface
 from werkzeug.http import HTTP_STATUS_CODES
 
 from coupon import db
-from coupon.arrival import RECEIVED_NS, arrival_ms
+from coupon.arrival import arrival_ms, received_ns
 from coupon.bodies import announces_body
 from coupon.errors import JSON, BadRequest, CampaignNotFound, Unauthorized, as_coupon_error, error_answer
 from coupon.extensions import services
@@ -56,13 +56,12 @@ def check_body(raw):
         raise BadRequest("the body must be empty or a JSON object")
 
 
-def answer_issue(svc, raw_id, authorization, read_body=None, received_ns=None):
+def answer_issue(svc, raw_id, environ, read_body=None):
     """The answer to an issue call, as (body, status, headers); counted, timed, and its arrival
     noted with its outcome (fairness.py). read_body, if the call has a body, reads it: only once
-    the caller is known (bodies.py). received_ns: when its bytes reached the host
-    (arrival.StampedSocket), if known."""
+    the caller is known (bodies.py)."""
     started = svc.metrics.issue_started()
-    arrival = arrival_ms(received_ns, svc.clock)
+    arrival = arrival_ms(received_ns(environ, svc.config["TRUST_REQUEST_START"]), svc.clock)
     campaign_id, turn, outcome = None, None, "INTERNAL"
     try:
         campaign_id = campaign_id_of(raw_id)
@@ -73,7 +72,7 @@ def answer_issue(svc, raw_id, authorization, read_body=None, received_ns=None):
             svc.issuer.admit_known(campaign_id)
             turn = svc.gate.wait_turn(arrival, campaign_id)
         campaign = svc.issuer.admit(campaign_id)
-        user_id = svc.signer.user_of(bearer_token(authorization))
+        user_id = svc.signer.user_of(bearer_token(environ.get("HTTP_AUTHORIZATION", "")))
         if read_body is not None:
             check_body(read_body())
         ticket = svc.issuer.issue(campaign, user_id, turn)
@@ -110,9 +109,7 @@ class IssueEndpoint:
         match = self.PATH.fullmatch(environ.get("PATH_INFO", ""))
         if match is None or environ["REQUEST_METHOD"] != "POST" or announces_body(environ):
             return self.app(environ, start_response)
-        body, status, headers = answer_issue(
-            self.services, match[1], environ.get("HTTP_AUTHORIZATION", ""),
-            received_ns=environ.get(RECEIVED_NS))
+        body, status, headers = answer_issue(self.services, match[1], environ)
         start_response(self.STATUS[status], [
             ("Content-Type", JSON), ("Content-Length", str(len(body))), *headers])
         return [body]
@@ -121,9 +118,8 @@ class IssueEndpoint:
 @bp.post("/api/v1/campaigns/<raw_id>/issue")
 def issue(raw_id):
     """The issue call with a body (IssueEndpoint answers those without)."""
-    answer = answer_issue(services(current_app), raw_id, request.headers.get("Authorization", ""),
-                          read_body=request.environ["wsgi.input"].read,
-                          received_ns=request.environ.get(RECEIVED_NS))
+    answer = answer_issue(services(current_app), raw_id, request.environ,
+                          read_body=request.environ["wsgi.input"].read)
     return Response(*answer, content_type=JSON)
 
 

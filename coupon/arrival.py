@@ -14,8 +14,8 @@ So each issue request is stamped with its arrival, on Redis's clock (one clock f
   check, serial, claim) one at a time in arrival order; each runs until it waits for Redis, so the
   claims leave in arrival order too. Across workers and hosts the tail of a campaign (its last
   ORDERED_TAIL serials) goes to bids in arrival order (lease.lua): a serial goes to a bid only
-  once no worker still holds a request that arrived before it and has not bid (the watermark,
-  from every worker's published frontier).
+  once no worker may still hold a request that arrived before it and has not bid, read or not
+  (ReadMarks): the watermark, from every worker's published frontier.
 """
 import functools
 import heapq
@@ -24,13 +24,15 @@ import socket
 import struct
 import threading
 import time
+from collections import deque
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux's; few Python builds name it
 TIMESPEC = struct.Struct("qq")
 ANCILLARY_SPACE = socket.CMSG_SPACE(TIMESPEC.size)
 
 RECEIVED_NS = "coupon.received_ns"  # the WSGI environ's key of StampedSocket.take_received_ns()
-PUBLISH_EVERY = 0.002  # seconds between a busy worker's publications of its frontiers
+PUBLISH_EVERY = 0.002  # seconds between a worker's publications of its frontiers
+LINGER = 1.0  # seconds a worker keeps publishing its frontier of a campaign after its last request
 ENTRY_TURNS = 8  # turns of the loop a waking dispatcher yields at most while requests come in
 IDLE_EXIT = 30.0  # seconds the dispatcher waits for work before it ends (started again on demand)
 
@@ -81,16 +83,79 @@ def _stamped_class(base):
                 {"__slots__": ("_first_ns", "_last_ns")})
 
 
+def received_ns(environ, trust_request_start=False):
+    """When a request reached the service (CLOCK_REALTIME ns) or None: the kernel's receive stamp
+    of its bytes, or, with trust_request_start (TRUST_REQUEST_START: behind a front proxy that
+    sets the header on every request, overwriting what a client sent), the proxy's
+    X-Request-Start, which also counts the time it waited there."""
+    if trust_request_start:
+        proxied = request_start_ns(environ.get("HTTP_X_REQUEST_START"))
+        if proxied is not None:
+            return proxied
+    return environ.get(RECEIVED_NS)
+
+
+def request_start_ns(value):
+    """An X-Request-Start header as nginx (`t=${msec}`: seconds, ms fraction), Heroku-style
+    routers (ms) and others (us) write it, in ns; None if it is none of those."""
+    text = (value or "").strip().removeprefix("t=")
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    if not 1e9 <= number < 1e17:  # seconds, ms or us of this century and the next few
+        return None
+    return int(number * (1e9 if number < 1e11 else 1e6 if number < 1e14 else 1e3))
+
+
 def arrival_ms(received_ns, clock):
     """A request's arrival on Redis's clock (epoch ms, a float: requests come 0.1 ms apart): its
     age by this host's kernel clock taken from Redis's now, so a host whose clock is off stamps
     as the others do. Without a receive time, now. (No wait for Redis: a wait here would let
     later requests overtake this one.)"""
-    now = clock.now_ms(measure=False)
+    now = clock.fine_now_ms()
     if received_ns is None:
-        return float(now)
+        return now
     age_ns = time.clock_gettime_ns(time.CLOCK_REALTIME) - received_ns
     return now - max(0, age_ns) / 1e6
+
+
+class ReadMarks:
+    """When this worker had read every request that reached it before: under gevent, a request
+    whose bytes were in its socket when the loop last looked for I/O has been read, and has
+    entered the gate, by the time the loop looks again (its connection ran when the look found it;
+    a connection just accepted runs one turn later). So the kernel clock noted before each look,
+    LOOKS_BACK looks ago, is a time before which nothing unread waits. Without gevent's loop
+    (threads: the tests' in-process server) it is now, and promises nothing."""
+
+    LOOKS_BACK = 3
+
+    def __init__(self):
+        self._marks = deque(maxlen=self.LOOKS_BACK)
+        self._watcher = None
+
+    def read_through_ns(self):
+        """The kernel clock (CLOCK_REALTIME ns) before which every request of this worker has
+        been read."""
+        if self._watcher is None and not self._watch():
+            return time.clock_gettime_ns(time.CLOCK_REALTIME)
+        if not self._marks:
+            self._note()
+        return self._marks[0]
+
+    def _watch(self):
+        from gevent import monkey
+
+        if not monkey.is_module_patched("socket"):
+            return False
+        from gevent import get_hub
+
+        self._watcher = get_hub().loop.prepare(ref=False)  # runs before each look for I/O
+        self._watcher.start(self._note)
+        return True
+
+    def _note(self):
+        self._marks.append(time.clock_gettime_ns(time.CLOCK_REALTIME))
 
 
 class Turn:
@@ -109,51 +174,57 @@ class Turn:
 
 class ArrivalGate:
     """One per worker: its issue requests go on one at a time, in arrival order; and, per campaign,
-    the earliest arrival it holds that has not bid for a serial (its frontier), kept in Redis.
+    the earliest arrival it may still hold that has not bid for a serial (its frontier), kept in
+    Redis.
 
     A request waits its turn (wait_turn), is let through, runs until it waits (for Redis, mostly),
     then the next is let through. Until its bid is in Redis (placed) or it is answered (finished)
     it holds its campaign's frontier here: the earliest of the requests let through that have not
-    bid and of those still waiting their turn (of any campaign: a frontier may be early, never
-    late). Every PUBLISH_EVERY while it holds requests of a campaign, the frontier goes to the
-    campaign's bidders hash (publish(campaign id, frontier or None, holding any)), and with each
-    of its bids (lease.lua): the tail's serials go to the bids in arrival order up to the earliest
+    bid, of those still waiting their turn (of any campaign: a frontier may be early, never late),
+    and of those not read yet (read_through(): ms, Redis's clock, or None). Every PUBLISH_EVERY
+    the frontier goes to the campaign's bidders hash (publish(campaign id, frontier, listed)),
+    from the worker's first request of the campaign until LINGER after its last; and with each of
+    its bids (lease.lua). The tail's serials go to the bids in arrival order up to the earliest
     frontier of all workers (the watermark), so no worker's earlier request is passed over. A
     frontier read late is earlier than the truth: it delays a bid, never reorders it.
-    With threads (the tests' in-process server) the order is only as good as the threads'.
     """
 
-    def __init__(self, worker_id, publish, enabled=True):
+    def __init__(self, worker_id, publish, enabled=True, read_through=None):
         self.worker_id = worker_id  # this worker among those of every host
         self.publish = publish
         self.enabled = enabled
+        self.read_through = read_through or (lambda: None)
         self._waiting = []  # heap of Turns waiting to be let through
         self._holding = {}  # campaign id -> Turns of it not answered yet, waiting or let through
         self._unbid = {}  # campaign id -> {Turn id: arrival} let through, not bid yet (few)
-        self._published = set()  # campaigns whose bidders hash holds this worker's frontier
-        self._said_none = set()  # of those, the ones it said "none" of: a new request says so at once
+        self._listed = {}  # campaign id -> when (monotonic) it last held one of its requests
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._work = threading.Event()
-        self._dispatcher = None
-        self._next_publish = 0.0  # monotonic
+        self._work = threading.Event()  # a request waits its turn
+        self._news = threading.Event()  # a campaign to be listed at once
+        self._dispatcher = self._publisher = None
 
     def wait_turn(self, arrival, campaign_id):
         """Return once the requests that arrived before `arrival` (ms, Redis's clock) have gone
         on: its Turn (None when the gate is off)."""
         if not self.enabled:
             return None
-        turn = Turn(arrival, campaign_id, next(self._ids))
+        turn, starting = Turn(arrival, campaign_id, next(self._ids)), []
         with self._lock:
             heapq.heappush(self._waiting, turn)
             self._holding[campaign_id] = self._holding.get(campaign_id, 0) + 1
             self._work.set()
-            if campaign_id in self._said_none or campaign_id not in self._published:
-                self._next_publish = 0.0  # others count on none coming: say so at once
             if self._dispatcher is None:
-                self._dispatcher = threading.Thread(target=self._dispatch, daemon=True,
-                                                    name="arrival-gate")
-                self._dispatcher.start()
+                self._dispatcher = self._thread(self._dispatch)
+                starting.append(self._dispatcher)
+            if campaign_id not in self._listed:  # others count on none coming from here: list it
+                self._listed[campaign_id] = time.monotonic()
+                self._news.set()
+                if self._publisher is None:
+                    self._publisher = self._thread(self._publish)
+                    starting.append(self._publisher)
+        for thread in starting:  # (a start waits for the thread: never under the lock)
+            thread.start()
         turn.event.wait()
         return turn
 
@@ -171,14 +242,20 @@ class ArrivalGate:
             if not self._holding[turn.campaign_id]:
                 del self._holding[turn.campaign_id]
                 self._unbid.pop(turn.campaign_id, None)
+                self._listed[turn.campaign_id] = time.monotonic()
 
     def frontier(self, campaign_id, bidding=()):
-        """The earliest arrival (ms) this worker holds of a campaign that has not bid, but for
+        """The earliest arrival (ms) this worker may hold of a campaign that has not bid, but for
         the Turns `bidding` (their bids go with the call this is for); None if none."""
         skip = {turn.id for turn in bidding}
         marks = [a for i, a in self._unbid.get(campaign_id, {}).items() if i not in skip]
         marks += [self._waiting[0].arrival] if self._waiting else []
+        read_through = self.read_through()
+        marks += [] if read_through is None else [read_through]
         return min(marks) if marks else None
+
+    def _thread(self, run):
+        return threading.Thread(target=run, daemon=True, name="arrival-gate" + run.__name__)
 
     def _dispatch(self):
         try:
@@ -191,15 +268,7 @@ class ArrivalGate:
                     if len(self._waiting) == entered:
                         break
                     entered = len(self._waiting)
-                while self._holding or self._published:
-                    if time.monotonic() >= self._next_publish:
-                        self._share()
-                    if not self._waiting:  # only requests let through, or bidding: publish
-                        with self._lock:
-                            if not self._waiting:
-                                self._work.clear()
-                        self._work.wait(PUBLISH_EVERY)
-                        continue
+                while self._waiting:
                     turn = heapq.heappop(self._waiting)
                     self._unbid.setdefault(turn.campaign_id, {})[turn.id] = turn.arrival
                     turn.event.set()
@@ -209,30 +278,34 @@ class ArrivalGate:
                         self._work.clear()
         finally:
             with self._lock:
-                self._dispatcher = None
-                if self._waiting:  # came in as it ended: go on
-                    self._dispatcher = threading.Thread(target=self._dispatch, daemon=True,
-                                                        name="arrival-gate")
-                    self._dispatcher.start()
+                self._dispatcher = again = self._thread(self._dispatch) if self._waiting else None
+            if again:  # came in as it ended: go on
+                again.start()
 
-    def _share(self):
-        """Publish this worker's frontier of each campaign it holds requests of; withdraw it
-        from those it no longer does."""
-        self._next_publish = time.monotonic() + PUBLISH_EVERY
-        for campaign_id in set(self._holding) | self._published:
-            holding = campaign_id in self._holding
-            frontier = self.frontier(campaign_id)
-            try:
-                self.publish(campaign_id, frontier, holding)
-            except Exception:  # Redis down, mostly: published again in PUBLISH_EVERY
-                if not holding:  # or not: a frontier not said again goes stale (BIDDER_STALE_MS)
-                    self._published.discard(campaign_id)
-                continue
-            if holding:
-                self._published.add(campaign_id)
-            else:
-                self._published.discard(campaign_id)
-            if holding and frontier is None:
-                self._said_none.add(campaign_id)
-            else:
-                self._said_none.discard(campaign_id)
+    def _publish(self):
+        """Every PUBLISH_EVERY (at once for a campaign new here), publish this worker's frontier
+        of each campaign it lists; withdraw it LINGER after the last request of the campaign."""
+        try:
+            while self._listed:
+                self._news.clear()
+                for campaign_id in list(self._listed):
+                    self._share(campaign_id)
+                self._news.wait(PUBLISH_EVERY)
+        finally:
+            with self._lock:
+                self._publisher = again = self._thread(self._publish) if self._listed else None
+            if again:  # listed as it ended: go on
+                again.start()
+
+    def _share(self, campaign_id):
+        listed = (campaign_id in self._holding
+                  or time.monotonic() - self._listed[campaign_id] < LINGER)
+        try:
+            self.publish(campaign_id, self.frontier(campaign_id) if listed else None, listed)
+        except Exception:  # Redis down, mostly: published again in PUBLISH_EVERY (or goes stale)
+            if listed:
+                return
+        if not listed:
+            with self._lock:
+                if campaign_id not in self._holding:
+                    del self._listed[campaign_id]

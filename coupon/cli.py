@@ -19,6 +19,7 @@ from coupon.clock import parse_time, utcnow
 from coupon.db import init_db
 from coupon.errors import BadRequest, CouponError, InvalidCampaign
 from coupon.extensions import services
+from coupon.fairness import SaleOrder
 from coupon.outbox import outbox_stats
 from coupon.recovery import lost_campaign, recover_campaign
 from coupon.signing import check_user_id
@@ -162,13 +163,20 @@ def campaign_recover(campaign_id):
 @click.argument("campaign_id", type=int)
 @operator_errors
 def campaign_status(campaign_id):
-    """Print a campaign's status as JSON, with the outbox backlog, the flush lag and the stock
-    added since it was created."""
+    """Print a campaign's status as JSON, with the outbox backlog, the flush lag, the stock
+    added since it was created, and how its coupons went against the order its requests arrived
+    in (as its close found it, once closed)."""
     service = svc()
     status = queries.campaign_status(service, campaign_id)
     backlog, lag = outbox_stats(service.redis, service.keys(campaign_id))
     status["outbox"] = {"backlog": backlog, "flush_lag_seconds": lag}
     status["stock_additions"] = queries.stock_additions(service.engine, campaign_id)
+    record = queries.close_report(service.engine, campaign_id)
+    if record is None:
+        status["order"] = SaleOrder.read(service.redis, service.keys(campaign_id)).figures()
+    else:
+        status["order"] = {"at_close": next(
+            (line for line in record["report"].splitlines() if line.startswith("order:")), None)}
     click.echo(json.dumps(status, indent=2))
 
 

@@ -3,7 +3,7 @@ import os
 import socket
 import uuid
 
-from coupon.arrival import ArrivalGate
+from coupon.arrival import ArrivalGate, ReadMarks, arrival_ms
 from coupon.clock import RedisClock
 from coupon.db import make_engine
 from coupon.fairness import ArrivalLog
@@ -32,11 +32,13 @@ class Services:
         self.rate_limit = RateLimit(config["RATE_LIMIT"], config["RATE_LIMIT_WINDOW"], self.clock)
         # this process among the workers of every host (first come, first served across them)
         self.worker_id = "%s:%d:%s" % (socket.gethostname(), os.getpid(), uuid.uuid4().hex[:8])
+        reads = ReadMarks()
         self.gate = ArrivalGate(
             self.worker_id,
             lambda campaign_id, *said: self.scripts.frontier(self.keys(campaign_id), self.worker_id,
                                                              *said),
-            enabled=config["ARRIVAL_ORDER"])
+            enabled=config["ARRIVAL_ORDER"],
+            read_through=lambda: arrival_ms(reads.read_through_ns(), self.clock))
         self.arrivals = ArrivalLog(self.scripts, self.keys, self.worker_id)
         self.issuer = Issuer(self.redis, self.scripts, self.engine, self.signer, config,
                              self.keys, self.metrics, self.rate_limit, self.clock,

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
+from coupon.clock import iso_ms
+
 NOTE_EVERY = 0.1  # seconds between a worker's notes of a campaign to Redis
 PLAIN_LEAD_MS = 50  # a refusal this far ahead of the last coupon's request is plainly unfair
 
@@ -74,7 +76,11 @@ class SaleOrder:
 
     @classmethod
     def read(cls, redis, keys):
-        fields = redis.hgetall(keys.arrivals)
+        return cls.of_fields(redis.hgetall(keys.arrivals))
+
+    @classmethod
+    def of_fields(cls, fields):
+        """From the campaign's arrivals hash (note_arrivals.lua)."""
         wins = [float(v) for k, v in fields.items() if k.startswith("w:")]
         refused = {int(k[2:]): int(v) for k, v in fields.items() if k.startswith("r:")}
         return cls.of(max(wins) if wins else None, refused)
@@ -90,6 +96,13 @@ class SaleOrder:
         order.refused_plainly = sum(n for ms, n in ahead.items() if ms + 1 <= last_win - PLAIN_LEAD_MS)
         order.max_lead_ms = round(last_win - min(ahead), 1) if ahead else 0.0
         return order
+
+    def figures(self):
+        """As JSON (flask campaign status)."""
+        return {"refused_sold_out": self.refused, "refused_ahead": self.refused_ahead,
+                f"refused_ahead_{PLAIN_LEAD_MS}ms": self.refused_plainly,
+                "max_lead_ms": self.max_lead_ms,
+                "last_winning_arrival": None if self.last_win is None else iso_ms(int(self.last_win))}
 
     def lines(self):
         if self.last_win is None:

@@ -31,6 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from coupon import db
+from coupon.fairness import PLAIN_LEAD_MS, SaleOrder
 from coupon.health import check_readiness
 from coupon.keys import JOB_SUCCESS, SCHEDULER_LEADER, active_campaigns
 from coupon.outbox import campaigns_with_news, outbox_stats
@@ -283,8 +284,8 @@ class SchedulerCollector(ScrapeCollector):
 
 
 class CampaignsCollector(ScrapeCollector):
-    """Stock and leases of the active campaigns: per read, the registry, each node's clock, and
-    one batch of 3 + CLAIM_SHARDS commands per campaign."""
+    """Stock, leases and order of the active campaigns: per read, the registry, each node's
+    clock, and one batch of 4 + CLAIM_SHARDS commands per campaign."""
 
     def __init__(self, svc):
         super().__init__()
@@ -306,15 +307,18 @@ class CampaignsCollector(ScrapeCollector):
             batch.on(keys.meta).hget(keys.meta, "total")
             batch.on(keys.leases).zcard(keys.leases)
             batch.on(keys.leases).zcount(keys.leases, "-inf", clocks[node] - self.grace_ms)
+            batch.on(keys.arrivals).hgetall(keys.arrivals)
             for shard in keys.all_shards():
                 batch.on(shard.state).hget(shard.state, "issued")
         replies = batch.execute()
-        figures, per = {}, 3 + (campaigns[0].shards if campaigns else 0)
+        figures, per = {}, 4 + (campaigns[0].shards if campaigns else 0)
         for i, keys in enumerate(campaigns):
-            total, leases, expired, *issued = replies[i * per:(i + 1) * per]
+            total, leases, expired, arrivals, *issued = replies[i * per:(i + 1) * per]
             if total is not None:  # else released (closed) since the registry was read
+                order = SaleOrder.of_fields(arrivals)
                 figures[keys.campaign_id] = (int(total), sum(int(n or 0) for n in issued),
-                                             leases, expired)
+                                             leases, expired, order.refused_ahead,
+                                             order.refused_plainly)
         return figures
 
     def families(self, figures):
@@ -329,10 +333,18 @@ class CampaignsCollector(ScrapeCollector):
         expired = GaugeMetricFamily(
             "coupon_leases_expired", "Leases expired longer ago than the reclaim job should take "
             "to give their serials back (2 x REDIS_TIMEOUT + RECLAIM_INTERVAL).", labels=labels)
+        ahead = GaugeMetricFamily(
+            "coupon_campaign_refused_ahead", "Issue requests of an active campaign refused "
+            "SOLD_OUT although they arrived before its latest winning request (the service's "
+            "arrival stamps; first come, first served: 0).", labels=labels)
+        plainly = GaugeMetricFamily(
+            "coupon_campaign_refused_ahead_plainly", f"Of those, the ones that arrived "
+            f"{PLAIN_LEAD_MS} ms or more before it.", labels=labels)
+        families = (total, issued, leases, expired, ahead, plainly)
         for campaign_id, figure in figures.items():
-            for family, value in zip((total, issued, leases, expired), figure):
+            for family, value in zip(families, figure):
                 family.add_metric([str(campaign_id)], value)
-        return [total, issued, leases, expired]
+        return list(families)
 
 
 class LostCampaignsCollector(ScrapeCollector):

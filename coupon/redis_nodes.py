@@ -169,9 +169,10 @@ class RedisNodes:
             pass  # no node answered: the next failure tries again
 
     def time_at(self, key):
-        """The clock (epoch ms) of the node serving `key`: what its scripts stamp with."""
+        """The clock (epoch ms, to the microsecond) of the node serving `key`: what its scripts
+        stamp with."""
         seconds, micros = self.client_for(key).time()
-        return seconds * 1000 + micros // 1000
+        return seconds * 1000 + micros / 1000
 
     def run(self, script, keys, args, durable=False):
         """Run a script on the node serving its keys; its reply (durable: see the module)."""

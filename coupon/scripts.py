@@ -117,8 +117,8 @@ class Lease(enum.IntEnum):
     NOT_OPEN = -2
     CLOSED = -3
     EXPIRED = -4  # asked again for a lease that has expired meanwhile: ask under a new lease id
-    # in arrival order, of the tail: serials (maybe none) for this worker's earliest bids, the next
-    # `refused` of them sold out, the later ones still waiting
+    # in arrival order, of the tail: serials (maybe none) for this worker's granted bids, its
+    # refused bids sold out, the others still waiting
     ORDERED = 5
 
 
@@ -127,7 +127,8 @@ class LeaseReply(NamedTuple):
     serials: tuple = ()  # LEASED: the serials, in the order to hand them out
     tail: bool = False  # LEASED: of the last SINGLE_LEASE_TAIL, only for the requests waiting now
     others_hold: bool = False  # SOLD_OUT: other workers still hold serials (asked to give back)
-    refused: int = 0  # ORDERED: how many of this worker's bids after the served ones are sold out
+    granted: tuple = ()  # ORDERED: this worker's bids (ids) the serials are for, in turn
+    refused: tuple = ()  # ORDERED: its bids refused (sold out)
 
     @classmethod
     def decode(cls, raw):
@@ -136,8 +137,9 @@ class LeaseReply(NamedTuple):
             start, end, tail, *returned = raw[1:]
             return cls(outcome, (*range(start, end + 1), *returned), bool(tail))
         if outcome is Lease.ORDERED:
-            refused, start, end, *returned = raw[1:]
-            return cls(outcome, (*range(start, end + 1), *returned), True, refused=refused)
+            start, end, granted, refused, *returned = raw[1:]
+            return cls(outcome, (*range(start, end + 1), *returned), True,
+                       granted=tuple(map(int, granted)), refused=tuple(map(int, refused)))
         if outcome is Lease.SOLD_OUT:
             return cls(outcome, others_hold=bool(raw[1]))
         return cls(outcome)
@@ -179,11 +181,13 @@ class Scripts:
     def lease(self, keys, epoch, lease_id, most, ttl_ms, tail, waiting, order=None):
         """Lease up to `most` serials for `ttl_ms` (the same ones again for the same lease id),
         once replicas hold the lease (else NotReplicated); see lease.lua. order, in arrival order:
-        (bidder id, its frontier ms or None, stale ms, [(bid id, arrival ms or "": withdrawn)])."""
+        (bidder id, its frontier ms or None, stale ms, unlisted ms, [(bid id, arrival ms or "":
+        withdrawn)] of
+        the bids new (or sent again) and withdrawn)."""
         args = [lease_id, most, ttl_ms, tail, waiting, epoch]
         if order is not None:
-            bidder, frontier, stale_ms, bids = order
-            args += ["-" if frontier is None else repr(frontier), bidder, stale_ms]
+            bidder, frontier, stale_ms, unlisted_ms, bids = order
+            args += ["-" if frontier is None else repr(frontier), bidder, stale_ms, unlisted_ms]
             for bid, arrival in bids:  # arrival "": withdrawn
                 args += [bid, arrival if arrival == "" else repr(arrival)]
         raw = self.redis.run(self._lease, keys.home_keys(), args, durable=True)
@@ -207,12 +211,12 @@ class Scripts:
         held = self.redis.run(self._raise_total, [keys.meta], [total], durable=True)
         return None if held < 0 else held
 
-    def frontier(self, keys, worker_id, frontier, holding=True):
+    def frontier(self, keys, worker_id, frontier, listed=True):
         """Publish a worker's frontier of a campaign (ms, Redis's clock; None: none of its
-        requests that has not bid; holding False: it holds no request of it any more); see
+        requests that has not bid; listed False: it lists itself as a bidder no more); see
         frontier.lua."""
-        said = ("-" if frontier is None else repr(frontier)) if holding else ""
-        self.redis.run(self._frontier, [keys.bidders], [worker_id, said])
+        said = ("-" if frontier is None else repr(frontier)) if listed else ""
+        self.redis.run(self._frontier, [keys.meta, keys.bidders], [worker_id, said])
 
     def note_arrivals(self, keys, worker_id, latest_win, refused):
         """Note a worker's latest winning arrival (ms or None) and its refusals {arrival ms:

@@ -36,8 +36,17 @@ GAUGE_STEP = 32  # the local-block gauge moves in steps of this many serials (an
 # at once, so that those served from blocks before would have been served anyway
 ORDERED_TAIL = 10_000
 BIDDER_STALE_MS = 1_000  # a worker not heard from for this long is gone: its bids keep nothing
+# a worker lists itself as a bidder of a campaign once it has read a request of it: no bid is
+# answered before this many ms after it arrived, time for every worker that got an earlier one to
+# read it (at the opening mostly; a worker under a flood of the campaign is listed already)
+UNLISTED_MS = 20
 ORDER_WAIT = 0.002  # seconds between bids that got no answer yet (the watermark moves on)
-ORDER_PATIENCE = 2.0  # seconds a bid waits for an answer at most; then SOLD_OUT (and withdrawn)
+# seconds a bid waits for an answer at most (a worker that holds the watermark back stalls, Redis
+# fails over); then UNAVAILABLE, to be asked again, and withdrawn: not SOLD_OUT while stock is left
+ORDER_PATIENCE = 2.0
+# a bid is sent once and stays in Redis; every this many seconds all are sent again, which places
+# again those dropped while this worker was taken for gone (BIDDER_STALE_MS)
+BIDS_AGAIN = 0.1
 
 
 class CampaignGone(Exception):
@@ -131,6 +140,7 @@ class SerialSupply:
         self._refused = set()  # Turn ids of bids refused (sold out)
         self._placed = {}  # Turn id -> monotonic deadline of the bids in Redis, not answered yet
         self._withdrawn = []  # Turn ids of bids in Redis whose requests went without a serial
+        self._bids_again_at = 0.0  # monotonic: when to send every bid again
         if gate is not None:
             self.tail_size = max(self.tail_size, ORDERED_TAIL)
 
@@ -158,9 +168,10 @@ class SerialSupply:
             while True:
                 if turn is not None and turn.id in self._granted:
                     return self._granted.pop(turn.id)
-                if turn is not None and (turn.id in self._refused
-                                         or self._placed.get(turn.id, float("inf")) < time.monotonic()):
+                if turn is not None and turn.id in self._refused:
                     raise SoldOut()
+                if turn is not None and self._placed.get(turn.id, float("inf")) < time.monotonic():
+                    raise Unavailable()
                 lease = self.current
                 if lease is not None and lease.unused and time.monotonic() < lease.valid_until:
                     if time.monotonic() >= lease.renew_at:
@@ -236,9 +247,14 @@ class SerialSupply:
         # the requests waiting for a serial, but for those the last tail lease still holds one
         # for (they were woken, and take it as soon as they run)
         waiting = self.waiting_requests - (len(self.tail_lease.unused) if self.tail_lease else 0)
-        # in arrival order, but for those answered already (their requests have not run since)
-        bids = sorted(turn for turn in self._bidding.values()
-                      if turn.id not in self._granted and turn.id not in self._refused)
+        # the bids not in Redis yet (or all again), but for those answered already (their
+        # requests have not run since)
+        again = time.monotonic() >= self._bids_again_at
+        if again:
+            self._bids_again_at = time.monotonic() + BIDS_AGAIN
+        bids = [turn for turn in self._bidding.values()
+                if turn.id not in self._granted and turn.id not in self._refused
+                and (again or turn.id not in self._placed)]
         withdrawn, self._withdrawn = self._withdrawn, []
         for attempt in range(TAIL_TRIES):
             if attempt:
@@ -247,7 +263,7 @@ class SerialSupply:
             order = None
             if self.gate is not None:
                 order = (self.gate.worker_id, self.gate.frontier(self.keys.campaign_id, bids),
-                         BIDDER_STALE_MS,
+                         BIDDER_STALE_MS, UNLISTED_MS,
                          [(turn.id, turn.arrival) for turn in bids] + [(i, "") for i in withdrawn])
             try:
                 reply = self.scripts.lease(self.keys, self.epoch, lease_id, self.block_size,
@@ -293,34 +309,37 @@ class SerialSupply:
         raise CampaignGone()
 
     def _answer_bids(self, lease_id, sent, bids, reply):
-        """lease.lua's answer to the bids: a serial for each of the earliest (a tail lease, never
-        current), sold out for the next `refused`; the later ones bid again once the watermark
-        has moved on (their bids wait in Redis meanwhile, and hold their place)."""
+        """lease.lua's answer to the bids: a serial for each granted one (of a tail lease, never
+        current), sold out for each refused one; the others wait in Redis, holding their place,
+        and ask again once the watermark has moved on. None: each request takes what its own bid
+        got, never a serial another's was granted."""
         deadline = time.monotonic() + ORDER_PATIENCE
         for turn in bids:
             self.gate.placed(turn)
             self._placed.setdefault(turn.id, deadline)
         self.low_stock, self.sold_out_until = True, 0.0
-        served, refused = len(reply.serials), reply.refused
-        for turn in bids[:served]:
-            del self._placed[turn.id]
-        for turn in bids[served:served + refused]:
-            del self._placed[turn.id]
-            self._refused.add(turn.id)
-        if not served:
-            if not refused:
+        for bid in reply.refused:
+            if bid in self._bidding:
+                self._placed.pop(bid, None)
+                self._refused.add(bid)
+        if not reply.granted:
+            if not reply.refused:
                 time.sleep(ORDER_WAIT)
             return None
-        # each serial is its bid's, done() as it is claimed; one for a bid of a request gone
-        # since (sent before an error) is unused, given back with the rest
-        lease = self.tail_lease = Lease(lease_id, reply.serials[len(bids):])
+        # each serial is its bid's, done() as it is claimed; one for a bid whose request went
+        # since is unused, given back with the lease once none of it is in flight
+        lease = self.tail_lease = Lease(lease_id, ())
         self._renewed(lease, sent)
-        lease.in_flight = min(served, len(bids))
-        for turn, serial in zip(bids, reply.serials):
-            self._granted[turn.id] = (lease, serial)
+        for bid, serial in zip(reply.granted, reply.serials):
+            if bid in self._bidding:
+                self._placed.pop(bid, None)
+                self._granted[bid] = (lease, serial)
+                lease.in_flight += 1
+            else:
+                lease.unused.append(serial)
         if not lease.in_flight:
             self._settle(lease)
-        return lease
+        return None
 
     def _settle(self, lease):
         """Give a lease's unused serials back to Redis and end it, or leave it to the reclaim job."""

@@ -79,6 +79,7 @@ def fairness(sends, answers, stock, lead_ms=LEAD_MS):
     refused = [s.sent_ns for s, a in http if a.outcome == "409 SOLD_OUT" and last_sent is not None
                and s.sent_ns <= last_sent - lead_ms * 1_000_000]
     latencies = sorted(a.received_ns - s.sent_ns for s, a in http)
+    wins = sorted(answers[i].received_ns - sends[i].sent_ns for i in won)  # what a winner waits
     first = min(sent, default=0)
     span, send_span = max((a.received_ns for _, a in http), default=first) - first, max(sent, default=0) - first
     flags = [] if len({s.user for s in sends}) == len(sends) else ["users not distinct"]
@@ -102,6 +103,7 @@ def fairness(sends, answers, stock, lead_ms=LEAD_MS):
         "max_lead_ms": (last_sent - min(refused)) / 1e6 if refused else None,
         "p50_ms": latencies[len(latencies) // 2] / 1e6 if latencies else None,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1e6 if latencies else None,
+        "win_p50_ms": wins[len(wins) // 2] / 1e6 if wins else None,
         "answered_per_s": len(http) / (span / 1e9) if span > 0 else None,
         "written_per_s": (len(sent) - 1) / (send_span / 1e9) if send_span > 0 else None,
         "flags": flags,
@@ -471,8 +473,8 @@ def report(capacities, results, users_count, stock, argv):
            + ", ".join(f"{k} {v:,.0f} answers/s" for k, v in capacities.items()) + ".", ""] if capacities else []),
         "| setting | rate/s | written/s (max lag ms) | answers | to the N earliest | of the N earliest "
         f"refused SOLD_OUT | last winner's rank | SOLD_OUT written >= {LEAD_MS} ms before the last winner "
-        "(max lead ms) | p50 / p99 ms | answered/s | flags |",
-        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "(max lead ms) | p50 / p99 ms | a winner's p50 ms | answered/s | flags |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for s, f in results:
         lines.append(
@@ -480,7 +482,7 @@ def report(capacities, results, users_count, stock, argv):
             f"| {', '.join(f'{k} {v}' for k, v in f['outcomes'].items())} | {f['early_won']} "
             f"({fmt(f['early_share'], '.1%')}) | {f['early_sold_out']} | {fmt(f['last_winner_rank'])} "
             f"| {f['refused_early']} ({fmt(f['max_lead_ms'])}) | {fmt(f['p50_ms'])} / {fmt(f['p99_ms'])} "
-            f"| {fmt(f['answered_per_s'])} | {'; '.join(f['flags']) or 'ok'} |")
+            f"| {fmt(f['win_p50_ms'])} | {fmt(f['answered_per_s'])} | {'; '.join(f['flags']) or 'ok'} |")
     figures = {"users": users_count, "stock": stock, "capacity": capacities,
                "runs": [{"setting": s.label, **s._asdict(), **f} for s, f in results]}
     return "\n".join(lines) + "\n\n" + json.dumps(figures)

@@ -19,20 +19,25 @@
 -- ARGV[8] - the bidder: this worker's id
 -- ARGV[9] - ms after which a bidder not heard from (here or by frontier.lua) is gone: its frontier
 --           holds no one back, its bids are dropped
--- ARGV[10..] - pairs: bid id, arrival (epoch ms, Redis's clock) of each request of this worker
---           waiting for a serial; arrival "": the bid is withdrawn (the request went without one)
+-- ARGV[10] - ms a worker not listed in the bidders hash may take to read its first request of the
+--           campaign and list itself: the watermark is never later than now minus this
+-- ARGV[11..] - pairs: bid id, arrival (epoch ms, Redis's clock) of requests of this worker waiting
+--           for a serial: those that bid for the first time (a bid stays until answered, withdrawn or
+--           its bidder is gone; sent again, it is the same bid); arrival "": the bid is withdrawn
+--           (the request went without a serial)
 -- Returns {1, start, end, tail, serial...}: serials start..end (none if start > end) and the listed
 --   ones; tail is 1 if they are of the last ARGV[4] (the worker hands them to the requests waiting,
 --   and gives back what is unused as soon as they have answered);
 --   {0, 0} sold out; {0, 1} none left here but other workers hold some (they are asked for them);
 --   {-1} unknown campaign (or of another epoch); {-2} not open yet; {-3} closed;
 --   {-4} this lease id was leased before and has expired since: ask under a new one;
---   in arrival order, of the tail: {5, refused, start, end, serial...}: serials as above for the
---   earliest bids of this worker (as many as there are serials), the next `refused` of its bids
---   refused (sold out); its later bids wait. The tail goes to the bids in arrival order up to the
---   watermark, whichever worker made them: a serial kept for another worker's earlier bid is
---   leased to that worker when it asks. With none left but some in flight elsewhere (leased), the
---   bids wait ({5, 0, 0, -1}): a serial that comes back goes to the next of them.
+--   in arrival order, of the tail: {5, start, end, {granted bid ids}, {refused bid ids}, serial...}:
+--   serials as above, one for each granted bid of this worker in turn (its earliest, as many as
+--   there are serials), the refused ones sold out; its other bids wait. The tail goes to the bids
+--   in arrival order up to the watermark, whichever worker made them: a serial kept for another
+--   worker's earlier bid is leased to that worker when it asks. With none left but some in flight
+--   elsewhere (leased), the bids wait ({5, 0, -1, {}, {}}): a serial that comes back goes to the
+--   next of them.
 -- Asked again under the same lease id (its answer was lost, or replicas had not acknowledged
 -- it), it leases nothing more: it answers the same serials and extends the lease.
 -- As stock runs low a lease takes only a fair share of what is left, and of the very last serials
@@ -68,19 +73,23 @@ local returned = redis.call('LLEN', KEYS[4])
 local remaining = total - cursor + returned
 local live = redis.call('ZCOUNT', KEYS[2], now, '+inf')
 local ordered = (ARGV[7] or '') ~= ''
-local watermark = nil  -- the earliest frontier of every live bidder: bids up to it are answered
+-- the earliest frontier of every live bidder: bids up to it are answered (upto: as it was written,
+-- since a Lua number passed to Redis keeps only 14 digits, ~0.1 ms)
+local watermark, upto
 if ordered then
+  watermark = now - tonumber(ARGV[10])
+  upto = tostring(watermark)
   redis.call('HSET', KEYS[6], ARGV[8], ARGV[7] .. ' ' .. now)
   local bidders = redis.call('HGETALL', KEYS[6])
   for i = 1, #bidders, 2 do
     local frontier, said = string.match(bidders[i + 1], '^(%S+) (%d+)$')
     if not said or tonumber(said) < now - tonumber(ARGV[9]) then
       redis.call('HDEL', KEYS[6], bidders[i])  -- gone: holds no one back, its bids keep nothing
-    elseif frontier ~= '-' and (not watermark or tonumber(frontier) < watermark) then
-      watermark = tonumber(frontier)
+    elseif frontier ~= '-' and tonumber(frontier) < watermark then
+      watermark, upto = tonumber(frontier), frontier
     end
   end
-  for i = 10, #ARGV, 2 do
+  for i = 11, #ARGV, 2 do
     if ARGV[i + 1] == '' then  -- withdrawn: that request went without a serial
       redis.call('ZREM', KEYS[5], ARGV[8] .. '|' .. ARGV[i])
     else
@@ -90,7 +99,7 @@ if ordered then
   -- in flight elsewhere: a serial that comes back unused goes to the next bid; until then, wait
   if remaining <= 0 and live > 0 then
     redis.call('HSET', KEYS[1], 'wanted', now)  -- workers holding serials unused: give them back
-    return {5, 0, 0, -1}
+    return {5, 0, -1, {}, {}}
   end
 end
 if remaining <= 0 then
@@ -107,11 +116,11 @@ local reply = {1, 0, -1, tail and 1 or 0}
 if tail and not ordered then want = math.max(1, math.min(remaining, tonumber(ARGV[5]))) end
 if ordered and not tail then want = math.min(want, remaining - tonumber(ARGV[4])) end
 if ordered and tail then
-  local bidder = ARGV[8]
-  local available, alive, granted, refused, cut = remaining, {}, 0, 0, nil
+  local bidder = ARGV[8] .. '|'
+  local available, alive, granted, refused, cut = remaining, {}, {}, {}, nil
   -- in arrival order up to the watermark, until the serials left are spoken for: a serial kept
   -- for another worker's earlier bid, or ours (the walk stops there: a page is enough)
-  for _, bid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', watermark or '+inf',
+  for _, bid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', upto,
                                   'LIMIT', 0, remaining + 256)) do
     local owner = string.match(bid, '^(.*)|')
     if alive[owner] == nil then alive[owner] = redis.call('HEXISTS', KEYS[6], owner) == 1 end
@@ -122,26 +131,25 @@ if ordered and tail then
       break
     else
       available = available - 1
-      if owner == bidder then
-        granted = granted + 1
+      if owner .. '|' == bidder then
+        granted[#granted + 1] = string.sub(bid, #bidder + 1)
         redis.call('ZREM', KEYS[5], bid)
       end
     end
   end
   if cut then  -- none left for the bids from the cut on: ours among them, up to the watermark
-    local from = tonumber(redis.call('ZSCORE', KEYS[5], cut))
-    for i = 10, #ARGV, 2 do
-      local arrival = tonumber(ARGV[i + 1])
-      if arrival and arrival >= from and (not watermark or arrival <= watermark)
-          and redis.call('ZREM', KEYS[5], bidder .. '|' .. ARGV[i]) == 1 then
-        refused = refused + 1
+    local from = redis.call('ZSCORE', KEYS[5], cut)
+    for _, bid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], from, upto)) do
+      if string.sub(bid, 1, #bidder) == bidder then
+        refused[#refused + 1] = string.sub(bid, #bidder + 1)
+        redis.call('ZREM', KEYS[5], bid)
       end
     end
   end
-  if granted == 0 then return {5, refused, 0, -1} end
-  want, reply = granted, {5, refused, 0, -1}
+  reply = {5, 0, -1, granted, refused}
+  if #granted == 0 then return reply end
+  want = #granted
 end
-local at = reply[1] == 5 and 3 or 2  -- where start and end go in the reply
 local parts = {}
 if returned > 0 then
   local back = redis.call('LPOP', KEYS[4], want)
@@ -153,7 +161,7 @@ if returned > 0 then
 end
 local n = math.min(want, total - cursor)
 if n > 0 then
-  reply[at], reply[at + 1] = cursor + 1, cursor + n
+  reply[2], reply[3] = cursor + 1, cursor + n
   redis.call('HINCRBY', KEYS[1], 'cursor', n)
   table.insert(parts, 1, (cursor + 1) .. '-' .. (cursor + n))
 end

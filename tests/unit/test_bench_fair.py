@@ -26,6 +26,7 @@ def test_the_figures_of_a_small_unfair_run():
         "last_winner_rank": 4,
         "refused_early": 1, "max_lead_ms": 100.0,  # u0, written 100 ms before u3
         "p50_ms": 40.0, "p99_ms": 200.0,  # of 20, 40, 40, 200 ms
+        "win_p50_ms": 40.0,  # of u1's 20 ms and u3's 40 ms
         "answered_per_s": 4 / 0.2,  # 4 HTTP answers from the first write (0) to the last answer (200 ms)
         "written_per_s": 4 / 0.11,
         "flags": [],

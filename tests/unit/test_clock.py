@@ -107,6 +107,22 @@ def test_the_sample_of_the_shortest_round_trip_counts_among_the_last_few():
     assert clock.offset_ms == 300
 
 
+def test_an_old_sample_counts_less_than_a_fresh_one_as_the_clocks_may_drift_apart():
+    clock = RedisClock(None)
+    now = time.monotonic()
+    clock.add(0.0002, 100, at=now - 600)  # 0.1 ms of round trip, but 10 minutes old: 6.1 ms
+    clock.add(0.004, 200, at=now - 60)  # 2 ms, one minute old: 2.6 ms
+    clock.add(0.008, 300)  # 4 ms, now
+    assert clock.offset_ms == 200
+
+
+def test_a_worker_calibrates_its_clock_with_a_few_samples_before_it_serves():
+    reads = []
+    clock = RedisClock(lambda: reads.append(1) or time.time() * 1000 + 250)
+    clock.calibrate()
+    assert len(reads) == RedisClock.CALIBRATION and abs(clock.offset - 250) < 5
+
+
 def test_it_samples_on_the_first_call_then_every_few_seconds_and_keeps_its_offset_while_redis_fails():
     calls, offset = [], [1000]
 
@@ -124,3 +140,10 @@ def test_it_samples_on_the_first_call_then_every_few_seconds_and_keeps_its_offse
     clock.next_sample = 0  # the next call samples again: Redis fails, the offset stands
     assert abs(clock.now_ms() - (time.time() * 1000 + 1000)) <= 5
     assert len(calls) == 2 and clock.next_sample > time.monotonic()
+
+
+def test_arrivals_are_ordered_by_redis_clock_to_the_microsecond_not_the_whole_ms():
+    clock = RedisClock(lambda: time.time() * 1000 - 3000.25)
+    fine = clock.fine_now_ms()
+    assert abs(fine - (time.time() * 1000 - 3000.25)) < 0.5  # a whole ms would be off by up to 1
+    assert clock.offset == pytest.approx(-3000.25, abs=0.2) and clock.offset_ms == -3000

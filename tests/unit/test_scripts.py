@@ -88,29 +88,30 @@ def test_an_outbox_entry_decodes_from_its_stream_fields(campaign_id, user_id, se
 
 def test_a_lease_is_its_range_then_the_returned_serials():
     reply = LeaseReply.decode([1, 10, 14, 0, 3, 7])
-    assert reply == (Lease.LEASED, (10, 11, 12, 13, 14, 3, 7), False, False, 0)
+    assert reply == LeaseReply(Lease.LEASED, (10, 11, 12, 13, 14, 3, 7), tail=False)
 
 
 def test_a_lease_of_returned_serials_only_has_an_empty_range():
     """lease.lua answers start > end when the cursor did not move."""
     assert LeaseReply.decode([1, 0, -1, 0, 5, 6]).serials == (5, 6)
-    assert LeaseReply.decode([1, 8, 7, 1, 2]) == (Lease.LEASED, (2,), True, False, 0)
+    assert LeaseReply.decode([1, 8, 7, 1, 2]) == LeaseReply(Lease.LEASED, (2,), tail=True)
 
 
 def test_sold_out_says_whether_other_workers_hold_serials():
-    assert LeaseReply.decode([0, 0]) == (Lease.SOLD_OUT, (), False, False, 0)
-    assert LeaseReply.decode([0, 1]) == (Lease.SOLD_OUT, (), False, True, 0)
+    assert LeaseReply.decode([0, 0]) == LeaseReply(Lease.SOLD_OUT, others_hold=False)
+    assert LeaseReply.decode([0, 1]) == LeaseReply(Lease.SOLD_OUT, others_hold=True)
 
 
-def test_bids_in_arrival_order_are_answered_with_serials_for_the_earliest_and_refusals_after():
-    assert LeaseReply.decode([5, 2, 10, 11, 4]) == (Lease.ORDERED, (10, 11, 4), True, False, 2)
-    assert LeaseReply.decode([5, 0, 0, -1]) == (Lease.ORDERED, (), True, False, 0)  # all wait
+def test_bids_in_arrival_order_are_answered_by_id_with_serials_in_turn_and_refusals():
+    assert LeaseReply.decode([5, 10, 11, [b"7", b"9", b"12"], [b"13"], 4]) == LeaseReply(
+        Lease.ORDERED, (10, 11, 4), True, granted=(7, 9, 12), refused=(13,))
+    assert LeaseReply.decode([5, 0, -1, [], []]) == LeaseReply(Lease.ORDERED, (), True)  # all wait
 
 
 @pytest.mark.parametrize("raw, outcome", [([-1], Lease.UNKNOWN), ([-2], Lease.NOT_OPEN),
                                           ([-3], Lease.CLOSED), ([-4], Lease.EXPIRED)])
 def test_a_refusal_is_its_outcome_alone(raw, outcome):
-    assert LeaseReply.decode(raw) == (outcome, (), False, False, 0)
+    assert LeaseReply.decode(raw) == LeaseReply(outcome)
 
 
 # --- the serials a lease records: "start-end[,serial...][,t]" ---

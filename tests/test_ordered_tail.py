@@ -1,0 +1,100 @@
+"""lease.lua in arrival order (ARRIVAL_ORDER=on): a campaign's tail goes to the bids of every
+worker in arrival order, up to the earliest frontier any worker holds (the watermark), against
+real Redis. The workers' side (arrival.ArrivalGate, supply.SerialSupply) is tested through real
+gunicorns in test_arrival_order.py."""
+import time
+
+from coupon.scripts import Lease
+from coupon.supply import BIDDER_STALE_MS, UNLISTED_MS
+from loadtest.harness import open_campaign
+from tests.support import on_single_and_cluster
+
+TTL_MS = 10_000
+
+
+class Bidder:
+    """One worker's calls to lease.lua for a campaign's tail."""
+
+    def __init__(self, svc, campaign_id, name):
+        self.svc, self.keys, self.name = svc, svc.keys(campaign_id), name
+        self.epoch = svc.redis.hget(self.keys.meta, "epoch")
+        self.leases = 0
+
+    def bid(self, frontier, bids=(), stale_ms=BIDDER_STALE_MS):
+        """lease.lua's answer to this worker's new bids [(id, arrival ms or "": withdrawn)]."""
+        self.leases += 1
+        order = (self.name, frontier, stale_ms, UNLISTED_MS, list(bids))
+        return self.svc.scripts.lease(self.keys, self.epoch, f"{self.name}:{self.leases}", 100,
+                                      TTL_MS, 10_000, len(bids), order)
+
+    def publish(self, frontier):
+        self.svc.scripts.frontier(self.keys, self.name, frontier)
+
+
+@on_single_and_cluster
+def test_the_tail_goes_to_every_workers_bids_in_arrival_order_up_to_the_watermark(svc):
+    campaign_id = open_campaign(svc, 3)
+    now = svc.clock.fine_now_ms()
+    a, b = Bidder(svc, campaign_id, "a"), Bidder(svc, campaign_id, "b")
+    b.publish(now - 80)  # b may still hold a request that arrived 80 ms ago, not bid yet
+
+    first = a.bid(now, [(1, now - 100), (2, now - 60)])
+    assert (first.outcome, first.granted, first.refused, len(first.serials)) == (Lease.ORDERED, (1,), (), 1)
+
+    # b bids: 70 ms ago (before a's second), 50 ms ago; it has read everything up to now
+    second = b.bid(now, [(1, now - 70), (2, now - 50)])
+    # in arrival order: b's first gets a serial, one is kept for a's second, b's second is refused
+    assert (second.granted, second.refused, len(second.serials)) == ((1,), (2,), 1)
+
+    third = a.bid(now)  # nothing new to bid: a's second bid stood in Redis and gets its serial
+    assert (third.granted, third.refused, len(third.serials)) == ((2,), (), 1)
+    assert sorted(first.serials + second.serials + third.serials) == [1, 2, 3]
+
+    # none left: a later bid waits while serials are leased out (one may come back unused), and
+    # is sold out once every lease is settled
+    assert a.bid(now, [(3, now - 5)]).granted == ()
+    for lease_id in ("a:1", "b:1", "a:2"):
+        svc.scripts.give_back(a.keys, lease_id, [])
+    assert a.bid(now).outcome is Lease.SOLD_OUT
+
+
+@on_single_and_cluster
+def test_no_bid_is_answered_while_a_worker_may_hold_an_earlier_request_that_has_not_bid(svc):
+    campaign_id = open_campaign(svc, 2)
+    now = svc.clock.fine_now_ms()
+    a, b = Bidder(svc, campaign_id, "a"), Bidder(svc, campaign_id, "b")
+    b.publish(now - 300)  # b holds a request from 300 ms ago that has not bid
+    waiting = a.bid(now, [(1, now - 200)])
+    assert (waiting.granted, waiting.refused, waiting.serials) == ((), (), ())
+
+    assert b.bid(now, [(2, now - 300)]).granted == (2,)  # b's bid, the earliest of all
+    assert a.bid(now).granted == (1,)  # then a's
+
+
+@on_single_and_cluster
+def test_a_bid_that_just_arrived_waits_for_the_workers_not_listed_yet(svc):
+    campaign_id = open_campaign(svc, 1)
+    a = Bidder(svc, campaign_id, "a")
+    now = svc.clock.fine_now_ms()
+    # a worker that got a request as early has UNLISTED_MS to read it and list itself
+    assert a.bid(now + 60_000, [(1, now)]).granted == ()
+    time.sleep(5 * UNLISTED_MS / 1000)
+    assert a.bid(now + 60_000).granted == (1,)
+
+
+@on_single_and_cluster
+def test_a_withdrawn_bid_and_the_bids_of_a_worker_gone_silent_keep_nothing(svc):
+    now = svc.clock.fine_now_ms()
+    campaign_id = open_campaign(svc, 1)
+    a, b = Bidder(svc, campaign_id, "a"), Bidder(svc, campaign_id, "b")
+    b.publish(now - 600)
+    assert a.bid(now, [(1, now - 500)]).granted == ()  # b holds it back
+    assert a.bid(now, [(1, "")]).granted == ()  # withdrawn: its request went without a serial
+    assert b.bid(now - 400, [(1, now - 450)]).granted == (1,)  # the withdrawn bid kept nothing
+
+    campaign_id = open_campaign(svc, 1)
+    a, b = Bidder(svc, campaign_id, "a"), Bidder(svc, campaign_id, "b")
+    assert b.bid(now - 600, [(1, now - 550)]).granted == ()  # b's own frontier holds it back
+    time.sleep(0.01)
+    # b falls silent: past the stale time it holds no one back, and its bid keeps nothing
+    assert a.bid(now, [(1, now - 400)], stale_ms=5).granted == (1,)
