@@ -75,11 +75,12 @@ def test_no_bid_is_answered_while_a_worker_may_hold_an_earlier_request_that_has_
 def test_a_bid_that_just_arrived_waits_for_the_workers_not_listed_yet(svc):
     campaign_id = open_campaign(svc, 1)
     a = Bidder(svc, campaign_id, "a")
-    now = svc.clock.fine_now_ms()
-    # a worker that got a request as early has UNLISTED_MS to read it and list itself
-    assert a.bid(now + 60_000, [(1, now)]).granted == ()
-    time.sleep(5 * UNLISTED_MS / 1000)
-    assert a.bid(now + 60_000).granted == (1,)
+    # a worker that got a request as early has UNLISTED_MS to read it and list itself (a request
+    # stamped 1 s ahead: the first call is sure to come before then, however loaded the machine)
+    arrived = svc.clock.fine_now_ms() + 1_000
+    assert a.bid(arrived + 60_000, [(1, arrived)]).granted == ()
+    time.sleep(1 + 10 * UNLISTED_MS / 1000)
+    assert a.bid(arrived + 60_000).granted == (1,)
 
 
 @on_single_and_cluster
