@@ -111,6 +111,15 @@ def news_of(tag):
     return tag + ":outbox_news"
 
 
+def outbox_drained(shards):
+    """The outbox drained set of each claim shard (ShardKeys.drained), by shard index."""
+    return [drained_of(shard_tag(k, shards)) for k in range(shards)]
+
+
+def drained_of(tag):
+    return tag + ":outbox_drained"
+
+
 class ShardKeys:
     def __init__(self, tag, campaign_id, k):
         self.index = k
@@ -127,6 +136,10 @@ class ShardKeys:
         # shard may hold entries (claim.lua adds, ack_outbox.lua removes once it is empty); what
         # the flush job reads, rather than every stream of every campaign
         self.news = news_of(tag)
+        # shared too: the ids of the campaigns whose stream of this shard a flusher (of any
+        # scheduler) emptied and took off the news set, until the stock sync takes them
+        # (ack_outbox.lua adds, jobs/stock_sync.py pops)
+        self.drained = drained_of(tag)
         self._bucket = prefix + ":claims:%d"  # bucket(i): formatted per claim
 
     def bucket(self, i):

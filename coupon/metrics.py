@@ -15,8 +15,8 @@ from it are absent (coupon_ready says why).
 
 The jobs process calls record_flushed(n) and record_job_failure(name); those figures show in the
 web's /metrics when it runs with the same PROMETHEUS_MULTIPROC_DIR (the files of live processes
-survive a gunicorn restart). Its leader records each job's last success in Redis
-(record_job_success), which every host exports.
+survive a gunicorn restart). It records each job's last success in Redis (record_job_success;
+the leader, or for the flush any scheduler), which every host exports.
 """
 import os
 import time

@@ -4,6 +4,13 @@ Each claim shard has an outbox stream, written by claim.lua together with the cl
 reads it through a consumer group, inserts the rows (a duplicate on the unique keys is ignored,
 so a replay is harmless; any other error propagates), commits, and only then acknowledges and
 deletes the entries. Entries a dead flusher left unacknowledged are taken over (XAUTOCLAIM).
+Several flushers may run at once (every scheduler's flush job, a close's drain): the group hands
+each new entry to one of them; one that stalls past the idle time has its entries taken over,
+and should it come back, its insert skips the rows and its acknowledgement finds nothing
+pending, so each row is written once and counted once (by the flusher that acknowledged it).
+One frozen between its insert and its commit (SIGSTOP, a paused VM) would hold its rows' locks,
+and the flusher that took its entries over would wait on them; on MariaDB the server rolls such
+a transaction back once idle FLUSH_CLAIM_IDLE seconds (idle_write_transaction_timeout).
 Only what replicas hold is read (a durable batch, REDIS_REPLICA_ACKS): a claim that a failover
 loses was never acknowledged to its user, and must not have a row either, or its serial, issued
 again, would clash with it. A node down or unacknowledged holds back only its own streams.
@@ -11,19 +18,24 @@ again, would clash with it. A node down or unacknowledged holds back only its ow
 Which streams to read: claim.lua puts the campaign on its shard's outbox news set (one per
 shard, shared by every campaign) with each claim, and ack_outbox.lua takes it off once the
 stream is empty. So a round reads the campaigns with claims to flush, not every live one.
+It puts the campaign on the shard's drained set as it takes it off: the stock sync, on the
+leading scheduler, learns there what every flusher emptied.
 """
+import math
 import time
 
 from redis.exceptions import ResponseError
+from sqlalchemy import text
 from sqlalchemy.dialects import mysql, sqlite
 
 from coupon import db
 from coupon.clock import from_ms
-from coupon.keys import outbox_news
+from coupon.keys import outbox_drained, outbox_news
 from coupon.scripts import OutboxEntry
 
 GROUP = "flusher"
 ACK_CHUNK = 1000  # entry ids per ack_outbox.lua call (a Lua unpack has its limits)
+DRAINED_TAKE = 100_000  # campaign ids popped from a drained set at most per read (SPOP count)
 
 
 def insert_ignoring_duplicates(dialect_name):
@@ -44,7 +56,7 @@ def entry_row(fields):
 
 
 class Flusher:
-    def __init__(self, svc, consumer, batch=None, claim_idle=None, on_flushed=None):
+    def __init__(self, svc, consumer, batch=None, claim_idle=None):
         self.redis = svc.redis
         self.engine = svc.engine
         self.keys = svc.keys
@@ -54,7 +66,8 @@ class Flusher:
         self.batch = batch or svc.config["FLUSH_BATCH"]
         idle = svc.config["FLUSH_CLAIM_IDLE"] if claim_idle is None else claim_idle
         self.claim_idle_ms = int(idle * 1000)
-        self.on_flushed = on_flushed  # called with the ids of the campaigns each commit wrote rows of
+        # whole seconds; the setting's, also for a close's drain (claim_idle 0)
+        self.frozen_after = max(1, math.ceil(svc.config["FLUSH_CLAIM_IDLE"]))
         self.insert = insert_ignoring_duplicates(self.engine.dialect.name)
         self._grouped = set()
 
@@ -68,7 +81,9 @@ class Flusher:
                 for c in ids]
 
     def flush(self, campaign_ids=None, until=None, before_ack=None):
-        """Flush rounds until the streams are empty or `until` (monotonic) passes; return rows moved.
+        """Flush rounds until the streams are empty or `until` (monotonic) passes; return the rows
+        moved: the entries this flusher acknowledged (another one may have written some of
+        those rows before it stalled; none is counted twice).
 
         before_ack, if given, runs between commit and acknowledgement (tests crash there).
         """
@@ -79,20 +94,26 @@ class Flusher:
             rows = [entry_row(f) for _, _, f in entries if f]
             if rows:
                 with self.engine.begin() as conn:
+                    self._roll_back_if_frozen(conn)
                     conn.execute(self.insert, rows)
-                if self.on_flushed:
-                    self.on_flushed({row["campaign_id"] for row in rows})
             if before_ack:
                 before_ack()
             # a stream that gave nothing this round is done with: off the news set once empty
             done = set(shards) - unread - {stream for stream, _, _ in entries}
-            self._ack(entries, shards, done)
+            moved += self._ack(entries, shards, done)
             for stream in done | unread:  # an unread one: next flush
                 del shards[stream]
-            moved += len(rows)
             if until is not None and time.monotonic() > until:
                 break
         return moved
+
+    def _roll_back_if_frozen(self, conn):
+        """Have MariaDB roll back this connection's write transactions idle `frozen_after`
+        seconds (set once per connection; MySQL has no such setting)."""
+        info = conn.connection.info  # lives as long as the database connection
+        if getattr(conn.dialect, "is_mariadb", False) and info.get("frozen_after") != self.frozen_after:
+            conn.execute(text("SET SESSION idle_write_transaction_timeout = :s"), {"s": self.frozen_after})
+            info["frozen_after"] = self.frozen_after
 
     def _ensure_groups(self, streams):
         """Make the consumer group of the streams that exist and have none yet; return the
@@ -151,7 +172,7 @@ class Flusher:
 
     def _ack(self, entries, shards, done):
         """Acknowledge and delete the flushed entries (ack_outbox.lua), and check the streams in
-        `done`: each one empty leaves its news set."""
+        `done`: each one empty leaves its news set. Return how many were pending till now."""
         by_stream = {stream: [] for stream in done}
         for stream, entry_id, _ in entries:
             by_stream.setdefault(stream, []).append(entry_id)
@@ -159,9 +180,9 @@ class Flusher:
         for stream, ids in by_stream.items():
             shard = shards[stream]
             for i in range(0, max(1, len(ids)), ACK_CHUNK):
-                batch.script(self.ack_script, [stream, shard.news],
+                batch.script(self.ack_script, [stream, shard.news, shard.drained],
                              [GROUP, shard.campaign_id, *ids[i:i + ACK_CHUNK]])
-        batch.execute()
+        return sum(acked for acked, _ in batch.execute())
 
 
 def news(redis, shards):
@@ -179,6 +200,25 @@ def news(redis, shards):
 def campaigns_with_news(redis, shards):
     """The ids of the campaigns whose outbox may hold entries (any shard's news set names them)."""
     return {c for ids in news(redis, shards) for c in ids}
+
+
+def news_and_drained(redis, shards):
+    """(the campaigns any shard's news set names, those taken off its drained set): per shard the
+    news set read before the drained set is popped, in one batch, so that a stream a flusher
+    empties meanwhile has its campaign in one or the other (a shard whose node does not answer:
+    neither, till next time)."""
+    batch = redis.batch()
+    for news_key, drained_key in zip(outbox_news(shards), outbox_drained(shards)):
+        batch.on(news_key).smembers(news_key)
+        batch.on(drained_key).spop(drained_key, DRAINED_TAKE)
+    replies = batch.execute(raise_on_error=False)
+    if all(isinstance(r, Exception) for r in replies):
+        raise replies[0]
+    found = [set(), set()]
+    for i, ids in enumerate(replies):
+        if not isinstance(ids, Exception):
+            found[i % 2].update(int(c) for c in ids or ())
+    return tuple(found)
 
 
 def outbox_stats(redis, keys):

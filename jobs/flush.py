@@ -1,4 +1,6 @@
-"""Flush job: move outbox entries into the database; back off while the database is down."""
+"""Flush job: move outbox entries into the database; back off while the database is down.
+
+It runs on every scheduler, leader or not: their flushers share the entries (outbox.Flusher)."""
 import logging
 import os
 import socket
@@ -14,10 +16,11 @@ MAX_BACKOFF = 30.0  # seconds between tries at most, while the database is down
 
 
 class FlushJob:
-    def __init__(self, svc, interval, on_flushed=None):
+    def __init__(self, svc, interval):
         self.metrics = svc.metrics
-        self.flusher = Flusher(svc, consumer=f"jobs:{socket.gethostname()}:{os.getpid()}",
-                               on_flushed=on_flushed)
+        # a consumer of its own per scheduler process: what it leaves pending when it dies is
+        # taken over by the others after FLUSH_CLAIM_IDLE
+        self.flusher = Flusher(svc, consumer=f"jobs:{socket.gethostname()}:{os.getpid()}")
         self.interval = interval
         self.backoff = ExponentialBackoff(cap=MAX_BACKOFF, base=interval)
         self.failures = 0

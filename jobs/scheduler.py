@@ -1,7 +1,9 @@
-"""The scheduler process: one APScheduler BlockingScheduler running the jobs, leader-only.
+"""The scheduler process: one APScheduler BlockingScheduler running the jobs.
 
-Several may run (one per host, say); a leader lease in Redis lets exactly one act at a time.
-The others stand by and take over within one lease period after the leader dies.
+Several may run (one per host, say). Each flushes the outbox (the consumer group shares the
+entries among them); the jobs that must run once (stock sync, lifecycle, reclaim) run on the
+leader only: a leader lease in Redis lets exactly one act at a time. The others stand by for
+those and take over within one lease period after the leader dies.
 """
 import datetime as dt
 import logging
@@ -71,17 +73,18 @@ def run_scheduler(app):
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60}
     )
 
-    def leader_only(name, job):
-        """The job, run only while this scheduler leads. A run fails when the job raises or
-        returns False (the flush job while the database is down: it logs that itself); each
-        failure is counted (coupon_job_failures_total), each success recorded in Redis for
-        every host's /metrics (coupon_job_last_success_timestamp_seconds)."""
+    def scheduled(name, job, everywhere=False):
+        """The job, run only while this scheduler leads (everywhere: whether or not). A run
+        fails when the job raises or returns False (the flush job while the database is down:
+        it logs that itself); each failure is counted (coupon_job_failures_total), each success
+        recorded in Redis for every host's /metrics (coupon_job_last_success_timestamp_seconds:
+        the latest of any scheduler's, for the flush)."""
         failing = []  # the error of the current outage, logged once
         svc.metrics.job_failures.labels(name)  # 0 from the start, so that rate() sees the first
 
         def run():
             # a Redis that would lose claims, in production: idle until it is fixed (redis_guard)
-            if not lease.leads() or svc.redis_guard.verdict().refuses:
+            if not (everywhere or lease.leads()) or svc.redis_guard.verdict().refuses:
                 return
             with app.app_context():
                 try:
@@ -113,17 +116,15 @@ def run_scheduler(app):
     scheduler.add_job(lease.keep, "interval", seconds=config["SCHEDULER_LEASE"] / 5,
                       next_run_time=now, id="leader")
     # each job's cost follows what moved, not how many campaigns are live (BENCHMARKS.md)
-    stock_sync = StockSyncJob(svc)
     jobs = {
-        "flush": (FlushJob(svc, config["FLUSH_INTERVAL"], on_flushed=stock_sync.flushed),
-                  config["FLUSH_INTERVAL"]),
-        "stock_sync": (stock_sync, config["STOCK_SYNC_INTERVAL"]),
+        "flush": (FlushJob(svc, config["FLUSH_INTERVAL"]), config["FLUSH_INTERVAL"]),
+        "stock_sync": (StockSyncJob(svc), config["STOCK_SYNC_INTERVAL"]),
         "lifecycle": (LifecycleJob(svc), config["LIFECYCLE_INTERVAL"]),
         "reclaim": (ReclaimJob(svc, grace=2 * config["REDIS_TIMEOUT"]), config["RECLAIM_INTERVAL"]),
     }
     for name, (job, interval) in jobs.items():
-        scheduler.add_job(leader_only(name, job), "interval", seconds=interval, id=name,
-                          next_run_time=now + dt.timedelta(seconds=interval))
+        scheduler.add_job(scheduled(name, job, everywhere=name == "flush"), "interval",
+                          seconds=interval, id=name, next_run_time=now + dt.timedelta(seconds=interval))
 
     def stop(signum, frame):
         # a service manager's TERM to the process group and `make run`'s own both arrive, the

@@ -2,19 +2,19 @@
 raise their stock in Redis to the database's where an add-stock's Redis part failed.
 
 A round costs what may have moved, not every live campaign: it counts the campaigns with claims
-not yet flushed (the outbox news sets), those the flush job wrote rows of since the last round,
-and each campaign once when this scheduler first sees it. Totals: one query of the database's,
-and Redis's read where the database's is higher than last seen, or last seen a while ago (a
-preload racing an add-stock can have lowered it)."""
+not yet flushed (the outbox news sets), those whose stream a flusher of any scheduler emptied
+since the last round (the outbox drained sets: a claim written after a count has its campaign
+in one of the two until the next), and each campaign once when this scheduler first sees it.
+Totals: one query of the database's, and Redis's read where the database's is higher than last
+seen, or last seen a while ago (a preload racing an add-stock can have lowered it)."""
 import logging
-import threading
 import time
 
 from sqlalchemy import bindparam, select, update
 
 from coupon import db
 from coupon.keys import active_campaigns
-from coupon.outbox import campaigns_with_news
+from coupon.outbox import news_and_drained
 from coupon.redis_state import stocks_in_redis
 
 log = logging.getLogger(__name__)
@@ -72,28 +72,18 @@ def raise_totals(svc, campaign_ids, totals):
 class StockSyncJob:
     def __init__(self, svc):
         self.svc = svc
-        self._lock = threading.Lock()  # the flush job runs in another thread of the scheduler
-        self._flushed = set()  # campaigns the flush job wrote rows of since the last round
+        self._drained = set()  # campaigns taken off the drained sets and not counted yet
         self._counted = set()  # campaigns counted at least once by this scheduler
         self._totals = {}  # campaign id -> (the total Redis held, monotonic time it was read)
-
-    def flushed(self, campaign_ids):
-        """The flush job wrote rows of these campaigns (its on_flushed)."""
-        with self._lock:
-            self._flushed |= campaign_ids
 
     def __call__(self):
         svc = self.svc
         active = set(active_campaigns(svc.redis))
-        with self._lock:
-            flushed, self._flushed = self._flushed, set()
-        news = campaigns_with_news(svc.redis, svc.config["CLAIM_SHARDS"])
-        due = active & (news | flushed) | (active - self._counted)
-        try:
-            counted = count_issued(svc, sorted(due))
-        except Exception:
-            self.flushed(flushed)  # counted next round
-            raise
+        news, drained = news_and_drained(svc.redis, svc.config["CLAIM_SHARDS"])
+        self._drained = (self._drained | drained) & active  # popped: counted here or next round
+        due = active & (news | self._drained) | (active - self._counted)
+        counted = count_issued(svc, sorted(due))
+        self._drained = set()
         self._counted = (self._counted | due) & active
         totals, now = database_totals(svc.engine), time.monotonic()
         seen = {c: seen for c, seen in self._totals.items() if c in active}

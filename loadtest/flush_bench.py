@@ -2,16 +2,19 @@
 
   (1) rate: fill the outbox streams of a campaign with ROWS real claims (claim.lua, batched),
       then time one Flusher draining them into the database (batched executemany, one commit
-      per round, FLUSH_BATCH entries per stream and round).
+      per round, FLUSH_BATCH entries per stream and round); with --flushers 1,2,4, as many
+      Flushers at once (each in a process of its own, consumers of one group, as the flush jobs
+      of that many schedulers), a fresh campaign for each count.
   (2) lag: gunicorn (-k gevent -w 2) and the scheduler (`flask jobs run`, default intervals)
       while wrk floods a campaign of STOCK coupons with distinct users; the outbox backlog and
       the age of its oldest entry are sampled every 100 ms.
 
 Uses Redis db 11 and the MariaDB database `coupon_flushbench` (made anew); stops what it starts.
 
-    python -m loadtest.flush_bench [--rows 200000] [--stock 30000] [--duration 10]
+    python -m loadtest.flush_bench [--rows 200000] [--stock 30000] [--duration 10] [--flushers 1,2,4]
 """
 import argparse
+import multiprocessing
 import os
 import tempfile
 import threading
@@ -24,7 +27,7 @@ from coupon.reconcile import mysql_tickets
 from coupon.redis_state import Layout, issued_in_redis
 from coupon.scripts import claim_args
 from loadtest import bench
-from loadtest.harness import Scheduler, open_campaign
+from loadtest.harness import RedisTarget, Scheduler, open_campaign
 
 ROOT = bench.ROOT
 REDIS_URL = os.environ.get("FLUSH_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
@@ -56,14 +59,48 @@ def fill_outbox(svc, campaign_id, rows):
     return calls
 
 
-def flush_rate(svc, rows):
-    campaign_id = open_campaign(svc, rows, "flush rate")
+def flush_rate(svc, rows, flushers=1):
+    campaign_id = open_campaign(svc, rows, f"flush rate x{flushers}")
     fill_outbox(svc, campaign_id, rows)
-    started = time.perf_counter()
-    moved = Flusher(svc, "bench").flush([campaign_id])
-    seconds = time.perf_counter() - started
-    assert moved == rows, (moved, rows)
+    if flushers == 1:
+        started = time.perf_counter()
+        moved = Flusher(svc, "bench").flush([campaign_id])
+        seconds = time.perf_counter() - started
+    else:
+        moved, seconds = flush_in_processes(campaign_id, flushers)
+    assert moved == rows, (moved, rows)  # each row acknowledged by exactly one of them
+    assert len(mysql_tickets(svc.engine, campaign_id)) == rows
     return {"rows": moved, "seconds": seconds, "rows_per_s": moved / seconds}
+
+
+def flush_in_processes(campaign_id, flushers):
+    """Drain the campaign's outbox with `flushers` processes at once, each a Flusher (a consumer
+    of its own) started together once all are ready; return (rows they moved, seconds from the
+    start to the last one's end)."""
+    spawn = multiprocessing.get_context("spawn")
+    ready, done = spawn.Barrier(flushers + 1), spawn.Queue()
+    procs = [spawn.Process(target=flush_in_child, args=(campaign_id, f"bench-{i}", ready, done))
+             for i in range(flushers)]
+    for proc in procs:
+        proc.start()
+    try:
+        ready.wait(timeout=60)  # all released at once
+        started = time.perf_counter()
+        moved = sum(done.get(timeout=600) for _ in procs)
+        seconds = time.perf_counter() - started
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    return moved, seconds
+
+
+def flush_in_child(campaign_id, consumer, ready, done):
+    svc, _ = bench.bench_service(DATABASE_URL, RedisTarget(REDIS_URL))
+    flusher = Flusher(svc, consumer)
+    ready.wait(timeout=60)
+    done.put(flusher.flush([campaign_id]))
 
 
 def flush_lag(svc, env, stock, seconds):
@@ -106,13 +143,21 @@ def main():
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--stock", type=int, default=30_000)
     parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--flushers", default="1",
+                        help="flushers at once for (1), comma-separated counts, each measured: 1,2,4")
     args = parser.parse_args()
+    counts = [int(n) for n in args.flushers.split(",")]
 
     bench.need_wrk()
     os.makedirs(os.path.join(ROOT, "reports"), exist_ok=True)
     svc, env = bench.prepare(DATABASE_URL, REDIS_URL)
-    rate = flush_rate(svc, args.rows)
-    print(f"(1) flush rate: {rate['rows']} rows in {rate['seconds']:.2f} s = {rate['rows_per_s']:,.0f} rows/s")
+    first = None
+    for n in counts:
+        rate = flush_rate(svc, args.rows, n)
+        first = first or rate["rows_per_s"]
+        print(f"(1) flush rate, {n} flusher{'s' if n > 1 else ''}: {rate['rows']} rows in "
+              f"{rate['seconds']:.2f} s = {rate['rows_per_s']:,.0f} rows/s "
+              f"(x{rate['rows_per_s'] / first:.2f} of {counts[0]})", flush=True)
     lag = flush_lag(svc, env, args.stock, args.duration)
     print(f"(2) during a flood of {lag['rps']:,.0f} req/s ({lag['issued']} issued): max backlog "
           f"{lag['max_backlog']}, max flush lag {lag['max_lag_s']:.2f} s, drained "

@@ -14,7 +14,7 @@ from redis.exceptions import ResponseError
 from sqlalchemy.engine import make_url
 
 from jobs.reclaim import claimed_serials
-from coupon.keys import SCHEDULER_LEADER
+from coupon.keys import JOB_SUCCESS, SCHEDULER_LEADER
 from coupon.outbox import GROUP, outbox_stats
 from coupon.queries import count_rows
 from coupon.reconcile import mysql_tickets, redis_claims
@@ -22,7 +22,7 @@ from coupon.scripts import decode_serials
 from tests.flood import (REDIS_TIMEOUT, STOCK, close_and_check, demand, every, issued_counter, once,
                          outcomes, say, service_on, tickets_told)
 from loadtest.harness import open_campaign, wait_until
-from tests.support import FAST_JOBS, TcpProxy
+from tests.support import FAST_JOBS, TcpProxy, on_single_and_cluster
 
 pytestmark = pytest.mark.fault
 
@@ -216,65 +216,137 @@ def test_database_cut_during_the_flood(svc, signer, gunicorn, scheduler, mysql_u
         proxy.cut()
 
 
-def test_scheduler_leader_killed_during_a_flush(svc, signer, gunicorn, scheduler, redis_client):
-    server = gunicorn(workers=2)
-    pair = [scheduler(**FAST_JOBS), scheduler(**FAST_JOBS)]
-    ident = wait_until(lambda: redis_client.get(SCHEDULER_LEADER), what="a leader")
-    leader = next(p for p in pair if p.proc.pid == int(ident.split(":")[1]))
-    standby = next(p for p in pair if p is not leader)
-    consumer = f"jobs:{socket.gethostname()}:{leader.proc.pid}"  # the leader's flusher
-    campaign_id = open_campaign(svc, STOCK)
-    issued = issued_counter(svc, campaign_id)
-    outboxes = [shard.outbox for shard in svc.keys(campaign_id).all_shards()]
+class Flushers:
+    """Two real schedulers, each flushing with a consumer of its own; one of them leads."""
 
-    def pending_of_leader():
-        """Outbox entries the leader has read and not acknowledged: (stream, id, user) each."""
-        pipe = redis_client.pipeline(transaction=False)
-        for stream in outboxes:
+    def __init__(self, scheduler, redis_client, outboxes, **settings):
+        self.redis = redis_client
+        self.outboxes = outboxes
+        pair = [scheduler(**FAST_JOBS | settings), scheduler(**FAST_JOBS | settings)]
+        ident = wait_until(lambda: redis_client.get(SCHEDULER_LEADER), what="a leader")
+        self.leader = next(p for p in pair if p.proc.pid == int(ident.split(":")[1]))
+        self.standby = next(p for p in pair if p is not self.leader)
+
+    def pending_of(self, process):
+        """Outbox entries the process's flusher has read and not acknowledged: (stream, id) each."""
+        consumer = f"jobs:{socket.gethostname()}:{process.proc.pid}"
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in self.outboxes:
             pipe.xpending_range(stream, GROUP, "-", "+", 100_000, consumername=consumer)
         try:
             replies = pipe.execute()
         except ResponseError:  # no consumer group yet
             return []
-        return [(stream, p["message_id"]) for stream, ps in zip(outboxes, replies) for p in ps]
+        return [(stream, p["message_id"]) for stream, ps in zip(self.outboxes, replies) for p in ps]
 
-    killed = {}
-
-    def holding_pending():
-        """Freeze the leader (SIGSTOP) while it holds pending entries, so that they stay pending
-        until the kill: read between a look and a kill, they could be acknowledged meanwhile."""
-        if not pending_of_leader():
+    def stopped_holding_pending(self, process):
+        """Freeze the process (SIGSTOP) while its flusher holds pending entries, so that they stay
+        pending: read between a look and a stop, they could be acknowledged meanwhile. True if
+        it is stopped now."""
+        if not self.pending_of(process):
             return False
-        os.kill(leader.proc.pid, signal.SIGSTOP)
-        if pending_of_leader():
+        os.kill(process.proc.pid, signal.SIGSTOP)
+        if self.pending_of(process):
             return True
-        os.kill(leader.proc.pid, signal.SIGCONT)
+        os.kill(process.proc.pid, signal.SIGCONT)
         return False
 
-    def kill_leader():
-        leader.kill()
+    def users_of(self, pending):
+        return [self.redis.xrange(s, i, i)[0][1]["u"] for s, i in pending]
+
+
+@pytest.mark.parametrize("victim", ["leader", "standby"])
+def test_scheduler_killed_during_a_flush(svc, signer, gunicorn, scheduler, redis_client, victim):
+    """Every scheduler flushes: one killed -9 holding entries read and not acknowledged (some
+    maybe committed) has them taken over by the other (XAUTOCLAIM); each row lands once. The
+    leader killed: the standby leads within one lease period too."""
+    server = gunicorn(workers=2)
+    campaign_id = open_campaign(svc, STOCK)
+    issued = issued_counter(svc, campaign_id)
+    outboxes = [shard.outbox for shard in svc.keys(campaign_id).all_shards()]
+    flushers = Flushers(scheduler, redis_client, outboxes)
+    doomed = getattr(flushers, victim)
+    survivor = flushers.standby if doomed is flushers.leader else flushers.leader
+    killed = {}
+
+    def kill():
+        doomed.kill()
         killed["at"] = time.monotonic()
-        pending = pending_of_leader()
-        users = [redis_client.xrange(s, i, i)[0][1]["u"] for s, i in pending]
+        pending = flushers.pending_of(doomed)
         rows = mysql_tickets(svc.engine, campaign_id)
-        killed["pending"], killed["committed"] = len(pending), sum(u in rows for u in users)
-        wait_until(lambda: str(standby.proc.pid) in (redis_client.get(SCHEDULER_LEADER) or ""),
-                   timeout=5, interval=0.01, what="the standby to take over")
+        killed["pending"] = len(pending)
+        killed["committed"] = sum(u in rows for u in flushers.users_of(pending))
+        wait_until(lambda: str(survivor.proc.pid) in (redis_client.get(SCHEDULER_LEADER) or ""),
+                   timeout=5, interval=0.01, what="the survivor to lead")
         killed["takeover_s"] = time.monotonic() - killed["at"]
 
-    with once(lambda: issued() >= 300 and holding_pending(), kill_leader, poll=0.001):
+    with once(lambda: issued() >= 300 and flushers.stopped_holding_pending(doomed), kill, poll=0.001):
         answers, tokens = demand(server.url, campaign_id, signer, issued, seconds=30)
     seen = outcomes(answers)
     assert set(seen) <= {200, 201, "SOLD_OUT"}, seen
     assert killed["pending"] > 0  # it died holding entries read and not acknowledged
     assert killed["takeover_s"] <= FAST_JOBS["SCHEDULER_LEASE"] + 1  # one lease period and a poll
-    # the standby takes the dead flusher's entries over and drains everything before any close
-    wait_until(lambda: not pending_of_leader() and outbox_stats(
+    # the survivor takes the dead flusher's entries over and drains everything before any close
+    wait_until(lambda: not flushers.pending_of(doomed) and outbox_stats(
         svc.redis, svc.keys(campaign_id))[0] == 0,
-        timeout=15, what="the standby to drain the outbox")
+        timeout=15, what="the survivor to drain the outbox")
 
     told, _, _ = tickets_told(server.url, campaign_id, answers, tokens)
     close_and_check(svc, signer, campaign_id, told)
-    say("scheduler leader kill -9", pending_at_kill=killed["pending"],
+    say(f"scheduler {victim} kill -9", pending_at_kill=killed["pending"],
         of_them_committed_not_acked=killed["committed"], takeover_s=round(killed["takeover_s"], 2),
+        requests=len(answers), users=len(tokens), outcomes=dict(seen), rows=STOCK)
+
+
+@on_single_and_cluster
+def test_leader_stopped_mid_flood_the_other_scheduler_flushes_at_once(svc, signer, gunicorn, scheduler,
+                                                                      redis_client):
+    """The leader frozen (SIGSTOP) holding entries read and not acknowledged, with a lease long
+    enough that nobody takes the lead: rows keep arriving from the standby's flusher at once,
+    which takes the frozen one's entries over and drains the outbox; thawed, the leader writes
+    no row twice."""
+    server = gunicorn(workers=2)
+    campaign_id = open_campaign(svc, STOCK)
+    issued = issued_counter(svc, campaign_id)
+    keys = svc.keys(campaign_id)
+    flushers = Flushers(scheduler, redis_client, [s.outbox for s in keys.all_shards()],
+                        SCHEDULER_LEASE=120)
+    leader, leader_ident = flushers.leader, redis_client.get(SCHEDULER_LEADER)
+    stopped = {}
+
+    def rows():
+        return count_rows(svc.engine, campaign_id)
+
+    def watch_rows():
+        stopped["at"], stopped["rows"] = time.monotonic(), rows()
+        stopped["pending"] = len(flushers.pending_of(leader))
+        wait_until(lambda: rows() > stopped["rows"], timeout=10, interval=0.01,
+                   what="a row after the leader stopped")
+        stopped["first_row_s"] = time.monotonic() - stopped["at"]
+
+    try:
+        with once(lambda: issued() >= 300 and rows() > 0 and flushers.stopped_holding_pending(leader),
+                  watch_rows, poll=0.001):
+            answers, tokens = demand(server.url, campaign_id, signer, issued, seconds=30)
+        assert stopped.get("pending", 0) > 0  # frozen mid-batch
+        assert stopped["first_row_s"] < 5  # at once: a flush interval, not a lease period
+        wait_until(lambda: not flushers.pending_of(leader) and outbox_stats(svc.redis, keys)[0] == 0,
+                   timeout=30, what="the standby to drain the outbox, the frozen leader's entries too")
+        assert rows() == issued() == STOCK
+        assert redis_client.get(SCHEDULER_LEADER) == leader_ident  # it flushed without leading
+        drained_s = time.monotonic() - stopped["at"]
+    finally:
+        thawed_at = time.time()
+        os.kill(leader.proc.pid, signal.SIGCONT)
+    seen = outcomes(answers)
+    assert set(seen) <= {200, 201, "SOLD_OUT"}, seen
+    # thawed, the leader ends its batch: its commit fails (MariaDB rolled it back) or its insert
+    # skips the rows; its ack finds nothing pending
+    wait_until(lambda: float(redis_client.hget(JOB_SUCCESS, "lifecycle")) > thawed_at, timeout=30,
+               what="the thawed leader to run its jobs")
+    told, _, _ = tickets_told(server.url, campaign_id, answers, tokens)
+    close_and_check(svc, signer, campaign_id, told)
+    assert "Traceback" not in leader.output() + flushers.standby.output()
+    say("scheduler leader SIGSTOP", pending_at_stop=stopped["pending"],
+        first_row_after_s=round(stopped["first_row_s"], 2), drained_after_s=round(drained_s, 2),
         requests=len(answers), users=len(tokens), outcomes=dict(seen), rows=STOCK)

@@ -2,19 +2,21 @@
 import datetime as dt
 import os
 import signal
+import threading
 import time
 from collections import Counter
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
+from sqlalchemy.exc import OperationalError
 
 from coupon import campaigns, clock, db, queries, redis_state
 from coupon.keys import SCHEDULER_LEADER
-from coupon.outbox import Flusher, outbox_stats
+from coupon.outbox import Flusher, campaigns_with_news, outbox_stats
 from coupon.reconcile import database_tallies, mysql_tickets, reconcile, redis_claims, streamed_tallies
 from coupon.scripts import StoredClaim
 from jobs.lifecycle import open_and_close_due
-from jobs.stock_sync import sync_stock
+from jobs.stock_sync import StockSyncJob, sync_stock
 from loadtest.harness import free_port, open_campaign, users, wait_until
 from tests.support import (
     FAST_JOBS, answered, assert_exact_tickets, flood, issue_call, issue_directly,
@@ -246,6 +248,80 @@ def test_flusher_killed_between_commit_and_ack_replays_without_duplicates(svc):
     assert backlog(svc, campaign_id) == 0
     report = reconcile(svc.redis, svc.engine, svc.keys(campaign_id), svc.signer)
     assert report.agree and report.mysql_rows == 300
+
+
+@on_single_and_cluster
+def test_a_stalled_flushers_entries_are_taken_over_and_counted_once(svc):
+    """Committed, then stalled past the idle time: another flusher takes the entries over and
+    writes them again (skipped); the stalled one's late acknowledgement finds nothing pending."""
+    campaign_id = open_campaign(svc, 500)
+    for i in range(300):
+        issue_directly(svc, campaign_id, f"u{i}")
+    taker, took = Flusher(svc, "taker", claim_idle=0), []
+    moved = Flusher(svc, "stalls").flush(
+        [campaign_id], before_ack=lambda: took.append(taker.flush([campaign_id])))
+    assert (moved, sum(took)) == (0, 300)  # each row counted by the flusher that acknowledged it
+    assert backlog(svc, campaign_id) == 0
+    report = reconcile(svc.redis, svc.engine, svc.keys(campaign_id), svc.signer)
+    assert report.agree and report.mysql_rows == 300
+
+
+def test_a_flusher_frozen_before_its_commit_holds_no_row_from_the_one_taking_over(svc, monkeypatch):
+    """Frozen between its insert and its commit (SIGSTOP, a paused VM), a flusher's transaction
+    holds its rows' locks; MariaDB rolls it back once idle FLUSH_CLAIM_IDLE seconds, so the
+    flusher taking its entries over waits that long, not innodb_lock_wait_timeout (50 s)."""
+    monkeypatch.setitem(svc.config, "FLUSH_CLAIM_IDLE", 1)
+    campaign_id = open_campaign(svc, 500)
+    for i in range(200):
+        issue_directly(svc, campaign_id, f"u{i}")
+    inserted, thaw, failed = threading.Event(), threading.Event(), []
+    frozen = threading.Thread(
+        target=lambda: failed.append(flush_or_error(Flusher(svc, "frozen"), campaign_id)))
+
+    def freeze(conn, cursor, statement, *args):
+        if threading.current_thread() is frozen and statement.lstrip().upper().startswith("INSERT"):
+            inserted.set()
+            thaw.wait(60)
+
+    event.listen(svc.engine, "after_cursor_execute", freeze)
+    try:
+        frozen.start()
+        assert inserted.wait(30)
+        started = time.monotonic()
+        assert Flusher(svc, "taker", claim_idle=0).flush([campaign_id]) == 200
+        assert time.monotonic() - started < 15  # a loaded machine; the lock wait would be 50 s
+    finally:
+        thaw.set()
+        frozen.join(60)
+        event.remove(svc.engine, "after_cursor_execute", freeze)
+    assert isinstance(failed[0], OperationalError)  # thawed: its transaction was rolled back
+    assert backlog(svc, campaign_id) == 0
+    report = reconcile(svc.redis, svc.engine, svc.keys(campaign_id), svc.signer)
+    assert report.agree and report.mysql_rows == 200
+
+
+def flush_or_error(flusher, campaign_id):
+    try:
+        return flusher.flush([campaign_id])
+    except Exception as e:
+        return e
+
+
+@on_single_and_cluster
+def test_stock_sync_counts_what_another_schedulers_flusher_emptied(svc):
+    """The stock sync runs on the leader; the claims after its last count may be flushed, and
+    their campaign taken off the news sets, by another scheduler's flush job."""
+    campaign_id = open_campaign(svc, 10)
+    sync = StockSyncJob(svc)
+    assert sync() == 1  # seen first: counted (none issued)
+    issue_directly(svc, campaign_id, "alice")
+    assert Flusher(svc, "another scheduler").flush() == 1
+    assert campaign_id not in campaigns_with_news(svc.redis, svc.config["CLAIM_SHARDS"])
+    assert sync() == 1  # from the outbox drained sets
+    with svc.engine.connect() as conn:
+        issued = conn.execute(select(db.campaigns.c.issued).where(db.campaigns.c.id == campaign_id)).scalar()
+    assert issued == 1
+    assert sync() == 0  # taken
 
 
 def test_a_flusher_makes_its_streams_again_after_redis_lost_them(svc):

@@ -58,7 +58,7 @@ def test_every_key_of_a_shard_is_in_its_tags_slot_and_the_home_keys_share_one(ca
         key_slot(b"c:%d" % campaign_id)}
     for k, shard in enumerate(keys.all_shards()):
         slot = slot_of_tag(shard_tag(k, shards))
-        every_of_shard = [*shard.all(buckets), shard.rate(12345), shard.news]
+        every_of_shard = [*shard.all(buckets), shard.rate(12345), shard.news, shard.drained]
         assert {key_slot(key.encode()) for key in every_of_shard} == {slot}
         assert all(f":c:{campaign_id}:" in key for key in shard.all(buckets))  # whose keys these are
         assert shard.all(buckets)[-1] == shard.state  # deleted after its buckets
