@@ -9,10 +9,8 @@ asks whether the user already holds a ticket, and waits for a refill only if not
 """
 import functools
 import itertools
-import os
 import threading
 import time
-import uuid
 
 from redis.exceptions import OutOfMemoryError, RedisError
 from sqlalchemy import select
@@ -119,7 +117,7 @@ class Issuer:
     UNKNOWN_CACHE_MAX = 4096
 
     def __init__(self, redis, scripts, engine, signer, config, keys, metrics, rate_limit, clock,
-                 gate=None):
+                 worker_id, gate=None):
         self.redis = redis
         self.scripts = scripts
         self.engine = engine
@@ -131,8 +129,8 @@ class Issuer:
         self.clock = clock  # clock.RedisClock: the window is judged by Redis's clock, as lease.lua does
         self.gate = gate  # arrival.ArrivalGate when serving in arrival order, else None
         self.refresh = config["STATE_REFRESH"]
-        worker_id = "%s:%d:%s" % (os.uname().nodename, os.getpid(), uuid.uuid4().hex[:8])
         lease_numbers = itertools.count(1)
+        # this worker's lease ids: its id among the workers of every host, then a count
         self._new_lease_id = lambda: "%s:%d" % (worker_id, next(lease_numbers))
         self._campaigns = {}
         self._unknown = {}  # campaign id -> monotonic time until which it is known not to exist

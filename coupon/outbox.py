@@ -191,10 +191,7 @@ def news(redis, shards):
     batch = redis.batch()
     for key in outbox_news(shards):
         batch.on(key).smembers(key)
-    replies = batch.execute(raise_on_error=False)
-    if all(isinstance(r, Exception) for r in replies):
-        raise replies[0]
-    return [[] if isinstance(ids, Exception) else sorted(int(c) for c in ids) for ids in replies]
+    return [sorted(int(c) for c in ids) for ids in replies_of_nodes_up(batch)]
 
 
 def campaigns_with_news(redis, shards):
@@ -211,14 +208,18 @@ def news_and_drained(redis, shards):
     for news_key, drained_key in zip(outbox_news(shards), outbox_drained(shards)):
         batch.on(news_key).smembers(news_key)
         batch.on(drained_key).spop(drained_key, DRAINED_TAKE)
+    found = [set(), set()]
+    for i, ids in enumerate(replies_of_nodes_up(batch)):
+        found[i % 2].update(int(c) for c in ids)
+    return tuple(found)
+
+
+def replies_of_nodes_up(batch):
+    """A batch's replies, those of a node that did not answer as empty; its error if none did."""
     replies = batch.execute(raise_on_error=False)
     if all(isinstance(r, Exception) for r in replies):
         raise replies[0]
-    found = [set(), set()]
-    for i, ids in enumerate(replies):
-        if not isinstance(ids, Exception):
-            found[i % 2].update(int(c) for c in ids or ())
-    return tuple(found)
+    return [() if isinstance(r, Exception) else r or () for r in replies]
 
 
 def outbox_stats(redis, keys):

@@ -76,6 +76,7 @@ local ordered = (ARGV[7] or '') ~= ''
 -- the earliest frontier of every live bidder: bids up to it are answered (upto: as it was written,
 -- since a Lua number passed to Redis keeps only 14 digits, ~0.1 ms)
 local watermark, upto
+local alive = {}  -- bidder -> true: the live ones (a gone one's bids keep nothing)
 if ordered then
   watermark = now - tonumber(ARGV[10])
   upto = tostring(watermark)
@@ -85,8 +86,11 @@ if ordered then
     local frontier, said = string.match(bidders[i + 1], '^(%S+) (%d+)$')
     if not said or tonumber(said) < now - tonumber(ARGV[9]) then
       redis.call('HDEL', KEYS[6], bidders[i])  -- gone: holds no one back, its bids keep nothing
-    elseif frontier ~= '-' and tonumber(frontier) < watermark then
-      watermark, upto = tonumber(frontier), frontier
+    else
+      alive[bidders[i]] = true
+      if frontier ~= '-' and tonumber(frontier) < watermark then
+        watermark, upto = tonumber(frontier), frontier
+      end
     end
   end
   for i = 11, #ARGV, 2 do
@@ -117,13 +121,12 @@ if tail and not ordered then want = math.max(1, math.min(remaining, tonumber(ARG
 if ordered and not tail then want = math.min(want, remaining - tonumber(ARGV[4])) end
 if ordered and tail then
   local bidder = ARGV[8] .. '|'
-  local available, alive, granted, refused, cut = remaining, {}, {}, {}, nil
+  local available, granted, refused, cut = remaining, {}, {}, nil
   -- in arrival order up to the watermark, until the serials left are spoken for: a serial kept
   -- for another worker's earlier bid, or ours (the walk stops there: a page is enough)
   for _, bid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', upto,
                                   'LIMIT', 0, remaining + 256)) do
     local owner = string.match(bid, '^(.*)|')
-    if alive[owner] == nil then alive[owner] = redis.call('HEXISTS', KEYS[6], owner) == 1 end
     if not alive[owner] then
       redis.call('ZREM', KEYS[5], bid)  -- a gone worker's bid keeps nothing
     elseif available == 0 then
