@@ -276,12 +276,19 @@ def test_scheduler_killed_during_a_flush(svc, signer, gunicorn, scheduler, redis
         rows = mysql_tickets(svc.engine, campaign_id)
         killed["pending"] = len(pending)
         killed["committed"] = sum(u in rows for u in flushers.users_of(pending))
+        os.kill(survivor.proc.pid, signal.SIGCONT)
         wait_until(lambda: str(survivor.proc.pid) in (redis_client.get(SCHEDULER_LEADER) or ""),
                    timeout=5, interval=0.01, what="the survivor to lead")
         killed["takeover_s"] = time.monotonic() - killed["at"]
 
-    with once(lambda: issued() >= 300 and flushers.stopped_holding_pending(doomed), kill, poll=0.001):
-        answers, tokens = demand(server.url, campaign_id, signer, issued, seconds=30)
+    # the survivor frozen till the kill: the doomed flusher alone reads the entries, so it is sure
+    # to be caught holding some (else the other may read them all first)
+    os.kill(survivor.proc.pid, signal.SIGSTOP)
+    try:
+        with once(lambda: issued() >= 300 and flushers.stopped_holding_pending(doomed), kill, poll=0.001):
+            answers, tokens = demand(server.url, campaign_id, signer, issued, seconds=30)
+    finally:
+        os.kill(survivor.proc.pid, signal.SIGCONT)
     seen = outcomes(answers)
     assert set(seen) <= {200, 201, "SOLD_OUT"}, seen
     assert killed["pending"] > 0  # it died holding entries read and not acknowledged
