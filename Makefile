@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export FLASK_APP := app.py
 SHELL := /bin/bash
 
-.PHONY: setup setup-dev run test clean loadtest locust-ui lean-ramp bench bench-scale bench-fair cluster cluster-stop
+.PHONY: setup setup-dev run test clean loadtest locust-ui lean-ramp bench bench-scale bench-fair bench-capacity cluster cluster-stop
 
 # what the service needs (requirements.txt, this project editable: pyproject.toml)
 $(BIN)/.installed: requirements.txt pyproject.toml
@@ -84,6 +84,13 @@ bench-fair: setup-dev
 	$(BIN)/python -m loadtest.bench_fair $(if $(ONLY),--only '$(ONLY)') $(if $(RUNS),--runs $(RUNS)) \
 		$(if $(ORDER),--order $(ORDER)) \
 		$(if $(USERS),--users $(USERS)) $(if $(STOCK),--stock $(STOCK)) $(if $(RATE),--rate $(RATE))
+
+# what one coupon costs in each part: CPU microseconds of the web workers, each Redis master, the
+# flushers and MariaDB (wrk apart), with 1, 2 and 4 web hosts on a single Redis and on a cluster of
+# 3 masters; then the cores a sale of 10k, 50k, 100k coupons/s needs and which part runs out first;
+# its last line one JSON object [STOCK=50000: coupons a setting; QUICK=1: a smoke run, under a minute]
+bench-capacity: setup-dev
+	$(BIN)/python -m loadtest.bench_capacity $(if $(STOCK),--stock $(STOCK)) $(if $(QUICK),--quick)
 
 # A local Redis Cluster (3 masters, 3 replicas, under instance/cluster/) for trying the service
 # on one: prints the REDIS_CLUSTER_NODES to export before `make run`.

@@ -213,11 +213,13 @@ def child_exit(server, worker):
 
 def post_worker_init(worker):
     """A worker that starts says what in Redis's settings would lose claims (coupon.redis_guard),
-    and measures its clock's offset to Redis's while its loop is idle (coupon.clock)."""
+    measures its clock's offset to Redis's while its loop is idle (coupon.clock), and watches how
+    late its loop runs (coupon.metrics)."""
     services = _services(worker)
     if services is not None:
         services.redis_guard.verdict()
         services.clock.calibrate()
+        services.metrics.watch_loop_lag()
 
 
 def worker_exit(server, worker):

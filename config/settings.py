@@ -75,6 +75,13 @@ SETTINGS = {
     "STOCK_SYNC_INTERVAL": (5.0, float),
     "LIFECYCLE_INTERVAL": (1.0, float),
     "RECLAIM_INTERVAL": (5.0, float),
+    # Events on RabbitMQ (coupon/events.py, docs/events.md): an amqp:// or amqps:// URL; empty: none
+    "EVENTS_URL": ("", str),
+    "EVENTS_INTERVAL": (0.2, float),  # seconds between the publisher's looks for events to send
+    "EVENTS_BATCH": (5000, int),  # events published per window, their confirms awaited together
+    # seconds a window may wait for its confirms: a broker's memory or disk alarm blocks publishers
+    # without a word; past it the connection is dropped and the window sent again later
+    "EVENTS_CONFIRM_TIMEOUT": (10.0, float),
     # HTTP
     "MAX_CONTENT_LENGTH": (4096, int),  # bytes; larger bodies answer 413
     "BODY_TIMEOUT": (5.0, float),  # seconds from a request's arrival to the end of its body; later: 408
@@ -105,6 +112,7 @@ def load_into(config, overrides=None):
     config.from_mapping(from_environment(os.environ))
     config.from_mapping(overrides or {})
     check_auth(config)
+    check_events(config)
     check_production(config)
     return config
 
@@ -117,6 +125,12 @@ def check_auth(config):
         raise RuntimeError("AUTH_JWKS_URL must be https://, file://, or http:// on a loopback host")
     if config["AUTH_JWT_SECRET"] and len(config["AUTH_JWT_SECRET"].encode()) < 32:
         raise RuntimeError("AUTH_JWT_SECRET must be at least 32 bytes (or empty: derived from SECRET_KEY)")
+
+
+def check_events(config):
+    """Refuse an EVENTS_URL that names no AMQP broker."""
+    if config["EVENTS_URL"] and urlsplit(config["EVENTS_URL"]).scheme not in ("amqp", "amqps"):
+        raise RuntimeError("EVENTS_URL must be an amqp:// or amqps:// URL (or empty: no events)")
 
 
 def check_production(config):

@@ -1,6 +1,7 @@
 """The HTTP API: parse, call the service, map the outcome to a status."""
 import json
 import re
+import time
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from flask.sessions import SessionInterface
@@ -12,6 +13,7 @@ from coupon.bodies import announces_body
 from coupon.errors import JSON, BadRequest, CampaignNotFound, Unauthorized, as_coupon_error, error_answer
 from coupon.extensions import services
 from coupon.health import readiness
+from coupon.metrics import IssueParts
 from coupon.openapi import SPEC
 from coupon.queries import campaign_status, find_ticket
 
@@ -57,11 +59,15 @@ def check_body(raw):
 
 
 def answer_issue(svc, raw_id, environ, read_body=None):
-    """The answer to an issue call, as (body, status, headers); counted, timed, and its arrival
-    noted with its outcome (fairness.py). read_body, if the call has a body, reads it: only once
-    the caller is known (bodies.py)."""
+    """The answer to an issue call, as (body, status, headers); counted, timed (in parts:
+    metrics.IssueParts), and its arrival noted with its outcome (fairness.py). read_body, if the
+    call has a body, reads it: only once the caller is known (bodies.py)."""
     started = svc.metrics.issue_started()
-    arrival = arrival_ms(received_ns(environ, svc.config["TRUST_REQUEST_START"]), svc.clock)
+    received = received_ns(environ, svc.config["TRUST_REQUEST_START"])
+    arrival = arrival_ms(received, svc.clock)
+    parts = IssueParts()
+    if received is not None:
+        parts.queued = max(0, time.time_ns() - received) / 1e9
     campaign_id, turn, outcome = None, None, "INTERNAL"
     try:
         campaign_id = campaign_id_of(raw_id)
@@ -70,12 +76,17 @@ def answer_issue(svc, raw_id, environ, read_body=None):
         # before its turn would be overtaken by later ones)
         if svc.gate.enabled:
             svc.issuer.admit_known(campaign_id)
+            at = time.perf_counter()
             turn = svc.gate.wait_turn(arrival, campaign_id)
+            parts.turn = time.perf_counter() - at
+        at = time.perf_counter()
         campaign = svc.issuer.admit(campaign_id)
+        checked = time.perf_counter()
         user_id = svc.signer.user_of(bearer_token(environ.get("HTTP_AUTHORIZATION", "")))
+        parts.admit, parts.token = checked - at, time.perf_counter() - checked
         if read_body is not None:
             check_body(read_body())
-        ticket = svc.issuer.issue(campaign, user_id, turn)
+        ticket = svc.issuer.issue(campaign, user_id, turn, parts)
         outcome = "NEW" if ticket.new else "HELD"
         return ticket.body(), 201 if ticket.new else 200, []
     except Exception as e:
@@ -84,7 +95,7 @@ def answer_issue(svc, raw_id, environ, read_body=None):
         return error_answer(error)
     finally:
         svc.gate.finished(turn)
-        svc.metrics.issue_answered(outcome, started)
+        svc.metrics.issue_answered(outcome, started, parts)
         if campaign_id is not None:
             svc.arrivals.note(campaign_id, outcome, arrival)
 

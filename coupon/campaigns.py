@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from coupon import db, redis_state
+from coupon import db, events, redis_state
 from coupon.clock import iso, utcnow
 from coupon.errors import InvalidCampaign, ReconcileMismatch, RequestIdReused, Unavailable
 from coupon.fairness import SaleOrder
@@ -70,6 +70,8 @@ def open_campaign(svc, campaign_id):
             update(db.campaigns).where(db.campaigns.c.id == campaign_id)
             .values(status="open", opens_at=opens_at)
         )
+        events.record(svc.config, conn, campaign_id, events.OPENED, None, total=row.total,
+                      opens_at=iso(opens_at), closes_at=iso(row.closes_at))
         redis_state.preload(svc.redis, keys, row.total, "open", opens_at, row.closes_at)
 
 
@@ -163,6 +165,8 @@ def record_addition(svc, row, request_id, amount):
             conn.execute(insert(db.stock_additions).values(
                 campaign_id=campaign_id, request_id=request_id, amount=amount, total_after=total,
                 added_at=utcnow()))
+            events.record(svc.config, conn, campaign_id, events.STOCK_ADDED, request_id,
+                          request_id=request_id, amount=amount, total=total)
     except IntegrityError:  # the same request id, asked at the same time: that one added it
         return earlier_addition(svc, campaign_id, request_id, amount)
     return StockAdded(campaign_id, request_id, amount, total, new=True)
@@ -214,6 +218,12 @@ def close_campaign(svc, campaign_id, progress=None):
         replay = sale_replay(svc.engine, campaign_row(svc.engine, campaign_id), per_second if whole else None)
     with svc.engine.begin() as conn:
         record_close(conn, report, replay)
+        # keyed by its verdict: a close repeated after a mismatch was mended tells it again
+        verdict = "agree" if report.agree else "differ"
+        events.record(svc.config, conn, campaign_id, events.CLOSED, f"{verdict}:{report.mysql_rows}",
+                      agree=report.agree, database_rows=report.mysql_rows,
+                      redis_claims=report.redis_claims, redis_counter=report.redis_counter,
+                      report=report.lines())
         if report.agree:
             conn.execute(update(db.campaigns).where(db.campaigns.c.id == campaign_id)
                          .values(issued=report.mysql_rows))

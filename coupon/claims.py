@@ -29,9 +29,10 @@ class ClaimBatcher:
     and a lone request pays exactly one round trip.
     """
 
-    def __init__(self, send, max_batch):
+    def __init__(self, send, max_batch, sent=lambda claims: None):
         self._send = send  # list of args -> list of replies (or exceptions), in order
         self._max_batch = max_batch
+        self._sent = sent  # told the claims of each batch sent (metrics: claims per round trip)
         self._lock = threading.Lock()
         self._queue = []
         self._leading = False
@@ -54,6 +55,7 @@ class ClaimBatcher:
         with self._lock:
             batch = self._queue[: self._max_batch]
             del self._queue[: self._max_batch]
+        self._sent(len(batch))
         try:
             replies = self._send([claim.args for claim in batch])
             for claim, reply in zip(batch, replies):
@@ -123,10 +125,10 @@ class ClaimSender:
 class Claims:
     """The claims of one worker on one campaign."""
 
-    def __init__(self, sender, max_batch):
+    def __init__(self, sender, max_batch, batch_sent=lambda claims: None):
         self.keys = sender.keys
         self.code_of = sender.code_of
-        self._batcher = ClaimBatcher(sender, max_batch)
+        self._batcher = ClaimBatcher(sender, max_batch, batch_sent)
 
     def claim(self, user_id, serial):
         """Offer the user this serial; a ClaimReply. Raises RedisError if its outcome is unknown."""

@@ -1,4 +1,5 @@
-"""Operator commands: flask db ..., flask campaign ..., flask token ... (`flask jobs` is jobs/cli.py).
+"""Operator commands: flask db ..., flask campaign ..., flask token ..., flask events ... (`flask
+jobs` is jobs/cli.py).
 
 Each command is a thin layer over a service function. A refusal or a store that fails prints
 `Error: CODE: message` and exits 1; a mistyped command, option or value exits 2 (click's usage
@@ -14,7 +15,7 @@ from flask.cli import AppGroup
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from coupon import campaigns, queries
+from coupon import campaigns, events, queries
 from coupon.clock import parse_time, utcnow
 from coupon.db import init_db
 from coupon.errors import BadRequest, CouponError, InvalidCampaign
@@ -26,6 +27,7 @@ from coupon.signing import check_user_id
 
 db_cli = AppGroup("db", help="Database schema.")
 campaign_cli = AppGroup("campaign", help="Create, open, close and inspect campaigns.")
+events_cli = AppGroup("events", help="The events published to RabbitMQ (EVENTS_URL).")
 
 
 def operator_errors(f):
@@ -138,6 +140,8 @@ def campaign_close(campaign_id):
     with click.progressbar(length=backlog, label="draining outbox", file=sys.stderr) as bar:
         report = campaigns.close_campaign(service, campaign_id, progress=bar.update)
     click.echo("\n".join(report.lines()))
+    if events.enabled(service.config):  # the close does not wait for the broker
+        click.echo(f"events: {events.pending(service.engine, campaign_id)[0]} still to go")
     click.echo(f"campaign {campaign_id} is closed")
 
 
@@ -163,13 +167,16 @@ def campaign_recover(campaign_id):
 @click.argument("campaign_id", type=int)
 @operator_errors
 def campaign_status(campaign_id):
-    """Print a campaign's status as JSON, with the outbox backlog, the flush lag, the stock
-    added since it was created, and how its coupons went against the order its requests arrived
-    in (as its close found it, once closed)."""
+    """Print a campaign's status as JSON, with the outbox backlog, the flush lag, the events still
+    to go to the broker (with EVENTS_URL), the stock added since it was created, and how its
+    coupons went against the order its requests arrived in (as its close found it, once closed)."""
     service = svc()
     status = queries.campaign_status(service, campaign_id)
     backlog, lag = outbox_stats(service.redis, service.keys(campaign_id))
     status["outbox"] = {"backlog": backlog, "flush_lag_seconds": lag}
+    if events.enabled(service.config):
+        pending, events_lag = events.pending(service.engine, campaign_id)
+        status["events"] = {"pending": pending, "lag_seconds": events_lag}
     status["stock_additions"] = queries.stock_additions(service.engine, campaign_id)
     record = queries.close_report(service.engine, campaign_id)
     if record is None:
@@ -186,6 +193,25 @@ def campaign_list():
     """List every campaign, one line each."""
     for c in queries.list_campaigns(svc()):
         click.echo(f"{c['id']}\t{c['status']}\t{c['issued']}/{c['total']}\t{c['name']}")
+
+
+@events_cli.command("tail")
+@click.option("--count", type=click.IntRange(1), help="Stop after this many events [never].")
+@click.option("--seconds", type=click.FloatRange(0, min_open=True), help="Stop after this long [never].")
+@click.option("--pattern", default="#", show_default=True,
+              help="Routing keys to show (a topic pattern: coupon.issued, campaign.*).")
+def events_tail(count, seconds, pattern):
+    """Print the events published from now on, one line each: message id, routing key, body."""
+    config = current_app.config
+    if not events.enabled(config):
+        raise click.ClickException("NO_EVENTS: EVENTS_URL is not set: no events are published")
+    try:
+        events.tail(config["EVENTS_URL"], lambda *event: click.echo("\t".join(event)),
+                    count, seconds, pattern)
+    except events.BrokerUnavailable as e:
+        raise click.ClickException(f"UNAVAILABLE: the event broker failed: {e}") from None
+    except KeyboardInterrupt:
+        pass
 
 
 class TokenGroup(AppGroup):
@@ -234,3 +260,4 @@ def register(app):
     app.cli.add_command(db_cli)
     app.cli.add_command(campaign_cli)
     app.cli.add_command(token_cli)
+    app.cli.add_command(events_cli)

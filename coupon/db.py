@@ -5,7 +5,7 @@ from sqlalchemy import (
     BigInteger, Boolean, Column, DateTime, Index, Integer, MetaData, String, Table, Text,
     UniqueConstraint, create_engine, event,
 )
-from sqlalchemy.dialects import mysql
+from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.engine import make_url
 
 metadata = MetaData()
@@ -71,6 +71,33 @@ stock_additions = Table(
     UniqueConstraint("campaign_id", "request_id", name="uq_stock_request"),
     mysql_engine="InnoDB",
 )
+
+
+# events still to publish (coupon/events.py): written in the transaction of what they tell of (a
+# coupon row, a campaign's change), deleted once the broker confirmed them; read in id order
+event_outbox = Table(
+    "event_outbox",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("message_id", String(128), nullable=False),  # stable: consumers drop repeats by it
+    Column("campaign_id", Integer, nullable=False),
+    Column("routing_key", String(64), nullable=False),
+    Column("body", Text, nullable=False),  # JSON
+    Column("created_at", MILLIS, nullable=False),
+    UniqueConstraint("message_id", name="uq_event_message"),
+    Index("ix_event_campaign", "campaign_id"),  # a campaign's events still to go (status, close)
+    mysql_engine="InnoDB",
+)
+
+
+def insert_ignoring_duplicates(dialect_name, table):
+    """INSERT into `table` that skips rows clashing with a unique key and fails on anything else."""
+    if dialect_name in ("mysql", "mariadb"):
+        stmt = mysql.insert(table)
+        return stmt.on_duplicate_key_update(id=stmt.inserted.id)  # a no-op update: keep the row
+    if dialect_name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    raise NotImplementedError(f"no duplicate-ignoring insert for {dialect_name}")
 
 
 def make_engine(url):

@@ -40,9 +40,7 @@ class Services:
             enabled=config["ARRIVAL_ORDER"],
             read_through=lambda: arrival_ms(reads.read_through_ns(), self.clock))
         self.arrivals = ArrivalLog(self.scripts, self.keys, self.worker_id)
-        self.issuer = Issuer(self.redis, self.scripts, self.engine, self.signer, config,
-                             self.keys, self.metrics, self.rate_limit, self.clock, self.worker_id,
-                             self.gate if self.gate.enabled else None)
+        self.issuer = Issuer(self)
 
     def keys(self, campaign_id):
         """The Redis keys of a campaign (the one place they are built)."""

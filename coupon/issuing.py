@@ -18,9 +18,11 @@ from sqlalchemy import select
 from coupon import db
 from coupon.claims import Claims, ClaimSender
 from coupon.errors import CampaignNotFound, Closed, NotOpen, SoldOut, Unavailable
-from coupon.redis_state import Layout, Meta, read_meta
+from coupon.metrics import IssueParts
+from coupon.redis_state import Layout, Meta, campaigns_wanted, read_meta
 from coupon.scripts import Claim
-from coupon.supply import TAIL_RECHECK, CampaignGone, SerialSupply
+from coupon.supply import (HOLDER_WATCH, TAIL_RECHECK, CampaignGone, SerialSupply, SupplySettings,
+                           lease_id)
 from coupon.tickets import Ticket
 
 
@@ -62,35 +64,43 @@ class LiveCampaign:
         if self.supply.known_sold_out():
             raise SoldOut()
 
-    def issue(self, user_id, turn=None):
+    def issue(self, user_id, turn, parts):
         """Issue the user's ticket (once admitted), or return the one they hold. Raises what the
         claim answers instead (Closed, RateLimited), Unavailable if Redis failed, CampaignGone if
         Redis no longer holds this state of the campaign (the issuer loads it afresh). turn: the
-        request's place in the arrival order (arrival.Turn), if kept."""
+        request's place in the arrival order (arrival.Turn), if kept; parts: its
+        metrics.IssueParts, whose serial and claim times are added here."""
         try:
             if not self.supply.at_hand:
                 # no serial at hand (the tail is never at hand): first ask whether the user already
                 # holds a ticket, so that those who do (most of the asking at the tail) take no
                 # serial and wait for no refill
+                asked = time.perf_counter()
                 try:
                     reply = self.claims.ask(user_id)
                 except RedisError:
                     raise Unavailable() from None
+                finally:
+                    parts.claim += time.perf_counter() - asked
                 if reply.outcome is not Claim.NEEDS_SERIAL:
                     return self._ticket(user_id, reply)
             while True:
-                lease, serial = self.supply.take(turn)
-                try:
-                    reply = self.claims.claim(user_id, serial)
-                except OutOfMemoryError:
-                    # at maxmemory (noeviction) Redis refuses a script at its first write: claim.lua
-                    # wrote nothing, and the serial is free for the next request
-                    self.supply.done(lease, serial, unused=True)
-                    raise Unavailable() from None
-                except RedisError:
-                    self.supply.done(lease, serial, uncertain=True)
-                    raise Unavailable() from None
-                self.supply.done(lease, serial, unused=reply.serial_unused)
+                wanted = time.perf_counter()
+                with self.supply.take(turn) as taken:
+                    sent = time.perf_counter()
+                    parts.serial += sent - wanted
+                    try:
+                        reply = self.claims.claim(user_id, taken.serial)
+                    except OutOfMemoryError:
+                        # at maxmemory (noeviction) Redis refuses a script at its first write:
+                        # claim.lua wrote nothing, and the serial is free for the next request
+                        taken.answered(unused=True)
+                        raise Unavailable() from None
+                    except RedisError:  # written or not: unknown, and so left unsaid
+                        raise Unavailable() from None
+                    finally:
+                        parts.claim += time.perf_counter() - sent
+                    taken.answered(unused=reply.serial_unused)
                 if reply.outcome is not Claim.SERIAL_TAKEN:  # else drop that serial, take the next
                     return self._ticket(user_id, reply)
         except Closed:
@@ -116,25 +126,28 @@ class Issuer:
 
     UNKNOWN_CACHE_MAX = 4096
 
-    def __init__(self, redis, scripts, engine, signer, config, keys, metrics, rate_limit, clock,
-                 worker_id, gate=None):
-        self.redis = redis
-        self.scripts = scripts
-        self.engine = engine
-        self.signer = signer
-        self.config = config
-        self.keys = keys  # campaign id -> CampaignKeys
-        self.metrics = metrics
-        self.rate_limit = rate_limit
-        self.clock = clock  # clock.RedisClock: the window is judged by Redis's clock, as lease.lua does
-        self.gate = gate  # arrival.ArrivalGate when serving in arrival order, else None
-        self.refresh = config["STATE_REFRESH"]
+    def __init__(self, svc):
+        """svc: the process's extensions.Services (its Issuer is this)."""
+        self.redis = svc.redis
+        self.scripts = svc.scripts
+        self.engine = svc.engine
+        self.signer = svc.signer
+        self.keys = svc.keys  # campaign id -> CampaignKeys
+        self.metrics = svc.metrics
+        self.rate_limit = svc.rate_limit
+        self.clock = svc.clock  # clock.RedisClock: the window is judged by Redis's clock, as lease.lua does
+        # arrival.ArrivalGate when serving in arrival order, else None
+        self.gate = svc.gate if svc.gate.enabled else None
+        self.supply_settings = SupplySettings.of(svc.config)
+        self.claim_batch_max = svc.config["CLAIM_BATCH_MAX"]
+        self.refresh = svc.config["STATE_REFRESH"]
         lease_numbers = itertools.count(1)
-        # this worker's lease ids: its id among the workers of every host, then a count
-        self._new_lease_id = lambda: "%s:%d" % (worker_id, next(lease_numbers))
+        self._new_lease_id = lambda: lease_id(svc.worker_id, next(lease_numbers))
         self._campaigns = {}
         self._unknown = {}  # campaign id -> monotonic time until which it is known not to exist
         self._load_lock = threading.Lock()
+        self._watching = None  # the thread of _watch_holders, while one runs
+        self._watch_lock = threading.Lock()
 
     # --- the hot path -------------------------------------------------------------------
 
@@ -152,16 +165,21 @@ class Issuer:
         if campaign is not None:
             campaign.admit(self.clock.now_ms(measure=False))
 
-    def issue(self, campaign, user_id, turn=None, reloaded=False):
-        """Issue the user's ticket of an admitted campaign, or return the one they hold."""
+    def issue(self, campaign, user_id, turn=None, parts=None, reloaded=False):
+        """Issue the user's ticket of an admitted campaign, or return the one they hold. parts:
+        the request's metrics.IssueParts, if timed."""
+        parts = parts or IssueParts()
         try:
-            return campaign.issue(user_id, turn)
+            return campaign.issue(user_id, turn, parts)
         except CampaignGone:  # released after close, lost, or recovered since: load it afresh
             self._campaigns.pop(campaign.campaign_id, None)
             fresh = self.admit(campaign.campaign_id)  # raises what the reloaded state knows
             if reloaded:
                 raise Unavailable() from None
-            return self.issue(fresh, user_id, turn, reloaded=True)
+            return self.issue(fresh, user_id, turn, parts, reloaded=True)
+        finally:
+            if campaign.supply.holds_low_stock:  # this request may have leased them
+                self._watch()
 
     # --- campaign state ---------------------------------------------------------------
 
@@ -171,14 +189,45 @@ class Issuer:
         if campaign is None:
             with self._load_lock:
                 campaign = self._campaigns.get(campaign_id) or self._load(campaign_id)
-        elif (time.monotonic() - campaign.loaded_at > (
-                TAIL_RECHECK if campaign.supply.low_stock else self.refresh)
-              and campaign.refresh_lock.acquire(False)):
-            try:  # one request refreshes; the others go on with what is known
+        elif time.monotonic() - campaign.loaded_at > (
+                TAIL_RECHECK if campaign.supply.low_stock else self.refresh):
+            self._refresh_once(campaign)
+        return campaign
+
+    def _refresh_once(self, campaign):
+        if campaign.refresh_lock.acquire(False):
+            try:  # one caller refreshes; the others go on with what is known
                 self._refresh(campaign)
             finally:
                 campaign.refresh_lock.release()
-        return campaign
+
+    def _watch(self):
+        """Have _watch_holders run (the lock: it may be deciding to stop)."""
+        with self._watch_lock:
+            if self._watching is None:
+                self._watching = threading.Thread(target=self._watch_holders, daemon=True,
+                                                  name="holder-watch")
+                self._watching.start()
+
+    def _watch_holders(self):
+        """While this worker holds serials of campaigns whose stock runs low, look every
+        HOLDER_WATCH which ones a worker ran dry of (one read for all), requests of them or
+        not, and refresh those: an idle holder learns it was asked, and gives its serials back
+        before the dry worker answers SOLD_OUT (supply.TAIL_TRIES)."""
+        while True:
+            time.sleep(HOLDER_WATCH)
+            with self._watch_lock:
+                holders = {c.campaign_id: c for c in list(self._campaigns.values())
+                           if c.supply.holds_low_stock}
+                if not holders:
+                    self._watching = None
+                    return
+            try:
+                wanted = campaigns_wanted(self.redis)
+            except RedisError:
+                continue  # the requests' own refreshes still tell, later
+            for campaign_id in wanted & holders.keys():
+                self._refresh_once(holders[campaign_id])
 
     def _refresh(self, campaign):
         try:
@@ -202,11 +251,11 @@ class Issuer:
         if not meta:
             meta = self._meta_from_db(campaign_id)
         layout = meta.layout or Layout("", 1, 0)  # closed and released: nothing is claimed
-        supply = SerialSupply(keys, layout.epoch, self.redis, self.scripts, self.config,
+        supply = SerialSupply(keys, layout.epoch, self.scripts, self.supply_settings,
                               self._new_lease_id, self.metrics.block_gauge(campaign_id), self.gate)
         code_of = functools.partial(self.signer.ticket_code, campaign_id)
         sender = ClaimSender(self.redis, self.scripts.claim, keys, layout, self.rate_limit, code_of)
-        claims = Claims(sender, self.config["CLAIM_BATCH_MAX"])
+        claims = Claims(sender, self.claim_batch_max, self.metrics.claim_batch_sent)
         campaign = self._campaigns[campaign_id] = LiveCampaign(keys, meta, supply, claims,
                                                                self.rate_limit)
         return campaign

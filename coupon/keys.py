@@ -28,6 +28,9 @@ ACTIVE = "campaigns:active"  # set of campaign ids the jobs walk
 SCHEDULER_LEADER = "scheduler:leader"
 BUCKET_FILL = 64  # claims per bucket at the campaign's total: half of 128 (see above)
 JOB_SUCCESS = "scheduler:job_success"  # hash: job name -> epoch seconds of its last success
+# zset: campaign id -> epoch ms a worker last ran dry of it while others held its serials: one key
+# for every campaign, which the holders poll (issuing.Issuer), rather than each campaign's meta
+SERIALS_WANTED = "serials:wanted"
 
 
 def active_campaigns(redis):

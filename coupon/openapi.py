@@ -1,6 +1,6 @@
 """The OpenAPI 3 document of the public HTTP API, served at /openapi.json.
 
-Kept by hand and small; tests/test_fuzz.py checks that every route of the app is in it and
+Kept by hand and small; tests/integration/test_fuzz.py checks that every route of the app is in it and
 drives generated requests from it.
 """
 from coupon.db import MAX_ID

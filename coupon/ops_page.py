@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from coupon import db
+from coupon import db, events
 from coupon.api import campaign_id_of
 from coupon.clock import iso, to_ms
 from coupon.errors import Unauthorized, error_response
@@ -44,8 +44,9 @@ from coupon.queries import (
     campaign_row, campaign_status, close_report, into_steps, sale_replay, sale_span, seconds_between,
     status_view, step_of,
 )
-from coupon.redis_state import issues_per_second, queue_stocks
+from coupon.redis_state import holds, issues_per_second, queue_stocks
 from coupon.scripts import decode_serials
+from coupon.supply import lease_holder
 
 bp = Blueprint("ops", __name__, url_prefix="/ops")
 
@@ -172,8 +173,8 @@ def campaigns_and_view(svc, held, closed, campaign_id, finished, outbox_watch, s
     if watched:
         outbox = queue_outbox_stats(batch, svc.keys(campaign_id))
         standing = queue_leases(batch, svc.keys(campaign_id))
-    replies = batch.execute()
-    stocks = stocks(replies)
+    batch.execute()
+    stocks = stocks()
     # closed: the database's count is final
     campaigns = ([dict(status_view(row, stocks[row.id][1] if row.id in stocks else row.issued), live=True)
                   for row in held]
@@ -184,8 +185,8 @@ def campaigns_and_view(svc, held, closed, campaign_id, finished, outbox_watch, s
         # the figures of the list when it holds the campaign: the sidebar and the headline agree
         view = dict(listed) if listed else dict(campaign_status(svc, campaign_id), live=False)
         if watched:
-            live_view(svc, view, finished, outbox_watch.read(svc, campaign_id, since, outbox(replies)),
-                      standing(replies))
+            live_view(svc, view, finished, outbox_watch.read(svc, campaign_id, since, outbox()),
+                      standing())
         elif view["status"] == "closed":
             view["replay_url"] = url_for("ops.replay", raw_id=campaign_id)
     return campaigns, view
@@ -305,6 +306,8 @@ def live_view(svc, view, finished, outbox, leases):
         view["replay_url"] = url_for("ops.replay", raw_id=campaign_id)
     view["history_url"] = url_for("ops.history", raw_id=campaign_id)
     view["outbox"], view["leases"] = outbox, leases
+    if events.enabled(svc.config):
+        view["events"] = events_to_go(svc.engine, campaign_id)
     if view["issued"] >= view["total"]:
         # sold out and the outbox empty: every claim is in the database (the flusher deletes an
         # entry only after its row was committed), so the replay is whole. Not counted here: a
@@ -314,6 +317,16 @@ def live_view(svc, view, finished, outbox, leases):
                                           if everything_in else None)
         if view["sold_out_after_seconds"] is not None:
             view["replay_url"] = url_for("ops.replay", raw_id=campaign_id)
+
+
+def events_to_go(engine, campaign_id):
+    """{pending, lag_seconds} of the campaign's events not yet confirmed by the broker; None
+    while the database does not answer (the page says so elsewhere)."""
+    try:
+        pending, lag = events.pending(engine, campaign_id)
+    except SQLAlchemyError:
+        return None
+    return {"pending": pending, "lag_seconds": lag}
 
 
 class OutboxWatch:
@@ -373,22 +386,21 @@ class OutboxWatch:
 
 
 def queue_leases(batch, keys):
-    """Queue the reads of the leases standing in Redis; return what makes of the batch's replies
-    their list, by worker: serials leased and seconds until expiry (negative: expired, its
-    unclaimed serials wait for the reclaim job)."""
-    first = len(batch)
-    batch.on(keys.leases).zrange(keys.leases, 0, -1, withscores=True)
-    batch.on(keys.lease_serials).hgetall(keys.lease_serials)
-    batch.on(keys.leases).time()  # the clock lease.lua stamped with
+    """Queue the reads of the leases standing in Redis; return what makes of them, once the batch
+    has run, their list, by worker: serials leased and seconds until expiry (negative: expired,
+    its unclaimed serials wait for the reclaim job)."""
+    expiries = batch.on(keys.leases).zrange(keys.leases, 0, -1, withscores=True)
+    encoded = batch.on(keys.lease_serials).hgetall(keys.lease_serials)
+    clock = batch.on(keys.leases).time()  # the clock lease.lua stamped with
 
-    def leases(replies):
-        expiries, encoded, (seconds, micros) = replies[first:first + 3]
+    def leases():
+        (seconds, micros), encoded_of = clock.get(), encoded.get()
         now_ms = seconds * 1000 + micros // 1000
         return [
-            {"worker": lease_id.rsplit(":", 2)[0],  # node:pid of worker_id:uuid:number
-             "lease": lease_id, "serials": len(decode_serials(encoded.get(lease_id, ""))),
+            {"worker": lease_holder(lease_id),
+             "lease": lease_id, "serials": len(decode_serials(encoded_of.get(lease_id, ""))),
              "expires_in": round((expiry - now_ms) / 1000, 1)}
-            for lease_id, expiry in expiries]
+            for lease_id, expiry in expiries.get()]
     return leases
 
 
@@ -428,7 +440,7 @@ def replay_of(svc, campaign_id, finished):
         return finished[key]
     row = campaign_row(svc.engine, campaign_id)
     keys = svc.keys(campaign_id)
-    keys_kept = svc.redis.exists(keys.meta)
+    keys_kept = holds(svc.redis, keys)
     record = close_report(svc.engine, campaign_id)
     if record and record["replay"]:
         counted = record["replay"]

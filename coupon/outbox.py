@@ -8,6 +8,8 @@ Several flushers may run at once (every scheduler's flush job, a close's drain):
 each new entry to one of them; one that stalls past the idle time has its entries taken over,
 and should it come back, its insert skips the rows and its acknowledgement finds nothing
 pending, so each row is written once and counted once (by the flusher that acknowledged it).
+With EVENTS_URL set, each row's coupon.issued event is written in the same transaction
+(coupon/events.py); a replayed entry's is skipped while it waits, or published again.
 One frozen between its insert and its commit (SIGSTOP, a paused VM) would hold its rows' locks,
 and the flusher that took its entries over would wait on them; on MariaDB the server rolls such
 a transaction back once idle FLUSH_CLAIM_IDLE seconds (idle_write_transaction_timeout).
@@ -21,14 +23,14 @@ stream is empty. So a round reads the campaigns with claims to flush, not every 
 It puts the campaign on the shard's drained set as it takes it off: the stock sync, on the
 leading scheduler, learns there what every flusher emptied.
 """
+import functools
 import math
 import time
 
 from redis.exceptions import ResponseError
 from sqlalchemy import text
-from sqlalchemy.dialects import mysql, sqlite
 
-from coupon import db
+from coupon import db, events
 from coupon.clock import from_ms
 from coupon.keys import outbox_drained, outbox_news
 from coupon.scripts import OutboxEntry
@@ -38,19 +40,9 @@ ACK_CHUNK = 1000  # entry ids per ack_outbox.lua call (a Lua unpack has its limi
 DRAINED_TAKE = 100_000  # campaign ids popped from a drained set at most per read (SPOP count)
 
 
-def insert_ignoring_duplicates(dialect_name):
-    """INSERT that skips rows clashing with a unique key and fails on anything else."""
-    if dialect_name in ("mysql", "mariadb"):
-        stmt = mysql.insert(db.coupons)
-        return stmt.on_duplicate_key_update(id=stmt.inserted.id)  # a no-op update: keep the row
-    if dialect_name == "sqlite":
-        return sqlite.insert(db.coupons).on_conflict_do_nothing()
-    raise NotImplementedError(f"no duplicate-ignoring insert for {dialect_name}")
-
-
-def entry_row(fields):
-    """The coupons row of an outbox entry (its fields: scripts.OutboxEntry)."""
-    entry = OutboxEntry.decode(fields)
+def entry_row(fields, campaign_id, code_of):
+    """The coupons row of an outbox entry of a campaign's stream (its fields: scripts.OutboxEntry)."""
+    entry = OutboxEntry.decode(fields, campaign_id, code_of)
     return {"campaign_id": entry.campaign_id, "user_id": entry.user_id, "serial": entry.serial,
             "code": entry.code, "issued_at": from_ms(entry.issued_at_ms)}
 
@@ -59,6 +51,8 @@ class Flusher:
     def __init__(self, svc, consumer, batch=None, claim_idle=None):
         self.redis = svc.redis
         self.engine = svc.engine
+        self.metrics = svc.metrics
+        self.code_of = lambda campaign_id: functools.partial(svc.signer.ticket_code, campaign_id)
         self.keys = svc.keys
         self.ack_script = svc.scripts.ack_outbox
         self.shard_count = svc.config["CLAIM_SHARDS"]
@@ -68,7 +62,10 @@ class Flusher:
         self.claim_idle_ms = int(idle * 1000)
         # whole seconds; the setting's, also for a close's drain (claim_idle 0)
         self.frozen_after = max(1, math.ceil(svc.config["FLUSH_CLAIM_IDLE"]))
-        self.insert = insert_ignoring_duplicates(self.engine.dialect.name)
+        self.insert = db.insert_ignoring_duplicates(self.engine.dialect.name, db.coupons)
+        # with events on, each coupon's event row commits with its row (coupon/events.py)
+        self.insert_events = (db.insert_ignoring_duplicates(self.engine.dialect.name, db.event_outbox)
+                              if events.enabled(svc.config) else None)
         self._grouped = set()
 
     def shards(self, campaign_ids=None):
@@ -90,17 +87,26 @@ class Flusher:
         shards = {shard.outbox: shard for shard in self.shards(campaign_ids)}
         moved = 0
         while shards:
+            began = time.perf_counter()
             entries, unread = self._read(list(shards))
-            rows = [entry_row(f) for _, _, f in entries if f]
+            rows = [entry_row(f, shards[stream].campaign_id, self.code_of(shards[stream].campaign_id))
+                    for stream, _, f in entries if f]
+            read = time.perf_counter()
             if rows:
                 with self.engine.begin() as conn:
                     self._roll_back_if_frozen(conn)
                     conn.execute(self.insert, rows)
+                    if self.insert_events is not None:
+                        conn.execute(self.insert_events, events.issued_rows(rows))
+            written = time.perf_counter()
             if before_ack:
                 before_ack()
             # a stream that gave nothing this round is done with: off the news set once empty
             done = set(shards) - unread - {stream for stream, _, _ in entries}
             moved += self._ack(entries, shards, done)
+            if rows:  # where the round's time went (metrics.FLUSH_PARTS)
+                self.metrics.record_flush_round({"read": read - began, "write": written - read,
+                                                 "ack": time.perf_counter() - written})
             for stream in done | unread:  # an unread one: next flush
                 del shards[stream]
             if until is not None and time.monotonic() > until:
@@ -137,38 +143,39 @@ class Flusher:
         pending, then new entries. Returns ([(stream, id, fields or None)], the streams whose
         node did not answer)."""
         streams = self._ensure_groups(streams)
-        replies = self._read_batch(streams).execute(raise_on_error=False)
+        reads, replies = self._read_round(streams)
         if any(isinstance(r, ResponseError) and "NOGROUP" in str(r) for r in replies):
             # Redis lost streams we made the group of (restarted empty, the campaign recovered or
             # preloaded since, or released by a close): make the group of those that exist again;
             # what the failed round delivered is read as ours
             self._grouped.clear()
-            streams = self._ensure_groups(streams)
-            replies = self._read_batch(streams).execute(raise_on_error=False)
+            reads, replies = self._read_round(self._ensure_groups(streams))
         errors = [r for r in replies if isinstance(r, Exception)]
         if errors and len(errors) == len(replies):
             raise errors[0]
         entries, seen, unread = [], set(), set()
-        for i, stream in enumerate(streams):
-            own, claimed, new = replies[3 * i: 3 * i + 3]
-            if any(isinstance(r, Exception) for r in (own, claimed, new)):
+        for stream, (own, claimed, new) in reads.items():
+            if own.failed or claimed.failed or new.failed:
                 unread.add(stream)  # its node is down or its replica behind: next round
                 continue
-            found = [e for _, es in (own or []) for e in es] + list(claimed[1]) + [e for _, es in (new or []) for e in es]
+            found = ([e for _, es in (own.raw or []) for e in es] + list(claimed.raw[1])
+                     + [e for _, es in (new.raw or []) for e in es])
             for entry_id, fields in found:
                 if (stream, entry_id) not in seen:
                     seen.add((stream, entry_id))
                     entries.append((stream, entry_id, fields or None))
         return entries, unread
 
-    def _read_batch(self, streams):
-        batch = self.redis.batch(durable=True)
+    def _read_round(self, streams):
+        """({stream: its three Replies}, every reply) of one durable batch."""
+        batch, reads = self.redis.batch(durable=True), {}
         for stream in streams:
-            batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: "0"}, count=self.batch)
-            batch.on(stream).xautoclaim(stream, GROUP, self.consumer, self.claim_idle_ms, "0-0",
-                                        count=self.batch)
-            batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.batch)
-        return batch
+            reads[stream] = (
+                batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: "0"}, count=self.batch),
+                batch.on(stream).xautoclaim(stream, GROUP, self.consumer, self.claim_idle_ms, "0-0",
+                                            count=self.batch),
+                batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.batch))
+        return reads, batch.execute(raise_on_error=False)
 
     def _ack(self, entries, shards, done):
         """Acknowledge and delete the flushed entries (ack_outbox.lua), and check the streams in
@@ -189,9 +196,9 @@ def news(redis, shards):
     """Per claim shard, the ids of the campaigns its outbox news set names: those whose stream of
     that shard may hold entries (a shard whose node does not answer: none, till next time)."""
     batch = redis.batch()
-    for key in outbox_news(shards):
-        batch.on(key).smembers(key)
-    return [sorted(int(c) for c in ids) for ids in replies_of_nodes_up(batch)]
+    reads = [batch.on(key).smembers(key) for key in outbox_news(shards)]
+    execute_on_nodes_up(batch)
+    return [sorted(int(c) for c in ids_of(read)) for read in reads]
 
 
 def campaigns_with_news(redis, shards):
@@ -205,41 +212,42 @@ def news_and_drained(redis, shards):
     empties meanwhile has its campaign in one or the other (a shard whose node does not answer:
     neither, till next time)."""
     batch = redis.batch()
-    for news_key, drained_key in zip(outbox_news(shards), outbox_drained(shards)):
-        batch.on(news_key).smembers(news_key)
-        batch.on(drained_key).spop(drained_key, DRAINED_TAKE)
-    found = [set(), set()]
-    for i, ids in enumerate(replies_of_nodes_up(batch)):
-        found[i % 2].update(int(c) for c in ids)
-    return tuple(found)
+    reads = [(batch.on(news_key).smembers(news_key), batch.on(drained_key).spop(drained_key, DRAINED_TAKE))
+             for news_key, drained_key in zip(outbox_news(shards), outbox_drained(shards))]
+    execute_on_nodes_up(batch)
+    return ({int(c) for read, _ in reads for c in ids_of(read)},
+            {int(c) for _, read in reads for c in ids_of(read)})
 
 
-def replies_of_nodes_up(batch):
-    """A batch's replies, those of a node that did not answer as empty; its error if none did."""
+def execute_on_nodes_up(batch):
+    """Run a batch whose nodes may not all answer (their Replies then fail); its error if none did."""
     replies = batch.execute(raise_on_error=False)
     if all(isinstance(r, Exception) for r in replies):
         raise replies[0]
-    return [() if isinstance(r, Exception) else r or () for r in replies]
+
+
+def ids_of(read):
+    """The members a set read (SMEMBERS, SPOP) gave: none if its node did not answer."""
+    return () if read.failed else read.raw or ()
 
 
 def outbox_stats(redis, keys):
     """Return (backlog, lag in seconds): entries not yet in the database, age of the oldest."""
     batch = redis.batch()
-    return queue_outbox_stats(batch, keys)(batch.execute())
+    stats = queue_outbox_stats(batch, keys)
+    batch.execute()
+    return stats()
 
 
 def queue_outbox_stats(batch, keys):
-    """Queue the reads of outbox_stats into a batch; return what makes its answer of the
-    batch's replies."""
-    first = len(batch)
-    for shard in keys.all_shards():
-        batch.on(shard.outbox).xlen(shard.outbox)
-        batch.on(shard.outbox).xrange(shard.outbox, count=1)
+    """Queue the reads of outbox_stats into a batch; return what reads its answer once the batch
+    has run."""
+    reads = [(batch.on(shard.outbox).xlen(shard.outbox), batch.on(shard.outbox).xrange(shard.outbox, count=1))
+             for shard in keys.all_shards()]
 
-    def stats(replies):
-        ours = replies[first:first + 2 * keys.shards]
-        backlog = sum(ours[0::2])
-        oldest = [int(entries[0][0].split("-")[0]) for entries in ours[1::2] if entries]
+    def stats():
+        backlog = sum(length.get() for length, _ in reads)
+        oldest = [int(first.get()[0][0].split("-")[0]) for _, first in reads if first.get()]
         lag = max(0.0, time.time() - min(oldest) / 1000) if oldest else 0.0
         return backlog, round(lag, 3)
     return stats

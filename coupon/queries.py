@@ -11,7 +11,7 @@ from sqlalchemy import Integer, cast, func, select, text
 from coupon import db
 from coupon.clock import EPOCH, from_ms, iso, to_ms, utcnow
 from coupon.errors import CampaignNotFound, CouponError, NoTicket, Unavailable
-from coupon.redis_state import issued_in_redis, stored_claim
+from coupon.redis_state import holds, issued_in_redis, stored_claim
 from coupon.tickets import Ticket
 
 CHUNK = 2000  # serials whose rows are read a round (rows_by_serial), by default
@@ -149,7 +149,7 @@ def find_ticket(svc, campaign_id, user_id):
     keys = svc.keys(campaign_id)
     shard = keys.shard(keys.shard_of(user_id))
     try:
-        live = svc.redis.exists(keys.meta)
+        live = holds(svc.redis, keys)
         if not live:
             campaign_row(svc.engine, campaign_id)  # CAMPAIGN_NOT_FOUND before a key is written for it
         svc.rate_limit.count_lookup(svc.redis, shard, user_id)

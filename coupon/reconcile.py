@@ -8,7 +8,7 @@ from sqlalchemy import select, text
 from coupon import db
 from coupon.fairness import SaleOrder
 from coupon.queries import rows_by_serial
-from coupon.redis_state import shard_claims
+from coupon.redis_state import issued_counted, shard_claims
 
 TICKET = ("user_id", "serial", "code")  # what is compared of a row
 CHUNK = 10_000  # serials whose rows are read a round: a few MB
@@ -57,12 +57,11 @@ class Report:
 
 def redis_claims(redis, keys):
     """All claims of a campaign: {user: StoredClaim}, and the sum of the issued counters."""
-    claims, counter = {}, 0
+    claims = {}
     for shard in keys.all_shards():
         for user, claim in shard_claims(redis, shard):
             claims[user] = claim
-        counter += int(redis.hget(shard.state, "issued") or 0)
-    return claims, counter
+    return claims, issued_counted(redis, keys)
 
 
 def campaign_total(engine, campaign_id):
@@ -90,10 +89,8 @@ def reconcile(redis, engine, keys, signer):
     tickets = tickets_of(redis, keys, signer)
     with ThreadPoolExecutor(1) as database:  # it tallies while this thread reads Redis
         in_database = database.submit(database_tallies, engine, keys)
-        counter, in_redis = 0, []
-        for shard in keys.all_shards():
-            in_redis.append(tally(tickets(shard)))
-            counter += int(redis.hget(shard.state, "issued") or 0)
+        in_redis = [tally(tickets(shard)) for shard in keys.all_shards()]
+        counter = issued_counted(redis, keys)
         in_mysql = in_database.result()
     report = Report(keys.campaign_id, sum(c for c, _ in in_redis), counter, sum(c for c, _ in in_mysql))
     differing = [shard for shard, r, m in zip(keys.all_shards(), in_redis, in_mysql) if r != m]

@@ -92,7 +92,7 @@ def lost_campaign(svc, campaign_id):
     row = campaign_row(svc.engine, campaign_id)
     if row.status == "closed":
         raise NothingToRecover(f"campaign {campaign_id} is closed; it is read from the database")
-    if svc.redis.exists(svc.keys(campaign_id).meta):
+    if redis_state.holds(svc.redis, svc.keys(campaign_id)):
         raise NothingToRecover(
             f"Redis still holds campaign {campaign_id}; recover is only for a Redis that lost it")
     return row

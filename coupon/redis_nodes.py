@@ -186,21 +186,41 @@ class RedisNodes:
         return Batch(self, durable)
 
 
+class Reply:
+    """The reply of one command queued in a Batch, there once the batch has run: so that each
+    reply is read where its command was queued, never found by its position among the others."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self):
+        self.raw = None  # the reply, or the command's error (execute(raise_on_error=False))
+
+    @property
+    def failed(self):
+        return isinstance(self.raw, Exception)
+
+    def get(self):
+        """The reply; the command's error raised."""
+        if isinstance(self.raw, Exception):
+            raise self.raw
+        return self.raw
+
+
 class _Queue:
-    def __init__(self, commands, key):
-        self._commands = commands
+    def __init__(self, batch, key):
+        self._batch = batch
         self._key = key
 
     def __getattr__(self, method):
         def queue(*args, **kwargs):
-            self._commands.append((self._key, method, args, kwargs, None))
+            return self._batch._queue((self._key, method, args, kwargs, None))
         return queue
 
 
 class Batch:
     """Commands on keys of any hash tags, as one pipeline per node serving them. Queue with
-    `batch.on(key).hget(key, field)` (one command per `on`) or `batch.script(...)`; execute()
-    returns the replies in the order queued.
+    `batch.on(key).hget(key, field)` (one command per `on`) or `batch.script(...)`, each of which
+    returns its Reply; execute() fills them, and returns the replies in the order queued.
 
     A command a node redirected (MOVED after a failover, ASK during a slot migration) or could
     not run for want of its script is sent once more where it belongs; a node that failed
@@ -213,16 +233,22 @@ class Batch:
         self._wait = ((nodes.replica_acks, nodes.replica_timeout_ms)
                       if durable and nodes.replica_acks else None)
         self._commands = []  # (key, method, args, kwargs, script or None)
+        self._replies = []  # the Reply of each
 
     def on(self, key):
-        return _Queue(self._commands, key)
+        return _Queue(self, key)
+
+    def _queue(self, command):
+        self._commands.append(command)
+        self._replies.append(Reply())
+        return self._replies[-1]
 
     def __len__(self):
-        """Commands queued: where the replies of the next one queued begin."""
+        """Commands queued."""
         return len(self._commands)
 
     def script(self, script, keys, args):
-        self._commands.append((keys[0], "evalsha", (script.sha, len(keys), *keys, *args), {}, script))
+        return self._queue((keys[0], "evalsha", (script.sha, len(keys), *keys, *args), {}, script))
 
     def execute(self, raise_on_error=True):
         replies = [None] * len(self._commands)
@@ -237,6 +263,8 @@ class Batch:
             if not again:
                 break
             groups = self._redirect(again, replies)
+        for reply, raw in zip(self._replies, replies):
+            reply.raw = raw
         if raise_on_error:
             for reply in replies:
                 if isinstance(reply, Exception):

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from coupon.clock import now_ms, to_ms
 from coupon.errors import CampaignLost
-from coupon.keys import ACTIVE, bucket_count
+from coupon.keys import ACTIVE, SERIALS_WANTED, bucket_count
 from coupon.scripts import StoredClaim
 
 
@@ -52,6 +52,12 @@ class Meta(NamedTuple):
     def decode(cls, fields):
         return cls(fields.get("status", "pending"), int(fields.get("opens_at") or 0),
                    int(fields.get("closes_at") or 0), int(fields.get("wanted") or 0), Layout.of(fields))
+
+
+def campaigns_wanted(redis):
+    """The ids of the campaigns a worker ran dry of lately while others held serials
+    (Scripts.ask_holders)."""
+    return {int(c) for c in redis.zrange(SERIALS_WANTED, 0, -1)}
 
 
 def read_meta(redis, keys):
@@ -113,12 +119,22 @@ def restore(redis, keys, row, status, cursor, per_shard, layout):
     batch.execute()
 
 
+def holds(redis, keys):
+    """Whether Redis holds the campaign (its meta hash)."""
+    return bool(redis.exists(keys.meta))
+
+
+def queue_holds(batch, keys):
+    """Queue holds() into a batch; its Reply (a count: 1 or 0)."""
+    return batch.on(keys.meta).exists(keys.meta)
+
+
 def redis_holds(redis, keys, row):
     """Whether Redis holds the campaign of a campaigns row; False once it was released after close.
     Raise CampaignLost for one not closed that Redis no longer holds (restarted empty, a cluster
     rebuilt): preloaded again it would issue serials the database has, and closed it would lose
     the claims of its users; `recover` rebuilds it from the database first."""
-    if redis.exists(keys.meta):
+    if holds(redis, keys):
         return True
     if row.status != "closed":
         raise CampaignLost(f"Redis no longer holds campaign {row.id}: `flask campaign recover "
@@ -170,6 +186,14 @@ def issued_in_redis(redis, keys):
     return stock and stock[1]
 
 
+def issued_counted(redis, keys):
+    """The sum of a campaign's claim shards' issued counters (a shard gone: 0), in one batch."""
+    batch = redis.batch()
+    issued = queue_issued(batch, keys)
+    batch.execute()
+    return issued()
+
+
 def stock_in_redis(redis, keys):
     """(total, issued) of a campaign as Redis holds it (issued: its shards' counters summed);
     None if Redis does not hold it."""
@@ -179,42 +203,47 @@ def stock_in_redis(redis, keys):
 def stocks_in_redis(redis, campaigns):
     """{campaign id: (total, issued)} of these campaigns' keys, of those Redis holds: one batch."""
     batch = redis.batch()
-    return queue_stocks(batch, campaigns)(batch.execute())
+    stocks = queue_stocks(batch, campaigns)
+    batch.execute()
+    return stocks()
 
 
 def queue_stocks(batch, campaigns):
-    """Queue the reads of stocks_in_redis into a batch; return what makes its answer of the
-    batch's replies."""
-    first = len(batch)
-    for keys in campaigns:
-        batch.on(keys.meta).hget(keys.meta, "total")
-        for shard in keys.all_shards():
-            batch.on(shard.state).hget(shard.state, "issued")
+    """Queue the reads of stocks_in_redis into a batch; return what reads its answer once the
+    batch has run."""
+    reads = [(keys, queue_total(batch, keys), queue_issued(batch, keys)) for keys in campaigns]
 
-    def stocks(replies):
-        found, at = {}, first
-        for keys in campaigns:
-            total, *counts = replies[at:at + 1 + keys.shards]
-            at += 1 + keys.shards
-            if total is not None:
-                found[keys.campaign_id] = (int(total), sum(int(c or 0) for c in counts))
-        return found
+    def stocks():
+        return {keys.campaign_id: (int(total.get()), issued())
+                for keys, total, issued in reads if total.get() is not None}
     return stocks
+
+
+def queue_total(batch, keys):
+    """Queue the read of a campaign's total (its meta hash's); its Reply: None if Redis does not
+    hold the campaign."""
+    return batch.on(keys.meta).hget(keys.meta, "total")
+
+
+def queue_issued(batch, keys):
+    """Queue the reads of a campaign's coupons issued (its claim shards' counts); return what sums
+    them once the batch has run."""
+    counts = [batch.on(shard.state).hget(shard.state, "issued") for shard in keys.all_shards()]
+    return lambda: sum(int(count.get() or 0) for count in counts)
 
 
 def issues_per_second(redis, keys):
     """({epoch second: new tickets} of a campaign, its shards' counts summed (claim.lua), and the
     epoch second of the meta hash node's clock now: every claim stamped before it is counted."""
     batch = redis.batch()
-    batch.on(keys.meta).time()
-    for shard in keys.all_shards():
-        batch.on(shard.per_second).hgetall(shard.per_second)
-    (now, _), *shards = batch.execute()
+    clock = batch.on(keys.meta).time()
+    shards = [batch.on(shard.per_second).hgetall(shard.per_second) for shard in keys.all_shards()]
+    batch.execute()
     per_second = Counter()
     for counts in shards:
-        for second, n in counts.items():
+        for second, n in counts.get().items():
             per_second[int(second)] += int(n)
-    return per_second, now
+    return per_second, clock.get()[0]
 
 
 def write_issues_per_second(batch, shard, per_second):

@@ -6,12 +6,15 @@ Scripts run by EVALSHA on the node serving their keys, loaded there again after 
 restarted Redis, a promoted replica): redis_nodes.
 """
 import enum
+import time
 from pathlib import Path
 from typing import NamedTuple
 
+from coupon.keys import SERIALS_WANTED
 from coupon.redis_nodes import Script
 
 SCRIPT_DIR = Path(__file__).parent / "lua"
+WANTED_KEEP_MS = 5_000  # a worker that ran dry is taken off SERIALS_WANTED after this long
 
 
 class Claim(enum.IntEnum):
@@ -32,10 +35,11 @@ NO_SERIAL = 0  # offered to claim.lua to ask whether the user holds a ticket, an
 def claim_args(campaign_id, limit, seconds, epoch, claims):
     """claim.lua's ARGV for claims (user id, serial, code) of one shard, in order, under a rate
     limit of `limit` requests (0: none) per window of `seconds`; its KEYS are
-    keys.ShardKeys.claim_keys, and each claim's reply is ClaimReply.decode."""
+    keys.ShardKeys.claim_keys, and each claim's reply is ClaimReply.decode. The code is not sent:
+    Redis stores none, it is derived from the serial."""
     args = [campaign_id, limit, seconds, epoch]
-    for claim in claims:
-        args += claim
+    for user_id, serial, _ in claims:
+        args += (user_id, serial)
     return args
 
 
@@ -92,8 +96,11 @@ class StoredClaim(NamedTuple):
 
 
 class OutboxEntry(NamedTuple):
-    """An entry claim.lua appends to a shard's outbox stream, with the same claim. Its fields:
-    c campaign id, u user id, s serial, k code, t issued at (epoch ms)."""
+    """An entry claim.lua appends to a shard's outbox stream, with the same claim: one field e,
+    "<user id> <serial> <issued at, epoch ms>" (a user id has no space). Its campaign is the
+    stream's, its code derived from its serial: neither is stored, which makes an entry cheaper to
+    write and to read (BENCHMARKS.md, "Capacity"). One written before (fields c campaign id, u, s,
+    k code, t) decodes too."""
 
     campaign_id: int
     user_id: str
@@ -102,11 +109,16 @@ class OutboxEntry(NamedTuple):
     issued_at_ms: int
 
     @classmethod
-    def decode(cls, fields):
-        return cls(int(fields["c"]), fields["u"], int(fields["s"]), fields["k"], int(fields["t"]))
+    def decode(cls, fields, campaign_id, code_of):
+        """code_of: serial -> its ticket code (Signer.ticket_code of the campaign)."""
+        packed = fields.get("e")
+        if packed is None:
+            return cls(int(fields["c"]), fields["u"], int(fields["s"]), fields["k"], int(fields["t"]))
+        user_id, serial, issued_at_ms = packed.split(" ")
+        return cls(campaign_id, user_id, int(serial), code_of(int(serial)), int(issued_at_ms))
 
 
-class Lease(enum.IntEnum):
+class LeaseOutcome(enum.IntEnum):
     """What lease.lua answers first."""
 
     LEASED = 1
@@ -123,7 +135,7 @@ class Lease(enum.IntEnum):
 
 
 class LeaseReply(NamedTuple):
-    outcome: Lease
+    outcome: LeaseOutcome
     serials: tuple = ()  # LEASED: the serials, in the order to hand them out
     tail: bool = False  # LEASED: of the last SINGLE_LEASE_TAIL, only for the requests waiting now
     others_hold: bool = False  # SOLD_OUT: other workers still hold serials (asked to give back)
@@ -132,15 +144,15 @@ class LeaseReply(NamedTuple):
 
     @classmethod
     def decode(cls, raw):
-        outcome = Lease(raw[0])
-        if outcome is Lease.LEASED:
+        outcome = LeaseOutcome(raw[0])
+        if outcome is LeaseOutcome.LEASED:
             start, end, tail, *returned = raw[1:]
             return cls(outcome, (*range(start, end + 1), *returned), bool(tail))
-        if outcome is Lease.ORDERED:
+        if outcome is LeaseOutcome.ORDERED:
             start, end, granted, refused, *returned = raw[1:]
             return cls(outcome, (*range(start, end + 1), *returned), True,
                        granted=tuple(map(int, granted)), refused=tuple(map(int, refused)))
-        if outcome is Lease.SOLD_OUT:
+        if outcome is LeaseOutcome.SOLD_OUT:
             return cls(outcome, others_hold=bool(raw[1]))
         return cls(outcome)
 
@@ -204,6 +216,23 @@ class Scripts:
         given = self.redis.run(self._give_back, [keys.leases, keys.lease_serials, keys.returned],
                                [lease_id, *serials])
         return None if given < 0 else given
+
+    # --- the two plain commands the serial supply sends besides its scripts (so that a fake of
+    # this class stands for Redis in its unit tests)
+
+    def ask_holders(self, keys):
+        """Say where every worker looks that a worker ran dry of this campaign while others hold
+        its serials (lease.lua noted it in the meta, for them to give back what they do not use)."""
+        now = int(time.time() * 1000)
+        batch = self.redis.batch()
+        batch.on(SERIALS_WANTED).zadd(SERIALS_WANTED, {keys.campaign_id: now})
+        batch.on(SERIALS_WANTED).zremrangebyscore(SERIALS_WANTED, "-inf", now - WANTED_KEEP_MS)
+        batch.execute()
+
+    def expire_lease(self, keys, lease_id):
+        """Mark a lease expired, whatever its expiry was: the reclaim job settles it (a lease whose
+        claims' outcome is unknown cannot be given back)."""
+        self.redis.zadd(keys.leases, {lease_id: 0}, xx=True)
 
     def raise_total(self, keys, total):
         """Raise a campaign's stock to `total` (never lower it), once replicas hold it; return the

@@ -16,20 +16,27 @@ raised (SoldOut, NotOpen, Closed, CampaignGone) for the issuer to act on.
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
 from coupon.errors import Closed, NotOpen, SoldOut, Unavailable
-from coupon.scripts import Lease as Leased
+from coupon.scripts import LeaseOutcome
 
 # seconds between looks at the campaign while stock runs low (leases cut below BLOCK_SIZE): for
 # serials other workers were asked to give back, and for such requests from a worker that ran dry
 TAIL_RECHECK = 0.1
-# When the stock is gone but other workers hold serials, these are claims in flight, and what
-# one of them leaves unused (rate limited, closed, a ticket the user got meanwhile) comes back
-# within milliseconds: look again a few times before answering SOLD_OUT, so a refusal neither
-# overtakes the last claims nor misses a serial that comes back (BENCHMARKS.md, "The tail").
-TAIL_TRIES, TAIL_WAIT = 4, 0.01
+# seconds between looks at the campaign by a worker holding serials of it while stock runs low,
+# whether or not requests of it come: a worker that ran dry asks the holders for their unused
+# serials (meta `wanted`), and an idle holder must not keep them from its users (issuing.Issuer)
+HOLDER_WATCH = 0.02
+# When the stock is gone but other workers hold serials, they are claims in flight or serials
+# asked back: what one of them leaves unused (rate limited, closed, a ticket the user got
+# meanwhile) or gives back comes within a few HOLDER_WATCH: look again until then before
+# answering SOLD_OUT, so a refusal neither overtakes the last claims nor misses a serial that
+# comes back (BENCHMARKS.md, "The tail").
+TAIL_WAIT = 0.01
+TAIL_TRIES = 1 + round(5 * HOLDER_WATCH / TAIL_WAIT)
 GAUGE_STEP = 32  # the local-block gauge moves in steps of this many serials (and at 0)
 # In arrival order (ARRIVAL_ORDER): the last this many serials of a campaign go to bids in arrival
 # order across workers (lease.lua), never in blocks: more than the requests a flood keeps waiting
@@ -47,6 +54,17 @@ ORDER_PATIENCE = 2.0
 # a bid is sent once and stays in Redis; every this many seconds all are sent again, which places
 # again those dropped while this worker was taken for gone (BIDDER_STALE_MS)
 BIDS_AGAIN = 0.1
+
+
+def lease_id(worker_id, number):
+    """A lease's id: its worker's id (extensions.Services.worker_id: host:pid:random part), then
+    the worker's count of its leases."""
+    return f"{worker_id}:{number}"
+
+
+def lease_holder(lease_id):
+    """host:pid of the worker a lease id names (lease_id's worker id less its random part)."""
+    return lease_id.rsplit(":", 2)[0]
 
 
 class CampaignGone(Exception):
@@ -93,6 +111,21 @@ class SingleFlight:
             done.set()
 
 
+@dataclass(frozen=True)
+class SupplySettings:
+    """What a serial supply takes from the configuration."""
+
+    block_size: int  # BLOCK_SIZE
+    tail_size: int  # SINGLE_LEASE_TAIL
+    lease_ttl: float  # LEASE_TTL
+    sold_out_recheck: float  # STATE_REFRESH
+
+    @classmethod
+    def of(cls, config):
+        return cls(config["BLOCK_SIZE"], config["SINGLE_LEASE_TAIL"], config["LEASE_TTL"],
+                   config["STATE_REFRESH"])
+
+
 class Lease:
     """A block of serials leased to this worker, and what became of each of them."""
 
@@ -108,22 +141,43 @@ class Lease:
         self.renew_at = 0.0
 
 
-class SerialSupply:
-    """One worker's serials of one campaign: take one, say when its claim is done."""
+class Taken:
+    """A serial taken from a lease, as a context: leaving it tells the supply what became of the
+    serial (exactly once, whatever was raised). Say it with answered(): unused (free for the next
+    request) or used. Left unsaid (a Redis error, any other exception), the claim may or may not
+    have been written: the lease is left to expire and the reclaim job sorts it out."""
 
-    def __init__(self, keys, epoch, redis, scripts, config, new_lease_id, gauge, gate=None):
+    __slots__ = ("supply", "lease", "serial", "unused", "known")
+
+    def __init__(self, supply, lease, serial):
+        self.supply, self.lease, self.serial = supply, lease, serial
+        self.unused = self.known = False
+
+    def answered(self, unused):
+        self.known, self.unused = True, unused
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *raised):
+        self.supply._done(self.lease, self.serial, unused=self.unused, uncertain=not self.known)
+
+
+class SerialSupply:
+    """One worker's serials of one campaign: take one (a Taken), say what its claim answered."""
+
+    def __init__(self, keys, epoch, scripts, settings, new_lease_id, gauge, gate=None):
         self.keys = keys
         self.epoch = epoch  # the campaign's, as loaded: lease.lua refuses another
-        self.redis = redis
         self.scripts = scripts
         self.new_lease_id = new_lease_id
         self.gauge = gauge
-        self.block_size = config["BLOCK_SIZE"]
-        self.tail_size = config["SINGLE_LEASE_TAIL"]
-        self.lease_ttl = config["LEASE_TTL"]
+        self.block_size = settings.block_size
+        self.tail_size = settings.tail_size
+        self.lease_ttl = settings.lease_ttl
         # stop using a block this long before Redis may consider its lease expired
         self.lease_margin = min(self.lease_ttl / 3, 5.0)
-        self.sold_out_recheck = config["STATE_REFRESH"]
+        self.sold_out_recheck = settings.sold_out_recheck
         self.current = None  # the Lease serials are taken from
         self.tail_lease = None  # the last tail lease, whose serials the requests it woke are taking
         self.unsettled = []  # retired leases whose settling failed (Redis down): retried at refill
@@ -159,15 +213,20 @@ class SerialSupply:
         return bool(self.sold_out_until) and (
             time.monotonic() < self.sold_out_until or self._refill.busy)
 
+    @property
+    def holds_low_stock(self):
+        """This worker holds serials of a campaign whose stock runs low: others may want them."""
+        return self.low_stock and self.held > 0
+
     def take(self, turn=None):
-        """Return (lease, serial): a serial of the current lease, refilled as needed. Every take
-        is followed by exactly one done(lease, ...). turn: the request's arrival.Turn, its bid
-        for the tail in arrival order."""
+        """Return a Taken: a serial of the current lease, refilled as needed, to be used as
+        `with supply.take() as taken:`. turn: the request's arrival.Turn, its bid for the tail in
+        arrival order."""
         waiting = False
         try:
             while True:
                 if turn is not None and turn.id in self._granted:
-                    return self._granted.pop(turn.id)
+                    return Taken(self, *self._granted.pop(turn.id))
                 if turn is not None and turn.id in self._refused:
                     raise SoldOut()
                 if turn is not None and self._placed.get(turn.id, float("inf")) < time.monotonic():
@@ -177,7 +236,7 @@ class SerialSupply:
                     if time.monotonic() >= lease.renew_at:
                         self._renew(lease)
                     if lease.unused and lease is self.current:
-                        return lease, self._take_from(lease)
+                        return Taken(self, lease, self._take_from(lease))
                     continue
                 if time.monotonic() < self.sold_out_until:
                     raise SoldOut()
@@ -188,7 +247,7 @@ class SerialSupply:
                         self._bidding[turn.id] = turn
                 fresh = self._refill.run(lambda: self.current is lease and self._lease_more())
                 if fresh and fresh.unused and not fresh.settled:  # the requests that waited go first
-                    return fresh, self._take_from(fresh)
+                    return Taken(self, fresh, self._take_from(fresh))
         finally:
             if waiting:
                 self.waiting_requests -= 1
@@ -199,11 +258,11 @@ class SerialSupply:
                 self._refused.discard(turn.id)
                 granted = self._granted.pop(turn.id, None)  # left before it saw it: unused
                 if granted is not None:
-                    self.done(*granted, unused=True)
+                    self._done(*granted, unused=True)
 
-    def done(self, lease, serial, unused=False, uncertain=False):
-        """The claim of a taken serial has answered. `unused`: the serial is free for the next
-        request; `uncertain`: the claim may or may not have been written (Redis error)."""
+    def _done(self, lease, serial, unused, uncertain):
+        """What became of a taken serial (Taken says it). `unused`: the serial is free for the
+        next request; `uncertain`: its claim may or may not have been written."""
         if unused:
             lease.unused.appendleft(serial)
         if uncertain:
@@ -276,13 +335,15 @@ class SerialSupply:
                 self._withdrawn += withdrawn
                 raise Unavailable() from None
             self.unanswered_lease_id = None
-            if reply.outcome is Leased.EXPIRED:  # asked again too late: its serials are not ours
+            if reply.outcome is LeaseOutcome.EXPIRED:  # asked again too late: its serials are not ours
                 lease_id = self.new_lease_id()
-            elif not (reply.outcome is Leased.SOLD_OUT and reply.others_hold):
+            elif not (reply.outcome is LeaseOutcome.SOLD_OUT and reply.others_hold):
                 break
-        if reply.outcome is Leased.ORDERED:
+            elif not attempt:
+                self._ask_holders()
+        if reply.outcome is LeaseOutcome.ORDERED:
             return self._answer_bids(lease_id, sent, bids, reply)
-        if reply.outcome is Leased.LEASED:
+        if reply.outcome is LeaseOutcome.LEASED:
             lease = Lease(lease_id, reply.serials)
             self._renewed(lease, sent)
             # a lease of the last serials is only for the requests that waited for this refill
@@ -296,17 +357,25 @@ class SerialSupply:
             self.sold_out_until = 0.0
             self.gauge.set(self.held)  # the tail: 0
             return lease
-        if reply.outcome is Leased.SOLD_OUT:
+        if reply.outcome is LeaseOutcome.SOLD_OUT:
             # others hold serials and were asked to give back the unused ones: look again soon
             # rather than answer SOLD_OUT for a whole STATE_REFRESH
             recheck = TAIL_RECHECK if reply.others_hold else self.sold_out_recheck
             self.sold_out_until = time.monotonic() + recheck
             raise SoldOut()
-        if reply.outcome is Leased.NOT_OPEN:
+        if reply.outcome is LeaseOutcome.NOT_OPEN:
             raise NotOpen()
-        if reply.outcome is Leased.CLOSED:
+        if reply.outcome is LeaseOutcome.CLOSED:
             raise Closed()
         raise CampaignGone()
+
+    def _ask_holders(self):
+        """Ask the workers that hold serials for them, requests of the campaign or not (lease.lua
+        has asked them in the meta, which they read at their requests)."""
+        try:
+            self.scripts.ask_holders(self.keys)
+        except RedisError:
+            pass  # they learn it at their next request of the campaign
 
     def _answer_bids(self, lease_id, sent, bids, reply):
         """lease.lua's answer to the bids: a serial for each granted one (of a tail lease, never
@@ -326,7 +395,7 @@ class SerialSupply:
             if not reply.refused:
                 time.sleep(ORDER_WAIT)
             return None
-        # each serial is its bid's, done() as it is claimed; one for a bid whose request went
+        # each serial is its bid's, taken when its request runs; one for a bid whose request went
         # since is unused, given back with the lease once none of it is in flight
         lease = self.tail_lease = Lease(lease_id, ())
         self._renewed(lease, sent)
@@ -348,7 +417,7 @@ class SerialSupply:
         lease.settled = True
         try:
             if lease.uncertain:
-                self.redis.zadd(self.keys.leases, {lease.id: 0}, xx=True)  # expired: reclaim sorts it out
+                self.scripts.expire_lease(self.keys, lease.id)
             else:
                 self.scripts.give_back(self.keys, lease.id, lease.unused)
         except RedisError:

@@ -21,6 +21,7 @@ class FlushJob:
         # a consumer of its own per scheduler process: what it leaves pending when it dies is
         # taken over by the others after FLUSH_CLAIM_IDLE
         self.flusher = Flusher(svc, consumer=f"jobs:{socket.gethostname()}:{os.getpid()}")
+        svc.metrics.flushers.set(1)  # summed over the live scheduler processes
         self.interval = interval
         self.backoff = ExponentialBackoff(cap=MAX_BACKOFF, base=interval)
         self.failures = 0

@@ -6,11 +6,11 @@ import time
 
 from sqlalchemy import and_, or_, select
 
-from coupon import db
+from coupon import db, events
 from coupon.campaigns import close_campaign, open_campaign
 from coupon.clock import utcnow
 from coupon.errors import CouponError
-from coupon.redis_state import preload
+from coupon.redis_state import preload, queue_holds
 
 log = logging.getLogger(__name__)
 LOST_CHECK = 30.0
@@ -27,6 +27,9 @@ def open_and_close_due(svc, look_for_lost=True):
             try:
                 report = close_campaign(svc, row.id)
                 log.info("closed campaign %d at its closes_at: %s", row.id, report.lines()[0])
+                if events.enabled(svc.config):  # the close does not wait for the broker
+                    log.info("campaign %d: %d events still to go", row.id,
+                             events.pending(svc.engine, row.id)[0])
             except CouponError as e:
                 log.error("closing campaign %d failed: %s", row.id, e.message)
         else:
@@ -45,11 +48,11 @@ def preload_lost(svc, now):
     with svc.engine.connect() as conn:
         rows = conn.execute(select(db.campaigns).where(c.status == "scheduled", c.opens_at > now)).all()
     batch = svc.redis.batch()
-    for row in rows:
-        meta = svc.keys(row.id).meta
-        batch.on(meta).exists(meta)
-    for row, held in zip(rows, batch.execute() if rows else []):
-        if not held:
+    held = [(row, queue_holds(batch, svc.keys(row.id))) for row in rows]
+    if rows:
+        batch.execute()
+    for row, kept in held:
+        if not kept.get():
             preload(svc.redis, svc.keys(row.id), row.total, row.status, row.opens_at, row.closes_at)
 
 

@@ -1,9 +1,9 @@
 """The scheduler process: one APScheduler BlockingScheduler running the jobs.
 
-Several may run (one per host, say). Each flushes the outbox (the consumer group shares the
-entries among them); the jobs that must run once (stock sync, lifecycle, reclaim) run on the
-leader only: a leader lease in Redis lets exactly one act at a time. The others stand by for
-those and take over within one lease period after the leader dies.
+Several may run (one per host, say). Each flushes the outbox (the consumer group shares the entries
+among them); the jobs that must run once (stock sync, lifecycle, reclaim, and with EVENTS_URL the
+events) run on the leader only: a leader lease in Redis lets exactly one act at a time. The others
+stand by for those and take over within one lease period after the leader dies.
 """
 import datetime as dt
 import logging
@@ -17,9 +17,11 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
+from coupon import events
 from coupon.extensions import services
 from coupon.keys import SCHEDULER_LEADER
 from coupon.metrics import record_job_success
+from jobs.events import EventsJob
 from jobs.flush import FlushJob
 from jobs.lifecycle import LifecycleJob
 from jobs.reclaim import ReclaimJob
@@ -69,6 +71,9 @@ def run_scheduler(app):
     # it logs each job added before the start and every run at INFO, and a skipped overlapping
     # run (a long flush) at WARNING
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    # pika logs each try to reach the broker, at ERROR when it fails, and each notice of an alarm:
+    # the events job says so itself, once per outage
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
     scheduler = BlockingScheduler(
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60}
     )
@@ -122,6 +127,8 @@ def run_scheduler(app):
         "lifecycle": (LifecycleJob(svc), config["LIFECYCLE_INTERVAL"]),
         "reclaim": (ReclaimJob(svc, grace=2 * config["REDIS_TIMEOUT"]), config["RECLAIM_INTERVAL"]),
     }
+    if events.enabled(config):
+        jobs["events"] = (EventsJob(svc, config["EVENTS_INTERVAL"]), config["EVENTS_INTERVAL"])
     for name, (job, interval) in jobs.items():
         scheduler.add_job(scheduled(name, job, everywhere=name == "flush"), "interval",
                           seconds=interval, id=name, next_run_time=now + dt.timedelta(seconds=interval))
@@ -141,4 +148,6 @@ def run_scheduler(app):
         pass
     finally:
         lease.resign()  # a standby takes over at once instead of after the lease
+        if "events" in jobs:
+            jobs["events"][0].close()
         log.info("scheduler %s stopped", lease.ident)

@@ -12,10 +12,10 @@ import time
 
 from sqlalchemy import bindparam, select, update
 
-from coupon import db
+from coupon import db, events
 from coupon.keys import active_campaigns
 from coupon.outbox import news_and_drained
-from coupon.redis_state import stocks_in_redis
+from coupon.redis_state import queue_total, stocks_in_redis
 
 log = logging.getLogger(__name__)
 TOTAL_RECHECK = 60.0  # seconds a total read from Redis is trusted to be at least the database's
@@ -31,13 +31,21 @@ def sync_stock(svc):
 
 
 def count_issued(svc, campaign_ids):
-    """Write Redis's issued counts of these campaigns into their rows; return how many."""
+    """Write Redis's issued counts of these campaigns into their rows, and the campaign.sold_out
+    event of those that sold out since the last count; return how many were counted."""
     stocks = stocks_in_redis(svc.redis, [svc.keys(c) for c in campaign_ids])
     if stocks:
         c = db.campaigns.c
         with svc.engine.begin() as conn:
+            full = {cid: total for cid, (total, issued) in stocks.items() if issued >= total}
+            sold_out = []
+            if full and events.enabled(svc.config):  # the rows still say not all issued
+                sold_out = conn.execute(select(c.id).where(c.id.in_(full), c.issued < c.total)
+                                        ).scalars().all()
             conn.execute(update(db.campaigns).where(c.id == bindparam("cid")).values(issued=bindparam("count")),
                          [{"cid": cid, "count": issued} for cid, (_, issued) in stocks.items()])
+            for cid in sold_out:  # keyed by the total: sold out again after an add-stock is news
+                events.record(svc.config, conn, cid, events.SOLD_OUT, str(full[cid]), total=full[cid])
     return len(stocks)
 
 
@@ -53,14 +61,14 @@ def raise_totals(svc, campaign_ids, totals):
     return {campaign id: the total Redis holds now} of those it holds."""
     campaign_ids = [c for c in campaign_ids if c in totals]
     batch = svc.redis.batch()
-    for campaign_id in campaign_ids:
-        meta = svc.keys(campaign_id).meta
-        batch.on(meta).hget(meta, "total")
+    read = {campaign_id: queue_total(batch, svc.keys(campaign_id)) for campaign_id in campaign_ids}
+    if campaign_ids:
+        batch.execute()
     held = {}
-    for campaign_id, total in zip(campaign_ids, batch.execute() if campaign_ids else []):
-        if total is None:
+    for campaign_id, total in read.items():
+        if total.get() is None:
             continue  # released since the registry was read, or lost (recover raises it)
-        held[campaign_id] = int(total)
+        held[campaign_id] = int(total.get())
         if totals[campaign_id] > held[campaign_id]:
             svc.scripts.raise_total(svc.keys(campaign_id), totals[campaign_id])
             held[campaign_id] = totals[campaign_id]

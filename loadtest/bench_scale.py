@@ -16,11 +16,16 @@
       again once it is closed, each with the longest wait of a second client.
   (6) what live campaigns cost while nobody asks for them (loadtest/bench_idle.py): Redis
       commands per second and the scheduler's CPU, with IDLE campaigns (default 1000).
+  (7) with RabbitMQ at SCALE_BENCH_EVENTS_URL (default the machine's, guest/guest; "off": none):
+      the coupon.issued events of (1), written by the flush and published by the events job's
+      Publisher in a thread while the sale and the flush run, to a quorum queue bound to the
+      exchange: events/s, and how long after the last row's commit the last was confirmed.
 
 A redis-server of its own (or SCALE_BENCH_REDIS_URL, emptied) and the MariaDB database
 `coupon_scalebench` (made anew); prints a table.
 """
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -28,11 +33,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from redis import Redis
 
-from coupon import redis_state
+from coupon import events, redis_state
 from coupon.outbox import Flusher, outbox_stats
 from coupon.queries import count_rows
 from loadtest import bench
@@ -46,6 +52,8 @@ DATABASE_URL = os.environ.get("SCALE_BENCH_DATABASE_URL",
 FLASK = os.path.join(ROOT, ".venv", "bin", "flask")
 IDLE_SECONDS = 60.0
 HTTP_UP_TO = 1_000_000  # coupons issued through HTTP; a bigger sale goes through claim.lua
+EVENTS_URL = os.environ.get("SCALE_BENCH_EVENTS_URL", "amqp://guest:guest@127.0.0.1:5672/")
+EVENTS_QUEUE = "bench-scale-events"  # a quorum queue bound to the exchange, as a consumer's
 
 
 # runs a command and prints its peak RSS (KB) last on stderr. A child's peak counts the RSS of
@@ -219,7 +227,58 @@ def main():
             print(f"  {what:<30} {figure:.1f}")
 
 
+class EventsRun:
+    """(7): the events job's Publisher in a thread, publishing while the sale and the flush run."""
+
+    def __init__(self, svc):
+        with self.channel() as channel:
+            channel.exchange_declare(events.EXCHANGE, "topic", durable=True)
+            channel.queue_declare(EVENTS_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+            channel.queue_purge(EVENTS_QUEUE)
+            channel.queue_bind(EVENTS_QUEUE, events.EXCHANGE, "#")
+        self.svc, self.sent, self.stop = svc, 0, threading.Event()
+        self.publisher = events.Publisher(svc.engine, svc.config)
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    @contextlib.contextmanager
+    def channel():
+        import pika
+
+        connection = pika.BlockingConnection(pika.URLParameters(EVENTS_URL))
+        try:
+            yield connection.channel()
+        finally:
+            connection.close()
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                self.sent += self.publisher.publish()
+            except events.BrokerUnavailable as e:
+                print(f"events: {e}", file=sys.stderr)
+            time.sleep(self.svc.config["EVENTS_INTERVAL"])
+
+    def finish(self, flush_started, last_commit):
+        """Wait until every event is confirmed; return the row of the table. Deletes the queue."""
+        while events.pending(self.svc.engine)[0]:
+            time.sleep(0.25)  # a count of up to N rows each time
+        done = time.perf_counter()
+        self.stop.set()
+        self.thread.join()
+        self.publisher.close()
+        with self.channel() as channel:
+            got = channel.queue_delete(EVENTS_QUEUE).method.message_count
+        # the flush writes the events: none to publish before it starts
+        return [("events confirmed by RabbitMQ", f"{done - last_commit:.1f} s after the last row's commit",
+                 f"{self.sent:,} events, {self.sent / (done - flush_started):,.0f}/s from the flush's "
+                 f"start to the last confirm; the quorum queue got {got:,} ({got - self.sent:,} repeats)")]
+
+
 def big_sale(n, redis_url, folder):
+    if EVENTS_URL != "off":
+        os.environ["EVENTS_URL"] = EVENTS_URL  # the service here and the flask commands write events
     svc, env = bench.prepare(DATABASE_URL, redis_url)
     raw = Redis.from_url(redis_url)
     rows = []
@@ -236,6 +295,7 @@ def big_sale(n, redis_url, folder):
     keys = svc.keys(campaign_id)
 
     def sale():
+        events_run = EventsRun(svc) if events.enabled(svc.config) else None
         started = time.perf_counter()
         if tokens:
             http_sale(env, svc, campaign_id, n, tokens)
@@ -250,8 +310,11 @@ def big_sale(n, redis_url, folder):
         started, flusher = time.perf_counter(), Flusher(svc, "scale-bench")
         while outbox_stats(svc.redis, keys)[0]:
             flusher.flush([campaign_id])
-        rows.append(("flushed into the database", f"{time.perf_counter() - started:.1f} s",
+        last_commit = time.perf_counter()
+        rows.append(("flushed into the database", f"{last_commit - started:.1f} s",
                      f"{count_rows(svc.engine, campaign_id):,} rows"))
+        if events_run:
+            rows.extend(events_run.finish(started, last_commit))
 
     ops = ops_page(env, campaign_id, "Redis holds it", during=sale)
     used = raw.info("memory")["used_memory"] - before

@@ -1,6 +1,7 @@
 """What the tests and the benchmarks start: real servers on free loopback ports (gunicorn as
 `gunicorn -k gevent app:app`, `flask jobs run`, redis-server, a Redis Cluster), a fresh database,
 a campaign opened at once, users with tokens. Every process is stopped by its pid."""
+import contextlib
 import http.client
 import os
 import signal
@@ -350,3 +351,75 @@ class LocalCluster:
             node.stop()
 
 
+# -- what the benchmarks measure with --------------------------------------------------------------
+
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")  # /proc's unit of CPU time, per second
+
+
+def cpu_seconds(pid, thread=None):
+    """User + system CPU seconds of a process so far, all its threads (or of one of its threads,
+    by its tid), from /proc; None once it is gone."""
+    path = f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat"
+    try:
+        with open(path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # the name, in parentheses, may hold spaces
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK  # utime, stime: fields 14 and 15 of stat
+
+
+def threads_cpu_seconds(pid):
+    """{tid: CPU seconds so far} of every thread of a process."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return {}
+    seconds = {int(tid): cpu_seconds(pid, tid) for tid in tids}
+    return {tid: s for tid, s in seconds.items() if s is not None}
+
+
+def machine_cpu_seconds():
+    """The CPU seconds every process of this machine has used so far, all cores (/proc/stat)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq = map(int, f.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / CLOCK_TICK
+
+
+def pid_of(name):
+    """The pid of a process of this machine whose command name is `name` (the lowest), or None."""
+    for entry in sorted((e for e in os.listdir("/proc") if e.isdigit()), key=int):
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() == name:
+                    return int(entry)
+        except OSError:  # gone meanwhile
+            pass
+    return None
+
+
+def wrk_command(url, tokens_file, seconds, connections, threads=2):
+    """wrk sending each request with the next user's token of `tokens_file` (loadtest/tokens.lua),
+    for at most `seconds`; its last line of output is one JSON object of its figures."""
+    return ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "5s",
+            "-s", os.path.join(ROOT, "loadtest", "tokens.lua"), url, "--", tokens_file, str(threads)]
+
+
+def reap_with_cpu(proc):
+    """Wait for a child process to exit; its user + system CPU seconds (os.wait4's)."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_utime + usage.ru_stime
+
+
+@contextlib.contextmanager
+def private_redis(kind, folder):
+    """A private Redis of `kind` on free loopback ports, without an append-only file: "single", a
+    RedisServer, or "cluster", a LocalCluster of 3 masters with a replica each; yields (it, its
+    RedisTarget) and stops it by pid after."""
+    os.makedirs(folder, exist_ok=True)
+    server = RedisServer(folder, "no file") if kind == "single" else LocalCluster(folder)
+    try:
+        yield server, (RedisTarget(server.url) if kind == "single"
+                       else RedisTarget(cluster_nodes=server.startup_nodes))
+    finally:
+        server.stop()

@@ -15,7 +15,7 @@ from coupon.signing import Signer
 from loadtest import harness
 from loadtest.harness import (
     SECRET, Gunicorn, LocalCluster, RedisServer, RedisTarget, Scheduler, fresh_database,
-    service_env,
+    open_campaign, service_env,
 )
 from tests.support import app_config
 from tests.flood import NODE_TIMEOUT_MS
@@ -104,8 +104,30 @@ def app(mysql_url, redis_target):
 
 
 @pytest.fixture
+def make_app(mysql_url, redis_target):
+    """Make more apps on the test's database and Redis (`make_app(ENV="production", ...)`: extra
+    settings). Each has its own Issuer and leases: another web worker, as far as Redis can tell.
+    Their engines are disposed after the test."""
+    made = []
+
+    def make(**settings):
+        made.append(create_app(app_config(mysql_url, redis_target, **settings)))
+        return made[-1]
+
+    yield make
+    for app in made:
+        app.extensions["coupon"].engine.dispose()
+
+
+@pytest.fixture
 def svc(app):
     return app.extensions["coupon"]
+
+
+@pytest.fixture
+def open_id(svc):
+    """The id of a campaign of 2 coupons, named "open", open now."""
+    return open_campaign(svc, 2, "open")
 
 
 @pytest.fixture

@@ -21,7 +21,8 @@ USERS = 5000  # distinct users; a fifth of each wave are earlier users asking ag
 
 
 @dataclass
-class Answer:
+class Attempt:
+    """One user's issue call in a flood: the answer, when it was sent and how long it took."""
     user: str
     status: object  # the HTTP status; "dropped": connection reset or refused; "timeout"
     body: object
@@ -38,7 +39,7 @@ def ask(url, campaign_id, user, token):
             status, body = "timeout", None
         except (OSError, http.client.HTTPException) as e:  # the worker died under the request
             status, body = "dropped", type(e).__name__
-        return Answer(user, status, body, started, time.monotonic() - started)
+        return Attempt(user, status, body, started, time.monotonic() - started)
 
     return call
 

@@ -1,5 +1,6 @@
 """Signing keys of a test IdP and their JWKS, made once per test process, and a JWKS served over
-HTTP on a loopback port (a stdlib http.server thread) that a test can rotate or take down."""
+HTTP on a loopback port (a stdlib http.server thread) that a test can rotate or take down; tokens
+forged with the service's own secret."""
 import hashlib
 import hmac
 import json
@@ -11,6 +12,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
+
+from coupon.signing import Signer
 
 
 @dataclass
@@ -45,6 +48,11 @@ def sign(kid, claims, alg=None):
 def rsa_public_pem(kid="rsa-1"):
     return KEYS[kid].private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def forged(claims, secret):
+    """A token signed as a Signer of `secret` signs (HS256), carrying any claims."""
+    return jwt.encode(claims, Signer(secret, 3600).hs_key, algorithm="HS256")
 
 
 def by_hand(header, claims, key=None):

@@ -1,5 +1,6 @@
 """What more than one test uses: HTTP calls on fresh connections, a flood of concurrent clients,
-the test app's settings, the checks of exact tickets, a TCP proxy to slow down or cut. The
+the test app's settings, the checks of exact tickets and of JSON errors, Prometheus samples, a
+campaign's Redis state lost and checked after a rebuild, a TCP proxy to slow down or cut. The
 processes, the database and the campaigns they run on come from loadtest/harness.py."""
 import http.client
 import json
@@ -12,7 +13,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from coupon import clock, db, redis_state
+from coupon.keys import ACTIVE, bucket_count
+from coupon.scripts import StoredClaim
 from loadtest.harness import SECRET, RedisTarget, free_port
 
 # the scheduler's jobs at a pace a test can wait for
@@ -114,13 +119,100 @@ def issue(client, campaign_id, token=None, **kwargs):
     return client.post(f"/api/v1/campaigns/{campaign_id}/issue", headers=headers, **kwargs)
 
 
+def error_of(response):
+    """(status, code) of a JSON error in the shape of every error (a code and a message), with no
+    trace in it; fails unless it is one. response: a Flask test client's, or a raw HTTP answer
+    (support_http.Answer, which reads alike)."""
+    assert response is not None, "the connection closed without an answer"
+    text = response.get_data(as_text=True)
+    assert response.is_json, f"not JSON: {response.status_code} {text[:300]}"
+    body = response.json
+    error = body.get("error") if isinstance(body, dict) else None
+    assert isinstance(error, dict), f"not a JSON error: {response.status_code} {text[:300]}"
+    assert isinstance(error.get("code"), str) and error.get("message"), f"not a JSON error: {text[:300]}"
+    assert "Traceback" not in text, text
+    return response.status_code, error["code"]
+
+
 def assert_error(response, status, code):
-    """A Flask test client response is the JSON error `code` with `status`, and no trace."""
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.is_json
-    assert response.json["error"]["code"] == code
-    assert response.json["error"]["message"]
-    assert "Traceback" not in response.get_data(as_text=True)
+    """The response is the JSON error `code` with `status` (see error_of)."""
+    found = error_of(response)
+    assert found == (status, code), \
+        f"expected {status} {code}, got {found}: {response.get_data(as_text=True)[:300]}"
+
+
+# --- Prometheus text ---
+
+def get_text(base_url, path):
+    """GET on a fresh connection; the body as text, whatever the status."""
+    host, port = base_url.split("//")[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
+def samples(text):
+    """{(sample name, sorted labels): value} of a Prometheus text exposition."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text) for s in family.samples
+    }
+
+
+def outcome(values, code):
+    """coupon_issue_total of an outcome, in samples()."""
+    return values.get(("coupon_issue_total", (("outcome", code),)), 0)
+
+
+# --- a campaign's Redis state lost, and rebuilt from the rows ---
+
+def lose(svc, campaign_id):
+    """What Redis holds of the campaign is gone, as after a restart without a file."""
+    redis_state.delete_keys(svc.redis, svc.keys(campaign_id))
+    svc.redis.srem(ACTIVE, campaign_id)
+
+
+def rows_of(svc, campaign_id):
+    """{user: coupons row} of a campaign."""
+    with svc.engine.connect() as conn:
+        return {r.user_id: r for r in conn.execute(
+            db.coupons.select().where(db.coupons.c.campaign_id == campaign_id))}
+
+
+def assert_rebuilt_from(redis_client, keys, rows, row):
+    """Redis holds exactly what the rows ({user: coupons row}) and the campaigns row imply: each
+    claim in its shard's bucket, each shard's bitmap and counter, the cursor at the highest
+    serial, the serials below it that no row holds returned, no lease, the window; one new layout
+    throughout (epoch, the buckets of the total, time base)."""
+    cursor = max((r.serial for r in rows.values()), default=0)
+    meta = redis_client.hgetall(keys.meta)
+    layout = redis_state.Layout.of(meta)
+    for field in layout.fields():
+        del meta[field]
+    assert len(layout.epoch) >= 12 and layout.buckets == bucket_count(row.total, keys.shards)
+    assert meta == {"total": str(row.total), "cursor": str(cursor), "status": "open",
+                    "opens_at": str(clock.to_ms(row.opens_at)), "closes_at": str(clock.to_ms(row.closes_at))}
+    held = {r.serial for r in rows.values()}
+    holes = [str(s) for s in range(1, cursor) if s not in held]
+    assert redis_client.lrange(keys.returned, 0, -1) == holes
+    assert not redis_client.exists(keys.leases, keys.lease_serials)
+    assert str(keys.campaign_id) in redis_client.smembers(ACTIVE)
+    for k, shard in enumerate(keys.all_shards()):
+        mine = {u: r for u, r in rows.items() if keys.shard_of(u) == k}
+        for i in range(layout.buckets):
+            assert redis_client.hgetall(shard.bucket(i)) == {
+                u: StoredClaim(r.serial, clock.to_ms(r.issued_at)).encode(layout.time_base)
+                for u, r in mine.items() if keys.bucket_of(u, layout.buckets) == i}
+        assert redis_client.bitcount(shard.claimed) == len(mine)
+        assert all(redis_client.getbit(shard.claimed, r.serial) for r in mine.values())
+        state = {"issued": str(len(mine)), **{f: str(v) for f, v in layout.fields().items()}}
+        if row.closes_at:
+            state["closes_at"] = str(clock.to_ms(row.closes_at))
+        assert redis_client.hgetall(shard.state) == state
+        assert redis_client.xlen(shard.outbox) == 0
 
 
 class TcpProxy:

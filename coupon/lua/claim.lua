@@ -1,7 +1,7 @@
 -- Claim serials for users: one batch of one claim shard, in one round trip.
 -- KEYS[1] - claimed-serials bitmap of the shard
--- KEYS[2] - outbox stream of the shard (read by the flush job): one entry per new claim, its
---           fields c campaign id, u user id, s serial, k code, t issued at (epoch ms)
+-- KEYS[2] - outbox stream of the shard (read by the flush job): one entry per new claim, its one
+--           field e "<user id> <serial> <issued at, epoch ms>" (scripts.OutboxEntry)
 -- KEYS[3] - shard state hash: issued (count), closes_at (epoch ms; 0: closed), epoch, time_base
 --           (epoch ms; see below); gone once the campaign is released after close (or lost with
 --           Redis): every claim is stale
@@ -10,7 +10,7 @@
 --           new claim, so the flush job finds the streams that hold entries without polling all
 -- KEYS[6] - the shard's new tickets per second: hash epoch second -> count (the operators'
 --           page draws the sale from it while Redis holds the campaign)
--- KEYS[6 + i] - the claims bucket of the i-th triplet's user (keys.CampaignKeys.claims_of):
+-- KEYS[6 + i] - the claims bucket of the i-th pair's user (keys.CampaignKeys.claims_of):
 --           hash user id -> issued_at_ms - time_base, then the serial in 8 digits, as decimal
 --           digits (scripts.StoredClaim; the code is derived from the serial, never stored)
 -- ARGV[1] - campaign id
@@ -19,9 +19,8 @@
 -- ARGV[4] - the campaign's epoch the caller's serials were leased in (its meta hash's, see
 --           lease.lua): a new one after `flask campaign recover`, so that serials leased before
 --           Redis lost the campaign are never claimed after
--- ARGV[5..] - triplets: user id, serial, code (for the outbox entry); serial 0 only asks whether
---           the user holds a ticket
--- Returns one reply per triplet, in order:
+-- ARGV[5..] - pairs: user id, serial; serial 0 only asks whether the user holds a ticket
+-- Returns one reply per pair, in order:
 --   {1, serial, issued_at_ms}  new ticket (claim and outbox entry written together)
 --   {2, serial, issued_at_ms}  the user already held this ticket; the offered serial is unused
 --   {3}                        the offered serial was claimed before; offer another
@@ -39,15 +38,15 @@ local shard = redis.call('HMGET', KEYS[3], 'issued', 'closes_at', 'epoch', 'time
 local closes_at = tonumber(shard[2])
 local replies = {}
 if not shard[1] or (shard[3] or '') ~= ARGV[4] then
-  for i = 5, #ARGV, 3 do replies[#replies + 1] = {7} end
+  for i = 5, #ARGV, 2 do replies[#replies + 1] = {7} end
   return replies
 end
 local time_base = tonumber(shard[4])
 local limit = tonumber(ARGV[2])
 local new = 0
-for i = 5, #ARGV, 3 do
-  local user, serial, code = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local bucket = KEYS[6 + (i - 2) / 3]
+for i = 5, #ARGV, 2 do
+  local user, serial = ARGV[i], ARGV[i + 1]
+  local bucket = KEYS[6 + (i - 3) / 2]
   -- the limit comes first: a user who already holds a ticket may not hammer either
   local limited = limit > 0 and redis.call('HINCRBY', KEYS[4], user, 1) > limit
   local held = not limited and redis.call('HGET', bucket, user)
@@ -66,7 +65,7 @@ for i = 5, #ARGV, 3 do
   else
     redis.call('HSET', bucket, user, string.format('%d%08d', now - time_base, serial))
     redis.call('HINCRBY', KEYS[3], 'issued', 1)
-    redis.call('XADD', KEYS[2], '*', 'c', ARGV[1], 'u', user, 's', serial, 'k', code, 't', now)
+    redis.call('XADD', KEYS[2], '*', 'e', user .. ' ' .. serial .. ' ' .. now)
     replies[#replies + 1] = {1, tonumber(serial), now}
     new = new + 1
   end

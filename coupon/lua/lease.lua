@@ -108,8 +108,9 @@ if ordered then
 end
 if remaining <= 0 then
   if live == 0 then return {0, 0} end
-  -- other workers hold serials: ask them (through meta, read every STATE_REFRESH) to give back
-  -- the ones they have not handed out, so no one sits on the tail while this one is dry
+  -- other workers hold serials: ask them (through meta, which they read as requests come, and
+  -- the idle ones when the caller says so: Scripts.ask_holders) to give back the ones they have
+  -- not handed out, so no one sits on the tail while this one is dry
   redis.call('HSET', KEYS[1], 'wanted', now)
   return {0, 1}
 end

@@ -308,9 +308,32 @@
     }
   }
 
+  // where an issue call's time went since the previous poll, this host: the mean ms of each part
+  // per answer, claims per Redis round trip, the event loop's lag, the flush's database share
+  const PARTS = [["queued", "waiting to be read"], ["turn", "its turn"], ["admit", "admission"],
+                 ["token", "token check"], ["serial", "waiting for a serial"], ["claim", "claim round trip"]];
+  function timeParts(now, before) {
+    if (!before || !now.time || !before.time) return "";
+    const total = (answers) => Object.values(answers).reduce((a, b) => a + b, 0);
+    const answers = total(now.answers) - total(before.answers);
+    const said = [];
+    if (answers > 0) {
+      said.push(PARTS.map(([part, name]) =>
+        `${name} ${number(1000 * (now.time.issue[part] - before.time.issue[part]) / answers, 2)}`).join(" · ") + " ms a call");
+      const trips = now.time.claim_round_trips - before.time.claim_round_trips;
+      if (trips > 0) said.push(`${number((now.time.claims_sent - before.time.claims_sent) / trips, 1)} claims a round trip`);
+    }
+    said.push(`event loop late by ${number(1000 * now.time.loop_lag_seconds, 1)} ms at worst`);
+    const spent = (t) => Object.values(t.flush).reduce((a, b) => a + b, 0);
+    const flushing = spent(now.time) - spent(before.time);
+    if (flushing > 0) said.push(`flush: the database ${number(100 * (now.time.flush.write - before.time.flush.write) / flushing)} % of its time, ${now.time.flushers} flusher(s)`);
+    return "Where the time goes: " + said.join("; ") + ".";
+  }
+
   function showLive(state) {
     const c = state.campaign, h = recent;
     liveCharts();
+    text("time-parts", timeParts(state.this_host, previous && previous.this_host));
     record(state);
     drawLive(state);
     const answered = h.answers.reduce((sum, series) => sum + (last(series) || 0), 0);
@@ -321,6 +344,11 @@
     text("t-lag", number(c.outbox.flush_lag_seconds, 1));
     text("t-leased", number(c.leases.reduce((sum, l) => sum + l.serials, 0)));
     $("t-lag").parentNode.className = c.outbox.flush_lag_seconds > 5 ? "tile warn" : "tile";
+    $("tile-events").hidden = !("events" in c);  // only with EVENTS_URL
+    if (c.events !== undefined) {
+      text("t-events", c.events ? `${number(c.events.pending)} · ${number(c.events.lag_seconds, 1)} s` : "–");
+      $("tile-events").className = c.events && c.events.lag_seconds > 5 ? "tile warn" : "tile";
+    }
     $("leases").replaceChildren(...c.leases.map((l) => {
       const tr = document.createElement("tr");
       tr.className = l.expires_in < 0 ? "expired" : "";

@@ -1,5 +1,5 @@
 """A host whose clock is off: on PYTHONPATH, this shifts time.time() (and time.time_ns()) of the
-process by CLOCK_SHIFT seconds. tests/test_one_clock.py starts gunicorn hosts with it."""
+process by CLOCK_SHIFT seconds. tests/e2e/test_one_clock.py starts gunicorn hosts with it."""
 import os
 import time
 

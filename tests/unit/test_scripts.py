@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from coupon.campaigns import MAX_STOCK
 from coupon.scripts import (
-    SERIAL_DIGITS, Claim, ClaimReply, Lease, LeaseReply, OutboxEntry, StoredClaim, decode_serials,
+    SERIAL_DIGITS, Claim, ClaimReply, LeaseOutcome, LeaseReply, OutboxEntry, StoredClaim, decode_serials,
 )
 
 codes = st.text("0123456789ABCDEF", min_size=20, max_size=20)
@@ -80,36 +80,40 @@ def test_a_stored_claim_within_two_years_of_its_base_is_a_64_bit_integer(serial,
 @given(campaign_id=st.integers(1, 2**31 - 1), user_id=st.from_regex(r"[A-Za-z0-9_.:@-]{1,64}", fullmatch=True),
        serial=serials, code=codes, issued_at_ms=times_ms)
 def test_an_outbox_entry_decodes_from_its_stream_fields(campaign_id, user_id, serial, code, issued_at_ms):
+    fields = {"e": f"{user_id} {serial} {issued_at_ms}"}  # as claim.lua writes it
+    codes = {serial: code}.get
+    assert OutboxEntry.decode(fields, campaign_id, codes) == (campaign_id, user_id, serial, code, issued_at_ms)
+    # as the version before wrote it (entries still waiting in an outbox after an upgrade)
     fields = {"c": str(campaign_id), "u": user_id, "s": str(serial), "k": code, "t": str(issued_at_ms)}
-    assert OutboxEntry.decode(fields) == (campaign_id, user_id, serial, code, issued_at_ms)
+    assert OutboxEntry.decode(fields, 0, None) == (campaign_id, user_id, serial, code, issued_at_ms)
 
 
 # --- lease.lua ---
 
 def test_a_lease_is_its_range_then_the_returned_serials():
     reply = LeaseReply.decode([1, 10, 14, 0, 3, 7])
-    assert reply == LeaseReply(Lease.LEASED, (10, 11, 12, 13, 14, 3, 7), tail=False)
+    assert reply == LeaseReply(LeaseOutcome.LEASED, (10, 11, 12, 13, 14, 3, 7), tail=False)
 
 
 def test_a_lease_of_returned_serials_only_has_an_empty_range():
     """lease.lua answers start > end when the cursor did not move."""
     assert LeaseReply.decode([1, 0, -1, 0, 5, 6]).serials == (5, 6)
-    assert LeaseReply.decode([1, 8, 7, 1, 2]) == LeaseReply(Lease.LEASED, (2,), tail=True)
+    assert LeaseReply.decode([1, 8, 7, 1, 2]) == LeaseReply(LeaseOutcome.LEASED, (2,), tail=True)
 
 
 def test_sold_out_says_whether_other_workers_hold_serials():
-    assert LeaseReply.decode([0, 0]) == LeaseReply(Lease.SOLD_OUT, others_hold=False)
-    assert LeaseReply.decode([0, 1]) == LeaseReply(Lease.SOLD_OUT, others_hold=True)
+    assert LeaseReply.decode([0, 0]) == LeaseReply(LeaseOutcome.SOLD_OUT, others_hold=False)
+    assert LeaseReply.decode([0, 1]) == LeaseReply(LeaseOutcome.SOLD_OUT, others_hold=True)
 
 
 def test_bids_in_arrival_order_are_answered_by_id_with_serials_in_turn_and_refusals():
     assert LeaseReply.decode([5, 10, 11, [b"7", b"9", b"12"], [b"13"], 4]) == LeaseReply(
-        Lease.ORDERED, (10, 11, 4), True, granted=(7, 9, 12), refused=(13,))
-    assert LeaseReply.decode([5, 0, -1, [], []]) == LeaseReply(Lease.ORDERED, (), True)  # all wait
+        LeaseOutcome.ORDERED, (10, 11, 4), True, granted=(7, 9, 12), refused=(13,))
+    assert LeaseReply.decode([5, 0, -1, [], []]) == LeaseReply(LeaseOutcome.ORDERED, (), True)  # all wait
 
 
-@pytest.mark.parametrize("raw, outcome", [([-1], Lease.UNKNOWN), ([-2], Lease.NOT_OPEN),
-                                          ([-3], Lease.CLOSED), ([-4], Lease.EXPIRED)])
+@pytest.mark.parametrize("raw, outcome", [([-1], LeaseOutcome.UNKNOWN), ([-2], LeaseOutcome.NOT_OPEN),
+                                          ([-3], LeaseOutcome.CLOSED), ([-4], LeaseOutcome.EXPIRED)])
 def test_a_refusal_is_its_outcome_alone(raw, outcome):
     assert LeaseReply.decode(raw) == LeaseReply(outcome)
 

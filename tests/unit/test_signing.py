@@ -2,21 +2,16 @@
 import re
 import time
 
-import jwt
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from coupon.errors import BadRequest, Unauthorized
 from coupon.signing import Signer, check_user_id
+from tests.jwks_keys import forged
 
 SECRET = "unit-test-secret"
 user_ids = st.from_regex(r"[A-Za-z0-9_.:@-]{1,64}", fullmatch=True)
-
-
-def forged(claims, signer=None):
-    """A token signed as Signer signs, carrying any claims."""
-    return jwt.encode(claims, (signer or Signer(SECRET, 3600)).hs_key, algorithm="HS256")
 
 
 @given(user_id=user_ids)
@@ -57,10 +52,10 @@ def test_an_expired_token_is_unauthorized():
 @pytest.mark.parametrize("token", [
     "garbage", "", "x" * 3000,
     Signer("another-secret", 3600).mint("alice"),
-    forged({"sub": "mallory!", "exp": int(time.time()) + 600}),  # a user id mint would refuse
-    forged({"sub": "alice", "exp": None}), forged({"sub": "alice", "exp": "soon"}),
-    forged({"sub": "alice"}), forged({"exp": int(time.time()) + 600}),
-    forged({"sub": 5, "exp": int(time.time()) + 600}),
+    forged({"sub": "mallory!", "exp": int(time.time()) + 600}, SECRET),  # a user id mint would refuse
+    forged({"sub": "alice", "exp": None}, SECRET), forged({"sub": "alice", "exp": "soon"}, SECRET),
+    forged({"sub": "alice"}, SECRET), forged({"exp": int(time.time()) + 600}, SECRET),
+    forged({"sub": 5, "exp": int(time.time()) + 600}, SECRET),
 ])
 def test_tokens_not_minted_by_this_secret_or_not_a_user_and_expiry_are_unauthorized(token):
     with pytest.raises(Unauthorized):

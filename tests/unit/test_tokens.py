@@ -1,4 +1,4 @@
-"""JWTs of the platform's IdP: keys from a JWKS (a file here; over HTTP in tests/test_jwks.py),
+"""JWTs of the platform's IdP: keys from a JWKS (a file here; over HTTP in tests/e2e/test_jwks.py),
 every check a token can fail, the refresh rules. No service needed."""
 import json
 import time

@@ -3,22 +3,16 @@ every worker of every instance; ticket lookups count against it with the issue c
 import time
 from collections import Counter, defaultdict
 
-from coupon import create_app, queries
+from coupon import queries
 from loadtest.harness import open_campaign, users
-from tests.support import app_config, assert_error, flood, fresh_window, issue, on_single_and_cluster, request
-from tests.test_hostile_http import (
-    BODY_TIMEOUT, RawConnection, assert_error as assert_answer_error, head_of, issue_head,
-)
+from tests.support import assert_error, flood, fresh_window, issue, on_single_and_cluster, request
+from tests.support_http import BODY_TIMEOUT, RawConnection, head_of, issue_head
 
 pytestmark = on_single_and_cluster
 
 
-def limited_app(mysql_url, redis_target, limit, window):
-    return create_app(app_config(mysql_url, redis_target, RATE_LIMIT=limit, RATE_LIMIT_WINDOW=window))
-
-
-def test_over_the_limit_is_429_with_retry_after(mysql_url, redis_target, svc, signer, redis_client):
-    client = limited_app(mysql_url, redis_target, limit=3, window=2).test_client()
+def test_over_the_limit_is_429_with_retry_after(make_app, svc, signer, redis_client):
+    client = make_app(RATE_LIMIT=3, RATE_LIMIT_WINDOW=2).test_client()
     campaign_id = open_campaign(svc, 10, "rate")
     alice, bob = signer.mint("alice"), signer.mint("bob")
     fresh_window(2, need=1.5)
@@ -39,8 +33,8 @@ def test_over_the_limit_is_429_with_retry_after(mysql_url, redis_target, svc, si
     assert issue(client, campaign_id, alice).status_code == 200
 
 
-def test_zero_turns_the_limit_off(mysql_url, redis_target, svc, signer, redis_client):
-    client = limited_app(mysql_url, redis_target, limit=0, window=10).test_client()
+def test_zero_turns_the_limit_off(make_app, svc, signer, redis_client):
+    client = make_app(RATE_LIMIT=0, RATE_LIMIT_WINDOW=10).test_client()
     campaign_id = open_campaign(svc, 10, "rate")
     token = signer.mint("alice")
     statuses = Counter(issue(client, campaign_id, token).status_code for _ in range(50))
@@ -96,5 +90,5 @@ def test_ticket_lookups_count_with_issue_calls_against_the_rate_limit(gunicorn, 
             answers.append(conn.answer())
     assert [a.status for a in answers[:4]] == [200] * 4, [str(a) for a in answers[:4]]
     for answer in answers[4:]:
-        assert_answer_error(answer, 429, "RATE_LIMITED")
+        assert_error(answer, 429, "RATE_LIMITED")
         assert int(answer.headers["retry-after"]) > 0

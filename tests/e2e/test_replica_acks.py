@@ -8,14 +8,11 @@ import signal
 from contextlib import contextmanager
 
 import pytest
-from redis.crc import key_slot
 
 from coupon import create_app, redis_state
 from coupon.clock import iso_ms
 from coupon.errors import Unavailable
-from coupon.keys import ACTIVE, SCHEDULER_LEADER
-from coupon.redis_nodes import barrier_key
-from coupon.scripts import Lease, decode_serials
+from coupon.scripts import LeaseOutcome, decode_serials
 from loadtest.harness import RedisServer, open_campaign, wait_until
 from tests.support import app_config, assert_error, issue, on_single_and_cluster
 
@@ -85,12 +82,12 @@ def test_a_lease_short_of_replica_acks_is_not_used_then_asked_for_again(acked_ap
         block = decode_serials(svc.redis.hget(keys.lease_serials, lease_id))
         cursor = int(svc.redis.hget(keys.meta, "cursor"))
         assert block and cursor == max(block) and not supply.held
-    lease, serial = supply.take()
-    # asked again under the same lease id: the same serials, not a second block
-    assert lease.id == lease_id and serial in block
-    assert svc.redis.zrange(keys.leases, 0, -1) == [lease_id]
-    assert int(svc.redis.hget(keys.meta, "cursor")) == cursor
-    supply.done(lease, serial, unused=True)
+    with supply.take() as taken:
+        # asked again under the same lease id: the same serials, not a second block
+        assert taken.lease.id == lease_id and taken.serial in block
+        assert svc.redis.zrange(keys.leases, 0, -1) == [lease_id]
+        assert int(svc.redis.hget(keys.meta, "cursor")) == cursor
+        taken.answered(unused=True)
 
 
 @on_single_and_cluster
@@ -101,14 +98,14 @@ def test_a_lease_asked_again_answers_the_same_serials(svc, redis_client):
         epoch = redis_client.hget(keys.meta, "epoch")
         ask = lambda lease_id: svc.scripts.lease(keys, epoch, lease_id, 2000, 30_000, 64, waiting)  # noqa: E731
         first, again = ask("w:1"), ask("w:1")
-        assert first.outcome is Lease.LEASED and again == first
+        assert first.outcome is LeaseOutcome.LEASED and again == first
         assert first.tail is (keys is tail)
         cursor = int(redis_client.hget(keys.meta, "cursor"))
         assert cursor == max(first.serials)  # leased once
         assert ask("w:2").serials != first.serials
         redis_client.zadd(keys.leases, {"w:1": 1})  # expired: its serials may be reclaimed
-        assert ask("w:1").outcome is Lease.EXPIRED
-    assert svc.scripts.lease(big, "another epoch", "w:3", 10, 30_000, 64, 0).outcome is Lease.UNKNOWN
+        assert ask("w:1").outcome is LeaseOutcome.EXPIRED
+    assert svc.scripts.lease(big, "another epoch", "w:3", 10, 30_000, 64, 0).outcome is LeaseOutcome.UNKNOWN
 
 
 def test_serials_leased_before_a_new_epoch_are_never_claimed(svc, client, redis_client, signer):
@@ -123,12 +120,6 @@ def test_serials_leased_before_a_new_epoch_are_never_claimed(svc, client, redis_
     assert second.status_code == 201
     assert second.json["serial"] not in decode_serials(old_lease)
     assert len(redis_client.hgetall(keys.lease_serials)) == 2  # a lease of the new epoch
-
-
-def test_the_barrier_of_a_durable_batch_is_in_the_slot_of_its_key(svc):
-    keys = svc.keys(7)
-    for key in [keys.meta, keys.leases, *keys.shard(3).all(2), ACTIVE, SCHEDULER_LEADER]:
-        assert key_slot(barrier_key(key).encode()) == key_slot(key.encode()), key
 
 
 def test_not_ready_while_the_master_is_short_of_replicas(acked_app, replica_pair):

@@ -1,30 +1,18 @@
 """/metrics: Prometheus text, outcome counters that move, summed over real gunicorn workers; the
 figures read at scrape time (readiness, the scheduler's leader and jobs, stock, leases, lost
 campaigns) follow real schedulers, Redis keys and a database that is down."""
-import http.client
 import time
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from coupon import create_app, redis_state
 from coupon.keys import ACTIVE
 from coupon.recovery import recover_campaign
 from jobs.reclaim import reclaim_expired
 from loadtest.harness import free_port, open_campaign, users, wait_until
-from tests.support import FAST_JOBS, app_config, flood, get, issue_call, issue_directly
-
-
-def samples(text):
-    """{(sample name, sorted labels): value} of a Prometheus text exposition."""
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text) for s in family.samples
-    }
-
-
-def outcome(values, code):
-    return values.get(("coupon_issue_total", (("outcome", code),)), 0)
+from tests.support import (
+    FAST_JOBS, app_config, flood, get, get_text, issue_call, issue_directly, outcome, samples,
+)
 
 
 def test_metrics_count_outcomes_in_prometheus_text(client, svc, signer):
@@ -59,21 +47,11 @@ def test_metrics_sum_over_gunicorn_workers(svc, signer, gunicorn, tmp_path):
     assert status == 200
     # any worker answers the scrape with the sum over both
     for _ in range(4):
-        values = samples(raw_get(server.url, "/metrics"))
+        values = samples(get_text(server.url, "/metrics"))
         assert outcome(values, "NEW") == 100
         assert outcome(values, "SOLD_OUT") == 50
         assert values[("coupon_issue_duration_seconds_count", ())] == 150
         assert values[("coupon_local_block_serials", (("campaign_id", str(campaign_id)),))] == 0
-
-
-def raw_get(base_url, path):
-    host, port = base_url.split("//")[1].split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    try:
-        conn.request("GET", path)
-        return conn.getresponse().read().decode()
-    finally:
-        conn.close()
 
 
 # The figures read from Redis and the database at scrape time are cached for SCRAPE_CACHE (2 s)
@@ -130,7 +108,7 @@ def test_failed_job_runs_are_counted_and_record_no_success(svc, gunicorn, schedu
                     for job in ("flush", "stock_sync", "lifecycle"))
                 and value(values, "coupon_job_last_success_timestamp_seconds", name="reclaim"))
 
-    values = wait_until(lambda: (lambda v: failing(v) and v)(samples(raw_get(server.url, "/metrics"))),
+    values = wait_until(lambda: (lambda v: failing(v) and v)(samples(get_text(server.url, "/metrics"))),
                         timeout=20, what="failed runs counted")
     assert value(values, "coupon_job_failures_total", name="reclaim") == 0  # there from the start
     for job in ("flush", "stock_sync", "lifecycle"):

@@ -12,9 +12,8 @@ import time
 import pytest
 
 from loadtest.harness import ROOT, open_campaign, users
-from tests.support import FAST_JOBS, flood, issue_call
-from tests.unit.test_docs import anchors, slug
-from tests.test_metrics import raw_get, samples
+from tests.support import FAST_JOBS, flood, get_text, issue_call, samples
+from tests.support_docs import anchors, slug
 
 RULES = os.path.join(ROOT, "deploy", "prometheus", "alerts.yml")
 RULE_TESTS = os.path.join(ROOT, "deploy", "prometheus", "alerts_test.yml")
@@ -169,7 +168,7 @@ def test_every_metric_the_rules_and_dashboard_query_is_exported(svc, signer, gun
 
     deadline = time.monotonic() + 30  # until every job ran once, and the scrape cache expired
     while True:
-        exported = {name for name, _ in samples(raw_get(server.url, "/metrics"))}
+        exported = {name for name, _ in samples(get_text(server.url, "/metrics"))}
         missing = queried - exported
         if not missing or time.monotonic() > deadline:
             break

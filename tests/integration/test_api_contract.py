@@ -1,21 +1,15 @@
 """The HTTP contract: its answers and every error code as JSON with a stable code, identity from
 the token only, no admin operation over HTTP; nothing half-written."""
 import datetime as dt
-import time
 
-import pytest
+from sqlalchemy import delete, text
 
-from coupon import campaigns, clock, create_app
+from coupon import campaigns, clock, create_app, db, redis_state
 from coupon.signing import Signer
-from loadtest.harness import RedisTarget, free_port, open_campaign
-from tests.support import app_config, assert_error, issue, on_single_and_cluster
+from loadtest.harness import RedisTarget, free_port, open_campaign, wait_until
+from tests.support import app_config, assert_error, issue, issue_directly, on_single_and_cluster
 
 pytestmark = on_single_and_cluster
-
-
-@pytest.fixture
-def open_id(svc):
-    return open_campaign(svc, 2, "contract")
 
 
 def test_issue_then_repeat_then_ticket(client, signer, open_id):
@@ -83,8 +77,7 @@ def test_scheduled_campaign_opens_by_itself(client, svc, signer):
     opens_at = clock.utcnow() + dt.timedelta(seconds=1.5)
     campaign_id = campaigns.create_campaign(svc, "at the minute", 10, opens_at=opens_at)
     assert_error(issue(client, campaign_id, signer.mint("alice")), 409, "NOT_OPEN")
-    while clock.utcnow() < opens_at:
-        pass
+    wait_until(lambda: clock.utcnow() >= opens_at, timeout=5, interval=0.01, what="the opening")
     assert issue(client, campaign_id, signer.mint("alice")).status_code == 201
 
 
@@ -95,8 +88,8 @@ def test_closed_after_close_and_after_closes_at(client, svc, signer, open_id):
     ended = campaigns.create_campaign(svc, "short", 10, closes_at=clock.utcnow() + dt.timedelta(seconds=1))
     campaigns.open_campaign(svc, ended)
     assert issue(client, ended, signer.mint("carol")).status_code == 201
-    while client.get(f"/api/v1/campaigns/{ended}").json["status"] != "closed":
-        pass
+    wait_until(lambda: client.get(f"/api/v1/campaigns/{ended}").json["status"] == "closed", timeout=5,
+               interval=0.02, what="the campaign to say closed")
     assert_error(issue(client, ended, signer.mint("dave")), 409, "CLOSED")
 
 
@@ -136,17 +129,35 @@ def test_redis_down_is_503(mysql_url, svc, signer, open_id, redis_kind):
 def test_status_and_health(client, open_id):
     status = client.get(f"/api/v1/campaigns/{open_id}").json
     assert status == {
-        "id": open_id, "name": "contract", "total": 2, "issued": 0, "remaining": 2,
+        "id": open_id, "name": "open", "total": 2, "issued": 0, "remaining": 2,
         "status": "open", "opens_at": status["opens_at"], "closes_at": None,
     }
     assert client.get("/healthz").json == {"status": "ok"}
     assert client.get("/readyz").json["status"] == "ready"
 
 
-def test_create_clears_stale_redis_state(svc, redis_client):
-    campaign_id = campaigns.create_campaign(svc, "x", 5)
-    keys = svc.keys(campaign_id)
+def test_create_clears_stale_redis_state(svc, redis_client, make_app):
+    """A new id's Redis state is made afresh, not built on what Redis still holds under that id:
+    the keys of a campaign of a database since dropped and made anew (its ids counting again)."""
+    stale = open_campaign(svc, 1000, "of the database dropped")
+    issue_directly(svc, stale, "alice")
+    keys = svc.keys(stale)
+    assert redis_client.hget(keys.meta, "cursor") != "0" and redis_client.zcard(keys.leases) == 1  # a block
+    assert redis_state.stored_claim(svc.redis, keys, "alice") is not None
+    with svc.engine.begin() as conn:  # its row gone, its id the next one given again
+        conn.execute(delete(db.campaigns).where(db.campaigns.c.id == stale))
+        conn.execute(text(f"ALTER TABLE campaigns AUTO_INCREMENT = {stale}"))
+
+    campaign_id = campaigns.create_campaign(svc, "x", 1000)
+
+    assert campaign_id == stale
     assert redis_client.hget(keys.meta, "cursor") == "0"
+    assert redis_client.zcard(keys.leases) == 0
+    assert redis_state.stored_claim(svc.redis, keys, "alice") is None
+    assert redis_state.issued_in_redis(svc.redis, keys) == 0
+    campaigns.open_campaign(svc, campaign_id)
+    ticket = issue_directly(make_app().extensions["coupon"], campaign_id, "alice")  # a worker of now
+    assert (ticket.serial, ticket.new) == (1, True)
 
 
 def test_issue_answers_alike_with_and_without_a_body(client, signer, open_id):
@@ -169,8 +180,10 @@ def test_cli_token_ttl_expires(runner, client, open_id, svc, monkeypatch):
     monkeypatch.setattr(svc.signer, "leeway", 0)  # AUTH_LEEWAY's seconds would keep it 5 s longer
     token = runner.invoke(args=["token", "alice", "--ttl", "1"]).output.strip()
     assert issue(client, open_id, token).status_code == 201
-    time.sleep(2.05)  # expiry is a whole second: past it whatever the rounding
-    assert_error(issue(client, open_id, token), 401, "UNAUTHORIZED")
+    # expiry is a whole second, 1 to 2 s from now: asked again (200, held) until it is refused
+    refused = wait_until(lambda: (lambda r: r.status_code == 401 and r)(issue(client, open_id, token)),
+                         timeout=5, interval=0.1, what="the token to expire")
+    assert_error(refused, 401, "UNAUTHORIZED")
     response = client.get(f"/api/v1/campaigns/{open_id}/ticket", headers={"Authorization": f"Bearer {token}"})
     assert_error(response, 401, "UNAUTHORIZED")
 

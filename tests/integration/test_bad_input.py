@@ -1,18 +1,12 @@
 """Hostile input: a clear JSON error with a stable code, never a 500, and nothing written."""
 import time
 
-import jwt
 import pytest
 
 from coupon.signing import Signer
-from loadtest.harness import SECRET, open_campaign
+from loadtest.harness import SECRET
+from tests.jwks_keys import forged
 from tests.support import assert_error, campaign_ids_in_keys, issue
-
-
-
-@pytest.fixture
-def open_id(svc):
-    return open_campaign(svc, 5, "bad input")
 
 
 def redis_snapshot(redis_client):
@@ -30,11 +24,6 @@ def campaign_ids_in_redis(redis_client):
     return campaign_ids_in_keys(redis_client.scan_iter(count=1000))
 
 
-def forged(claims):
-    """A token signed like a real one, carrying any claims."""
-    return jwt.encode(claims, Signer(SECRET, 3600).hs_key, algorithm="HS256")
-
-
 def test_bad_tokens_are_401_and_write_nothing(client, signer, open_id, redis_client):
     good = signer.mint("alice")
     payload, _, signature = good.rpartition(".")
@@ -46,9 +35,9 @@ def test_bad_tokens_are_401_and_write_nothing(client, signer, open_id, redis_cli
         "no signature": payload,
         "other secret": Signer("another-secret", 3600).mint("alice"),
         "expired": Signer(SECRET, -10).mint("alice"),
-        "bad user id": forged({"sub": "mallory!", "exp": int(time.time()) + 60}),
-        "no expiry": forged({"sub": "alice"}),
-        "no user": forged({"user_id": "alice", "exp": int(time.time()) + 60}),
+        "bad user id": forged({"sub": "mallory!", "exp": int(time.time()) + 60}, SECRET),
+        "no expiry": forged({"sub": "alice"}, SECRET),
+        "no user": forged({"user_id": "alice", "exp": int(time.time()) + 60}, SECRET),
         "alg none": "eyJhbGciOiJub25lIn0." + payload.split(".")[1] + ".",  # {"alg":"none"}
         "very long": "x" * 3000, "over 4 KB": "x" * 5000,
     }

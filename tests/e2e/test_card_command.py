@@ -12,8 +12,7 @@ import subprocess
 import pytest
 
 from loadtest.harness import GUNICORN, ROOT, open_campaign, users
-from tests.support import flood, issue_call
-from tests.test_metrics import outcome, raw_get, samples
+from tests.support import flood, get_text, issue_call, outcome, samples
 
 STOCK = 10_000
 WORKERS = {False: 2, True: 3}  # the card's command: WEB_WORKERS' default; with -w: 3
@@ -47,7 +46,7 @@ def test_the_card_command_is_the_whole_service(server, svc, signer, redis_client
                     concurrency=60)
     assert [status for _, status, _ in results] == [201] * 300
     for _ in range(4):
-        assert outcome(samples(raw_get(server.url, "/metrics")), "NEW") == 300
+        assert outcome(samples(get_text(server.url, "/metrics")), "NEW") == 300
 
     # gunicorn cannot parse it: the JSON error shape, and the connection closed
     answer = raw(server.port, b"NOT A REQUEST\r\n\r\n")

@@ -4,7 +4,7 @@ real Redis. The workers' side (arrival.ArrivalGate, supply.SerialSupply) is test
 gunicorns in test_arrival_order.py."""
 import time
 
-from coupon.scripts import Lease
+from coupon.scripts import LeaseOutcome
 from coupon.supply import BIDDER_STALE_MS, UNLISTED_MS
 from loadtest.harness import open_campaign
 from tests.support import on_single_and_cluster
@@ -39,7 +39,7 @@ def test_the_tail_goes_to_every_workers_bids_in_arrival_order_up_to_the_watermar
     b.publish(now - 80)  # b may still hold a request that arrived 80 ms ago, not bid yet
 
     first = a.bid(now, [(1, now - 100), (2, now - 60)])
-    assert (first.outcome, first.granted, first.refused, len(first.serials)) == (Lease.ORDERED, (1,), (), 1)
+    assert (first.outcome, first.granted, first.refused, len(first.serials)) == (LeaseOutcome.ORDERED, (1,), (), 1)
 
     # b bids: 70 ms ago (before a's second), 50 ms ago; it has read everything up to now
     second = b.bid(now, [(1, now - 70), (2, now - 50)])
@@ -55,7 +55,7 @@ def test_the_tail_goes_to_every_workers_bids_in_arrival_order_up_to_the_watermar
     assert a.bid(now, [(3, now - 5)]).granted == ()
     for lease_id in ("a:1", "b:1", "a:2"):
         svc.scripts.give_back(a.keys, lease_id, [])
-    assert a.bid(now).outcome is Lease.SOLD_OUT
+    assert a.bid(now).outcome is LeaseOutcome.SOLD_OUT
 
 
 @on_single_and_cluster

@@ -4,8 +4,7 @@ from sqlalchemy import delete
 from coupon import create_app, db, queries
 from coupon.outbox import Flusher
 from loadtest.harness import Gunicorn, open_campaign, service_env, users
-from tests.support import app_config, flood, issue_call, issue_directly
-from tests.test_recover import assert_rebuilt_from, lose, rows_of
+from tests.support import app_config, assert_rebuilt_from, flood, issue_call, issue_directly, lose, rows_of
 
 
 def test_first_run_on_sqlite(tmp_path, redis_target, signer):

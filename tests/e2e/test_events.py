@@ -1,0 +1,293 @@
+"""Events on RabbitMQ (coupon/events.py) against the machine's real broker (127.0.0.1:5672,
+guest/guest): a flood's events match its rows exactly, also when the broker is stopped or
+blocks publishers (memory alarm) in the middle; none without EVENTS_URL. Each test reads the
+events through a quorum queue of its own bound to the exchange; a test that stops the broker or
+raises its alarm restores it in a `finally` (other tests use the same broker)."""
+import json
+import subprocess
+import threading
+import uuid
+from collections import Counter
+from contextlib import contextmanager
+
+import pika
+import pytest
+from sqlalchemy import func, select
+
+from coupon import campaigns, create_app, db, events
+from coupon.events import EXCHANGE
+from coupon.queries import count_rows
+from coupon.reconcile import mysql_tickets
+from loadtest.harness import open_campaign, users, wait_until
+from tests.flood import STOCK, close_and_check, demand, issued_counter, once, tickets_told
+from tests.support import FAST_JOBS, app_config, flood, issue_call, on_single_and_cluster
+
+EVENTS_URL = "amqp://guest:guest@127.0.0.1:5672/"
+EVENT_JOBS = dict(FAST_JOBS, EVENTS_URL=EVENTS_URL, EVENTS_CONFIRM_TIMEOUT=2)
+
+
+def rabbitmqctl(*args):
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+
+
+class EventQueue:
+    """A durable quorum queue of the test's own bound to the exchange (as docs/events.md's
+    consumer), deleted after the test; read() takes what it holds."""
+
+    def __init__(self):
+        self.name = f"test-events-{uuid.uuid4().hex[:12]}"
+        self.seen = []  # (message_id, routing_key, body as a dict), in the order read
+        with self._channel() as channel:
+            channel.exchange_declare(EXCHANGE, "topic", durable=True)
+            channel.queue_declare(self.name, durable=True, arguments={"x-queue-type": "quorum"})
+            channel.queue_bind(self.name, EXCHANGE, "#")
+
+    @contextmanager
+    def _channel(self):
+        connection = pika.BlockingConnection(pika.URLParameters(EVENTS_URL))
+        try:
+            yield connection.channel()
+        finally:
+            connection.close()
+
+    def read(self, campaign_id, routing_key=None):
+        """Take what the queue holds now; return every event of the campaign seen so far (with
+        that routing key)."""
+        with self._channel() as channel:
+            while True:
+                method, properties, body = channel.basic_get(self.name, auto_ack=True)
+                if method is None:
+                    break
+                self.seen.append((properties.message_id, method.routing_key, json.loads(body)))
+        return [(m, k, b) for m, k, b in self.seen if b["campaign_id"] == campaign_id
+                and (routing_key is None or k == routing_key)]
+
+    def delete(self):
+        with self._channel() as channel:
+            channel.queue_delete(self.name)
+
+
+@pytest.fixture
+def event_queue():
+    queue = EventQueue()
+    yield queue
+    queue.delete()
+
+
+@pytest.fixture
+def events_svc(mysql_url, redis_target):
+    """The services in this process with EVENTS_URL set (opens and closes write their events)."""
+    app = create_app(app_config(mysql_url, redis_target, EVENTS_URL=EVENTS_URL))
+    yield app.extensions["coupon"]
+    app.extensions["coupon"].engine.dispose()
+
+
+def waiting_events(svc, campaign_id):
+    return events.pending(svc.engine, campaign_id)[0]
+
+
+def flood_through(svc, signer, gunicorn, campaign_id, fault=None):
+    """Flood the campaign through a real gunicorn (tests/flood.py's waves); `fault` runs once,
+    in a thread, when a third of the stock is issued. Returns (answers, tokens)."""
+    server = gunicorn(workers=2)
+    issued = issued_counter(svc, campaign_id)
+    if fault is None:
+        return server, demand(server.url, campaign_id, signer, issued, seconds=90)
+    with once(lambda: issued() >= STOCK // 3, fault) as fired:
+        answers = demand(server.url, campaign_id, signer, issued, seconds=90)
+    assert fired, "the fault never ran"
+    return server, answers
+
+
+def assert_events_match_rows(svc, queue, campaign_id):
+    """Wait until the campaign's events are all confirmed and read; then each row has its
+    coupon.issued event, with the row's ticket, and no event names a serial without a row.
+    Returns how many repeats the queue got."""
+    wait_until(lambda: waiting_events(svc, campaign_id) == 0, timeout=120, what="the events to go out")
+    rows = mysql_tickets(svc.engine, campaign_id)  # {user: (serial, code)}
+    wanted = {f"{campaign_id}:{serial}" for serial, _ in rows.values()}
+    wait_until(lambda: {m for m, _, _ in queue.read(campaign_id, events.ISSUED)} >= wanted,
+               timeout=60, what="every row's event in the queue")
+    issued = queue.read(campaign_id, events.ISSUED)
+    assert {m for m, _, _ in issued} == wanted  # none names a serial without a row
+    bodies = {}
+    for message_id, _, body in issued:
+        assert message_id == f"{body['campaign_id']}:{body['serial']}"
+        assert rows[body["user_id"]] == (body["serial"], body["code"])
+        assert body["issued_at"].endswith("Z")
+        assert bodies.setdefault(message_id, body) == body  # a repeat is the same event
+    return sum(Counter(m for m, _, _ in issued).values()) - len(wanted)
+
+
+def lifecycle_events(queue, campaign_id):
+    """{routing key: body} of the campaign's campaign.* events read so far, once closed is among
+    them (None before)."""
+    found = {k: b for _, k, b in queue.read(campaign_id) if k != events.ISSUED}
+    return found if events.CLOSED in found else None
+
+
+@on_single_and_cluster
+def test_every_row_of_a_flood_has_its_event(events_svc, signer, gunicorn, scheduler, event_queue):
+    jobs = scheduler(**EVENT_JOBS)
+    campaign_id = open_campaign(events_svc, STOCK)
+    server, (answers, tokens) = flood_through(events_svc, signer, gunicorn, campaign_id)
+    told, _, _ = tickets_told(server.url, campaign_id, answers, tokens)
+    close_and_check(events_svc, signer, campaign_id, told)
+
+    repeats = assert_events_match_rows(events_svc, event_queue, campaign_id)
+    lifecycle = wait_until(lambda: lifecycle_events(event_queue, campaign_id), timeout=30,
+                           what="the campaign.closed event")
+    assert lifecycle[events.OPENED]["total"] == STOCK
+    assert lifecycle[events.SOLD_OUT]["total"] == STOCK
+    assert lifecycle[events.CLOSED]["agree"] is True
+    assert lifecycle[events.CLOSED]["database_rows"] == STOCK
+    print(f"\n[events flood] repeats: {repeats}")
+    assert "event broker unavailable" not in jobs.output()
+
+
+@on_single_and_cluster
+def test_broker_stopped_mid_flood_then_every_row_gets_its_event(
+        events_svc, signer, gunicorn, scheduler, event_queue, mysql_url, redis_target):
+    jobs = scheduler(**EVENT_JOBS)
+    campaign_id = open_campaign(events_svc, STOCK)
+    try:
+        server, (answers, tokens) = flood_through(events_svc, signer, gunicorn, campaign_id,
+                                                  fault=lambda: rabbitmqctl("stop_app"))
+        # issuing and the flush went on without the broker: every coupon has its row
+        wait_until(lambda: count_rows(events_svc.engine, campaign_id) == STOCK, timeout=60,
+                   what="the flush to go on with the broker stopped")
+        told, _, _ = tickets_told(server.url, campaign_id, answers, tokens)
+        # a close does not wait for the broker: it says how many events are still to go
+        runner = create_app(app_config(mysql_url, redis_target, EVENTS_URL=EVENTS_URL)).test_cli_runner()
+        result = runner.invoke(args=["campaign", "close", str(campaign_id)])
+        assert result.exit_code == 0, result.output
+        still = waiting_events(events_svc, campaign_id)
+        assert still > 0  # what the stopped broker has not confirmed waits in the database
+        assert f"events: {still} still to go" in result.output
+    finally:
+        rabbitmqctl("start_app")
+    close_and_check(events_svc, signer, campaign_id, told)  # released already: checks the rows
+    repeats = assert_events_match_rows(events_svc, event_queue, campaign_id)
+    assert wait_until(lambda: lifecycle_events(event_queue, campaign_id), timeout=30,
+                      what="the campaign.closed event")[events.CLOSED]["agree"] is True
+    output = jobs.output()
+    assert output.count("event broker unavailable") == 1  # once per outage, not per try
+    assert "event broker back after" in output
+    print(f"\n[events broker stopped] repeats: {repeats}; waiting at close: {still}")
+
+
+def test_memory_alarm_mid_flood_holds_events_back_then_they_go(
+        events_svc, signer, gunicorn, scheduler, event_queue):
+    jobs = scheduler(**EVENT_JOBS)
+    campaign_id = open_campaign(events_svc, STOCK)
+    try:
+        server, (answers, tokens) = flood_through(
+            events_svc, signer, gunicorn, campaign_id,
+            fault=lambda: rabbitmqctl("set_vm_memory_high_watermark", "0.000001"))
+        wait_until(lambda: count_rows(events_svc.engine, campaign_id) == STOCK, timeout=60,
+                   what="the flush to go on while the broker blocks publishers")
+        held_back = waiting_events(events_svc, campaign_id)
+        assert held_back > 0
+        told, _, _ = tickets_told(server.url, campaign_id, answers, tokens)
+    finally:
+        rabbitmqctl("set_vm_memory_high_watermark", "0.4")
+    close_and_check(events_svc, signer, campaign_id, told)
+    repeats = assert_events_match_rows(events_svc, event_queue, campaign_id)
+    output = jobs.output()
+    (outage,) = [line for line in output.splitlines() if "event broker unavailable" in line]
+    assert "blocked" in outage.lower()  # pika's blocked-connection timeout, or the confirms'
+    assert "event broker back after" in output
+    print(f"\n[events memory alarm] repeats: {repeats}; held back: {held_back}")
+
+
+def test_broker_unreachable_at_start_then_every_event_goes(
+        events_svc, signer, gunicorn, scheduler, event_queue):
+    campaign_id = open_campaign(events_svc, 50)
+    try:
+        rabbitmqctl("stop_app")
+        jobs = scheduler(**EVENT_JOBS)
+        server = gunicorn(workers=2)
+        results = flood([issue_call(server.url, campaign_id, u, t) for u, t in users(signer, 80)])
+        assert Counter(status for _, status, _ in results) == {201: 50, 409: 30}
+        wait_until(lambda: count_rows(events_svc.engine, campaign_id) == 50, timeout=60,
+                   what="the flush without a broker")
+        # every event waits: 50 coupons, opened, and sold_out once the stock sync counted it
+        wait_until(lambda: waiting_events(events_svc, campaign_id) == 52, timeout=60,
+                   what="the campaign.sold_out event to be written")
+    finally:
+        rabbitmqctl("start_app")
+    assert_events_match_rows(events_svc, event_queue, campaign_id)
+    assert {k for _, k, _ in event_queue.read(campaign_id)} == {events.ISSUED, events.OPENED, events.SOLD_OUT}
+    (outage,) = [line for line in jobs.output().splitlines() if "event broker unavailable" in line]
+    assert "cannot connect" in outage
+
+
+def test_without_events_url_nothing_is_written_or_published(svc, signer, gunicorn, scheduler, event_queue):
+    jobs = scheduler(**FAST_JOBS)  # EVENTS_URL unset
+    campaign_id = open_campaign(svc, STOCK)
+    server, (answers, tokens) = flood_through(svc, signer, gunicorn, campaign_id)
+    told, _, _ = tickets_told(server.url, campaign_id, answers, tokens)
+    close_and_check(svc, signer, campaign_id, told)
+    with svc.engine.connect() as conn:
+        written = conn.execute(select(func.count()).select_from(db.event_outbox)
+                               .where(db.event_outbox.c.campaign_id == campaign_id)).scalar_one()
+    assert written == 0
+    assert event_queue.read(campaign_id) == []
+    assert "events" not in jobs.output().split("jobs: ", 1)[1].splitlines()[0]
+
+
+def test_tail_prints_events_as_they_come(events_svc, mysql_url, redis_target):
+    runner = create_app(app_config(mysql_url, redis_target, EVENTS_URL=EVENTS_URL)).test_cli_runner()
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(
+        out=runner.invoke(args=["events", "tail", "--count", "1", "--seconds", "60",
+                                "--pattern", "campaign.stock_added"])))
+    thread.start()
+    publisher = events.Publisher(events_svc.engine, events_svc.config)
+    sent = []
+    try:
+        while thread.is_alive() and len(sent) < 200:  # until the tail's queue is bound and hears one
+            request_id = uuid.uuid4().hex
+            with events_svc.engine.begin() as conn:
+                events.record(events_svc.config, conn, 999_999, events.STOCK_ADDED, request_id,
+                              request_id=request_id, amount=1)
+            sent.append(f"999999:stock_added:{request_id}")
+            publisher.publish()
+            thread.join(0.2)
+    finally:
+        publisher.close()
+        thread.join(60)
+    out = result["out"]
+    assert out.exit_code == 0, out.output
+    message_id, routing_key, body = out.output.strip().split("\t")
+    assert message_id in sent and routing_key == events.STOCK_ADDED
+    assert json.loads(body)["request_id"] == message_id.rsplit(":", 1)[1]
+
+
+def test_tail_refuses_clearly(app, mysql_url, redis_target):
+    result = app.test_cli_runner().invoke(args=["events", "tail", "--count", "1"])
+    assert result.exit_code == 1
+    assert "NO_EVENTS" in result.output and "Traceback" not in result.output
+    unreachable = create_app(app_config(mysql_url, redis_target,
+                                        EVENTS_URL="amqp://guest:guest@127.0.0.1:1/"))
+    result = unreachable.test_cli_runner().invoke(args=["events", "tail", "--seconds", "1"])
+    assert result.exit_code == 1
+    assert "UNAVAILABLE" in result.output and "Traceback" not in result.output
+
+
+
+def test_status_and_ops_page_say_how_many_events_are_still_to_go(mysql_url, redis_target):
+    app = create_app(app_config(mysql_url, redis_target, EVENTS_URL=EVENTS_URL))
+    svc = app.extensions["coupon"]
+    campaign_id = open_campaign(svc, 10)  # its campaign.opened waits: no events job runs here
+    for request_id in ("r1", "r2"):
+        campaigns.add_stock(svc, campaign_id, 5, request_id)
+    campaigns.add_stock(svc, campaign_id, 5, "r1")  # asked again: added once, told once
+
+    result = app.test_cli_runner().invoke(args=["campaign", "status", str(campaign_id)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["events"]["pending"] == 3
+    live = app.test_client().get(f"/ops/live.json?campaign={campaign_id}").json
+    assert live["campaign"]["events"]["pending"] == 3
+    assert live["campaign"]["events"]["lag_seconds"] >= 0
+    svc.engine.dispose()
