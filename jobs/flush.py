@@ -6,10 +6,10 @@ import os
 import socket
 import time
 
-from redis.backoff import ExponentialBackoff
 from sqlalchemy.exc import SQLAlchemyError
 
 from coupon.outbox import Flusher
+from jobs.outage import Outage
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0  # seconds between tries at most, while the database is down
@@ -23,29 +23,19 @@ class FlushJob:
         self.flusher = Flusher(svc, consumer=f"jobs:{socket.gethostname()}:{os.getpid()}")
         svc.metrics.flushers.set(1)  # summed over the live scheduler processes
         self.interval = interval
-        self.backoff = ExponentialBackoff(cap=MAX_BACKOFF, base=interval)
-        self.failures = 0
-        self.retry_at = 0.0
-        self.outage_since = None
+        self.outage = Outage(log, "database", base=interval, cap=MAX_BACKOFF)
 
     def __call__(self):
         """Flush what the outbox holds; False while the database is down (a failed try, or
         waiting out the backoff before the next)."""
-        if time.monotonic() < self.retry_at:
+        if self.outage.waiting():
             return False
         try:
             # stop after a while so that the other jobs and the leader lease keep their turn
             moved = self.flusher.flush(until=time.monotonic() + 5 * self.interval + 1)
         except SQLAlchemyError as e:
-            self.failures += 1
-            self.retry_at = time.monotonic() + self.backoff.compute(self.failures)
-            if self.outage_since is None:  # once per outage, not once per try
-                self.outage_since = time.monotonic()
-                log.error("database unreachable, outbox entries wait in Redis: %s", e.__class__.__name__)
+            self.outage.failed(f"database unreachable, outbox entries wait in Redis: {e.__class__.__name__}")
             return False
-        if self.outage_since is not None:
-            log.warning("database back after %.1f s", time.monotonic() - self.outage_since)
-            self.outage_since = None
-        self.failures = 0
+        self.outage.succeeded()
         self.metrics.record_flushed(moved)
         return True

@@ -18,7 +18,7 @@ from coupon.keys import JOB_SUCCESS, SCHEDULER_LEADER
 from coupon.outbox import GROUP, outbox_stats
 from coupon.queries import count_rows
 from coupon.reconcile import mysql_tickets, redis_claims
-from coupon.scripts import decode_serials
+from coupon.scripts import OutboxEntry, decode_serials
 from tests.flood import (REDIS_TIMEOUT, STOCK, close_and_check, demand, every, issued_counter, once,
                          outcomes, say, service_on, tickets_told)
 from loadtest.harness import open_campaign, wait_until
@@ -252,7 +252,7 @@ class Flushers:
         return False
 
     def users_of(self, pending):
-        return [self.redis.xrange(s, i, i)[0][1]["u"] for s, i in pending]
+        return [OutboxEntry.decode(self.redis.xrange(s, i, i)[0][1], 0, str).user_id for s, i in pending]
 
 
 @pytest.mark.parametrize("victim", ["leader", "standby"])

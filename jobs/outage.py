@@ -1,0 +1,34 @@
+"""A dependency's outage as a job sees it (the database for the flush, the broker for the events):
+tries spaced out exponentially while it lasts, and said once when it starts and once when it
+ends, not at every try."""
+import time
+
+from redis.backoff import ExponentialBackoff
+
+
+class Outage:
+    def __init__(self, log, what, base, cap):
+        self.log, self.what = log, what  # what: "database", say ("database back after 3.2 s")
+        self.backoff = ExponentialBackoff(cap=cap, base=base)
+        self.failures = 0
+        self.retry_at = 0.0
+        self.since = None
+
+    def waiting(self):
+        """Whether the next try is still to wait (the backoff after a failed one)."""
+        return time.monotonic() < self.retry_at
+
+    def failed(self, message):
+        """A try failed: wait longer before the next; log `message` if the outage starts now."""
+        self.failures += 1
+        self.retry_at = time.monotonic() + self.backoff.compute(self.failures)
+        if self.since is None:
+            self.since = time.monotonic()
+            self.log.error(message)
+
+    def succeeded(self):
+        """A try succeeded: the outage, if any, is over."""
+        if self.since is not None:
+            self.log.warning("%s back after %.1f s", self.what, time.monotonic() - self.since)
+            self.since = None
+        self.failures = 0
