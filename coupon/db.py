@@ -89,15 +89,41 @@ event_outbox = Table(
     mysql_engine="InnoDB",
 )
 
+# coupon.issued events still to publish: the key of a coupon, written in the transaction of its
+# row; the publisher builds the message from the coupon row (its age: the coupon's issued_at).
+# Two integers and no other index: the wide row with its JSON body halved the flush's rate
+# (BENCHMARKS.md); keyed by what the message id is made of, so a replayed entry's is skipped
+issued_events = Table(
+    "issued_events",
+    metadata,
+    Column("campaign_id", Integer, primary_key=True, autoincrement=False),
+    Column("serial", Integer, primary_key=True, autoincrement=False),
+    mysql_engine="InnoDB",
+)
+
 
 def insert_ignoring_duplicates(dialect_name, table):
     """INSERT into `table` that skips rows clashing with a unique key and fails on anything else."""
     if dialect_name in ("mysql", "mariadb"):
         stmt = mysql.insert(table)
-        return stmt.on_duplicate_key_update(id=stmt.inserted.id)  # a no-op update: keep the row
+        key = table.primary_key.columns[0].name
+        return stmt.on_duplicate_key_update({key: stmt.inserted[key]})  # a no-op update: keep the row
     if dialect_name == "sqlite":
         return sqlite.insert(table).on_conflict_do_nothing()
     raise NotImplementedError(f"no duplicate-ignoring insert for {dialect_name}")
+
+
+def insert_integers_ignoring_duplicates(conn, table, rows):
+    """INSERT `rows` (tuples of integers, the table's columns in order) into `table` as one
+    statement written out here, skipping rows clashing with a unique key. For the thousands of
+    rows of a flush round, an executemany's handling of each parameter cost ~12 us a row, more
+    than the database's work; integers need no escaping."""
+    if not rows:
+        return
+    skip = {"sqlite": "ON CONFLICT DO NOTHING"}.get(
+        conn.dialect.name, f"ON DUPLICATE KEY UPDATE {table.c[0].name} = {table.c[0].name}")
+    values = ",".join("(" + ",".join(str(int(v)) for v in row) + ")" for row in rows)
+    conn.exec_driver_sql(f"INSERT INTO {table.name} ({', '.join(table.c.keys())}) VALUES {values} {skip}")
 
 
 def make_engine(url):

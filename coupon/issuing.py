@@ -166,8 +166,15 @@ class Issuer:
             campaign.admit(self.clock.now_ms(measure=False))
 
     def issue(self, campaign, user_id, turn=None, parts=None, reloaded=False):
-        """Issue the user's ticket of an admitted campaign, or return the one they hold. parts:
+        """Issue the user's ticket of an admitted campaign, or return the one they hold. turn: the
+        request's arrival.Turn, in arrival order (a call without one takes its turn now); parts:
         the request's metrics.IssueParts, if timed."""
+        if self.gate is not None and turn is None:  # not from the API (a tool, a test)
+            turn = self.gate.wait_turn(self.clock.fine_now_ms(), campaign.campaign_id)
+            try:
+                return self.issue(campaign, user_id, turn, parts)
+            finally:
+                self.gate.finished(turn)
         parts = parts or IssueParts()
         try:
             return campaign.issue(user_id, turn, parts)

@@ -327,8 +327,8 @@ class OutboxCollector(ScrapeCollector):
 
 
 class EventsCollector(ScrapeCollector):
-    """Events not yet confirmed by the broker, and the age of the oldest: two SELECTs of the event
-    outbox per read (an empty table without EVENTS_URL)."""
+    """Events not yet confirmed by the broker, and the age of the oldest: a count and a first row
+    of each event table per read (empty tables without EVENTS_URL)."""
 
     def __init__(self, engine):
         super().__init__()

@@ -8,8 +8,9 @@ Several flushers may run at once (every scheduler's flush job, a close's drain):
 each new entry to one of them; one that stalls past the idle time has its entries taken over,
 and should it come back, its insert skips the rows and its acknowledgement finds nothing
 pending, so each row is written once and counted once (by the flusher that acknowledged it).
-With EVENTS_URL set, each row's coupon.issued event is written in the same transaction
-(coupon/events.py); a replayed entry's is skipped while it waits, or published again.
+With EVENTS_URL set, each row's coupon.issued event (a short row: campaign and serial) is
+written in the same transaction (coupon/events.py); a replayed entry's is skipped while it
+waits, or published again.
 One frozen between its insert and its commit (SIGSTOP, a paused VM) would hold its rows' locks,
 and the flusher that took its entries over would wait on them; on MariaDB the server rolls such
 a transaction back once idle FLUSH_CLAIM_IDLE seconds (idle_write_transaction_timeout).
@@ -64,8 +65,7 @@ class Flusher:
         self.frozen_after = max(1, math.ceil(svc.config["FLUSH_CLAIM_IDLE"]))
         self.insert = db.insert_ignoring_duplicates(self.engine.dialect.name, db.coupons)
         # with events on, each coupon's event row commits with its row (coupon/events.py)
-        self.insert_events = (db.insert_ignoring_duplicates(self.engine.dialect.name, db.event_outbox)
-                              if events.enabled(svc.config) else None)
+        self.events = events.enabled(svc.config)
         self._grouped = set()
 
     def shards(self, campaign_ids=None):
@@ -96,8 +96,8 @@ class Flusher:
                 with self.engine.begin() as conn:
                     self._roll_back_if_frozen(conn)
                     conn.execute(self.insert, rows)
-                    if self.insert_events is not None:
-                        conn.execute(self.insert_events, events.issued_rows(rows))
+                    if self.events:
+                        events.write_issued(conn, rows)
             written = time.perf_counter()
             if before_ack:
                 before_ack()

@@ -129,18 +129,20 @@ class LeaseOutcome(enum.IntEnum):
     NOT_OPEN = -2
     CLOSED = -3
     EXPIRED = -4  # asked again for a lease that has expired meanwhile: ask under a new lease id
-    # in arrival order, of the tail: serials (maybe none) for this worker's granted bids, its
-    # refused bids sold out, the others still waiting
+    # in arrival order, of the tail: serials (maybe none) for this worker's granted bids, the
+    # others still waiting
     ORDERED = 5
+    # in arrival order: none left, but other workers hold some (asked to give back): the bids
+    # wait (decoded as ORDERED with others_hold)
+    ORDERED_HELD = 6
 
 
 class LeaseReply(NamedTuple):
     outcome: LeaseOutcome
     serials: tuple = ()  # LEASED: the serials, in the order to hand them out
     tail: bool = False  # LEASED: of the last SINGLE_LEASE_TAIL, only for the requests waiting now
-    others_hold: bool = False  # SOLD_OUT: other workers still hold serials (asked to give back)
+    others_hold: bool = False  # SOLD_OUT, ORDERED: other workers hold serials (asked to give back)
     granted: tuple = ()  # ORDERED: this worker's bids (ids) the serials are for, in turn
-    refused: tuple = ()  # ORDERED: its bids refused (sold out)
 
     @classmethod
     def decode(cls, raw):
@@ -149,11 +151,13 @@ class LeaseReply(NamedTuple):
             start, end, tail, *returned = raw[1:]
             return cls(outcome, (*range(start, end + 1), *returned), bool(tail))
         if outcome is LeaseOutcome.ORDERED:
-            start, end, granted, refused, *returned = raw[1:]
+            start, end, granted, *returned = raw[1:]
             return cls(outcome, (*range(start, end + 1), *returned), True,
-                       granted=tuple(map(int, granted)), refused=tuple(map(int, refused)))
+                       granted=tuple(map(int, granted)))
         if outcome is LeaseOutcome.SOLD_OUT:
             return cls(outcome, others_hold=bool(raw[1]))
+        if outcome is LeaseOutcome.ORDERED_HELD:
+            return cls(LeaseOutcome.ORDERED, tail=True, others_hold=True)
         return cls(outcome)
 
 
@@ -193,13 +197,12 @@ class Scripts:
     def lease(self, keys, epoch, lease_id, most, ttl_ms, tail, waiting, order=None):
         """Lease up to `most` serials for `ttl_ms` (the same ones again for the same lease id),
         once replicas hold the lease (else NotReplicated); see lease.lua. order, in arrival order:
-        (bidder id, its frontier ms or None, stale ms, unlisted ms, [(bid id, arrival ms or "":
-        withdrawn)] of
-        the bids new (or sent again) and withdrawn)."""
+        (bidder id, its frontier ms or None, stale ms, unlisted ms, opening ms, caught-up ms,
+        [(bid id, arrival ms or "": withdrawn)] of the bids new (or sent again) and withdrawn)."""
         args = [lease_id, most, ttl_ms, tail, waiting, epoch]
         if order is not None:
-            bidder, frontier, stale_ms, unlisted_ms, bids = order
-            args += ["-" if frontier is None else repr(frontier), bidder, stale_ms, unlisted_ms]
+            bidder, frontier, *limits, bids = order
+            args += ["-" if frontier is None else repr(frontier), bidder, *limits]
             for bid, arrival in bids:  # arrival "": withdrawn
                 args += [bid, arrival if arrival == "" else repr(arrival)]
         raw = self.redis.run(self._lease, keys.home_keys(), args, durable=True)

@@ -43,11 +43,21 @@ GAUGE_STEP = 32  # the local-block gauge moves in steps of this many serials (an
 # at once, so that those served from blocks before would have been served anyway
 ORDERED_TAIL = 10_000
 BIDDER_STALE_MS = 1_000  # a worker not heard from for this long is gone: its bids keep nothing
-# a worker lists itself as a bidder of a campaign once it has read a request of it: no bid is
-# answered before this many ms after it arrived, time for every worker that got an earlier one to
-# read it (at the opening mostly; a worker under a flood of the campaign is listed already)
+# a worker lists itself as a bidder of a campaign once it has read a request of it: at the opening
+# (OPENING_MS from the first listing) no bid is answered before UNLISTED_MS after it arrived, time
+# for every worker that got an earlier one to read it and list itself; after that a worker under
+# the flood is listed already, and one that joins later reads its first request at once
 UNLISTED_MS = 20
-ORDER_WAIT = 0.002  # seconds between bids that got no answer yet (the watermark moves on)
+OPENING_MS = 200
+# a bidder whose frontier lags its publication by at most this many ms, published at most this
+# long ago, is caught up (no queue): it holds no one back, so with no queue anywhere a bid is
+# answered at once, out of order by 2 * CAUGHT_UP_MS at most (docs/api.md); one further behind
+# holds the watermark at its frontier. (A frontier lags by a few ms when idle: ReadMarks looks
+# three turns of the loop back, and the loop turns at least every PUBLISH_EVERY.)
+CAUGHT_UP_MS = 10
+# seconds between bids that got no answer yet (the watermark moves on), unless a new one comes:
+# it is sent at once, as its request's frontier holds every other worker's bids back till then
+ORDER_WAIT = 0.002
 # seconds a bid waits for an answer at most (a worker that holds the watermark back stalls, Redis
 # fails over); then UNAVAILABLE, to be asked again, and withdrawn: not SOLD_OUT while stock is left
 ORDER_PATIENCE = 2.0
@@ -191,10 +201,11 @@ class SerialSupply:
         self.gate = gate
         self._bidding = {}  # Turn id -> Turn of the requests waiting for a serial
         self._granted = {}  # Turn id -> (lease, serial) served to its bid
-        self._refused = set()  # Turn ids of bids refused (sold out)
         self._placed = {}  # Turn id -> monotonic deadline of the bids in Redis, not answered yet
         self._withdrawn = []  # Turn ids of bids in Redis whose requests went without a serial
         self._bids_again_at = 0.0  # monotonic: when to send every bid again
+        self._new_bid = threading.Event()  # a request began bidding since the last bids were sent
+        self._asked_holders_at = -HOLDER_WATCH  # monotonic: the bids last asked the holders
         if gate is not None:
             self.tail_size = max(self.tail_size, ORDERED_TAIL)
 
@@ -227,8 +238,6 @@ class SerialSupply:
             while True:
                 if turn is not None and turn.id in self._granted:
                     return Taken(self, *self._granted.pop(turn.id))
-                if turn is not None and turn.id in self._refused:
-                    raise SoldOut()
                 if turn is not None and self._placed.get(turn.id, float("inf")) < time.monotonic():
                     raise Unavailable()
                 lease = self.current
@@ -245,6 +254,7 @@ class SerialSupply:
                     self.waiting_requests += 1
                     if turn is not None:
                         self._bidding[turn.id] = turn
+                        self._new_bid.set()
                 fresh = self._refill.run(lambda: self.current is lease and self._lease_more())
                 if fresh and fresh.unused and not fresh.settled:  # the requests that waited go first
                     return Taken(self, fresh, self._take_from(fresh))
@@ -253,9 +263,8 @@ class SerialSupply:
                 self.waiting_requests -= 1
             if turn is not None:
                 self._bidding.pop(turn.id, None)
-                if self._placed.pop(turn.id, None) is not None and turn.id not in self._refused:
+                if self._placed.pop(turn.id, None) is not None:
                     self._withdrawn.append(turn.id)  # its bid must not keep a serial
-                self._refused.discard(turn.id)
                 granted = self._granted.pop(turn.id, None)  # left before it saw it: unused
                 if granted is not None:
                     self._done(*granted, unused=True)
@@ -312,9 +321,10 @@ class SerialSupply:
         if again:
             self._bids_again_at = time.monotonic() + BIDS_AGAIN
         bids = [turn for turn in self._bidding.values()
-                if turn.id not in self._granted and turn.id not in self._refused
+                if turn.id not in self._granted
                 and (again or turn.id not in self._placed)]
         withdrawn, self._withdrawn = self._withdrawn, []
+        self._new_bid.clear()
         for attempt in range(TAIL_TRIES):
             if attempt:
                 time.sleep(TAIL_WAIT)
@@ -322,7 +332,7 @@ class SerialSupply:
             order = None
             if self.gate is not None:
                 order = (self.gate.worker_id, self.gate.frontier(self.keys.campaign_id, bids),
-                         BIDDER_STALE_MS, UNLISTED_MS,
+                         BIDDER_STALE_MS, UNLISTED_MS, OPENING_MS, CAUGHT_UP_MS,
                          [(turn.id, turn.arrival) for turn in bids] + [(i, "") for i in withdrawn])
             try:
                 reply = self.scripts.lease(self.keys, self.epoch, lease_id, self.block_size,
@@ -342,6 +352,9 @@ class SerialSupply:
             elif not attempt:
                 self._ask_holders()
         if reply.outcome is LeaseOutcome.ORDERED:
+            if reply.others_hold and time.monotonic() - self._asked_holders_at >= HOLDER_WATCH:
+                self._asked_holders_at = time.monotonic()  # (they look every HOLDER_WATCH)
+                self._ask_holders()
             return self._answer_bids(lease_id, sent, bids, reply)
         if reply.outcome is LeaseOutcome.LEASED:
             lease = Lease(lease_id, reply.serials)
@@ -379,21 +392,16 @@ class SerialSupply:
 
     def _answer_bids(self, lease_id, sent, bids, reply):
         """lease.lua's answer to the bids: a serial for each granted one (of a tail lease, never
-        current), sold out for each refused one; the others wait in Redis, holding their place,
-        and ask again once the watermark has moved on. None: each request takes what its own bid
-        got, never a serial another's was granted."""
+        current); the others wait in Redis, holding their place, and ask again once the watermark
+        has moved on (sold out only once none is left or in flight). None: each request takes
+        what its own bid got, never a serial another's was granted."""
         deadline = time.monotonic() + ORDER_PATIENCE
         for turn in bids:
             self.gate.placed(turn)
             self._placed.setdefault(turn.id, deadline)
         self.low_stock, self.sold_out_until = True, 0.0
-        for bid in reply.refused:
-            if bid in self._bidding:
-                self._placed.pop(bid, None)
-                self._refused.add(bid)
         if not reply.granted:
-            if not reply.refused:
-                time.sleep(ORDER_WAIT)
+            self._new_bid.wait(ORDER_WAIT)
             return None
         # each serial is its bid's, taken when its request runs; one for a bid whose request went
         # since is unused, given back with the lease once none of it is in flight

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.request
 from collections import Counter
 from typing import NamedTuple, Optional
 
@@ -384,12 +385,14 @@ def run_setting(svc, servers, users_count, stock, rate, fresh, label="run"):
     requests = [f"POST /api/v1/campaigns/{campaign_id}/issue HTTP/1.1\r\nHost: {host}:{port}\r\n"
                 f"Authorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n".encode()
                 for (host, port), (_, token) in zip(addrs, crowd)]
-    drops = listen_drops()
+    drops, spent = listen_drops(), issue_parts(servers)
     raw_sends, raw_answers, warmed = flood(addrs, requests, rate, fresh)
-    drops = listen_drops() - drops
+    drops, spent = listen_drops() - drops, issue_parts(servers) - spent
     sends = [Send(user, s and s[0]) for (user, _), s in zip(crowd, raw_sends)]
     figures = fairness(sends, [a and answer_of(a) for a in raw_answers], stock)
     figures["rate"] = rate
+    # where an issue call's time went, ms per call on average (metrics.IssueParts)
+    figures["parts_ms"] = {part: round(seconds * 1000 / users_count, 3) for part, seconds in sorted(spent.items())}
     figures["issued_in_redis"] = issued_in_redis(svc.redis, svc.keys(campaign_id))
     if figures["issued_in_redis"] != figures["winners"]:
         figures["flags"].append(f"Redis counts {figures['issued_in_redis']} issued, the client {figures['winners']}")
@@ -404,6 +407,19 @@ def run_setting(svc, servers, users_count, stock, rate, fresh, label="run"):
             figures["flags"].append(f"a pooled connection idle {figures['max_idle_s']:.1f} s: "
                                     f"the server's keep-alive is {KEEPALIVE:g} s")
     return figures
+
+
+PART = re.compile(r'^coupon_issue_part_seconds_total\{part="(\w+)"\} (\S+)$', re.M)
+
+
+def issue_parts(servers):
+    """Seconds the servers' issue calls spent in each part so far (their /metrics)."""
+    spent = Counter()
+    for server in servers:
+        with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as answer:
+            for part, seconds in PART.findall(answer.read().decode()):
+                spent[part] += float(seconds)
+    return spent
 
 
 # -- the benchmark ------------------------------------------------------------------------------

@@ -8,10 +8,16 @@
   (2) lag: gunicorn (-k gevent -w 2) and the scheduler (`flask jobs run`, default intervals)
       while wrk floods a campaign of STOCK coupons with distinct users; the outbox backlog and
       the age of its oldest entry are sampled every 100 ms.
+  (3) with --drain N (and EVENTS_URL set): flush N claims of a fresh campaign, so that N
+      coupon.issued events wait in the database, bind a quorum queue to the exchange, then time
+      one events Publisher (the events job's) draining them all into it.
+
+With EVENTS_URL set (amqp://...), the flush of (1) and (2) writes each coupon's event too.
 
 Uses Redis db 11 and the MariaDB database `coupon_flushbench` (made anew); stops what it starts.
 
     python -m loadtest.flush_bench [--rows 200000] [--stock 30000] [--duration 10] [--flushers 1,2,4]
+                                   [--drain 200000] [--only 1,2,3]
 """
 import argparse
 import multiprocessing
@@ -22,6 +28,7 @@ import time
 
 from redis import Redis
 
+from coupon import db, events
 from coupon.outbox import Flusher, outbox_stats
 from coupon.reconcile import mysql_tickets
 from coupon.redis_state import Layout, issued_in_redis
@@ -138,6 +145,44 @@ def flush_lag(svc, env, stock, seconds):
             "rows": len(mysql_tickets(svc.engine, campaign_id))}
 
 
+DRAIN_QUEUE = "flush-bench-events"
+
+
+def drain_rate(svc, rows):
+    """Flush `rows` claims with events on, then time a Publisher sending their events to a
+    quorum queue bound to the exchange; return the figures (the queue is deleted after)."""
+    import pika
+
+    with svc.engine.begin() as conn:  # the events (1) and (2) wrote: only this part's are timed
+        for table in db.metadata.sorted_tables:
+            if table.name in ("event_outbox", "issued_events"):
+                conn.execute(table.delete())
+    campaign_id = open_campaign(svc, rows, "events drain")
+    fill_outbox(svc, campaign_id, rows)
+    assert Flusher(svc, "bench").flush([campaign_id]) == rows
+    waiting = events.pending(svc.engine)[0]
+    connection = pika.BlockingConnection(pika.URLParameters(svc.config["EVENTS_URL"]))
+    channel = connection.channel()
+    try:
+        channel.exchange_declare(events.EXCHANGE, "topic", durable=True)
+        channel.queue_declare(DRAIN_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+        channel.queue_purge(DRAIN_QUEUE)
+        channel.queue_bind(DRAIN_QUEUE, events.EXCHANGE, "#")
+        publisher = events.Publisher(svc.engine, svc.config)
+        started = time.perf_counter()
+        try:
+            sent = publisher.publish()
+        finally:
+            publisher.close()
+        seconds = time.perf_counter() - started
+        left = events.pending(svc.engine)[0]
+        got = channel.queue_delete(DRAIN_QUEUE).method.message_count
+    finally:
+        connection.close()
+    assert left == 0 and got >= waiting, (left, got, waiting)
+    return {"events": sent, "seconds": seconds, "per_s": sent / seconds, "queued": got}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200_000)
@@ -145,23 +190,35 @@ def main():
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--flushers", default="1",
                         help="flushers at once for (1), comma-separated counts, each measured: 1,2,4")
+    parser.add_argument("--drain", type=int, default=0,
+                        help="(3): events to drain, with EVENTS_URL set (0: none)")
+    parser.add_argument("--only", default="1,2,3", help="which parts to run: 1,2,3")
     args = parser.parse_args()
     counts = [int(n) for n in args.flushers.split(",")]
+    parts = {int(n) for n in args.only.split(",")}
 
     bench.need_wrk()
     os.makedirs(os.path.join(ROOT, "reports"), exist_ok=True)
     svc, env = bench.prepare(DATABASE_URL, REDIS_URL)
+    print(f"events: {'on' if events.enabled(svc.config) else 'off'}", flush=True)
     first = None
-    for n in counts:
+    for n in counts if 1 in parts else ():
         rate = flush_rate(svc, args.rows, n)
         first = first or rate["rows_per_s"]
         print(f"(1) flush rate, {n} flusher{'s' if n > 1 else ''}: {rate['rows']} rows in "
               f"{rate['seconds']:.2f} s = {rate['rows_per_s']:,.0f} rows/s "
               f"(x{rate['rows_per_s'] / first:.2f} of {counts[0]})", flush=True)
-    lag = flush_lag(svc, env, args.stock, args.duration)
-    print(f"(2) during a flood of {lag['rps']:,.0f} req/s ({lag['issued']} issued): max backlog "
-          f"{lag['max_backlog']}, max flush lag {lag['max_lag_s']:.2f} s, drained "
-          f"{lag['drained_after_s']:.2f} s after the flood ended")
+    if 2 in parts:
+        lag = flush_lag(svc, env, args.stock, args.duration)
+        print(f"(2) during a flood of {lag['rps']:,.0f} req/s ({lag['issued']} issued): max backlog "
+              f"{lag['max_backlog']}, max flush lag {lag['max_lag_s']:.2f} s, drained "
+              f"{lag['drained_after_s']:.2f} s after the flood ended", flush=True)
+    if 3 in parts and args.drain:
+        if not events.enabled(svc.config):
+            raise SystemExit("--drain needs EVENTS_URL (amqp://...)")
+        drain = drain_rate(svc, args.drain)
+        print(f"(3) events drain: {drain['events']:,} events confirmed in {drain['seconds']:.2f} s = "
+              f"{drain['per_s']:,.0f} events/s (the queue got {drain['queued']:,})")
     Redis.from_url(REDIS_URL).flushdb()
 
 

@@ -42,12 +42,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus):
 
 def pytest_collection_finish(session):
     """Stop before the first test, in one line per missing service, when Redis or MariaDB does
-    not answer and a test collected needs them (any outside tests/unit/)."""
-    from tests.services import missing_services
+    not answer and a test collected needs them (any outside tests/unit/), or RabbitMQ and a test
+    of a module that names the tests' broker (EVENTS_URL) was collected."""
+    from tests.services import EVENTS_URL, missing_services
 
     if all(item.path.is_relative_to(UNIT) for item in session.items):
         return
-    missing = missing_services(MYSQL_URL, REDIS_URL)
+    needs_broker = any(getattr(item.module, "EVENTS_URL", None) == EVENTS_URL
+                       for item in session.items if getattr(item, "module", None))
+    missing = missing_services(MYSQL_URL, REDIS_URL, EVENTS_URL if needs_broker else None)
     if missing:
         raise pytest.UsageError("the tests need " + "\n  and ".join(missing))
 

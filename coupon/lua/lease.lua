@@ -20,8 +20,16 @@
 -- ARGV[9] - ms after which a bidder not heard from (here or by frontier.lua) is gone: its frontier
 --           holds no one back, its bids are dropped
 -- ARGV[10] - ms a worker not listed in the bidders hash may take to read its first request of the
---           campaign and list itself: the watermark is never later than now minus this
--- ARGV[11..] - pairs: bid id, arrival (epoch ms, Redis's clock) of requests of this worker waiting
+--           campaign and list itself: while the bidders' stretch is young (ARGV[11]), the
+--           watermark is never later than now minus this
+-- ARGV[11] - ms from the first listing of a stretch (the bidders hash's "~since": when a bidder
+--           listed itself while no other was) during which workers may still be joining: the
+--           opening, when every worker gets its first requests of the campaign at once
+-- ARGV[12] - ms a bidder's frontier may lag its publication, and the publication now, for it to
+--           count as caught up: it holds no one back (what it has not bid yet arrived at most
+--           twice this before now); a bidder further behind (a queue) holds the watermark at its
+--           frontier
+-- ARGV[13..] - pairs: bid id, arrival (epoch ms, Redis's clock) of requests of this worker waiting
 --           for a serial: those that bid for the first time (a bid stays until answered, withdrawn or
 --           its bidder is gone; sent again, it is the same bid); arrival "": the bid is withdrawn
 --           (the request went without a serial)
@@ -31,13 +39,14 @@
 --   {0, 0} sold out; {0, 1} none left here but other workers hold some (they are asked for them);
 --   {-1} unknown campaign (or of another epoch); {-2} not open yet; {-3} closed;
 --   {-4} this lease id was leased before and has expired since: ask under a new one;
---   in arrival order, of the tail: {5, start, end, {granted bid ids}, {refused bid ids}, serial...}:
---   serials as above, one for each granted bid of this worker in turn (its earliest, as many as
---   there are serials), the refused ones sold out; its other bids wait. The tail goes to the bids
---   in arrival order up to the watermark, whichever worker made them: a serial kept for another
---   worker's earlier bid is leased to that worker when it asks. With none left but some in flight
---   elsewhere (leased), the bids wait ({5, 0, -1, {}, {}}): a serial that comes back goes to the
---   next of them.
+--   in arrival order, of the tail: {5, start, end, {granted bid ids}, serial...}: serials as
+--   above, one for each granted bid of this worker in turn (its earliest, as many as there are
+--   serials); its other bids wait. The tail goes to the bids in arrival order up to the
+--   watermark, whichever worker made them: a serial kept for another worker's earlier bid is
+--   leased to that worker when it asks. With none left but some in flight elsewhere (leased), the
+--   bids wait ({6}; the holders are asked for them, as for {0, 1}): a serial that comes back
+--   unused goes to the next of them. So a bid is refused only once none is left or in flight
+--   ({0, 0}), never while a serial may still come back.
 -- Asked again under the same lease id (its answer was lost, or replicas had not acknowledged
 -- it), it leases nothing more: it answers the same serials and extends the lease.
 -- As stock runs low a lease takes only a fair share of what is left, and of the very last serials
@@ -73,27 +82,41 @@ local returned = redis.call('LLEN', KEYS[4])
 local remaining = total - cursor + returned
 local live = redis.call('ZCOUNT', KEYS[2], now, '+inf')
 local ordered = (ARGV[7] or '') ~= ''
--- the earliest frontier of every live bidder: bids up to it are answered (upto: as it was written,
--- since a Lua number passed to Redis keeps only 14 digits, ~0.1 ms)
+-- the watermark, bids up to which are answered: now, but for the earliest frontier of the live
+-- bidders that lag (a queue), and for the floor at the opening (upto: as it was written, since a
+-- Lua number passed to Redis keeps only 14 digits, ~0.1 ms)
 local watermark, upto
 local alive = {}  -- bidder -> true: the live ones (a gone one's bids keep nothing)
 if ordered then
-  watermark = now - tonumber(ARGV[10])
-  upto = tostring(watermark)
-  redis.call('HSET', KEYS[6], ARGV[8], ARGV[7] .. ' ' .. now)
+  local joined = redis.call('HSET', KEYS[6], ARGV[8], ARGV[7] .. ' ' .. now) == 1
   local bidders = redis.call('HGETALL', KEYS[6])
+  local caught_up, since, others = tonumber(ARGV[12]), nil, 0
+  watermark = now
   for i = 1, #bidders, 2 do
     local frontier, said = string.match(bidders[i + 1], '^(%S+) (%d+)$')
-    if not said or tonumber(said) < now - tonumber(ARGV[9]) then
+    if bidders[i] == '~since' then
+      since = tonumber(bidders[i + 1])
+    elseif not said or tonumber(said) < now - tonumber(ARGV[9]) then
       redis.call('HDEL', KEYS[6], bidders[i])  -- gone: holds no one back, its bids keep nothing
     else
       alive[bidders[i]] = true
-      if frontier ~= '-' and tonumber(frontier) < watermark then
-        watermark, upto = tonumber(frontier), frontier
+      if bidders[i] ~= ARGV[8] then others = others + 1 end
+      said = tonumber(said)
+      local at = frontier ~= '-' and tonumber(frontier)
+      if at and (said - at > caught_up or now - said > caught_up) and at < watermark then
+        watermark, upto = at, frontier
       end
     end
   end
-  for i = 11, #ARGV, 2 do
+  if not since or (joined and others == 0) then  -- the first bidder: a stretch of listings begins
+    since = now
+    redis.call('HSET', KEYS[6], '~since', now)
+  end
+  if now - since < tonumber(ARGV[11]) then  -- the opening: others may be about to list themselves
+    watermark = math.min(watermark, now - tonumber(ARGV[10]))
+  end
+  if not upto or tonumber(upto) > watermark then upto = tostring(watermark) end
+  for i = 13, #ARGV, 2 do
     if ARGV[i + 1] == '' then  -- withdrawn: that request went without a serial
       redis.call('ZREM', KEYS[5], ARGV[8] .. '|' .. ARGV[i])
     else
@@ -103,7 +126,7 @@ if ordered then
   -- in flight elsewhere: a serial that comes back unused goes to the next bid; until then, wait
   if remaining <= 0 and live > 0 then
     redis.call('HSET', KEYS[1], 'wanted', now)  -- workers holding serials unused: give them back
-    return {5, 0, -1, {}, {}}
+    return {6}
   end
 end
 if remaining <= 0 then
@@ -122,7 +145,7 @@ if tail and not ordered then want = math.max(1, math.min(remaining, tonumber(ARG
 if ordered and not tail then want = math.min(want, remaining - tonumber(ARGV[4])) end
 if ordered and tail then
   local bidder = ARGV[8] .. '|'
-  local available, granted, refused, cut = remaining, {}, {}, nil
+  local available, granted = remaining, {}
   -- in arrival order up to the watermark, until the serials left are spoken for: a serial kept
   -- for another worker's earlier bid, or ours (the walk stops there: a page is enough)
   for _, bid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', upto,
@@ -131,7 +154,6 @@ if ordered and tail then
     if not alive[owner] then
       redis.call('ZREM', KEYS[5], bid)  -- a gone worker's bid keeps nothing
     elseif available == 0 then
-      cut = bid
       break
     else
       available = available - 1
@@ -141,16 +163,7 @@ if ordered and tail then
       end
     end
   end
-  if cut then  -- none left for the bids from the cut on: ours among them, up to the watermark
-    local from = redis.call('ZSCORE', KEYS[5], cut)
-    for _, bid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], from, upto)) do
-      if string.sub(bid, 1, #bidder) == bidder then
-        refused[#refused + 1] = string.sub(bid, #bidder + 1)
-        redis.call('ZREM', KEYS[5], bid)
-      end
-    end
-  end
-  reply = {5, 0, -1, granted, refused}
+  reply = {5, 0, -1, granted}
   if #granted == 0 then return reply end
   want = #granted
 end

@@ -5,7 +5,7 @@ test decides which worker serves which request.
 """
 import pytest
 
-from coupon import queries
+from coupon import queries, supply
 from coupon.errors import SoldOut
 from coupon.scripts import decode_serials
 from loadtest.harness import open_campaign, users
@@ -46,6 +46,19 @@ def test_a_dry_worker_gets_the_serials_an_idle_one_holds(workers, redis_client):
     assert held_by(a, campaign_id) == 0
     assert issue_until_sold_out(a, campaign_id, "c") == 0
     assert queries.campaign_status(a, campaign_id)["issued"] == 200
+
+
+def test_in_arrival_order_a_dry_worker_gets_the_serials_an_idle_one_holds(make_app, monkeypatch):
+    monkeypatch.setattr(supply, "ORDERED_TAIL", 100)  # the bids' tail: the last 100 of 150
+    a, b = [make_app(STATE_REFRESH=0.2, ARRIVAL_ORDER=True).extensions["coupon"] for _ in range(2)]
+    campaign_id = open_campaign(a, 150, "ordered tail")
+    issue_directly(a, campaign_id, "a0")  # a leases a block before the tail, uses one, then gets no request
+    assert held_by(a, campaign_id) > 0
+    # b's bids find the rest in flight at a: they ask the holders (Scripts.ask_holders), and a
+    # gives back what it holds, rather than b's requests waiting for a bid's patience to run out
+    assert issue_until_sold_out(b, campaign_id, "b") == 149
+    assert held_by(a, campaign_id) == 0
+    assert queries.campaign_status(a, campaign_id)["issued"] == 150
 
 
 def test_a_lease_whose_give_back_failed_is_settled_at_the_next_refill(workers, redis_client):

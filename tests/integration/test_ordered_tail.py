@@ -5,7 +5,7 @@ gunicorns in test_arrival_order.py."""
 import time
 
 from coupon.scripts import LeaseOutcome
-from coupon.supply import BIDDER_STALE_MS, UNLISTED_MS
+from coupon.supply import BIDDER_STALE_MS, CAUGHT_UP_MS, OPENING_MS, UNLISTED_MS
 from loadtest.harness import open_campaign
 from tests.support import on_single_and_cluster
 
@@ -20,10 +20,11 @@ class Bidder:
         self.epoch = svc.redis.hget(self.keys.meta, "epoch")
         self.leases = 0
 
-    def bid(self, frontier, bids=(), stale_ms=BIDDER_STALE_MS):
+    def bid(self, frontier, bids=(), stale_ms=BIDDER_STALE_MS, unlisted_ms=UNLISTED_MS,
+            opening_ms=OPENING_MS, caught_up_ms=CAUGHT_UP_MS):
         """lease.lua's answer to this worker's new bids [(id, arrival ms or "": withdrawn)]."""
         self.leases += 1
-        order = (self.name, frontier, stale_ms, UNLISTED_MS, list(bids))
+        order = (self.name, frontier, stale_ms, unlisted_ms, opening_ms, caught_up_ms, list(bids))
         return self.svc.scripts.lease(self.keys, self.epoch, f"{self.name}:{self.leases}", 100,
                                       TTL_MS, 10_000, len(bids), order)
 
@@ -39,21 +40,27 @@ def test_the_tail_goes_to_every_workers_bids_in_arrival_order_up_to_the_watermar
     b.publish(now - 80)  # b may still hold a request that arrived 80 ms ago, not bid yet
 
     first = a.bid(now, [(1, now - 100), (2, now - 60)])
-    assert (first.outcome, first.granted, first.refused, len(first.serials)) == (LeaseOutcome.ORDERED, (1,), (), 1)
+    assert (first.outcome, first.granted, len(first.serials)) == (LeaseOutcome.ORDERED, (1,), 1)
 
     # b bids: 70 ms ago (before a's second), 50 ms ago; it has read everything up to now
     second = b.bid(now, [(1, now - 70), (2, now - 50)])
-    # in arrival order: b's first gets a serial, one is kept for a's second, b's second is refused
-    assert (second.granted, second.refused, len(second.serials)) == ((1,), (2,), 1)
+    # in arrival order: b's first gets a serial, one is kept for a's second, b's second waits:
+    # refused only once none is left or in flight (a serial granted may come back unused)
+    assert (second.granted, len(second.serials)) == ((1,), 1)
 
     third = a.bid(now)  # nothing new to bid: a's second bid stood in Redis and gets its serial
-    assert (third.granted, third.refused, len(third.serials)) == ((2,), (), 1)
+    assert (third.granted, len(third.serials)) == ((2,), 1)
     assert sorted(first.serials + second.serials + third.serials) == [1, 2, 3]
 
     # none left: a later bid waits while serials are leased out (one may come back unused), and
     # is sold out once every lease is settled
-    assert a.bid(now, [(3, now - 5)]).granted == ()
-    for lease_id in ("a:1", "b:1", "a:2"):
+    held = a.bid(now, [(3, now - 5)])
+    assert (held.outcome, held.granted, held.others_hold) == (LeaseOutcome.ORDERED, (), True)
+    assert svc.redis.hget(a.keys.meta, "wanted")  # the holders are asked for what they do not use
+    # a serial that comes back unused goes to the earliest bid waiting: b's second, not a's third
+    svc.scripts.give_back(a.keys, "b:1", second.serials)
+    assert b.bid(now).granted == (2,)
+    for lease_id in ("a:1", "a:2", "b:2"):
         svc.scripts.give_back(a.keys, lease_id, [])
     assert a.bid(now).outcome is LeaseOutcome.SOLD_OUT
 
@@ -65,7 +72,7 @@ def test_no_bid_is_answered_while_a_worker_may_hold_an_earlier_request_that_has_
     a, b = Bidder(svc, campaign_id, "a"), Bidder(svc, campaign_id, "b")
     b.publish(now - 300)  # b holds a request from 300 ms ago that has not bid
     waiting = a.bid(now, [(1, now - 200)])
-    assert (waiting.granted, waiting.refused, waiting.serials) == ((), (), ())
+    assert (waiting.granted, waiting.serials) == ((), ())
 
     assert b.bid(now, [(2, now - 300)]).granted == (2,)  # b's bid, the earliest of all
     assert a.bid(now).granted == (1,)  # then a's
@@ -99,3 +106,37 @@ def test_a_withdrawn_bid_and_the_bids_of_a_worker_gone_silent_keep_nothing(svc):
     time.sleep(0.01)
     # b falls silent: past the stale time it holds no one back, and its bid keeps nothing
     assert a.bid(now, [(1, now - 400)], stale_ms=5).granted == (1,)
+
+
+@on_single_and_cluster
+def test_a_worker_caught_up_holds_no_bid_back_one_with_a_queue_does(svc):
+    campaign_id = open_campaign(svc, 1)
+    now = svc.clock.fine_now_ms()
+    a, b = Bidder(svc, campaign_id, "a"), Bidder(svc, campaign_id, "b")
+    a.publish(now - 100)  # a holds a request from 100 ms before it said so, not bid yet
+    past_opening = dict(opening_ms=0)
+    # its frontier lags its word by 100 ms: a queue, so b's later bid waits for a's
+    assert b.bid(now, [(1, now - 50)], caught_up_ms=10, **past_opening).granted == ()
+    # counted as caught up (lagging 100 ms is within 5 s), a holds no one back: b's bid goes at once
+    assert b.bid(now, caught_up_ms=5_000, **past_opening).granted == (1,)
+
+
+@on_single_and_cluster
+def test_the_floor_for_workers_not_listed_yet_holds_at_the_opening_only(svc):
+    campaign_id = open_campaign(svc, 2)
+    now = svc.clock.fine_now_ms()
+    a = Bidder(svc, campaign_id, "a")
+    floor = dict(unlisted_ms=60_000)  # at the opening, a bid waits a minute for the others to list
+    assert a.bid(now, [(1, now - 1)], opening_ms=60_000, **floor).granted == ()
+    assert a.bid(now, opening_ms=0, **floor).granted == (1,)  # past it, at once
+    # the stretch of listings ends with its last bidder: the next one opens a new one
+    a.publish(None)
+    assert svc.redis.exists(a.keys.bidders) == 1
+    svc.scripts.frontier(a.keys, "a", None, listed=False)
+    assert svc.redis.exists(a.keys.bidders) == 0
+    # ... as does one that lists itself when the others have gone silent
+    a.publish(None)
+    since = int(svc.redis.hget(a.keys.bidders, "~since"))
+    time.sleep(0.01)
+    Bidder(svc, campaign_id, "b").bid(now, stale_ms=5)
+    assert int(svc.redis.hget(a.keys.bidders, "~since")) > since

@@ -4,18 +4,37 @@ import json
 
 import pytest
 from flask import Config
+from sqlalchemy import insert, select
 
 from config.settings import load_into
-from coupon import events
+from coupon import db, events
 
 
-def test_each_coupon_row_becomes_its_issued_event_under_a_stable_message_id():
-    rows = [{"campaign_id": 7, "user_id": "u1", "serial": 42, "code": "abc",
-             "issued_at": dt.datetime(2026, 12, 6, 20, 0, 0, 123000)}]
-    (event,) = events.issued_rows(rows)
-    assert (event["message_id"], event["campaign_id"], event["routing_key"]) == ("7:42", 7, "coupon.issued")
-    assert json.loads(event["body"]) == {"event": "coupon.issued", "campaign_id": 7, "user_id": "u1",
-                                         "serial": 42, "code": "abc", "issued_at": "2026-12-06T20:00:00.123Z"}
+def test_a_coupon_event_is_written_as_its_key_once():
+    engine = db.make_engine("sqlite://")  # MariaDB's: tests/e2e/test_events.py
+    db.init_db(engine)
+    rows = [{"campaign_id": 7, "user_id": f"u{n}", "serial": n, "code": "abc",
+             "issued_at": dt.datetime(2026, 12, 6, 20, 0, 0, 123000)} for n in (41, 42)]
+    for written in (rows, rows[1:], []):  # an entry replayed: its event is kept, not doubled
+        with engine.begin() as conn:
+            events.write_issued(conn, written)
+    with engine.connect() as conn:
+        assert conn.execute(select(db.issued_events)).all() == [(7, 41), (7, 42)]
+
+
+@pytest.mark.parametrize("user_id, issued_at, shown", [
+    ("u1", dt.datetime(2026, 12, 6, 20, 0, 0, 123000), "2026-12-06T20:00:00.123Z"),
+    ('a "quoted\\ üser', dt.datetime(2026, 12, 6, 20, 0, 0), "2026-12-06T20:00:00.000Z")])
+def test_the_database_builds_the_issued_body_from_the_coupon_row(user_id, issued_at, shown):
+    engine = db.make_engine("sqlite://")  # MariaDB's: tests/e2e/test_events.py
+    db.init_db(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(db.coupons), [{"campaign_id": 7, "user_id": user_id, "serial": 42,
+                                           "code": "abc", "issued_at": issued_at}])
+        body = conn.execute(select(events.issued_body(db.coupons.c))).scalar_one()
+    assert json.loads(body) == {"event": "coupon.issued", "campaign_id": 7, "user_id": user_id,
+                                "serial": 42, "code": "abc", "issued_at": shown}
+    assert list(json.loads(body)) == ["event", "campaign_id", "user_id", "serial", "code", "issued_at"]
 
 
 @pytest.mark.parametrize("url", ["http://broker:5672/", "redis://127.0.0.1/", "127.0.0.1:5672"])

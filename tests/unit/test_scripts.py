@@ -106,10 +106,12 @@ def test_sold_out_says_whether_other_workers_hold_serials():
     assert LeaseReply.decode([0, 1]) == LeaseReply(LeaseOutcome.SOLD_OUT, others_hold=True)
 
 
-def test_bids_in_arrival_order_are_answered_by_id_with_serials_in_turn_and_refusals():
-    assert LeaseReply.decode([5, 10, 11, [b"7", b"9", b"12"], [b"13"], 4]) == LeaseReply(
-        LeaseOutcome.ORDERED, (10, 11, 4), True, granted=(7, 9, 12), refused=(13,))
-    assert LeaseReply.decode([5, 0, -1, [], []]) == LeaseReply(LeaseOutcome.ORDERED, (), True)  # all wait
+def test_bids_in_arrival_order_are_answered_by_id_with_serials_in_turn():
+    assert LeaseReply.decode([5, 10, 11, [b"7", b"9", b"12"], 4]) == LeaseReply(
+        LeaseOutcome.ORDERED, (10, 11, 4), True, granted=(7, 9, 12))
+    assert LeaseReply.decode([5, 0, -1, []]) == LeaseReply(LeaseOutcome.ORDERED, (), True)  # all wait
+    # none left, some in flight elsewhere: all wait, the holders asked
+    assert LeaseReply.decode([6]) == LeaseReply(LeaseOutcome.ORDERED, (), True, others_hold=True)
 
 
 @pytest.mark.parametrize("raw, outcome", [([-1], LeaseOutcome.UNKNOWN), ([-2], LeaseOutcome.NOT_OPEN),
