@@ -21,15 +21,12 @@ class EventsJob:
     def __call__(self):
         """Publish what the event outbox holds; False while the broker is away (a failed try, or
         waiting out the backoff before the next)."""
-        if self.outage.waiting():
-            return False
-        try:
+        sent = self.outage.attempt(
             # stop after a while so that the other jobs and the leader lease keep their turn
-            sent = self.publisher.publish(until=time.monotonic() + 5)
-        except BrokerUnavailable as e:
-            self.outage.failed(f"event broker unavailable, events wait in the database: {e}")
+            lambda: self.publisher.publish(until=time.monotonic() + 5), BrokerUnavailable,
+            lambda e: f"event broker unavailable, events wait in the database: {e}")
+        if sent is None:
             return False
-        self.outage.succeeded()
         self.metrics.record_events_published(sent)
         return True
 

@@ -28,14 +28,11 @@ class FlushJob:
     def __call__(self):
         """Flush what the outbox holds; False while the database is down (a failed try, or
         waiting out the backoff before the next)."""
-        if self.outage.waiting():
-            return False
-        try:
+        moved = self.outage.attempt(
             # stop after a while so that the other jobs and the leader lease keep their turn
-            moved = self.flusher.flush(until=time.monotonic() + 5 * self.interval + 1)
-        except SQLAlchemyError as e:
-            self.outage.failed(f"database unreachable, outbox entries wait in Redis: {e.__class__.__name__}")
+            lambda: self.flusher.flush(until=time.monotonic() + 5 * self.interval + 1), SQLAlchemyError,
+            lambda e: f"database unreachable, outbox entries wait in Redis: {e.__class__.__name__}")
+        if moved is None:
             return False
-        self.outage.succeeded()
         self.metrics.record_flushed(moved)
         return True

@@ -14,6 +14,19 @@ class Outage:
         self.retry_at = 0.0
         self.since = None
 
+    def attempt(self, work, errors, message):
+        """work()'s result, unless the backoff is still to be waited out or work raised one of
+        `errors` (a failed try: message(error) is logged if the outage starts now): None then."""
+        if self.waiting():
+            return None
+        try:
+            done = work()
+        except errors as e:
+            self.failed(message(e))
+            return None
+        self.succeeded()
+        return done
+
     def waiting(self):
         """Whether the next try is still to wait (the backoff after a failed one)."""
         return time.monotonic() < self.retry_at
