@@ -213,20 +213,26 @@ def child_exit(server, worker):
 
 def post_worker_init(worker):
     """A worker that starts says what in Redis's settings would lose claims (coupon.redis_guard),
-    measures its clock's offset to Redis's while its loop is idle (coupon.clock), and watches how
-    late its loop runs (coupon.metrics)."""
+    measures its clock's offset to Redis's while its loop is idle (coupon.clock), watches how
+    late its loop runs (coupon.metrics) and, in arrival order, keeps its name on the roll of
+    workers serving (coupon.arrival.WorkerRoll)."""
     services = _services(worker)
     if services is not None:
         services.redis_guard.verdict()
         services.clock.calibrate()
         services.metrics.watch_loop_lag()
+        if services.gate.enabled:
+            services.roll.start()
 
 
 def worker_exit(server, worker):
-    """A worker that stops cleanly gives the unused serials of its blocks back to Redis."""
+    """A worker that stops cleanly gives the unused serials of its blocks back to Redis, and
+    leaves the roll."""
     services = _services(worker)
     if services is not None:
         services.issuer.give_back_all()
+        if services.gate.enabled:
+            services.roll.leave()
 
 
 def _services(worker):

@@ -26,6 +26,10 @@ import threading
 import time
 from collections import deque
 
+from redis.exceptions import RedisError
+
+from coupon.keys import WORKER_ROLL
+
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux's; few Python builds name it
 TIMESPEC = struct.Struct("qq")
 ANCILLARY_SPACE = socket.CMSG_SPACE(TIMESPEC.size)
@@ -35,6 +39,8 @@ PUBLISH_EVERY = 0.002  # seconds between a worker's publications of its frontier
 LINGER = 1.0  # seconds a worker keeps publishing its frontier of a campaign after its last request
 ENTRY_TURNS = 8  # turns of the loop a waking dispatcher yields at most while requests come in
 IDLE_EXIT = 30.0  # seconds the dispatcher waits for work before it ends (started again on demand)
+ROLL_EVERY = 1.0  # seconds between a web worker's words on the roll (WorkerRoll)
+ROLL_STALE_MS = 3_000  # a worker silent this long is off the roll
 
 
 def stamped(sock):
@@ -189,11 +195,13 @@ class ArrivalGate:
     frontier read late is earlier than the truth: it delays a bid, never reorders it.
     """
 
-    def __init__(self, worker_id, publish, enabled=True, read_through=None):
+    def __init__(self, worker_id, publish, enabled=True, read_through=None, workers_serving=None):
         self.worker_id = worker_id  # this worker among those of every host
         self.publish = publish
         self.enabled = enabled
         self.read_through = read_through or (lambda: None)
+        # the web workers of every host (WorkerRoll.size; 0: unknown), told with each bid
+        self.workers_serving = workers_serving or (lambda: 0)
         self._waiting = []  # heap of Turns waiting to be let through
         self._holding = {}  # campaign id -> Turns of it not answered yet, waiting or let through
         self._unbid = {}  # campaign id -> {Turn id: arrival} let through, not bid yet (few)
@@ -309,3 +317,45 @@ class ArrivalGate:
             with self._lock:
                 if campaign_id not in self._holding:
                     del self._listed[campaign_id]
+
+
+class WorkerRoll:
+    """The web workers serving, of every host, as a roll in Redis that each keeps its name on: at
+    a campaign's opening, once every one of them is listed as its bidder (has read a request of
+    it, and publishes its frontier), no worker can hold an earlier request unlisted, and bids need
+    not wait out the floor for those (lease.lua). A worker says it is there every ROLL_EVERY; one
+    silent for ROLL_STALE_MS is off the roll (until then the floor stays: it only delays bids)."""
+
+    def __init__(self, redis, worker_id, clock):
+        self.redis, self.worker_id, self.clock = redis, worker_id, clock
+        self.size = 0  # workers on the roll when last read; 0: unknown (the floor always holds)
+
+    def start(self):
+        """Keep this worker on the roll (a gunicorn worker, once started)."""
+        self.say()  # on the roll before it serves
+        threading.Thread(target=self._keep, daemon=True, name="worker-roll").start()
+
+    def leave(self):
+        """Off the roll at once (a clean stop): the others count without it."""
+        try:
+            self.redis.zrem(WORKER_ROLL, self.worker_id)
+        except RedisError:
+            pass  # off once silent for ROLL_STALE_MS
+
+    def _keep(self):
+        while True:
+            time.sleep(ROLL_EVERY)
+            self.say()
+
+    def say(self):
+        """Say this worker is there, drop those silent too long, and count the roll."""
+        now = self.clock.now_ms(measure=False)
+        batch = self.redis.batch()
+        batch.on(WORKER_ROLL).zadd(WORKER_ROLL, {self.worker_id: now})
+        batch.on(WORKER_ROLL).zremrangebyscore(WORKER_ROLL, "-inf", now - ROLL_STALE_MS)
+        size = batch.on(WORKER_ROLL).zcard(WORKER_ROLL)
+        try:
+            batch.execute()
+            self.size = size.get()
+        except RedisError:
+            pass  # the count read last stands; this worker is off the roll once silent too long

@@ -3,7 +3,7 @@ import os
 import socket
 import uuid
 
-from coupon.arrival import ArrivalGate, ReadMarks, arrival_ms
+from coupon.arrival import ArrivalGate, ReadMarks, WorkerRoll, arrival_ms
 from coupon.clock import RedisClock
 from coupon.db import make_engine
 from coupon.fairness import ArrivalLog
@@ -33,12 +33,14 @@ class Services:
         # this process among the workers of every host (first come, first served across them)
         self.worker_id = "%s:%d:%s" % (socket.gethostname(), os.getpid(), uuid.uuid4().hex[:8])
         reads = ReadMarks()
+        self.roll = WorkerRoll(self.redis, self.worker_id, self.clock)  # started by gunicorn's workers
         self.gate = ArrivalGate(
             self.worker_id,
             lambda campaign_id, *said: self.scripts.frontier(self.keys(campaign_id), self.worker_id,
                                                              *said),
             enabled=config["ARRIVAL_ORDER"],
-            read_through=lambda: arrival_ms(reads.read_through_ns(), self.clock))
+            read_through=lambda: arrival_ms(reads.read_through_ns(), self.clock),
+            workers_serving=lambda: self.roll.size)
         self.arrivals = ArrivalLog(self.scripts, self.keys, self.worker_id)
         self.issuer = Issuer(self)
 

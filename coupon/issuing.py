@@ -71,10 +71,11 @@ class LiveCampaign:
         request's place in the arrival order (arrival.Turn), if kept; parts: its
         metrics.IssueParts, whose serial and claim times are added here."""
         try:
-            if not self.supply.at_hand:
+            if not self.supply.at_hand and not self.supply.bids_at_once(turn):
                 # no serial at hand (the tail is never at hand): first ask whether the user already
                 # holds a ticket, so that those who do (most of the asking at the tail) take no
-                # serial and wait for no refill
+                # serial and wait for no refill. Not in the ordered tail: there the wait is for the
+                # request's place in the order, and a holder's serial goes on to the next bid
                 asked = time.perf_counter()
                 try:
                     reply = self.claims.ask(user_id)

@@ -31,6 +31,9 @@ JOB_SUCCESS = "scheduler:job_success"  # hash: job name -> epoch seconds of its 
 # zset: campaign id -> epoch ms a worker last ran dry of it while others held its serials: one key
 # for every campaign, which the holders poll (issuing.Issuer), rather than each campaign's meta
 SERIALS_WANTED = "serials:wanted"
+# zset: web worker id -> epoch ms (Redis's clock) of its last word: the workers serving, of every
+# host (arrival.WorkerRoll)
+WORKER_ROLL = "workers:roll"
 
 
 def active_campaigns(redis):

@@ -198,7 +198,8 @@ class Scripts:
         """Lease up to `most` serials for `ttl_ms` (the same ones again for the same lease id),
         once replicas hold the lease (else NotReplicated); see lease.lua. order, in arrival order:
         (bidder id, its frontier ms or None, stale ms, unlisted ms, opening ms, caught-up ms,
-        [(bid id, arrival ms or "": withdrawn)] of the bids new (or sent again) and withdrawn)."""
+        workers on the roll (0: unknown), [(bid id, arrival ms or "": withdrawn)] of the bids new
+        (or sent again) and withdrawn)."""
         args = [lease_id, most, ttl_ms, tail, waiting, epoch]
         if order is not None:
             bidder, frontier, *limits, bids = order

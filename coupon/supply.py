@@ -45,8 +45,9 @@ ORDERED_TAIL = 10_000
 BIDDER_STALE_MS = 1_000  # a worker not heard from for this long is gone: its bids keep nothing
 # a worker lists itself as a bidder of a campaign once it has read a request of it: at the opening
 # (OPENING_MS from the first listing) no bid is answered before UNLISTED_MS after it arrived, time
-# for every worker that got an earlier one to read it and list itself; after that a worker under
-# the flood is listed already, and one that joins later reads its first request at once
+# for every worker that got an earlier one to read it and list itself (unless every worker on the
+# roll is listed: arrival.WorkerRoll); after that a worker under the flood is listed already, and
+# one that joins later reads its first request at once
 UNLISTED_MS = 20
 OPENING_MS = 200
 # a bidder whose frontier lags its publication by at most this many ms, published at most this
@@ -219,6 +220,10 @@ class SerialSupply:
         """Serials of the current lease not handed out yet."""
         return len(self.current.unused) if self.current else 0
 
+    def bids_at_once(self, turn):
+        """A request with this turn bids for the ordered tail as it takes a serial."""
+        return turn is not None and self.gate is not None and self.low_stock
+
     def known_sold_out(self):
         """Sold out as far as this worker knows, without asking Redis."""
         return bool(self.sold_out_until) and (
@@ -333,6 +338,7 @@ class SerialSupply:
             if self.gate is not None:
                 order = (self.gate.worker_id, self.gate.frontier(self.keys.campaign_id, bids),
                          BIDDER_STALE_MS, UNLISTED_MS, OPENING_MS, CAUGHT_UP_MS,
+                         self.gate.workers_serving(),
                          [(turn.id, turn.arrival) for turn in bids] + [(i, "") for i in withdrawn])
             try:
                 reply = self.scripts.lease(self.keys, self.epoch, lease_id, self.block_size,

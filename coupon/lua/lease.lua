@@ -29,7 +29,9 @@
 --           count as caught up: it holds no one back (what it has not bid yet arrived at most
 --           twice this before now); a bidder further behind (a queue) holds the watermark at its
 --           frontier
--- ARGV[13..] - pairs: bid id, arrival (epoch ms, Redis's clock) of requests of this worker waiting
+-- ARGV[13] - the web workers serving, of every host (arrival.WorkerRoll; 0: unknown): once as many
+--           bidders are listed, none is left to list itself, and the floor of ARGV[10] is lifted
+-- ARGV[14..] - pairs: bid id, arrival (epoch ms, Redis's clock) of requests of this worker waiting
 --           for a serial: those that bid for the first time (a bid stays until answered, withdrawn or
 --           its bidder is gone; sent again, it is the same bid); arrival "": the bid is withdrawn
 --           (the request went without a serial)
@@ -112,11 +114,13 @@ if ordered then
     since = now
     redis.call('HSET', KEYS[6], '~since', now)
   end
-  if now - since < tonumber(ARGV[11]) then  -- the opening: others may be about to list themselves
+  local roll = tonumber(ARGV[13])
+  -- the opening: others may be about to list themselves (unless every worker is listed)
+  if now - since < tonumber(ARGV[11]) and not (roll > 0 and others + 1 >= roll) then
     watermark = math.min(watermark, now - tonumber(ARGV[10]))
   end
   if not upto or tonumber(upto) > watermark then upto = tostring(watermark) end
-  for i = 13, #ARGV, 2 do
+  for i = 14, #ARGV, 2 do
     if ARGV[i + 1] == '' then  -- withdrawn: that request went without a serial
       redis.call('ZREM', KEYS[5], ARGV[8] .. '|' .. ARGV[i])
     else

@@ -61,6 +61,24 @@ def test_in_arrival_order_a_dry_worker_gets_the_serials_an_idle_one_holds(make_a
     assert queries.campaign_status(a, campaign_id)["issued"] == 150
 
 
+def test_in_arrival_order_a_holder_at_the_tail_bids_at_once_and_the_serial_goes_on(make_app, redis_client):
+    a = make_app(ARRIVAL_ORDER=True).extensions["coupon"]
+    campaign_id = open_campaign(a, 3, "ordered holders")
+    keys = a.keys(campaign_id)
+    first = issue_directly(a, campaign_id, "alice")
+    # in the ordered tail a request bids at once, without asking first whether its user holds a
+    # ticket: alice's bid is granted the next serial, her claim answers her own ticket ...
+    again = issue_directly(a, campaign_id, "alice")
+    assert (again.new, again.serial, again.code) == (False, first.serial, first.code)
+    assert int(redis_client.hget(keys.meta, "cursor")) == 2
+    # ... and the serial it left unused is back, for the next bids: the stock goes to others
+    assert redis_client.lrange(keys.returned, 0, -1) == ["2"]
+    assert sorted(issue_directly(a, campaign_id, user).serial for user in ("bob", "carol")) == [2, 3]
+    with pytest.raises(SoldOut):
+        issue_directly(a, campaign_id, "dave")
+    assert queries.campaign_status(a, campaign_id)["issued"] == 3
+
+
 def test_a_lease_whose_give_back_failed_is_settled_at_the_next_refill(workers, redis_client):
     a, _ = workers
     campaign_id = open_campaign(a, 1000, "retry")  # a block of many serials, not the tail

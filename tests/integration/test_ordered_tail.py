@@ -4,6 +4,8 @@ real Redis. The workers' side (arrival.ArrivalGate, supply.SerialSupply) is test
 gunicorns in test_arrival_order.py."""
 import time
 
+from coupon.arrival import ROLL_STALE_MS, WorkerRoll
+from coupon.keys import WORKER_ROLL
 from coupon.scripts import LeaseOutcome
 from coupon.supply import BIDDER_STALE_MS, CAUGHT_UP_MS, OPENING_MS, UNLISTED_MS
 from loadtest.harness import open_campaign
@@ -21,10 +23,12 @@ class Bidder:
         self.leases = 0
 
     def bid(self, frontier, bids=(), stale_ms=BIDDER_STALE_MS, unlisted_ms=UNLISTED_MS,
-            opening_ms=OPENING_MS, caught_up_ms=CAUGHT_UP_MS):
-        """lease.lua's answer to this worker's new bids [(id, arrival ms or "": withdrawn)]."""
+            opening_ms=OPENING_MS, caught_up_ms=CAUGHT_UP_MS, roll=0):
+        """lease.lua's answer to this worker's new bids [(id, arrival ms or "": withdrawn)];
+        roll: the workers serving (arrival.WorkerRoll; 0: unknown)."""
         self.leases += 1
-        order = (self.name, frontier, stale_ms, unlisted_ms, opening_ms, caught_up_ms, list(bids))
+        order = (self.name, frontier, stale_ms, unlisted_ms, opening_ms, caught_up_ms, roll,
+                 list(bids))
         return self.svc.scripts.lease(self.keys, self.epoch, f"{self.name}:{self.leases}", 100,
                                       TTL_MS, 10_000, len(bids), order)
 
@@ -140,3 +144,30 @@ def test_the_floor_for_workers_not_listed_yet_holds_at_the_opening_only(svc):
     time.sleep(0.01)
     Bidder(svc, campaign_id, "b").bid(now, stale_ms=5)
     assert int(svc.redis.hget(a.keys.bidders, "~since")) > since
+
+
+@on_single_and_cluster
+def test_the_floor_is_lifted_once_every_worker_on_the_roll_is_listed(svc):
+    campaign_id = open_campaign(svc, 2)
+    now = svc.clock.fine_now_ms()
+    a, b = Bidder(svc, campaign_id, "a"), Bidder(svc, campaign_id, "b")
+    floor = dict(opening_ms=60_000, unlisted_ms=60_000)  # the opening, a minute's floor
+    # three workers serve, two are listed: the third may hold an earlier request unlisted
+    b.publish(now)
+    assert a.bid(now, [(1, now - 1)], roll=3, **floor).granted == ()
+    assert a.bid(now, roll=0, **floor).granted == ()  # the roll unknown: the floor holds
+    # two serve, both listed: none can hold an earlier one unlisted, the bid goes at once
+    assert a.bid(now, roll=2, **floor).granted == (1,)
+
+
+@on_single_and_cluster
+def test_the_roll_counts_the_workers_that_said_they_serve_lately(svc):
+    a, b = (WorkerRoll(svc.redis, name, svc.clock) for name in ("a", "b"))
+    svc.redis.zadd(WORKER_ROLL, {"gone": svc.clock.now_ms() - ROLL_STALE_MS - 1})  # silent too long
+    a.say()
+    b.say()
+    a.say()
+    assert (a.size, b.size) == (2, 2)  # the silent one is off
+    b.leave()
+    a.say()
+    assert a.size == 1
