@@ -35,11 +35,17 @@ TIMESPEC = struct.Struct("qq")
 ANCILLARY_SPACE = socket.CMSG_SPACE(TIMESPEC.size)
 
 RECEIVED_NS = "coupon.received_ns"  # the WSGI environ's key of StampedSocket.take_received_ns()
-PUBLISH_EVERY = 0.002  # seconds between a worker's publications of its frontiers
+PUBLISH_EVERY = 0.002  # seconds between a worker's publications of its frontiers while idle
+# ... while it serves requests: each publication is a round trip of CPU its requests wait for, and
+# with requests coming the loop turns (and its read marks move) without the publisher's timer
+# (at 1,000/s and at floods, faster answers and more of them: BENCHMARKS.md)
+BUSY_PUBLISH_EVERY = 0.010
 LINGER = 1.0  # seconds a worker keeps publishing its frontier of a campaign after its last request
 ENTRY_TURNS = 8  # turns of the loop a waking dispatcher yields at most while requests come in
 IDLE_EXIT = 30.0  # seconds the dispatcher waits for work before it ends (started again on demand)
-ROLL_EVERY = 1.0  # seconds between a web worker's words on the roll (WorkerRoll)
+# seconds between a web worker's words on the roll (WorkerRoll), each of which counts it: one that
+# counts it short at an opening answers bids before the worker it missed is listed
+ROLL_EVERY = 0.1
 ROLL_STALE_MS = 3_000  # a worker silent this long is off the roll
 
 
@@ -209,7 +215,6 @@ class ArrivalGate:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._work = threading.Event()  # a request waits its turn
-        self._news = threading.Event()  # a campaign to be listed at once
         self._dispatcher = self._publisher = None
 
     def wait_turn(self, arrival, campaign_id):
@@ -217,7 +222,7 @@ class ArrivalGate:
         on: its Turn (None when the gate is off)."""
         if not self.enabled:
             return None
-        turn, starting = Turn(arrival, campaign_id, next(self._ids)), []
+        turn, starting, listing = Turn(arrival, campaign_id, next(self._ids)), [], False
         with self._lock:
             heapq.heappush(self._waiting, turn)
             self._holding[campaign_id] = self._holding.get(campaign_id, 0) + 1
@@ -226,11 +231,15 @@ class ArrivalGate:
                 self._dispatcher = self._thread(self._dispatch)
                 starting.append(self._dispatcher)
             if campaign_id not in self._listed:  # others count on none coming from here: list it
-                self._listed[campaign_id] = time.monotonic()
-                self._news.set()
+                self._listed[campaign_id], listing = time.monotonic(), True
                 if self._publisher is None:
                     self._publisher = self._thread(self._publish)
                     starting.append(self._publisher)
+        if listing:
+            # from this request, first: its call is in Redis as soon as it is sent, where a
+            # greenlet started for it would wait for its turn of the loop, hundreds of ms at an
+            # opening flood, while the others passed over this worker's first requests
+            self._share(campaign_id)
         for thread in starting:  # (a start waits for the thread: never under the lock)
             thread.start()
         turn.event.wait()
@@ -291,14 +300,14 @@ class ArrivalGate:
                 again.start()
 
     def _publish(self):
-        """Every PUBLISH_EVERY (at once for a campaign new here), publish this worker's frontier
-        of each campaign it lists; withdraw it LINGER after the last request of the campaign."""
+        """Every PUBLISH_EVERY (BUSY_PUBLISH_EVERY while it holds requests), publish this worker's
+        frontier of each campaign it lists (first listed by its first request: wait_turn);
+        withdraw it LINGER after the last request of the campaign."""
         try:
             while self._listed:
-                self._news.clear()
                 for campaign_id in list(self._listed):
                     self._share(campaign_id)
-                self._news.wait(PUBLISH_EVERY)
+                time.sleep(BUSY_PUBLISH_EVERY if self._holding else PUBLISH_EVERY)
         finally:
             with self._lock:
                 self._publisher = again = self._thread(self._publish) if self._listed else None

@@ -43,13 +43,14 @@ GAUGE_STEP = 32  # the local-block gauge moves in steps of this many serials (an
 # at once, so that those served from blocks before would have been served anyway
 ORDERED_TAIL = 10_000
 BIDDER_STALE_MS = 1_000  # a worker not heard from for this long is gone: its bids keep nothing
-# a worker lists itself as a bidder of a campaign once it has read a request of it: at the opening
-# (OPENING_MS from the first listing) no bid is answered before UNLISTED_MS after it arrived, time
-# for every worker that got an earlier one to read it and list itself (unless every worker on the
-# roll is listed: arrival.WorkerRoll); after that a worker under the flood is listed already, and
-# one that joins later reads its first request at once
+# a worker lists itself as a bidder of a campaign once it has read a request of it, and the opening
+# flood (OPENING_MS from opens_at) may swamp one for hundreds of ms before it does: meanwhile it may
+# hold the earliest requests. So at the opening no bid is answered until every worker on the roll
+# (arrival.WorkerRoll) is listed; with the roll unknown (no gunicorn), none before UNLISTED_MS after
+# it arrived. After the opening a worker under a flood is listed already, and one that joins later
+# reads its first request at once
 UNLISTED_MS = 20
-OPENING_MS = 200
+OPENING_MS = 1_000
 # a bidder whose frontier lags its publication by at most this many ms, published at most this
 # long ago, is caught up (no queue): it holds no one back, so with no queue anywhere a bid is
 # answered at once, out of order by 2 * CAUGHT_UP_MS at most (docs/api.md); one further behind

@@ -3,9 +3,7 @@
 -- KEYS[1] - campaign meta hash: only a campaign Redis holds is published to (no key is made for
 --           an unknown campaign, or one released since)
 -- KEYS[2] - the campaign's bidders hash: worker id -> "<frontier ms> <published ms>" (Redis's
---           clock; frontier "-": none that has not bid), read by lease.lua; and "~since" -> when
---           one listed itself while no other was (a stretch of listings; the key goes with its
---           last bidder)
+--           clock; frontier "-": none that has not bid), read by lease.lua
 -- ARGV[1] - the worker's id
 -- ARGV[2] - its frontier (epoch ms, a decimal fraction allowed); "": it lists itself no more (its
 --           field is removed)
@@ -14,12 +12,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if ARGV[2] == '' then
   redis.call('HDEL', KEYS[2], ARGV[1])
-  if redis.call('HLEN', KEYS[2]) == 1 then redis.call('DEL', KEYS[2]) end  -- the last: a stretch ends
   return 1
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ' ' .. now) == 1
-    and redis.call('HLEN', KEYS[2]) <= 2 then  -- the first: a stretch begins (lease.lua: the opening)
-  redis.call('HSET', KEYS[2], '~since', now)
-end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ' ' .. now)
 return 1

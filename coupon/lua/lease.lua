@@ -20,17 +20,18 @@
 -- ARGV[9] - ms after which a bidder not heard from (here or by frontier.lua) is gone: its frontier
 --           holds no one back, its bids are dropped
 -- ARGV[10] - ms a worker not listed in the bidders hash may take to read its first request of the
---           campaign and list itself: while the bidders' stretch is young (ARGV[11]), the
---           watermark is never later than now minus this
--- ARGV[11] - ms from the first listing of a stretch (the bidders hash's "~since": when a bidder
---           listed itself while no other was) during which workers may still be joining: the
---           opening, when every worker gets its first requests of the campaign at once
+--           campaign and list itself, with the roll unknown (ARGV[13] 0): during the opening
+--           (ARGV[11]) the watermark is never later than now minus this
+-- ARGV[11] - ms from the campaign's opens_at during which workers may still be listing themselves
+--           (the opening: its flood comes at once, and a worker it swamps may take hundreds of ms
+--           to read its first request of the campaign and list itself)
 -- ARGV[12] - ms a bidder's frontier may lag its publication, and the publication now, for it to
 --           count as caught up: it holds no one back (what it has not bid yet arrived at most
 --           twice this before now); a bidder further behind (a queue) holds the watermark at its
 --           frontier
--- ARGV[13] - the web workers serving, of every host (arrival.WorkerRoll; 0: unknown): once as many
---           bidders are listed, none is left to list itself, and the floor of ARGV[10] is lifted
+-- ARGV[13] - the web workers serving, of every host (arrival.WorkerRoll; 0: unknown): during the
+--           opening no bid is answered until as many bidders are listed (none is left that may hold
+--           an earlier request unlisted)
 -- ARGV[14..] - pairs: bid id, arrival (epoch ms, Redis's clock) of requests of this worker waiting
 --           for a serial: those that bid for the first time (a bid stays until answered, withdrawn or
 --           its bidder is gone; sent again, it is the same bid); arrival "": the bid is withdrawn
@@ -90,19 +91,17 @@ local ordered = (ARGV[7] or '') ~= ''
 local watermark, upto
 local alive = {}  -- bidder -> true: the live ones (a gone one's bids keep nothing)
 if ordered then
-  local joined = redis.call('HSET', KEYS[6], ARGV[8], ARGV[7] .. ' ' .. now) == 1
+  redis.call('HSET', KEYS[6], ARGV[8], ARGV[7] .. ' ' .. now)
   local bidders = redis.call('HGETALL', KEYS[6])
-  local caught_up, since, others = tonumber(ARGV[12]), nil, 0
+  local caught_up, listed = tonumber(ARGV[12]), 0
   watermark = now
   for i = 1, #bidders, 2 do
     local frontier, said = string.match(bidders[i + 1], '^(%S+) (%d+)$')
-    if bidders[i] == '~since' then
-      since = tonumber(bidders[i + 1])
-    elseif not said or tonumber(said) < now - tonumber(ARGV[9]) then
+    if not said or tonumber(said) < now - tonumber(ARGV[9]) then
       redis.call('HDEL', KEYS[6], bidders[i])  -- gone: holds no one back, its bids keep nothing
     else
       alive[bidders[i]] = true
-      if bidders[i] ~= ARGV[8] then others = others + 1 end
+      listed = listed + 1
       said = tonumber(said)
       local at = frontier ~= '-' and tonumber(frontier)
       if at and (said - at > caught_up or now - said > caught_up) and at < watermark then
@@ -110,14 +109,13 @@ if ordered then
       end
     end
   end
-  if not since or (joined and others == 0) then  -- the first bidder: a stretch of listings begins
-    since = now
-    redis.call('HSET', KEYS[6], '~since', now)
-  end
   local roll = tonumber(ARGV[13])
-  -- the opening: others may be about to list themselves (unless every worker is listed)
-  if now - since < tonumber(ARGV[11]) and not (roll > 0 and others + 1 >= roll) then
-    watermark = math.min(watermark, now - tonumber(ARGV[10]))
+  if opens_at and now - opens_at < tonumber(ARGV[11]) then  -- the opening
+    if roll == 0 then  -- who else serves is unknown: time for them to list themselves
+      watermark = math.min(watermark, now - tonumber(ARGV[10]))
+    elseif listed < roll then  -- a worker on the roll may hold the earliest requests, unlisted
+      watermark = 0
+    end
   end
   if not upto or tonumber(upto) > watermark then upto = tostring(watermark) end
   for i = 14, #ARGV, 2 do

@@ -83,15 +83,16 @@ def test_no_bid_is_answered_while_a_worker_may_hold_an_earlier_request_that_has_
 
 
 @on_single_and_cluster
-def test_a_bid_that_just_arrived_waits_for_the_workers_not_listed_yet(svc):
+def test_at_the_opening_with_the_roll_unknown_a_bid_waits_for_workers_not_listed_yet(svc):
     campaign_id = open_campaign(svc, 1)
     a = Bidder(svc, campaign_id, "a")
     # a worker that got a request as early has UNLISTED_MS to read it and list itself (a request
     # stamped 1 s ahead: the first call is sure to come before then, however loaded the machine)
     arrived = svc.clock.fine_now_ms() + 1_000
-    assert a.bid(arrived + 60_000, [(1, arrived)]).granted == ()
+    opening = dict(opening_ms=60_000)  # a minute from the campaign's opens_at, just now
+    assert a.bid(arrived + 60_000, [(1, arrived)], **opening).granted == ()
     time.sleep(1 + 10 * UNLISTED_MS / 1000)
-    assert a.bid(arrived + 60_000).granted == (1,)
+    assert a.bid(arrived + 60_000, **opening).granted == (1,)
 
 
 @on_single_and_cluster
@@ -126,38 +127,30 @@ def test_a_worker_caught_up_holds_no_bid_back_one_with_a_queue_does(svc):
 
 
 @on_single_and_cluster
-def test_the_floor_for_workers_not_listed_yet_holds_at_the_opening_only(svc):
-    campaign_id = open_campaign(svc, 2)
-    now = svc.clock.fine_now_ms()
-    a = Bidder(svc, campaign_id, "a")
-    floor = dict(unlisted_ms=60_000)  # at the opening, a bid waits a minute for the others to list
-    assert a.bid(now, [(1, now - 1)], opening_ms=60_000, **floor).granted == ()
-    assert a.bid(now, opening_ms=0, **floor).granted == (1,)  # past it, at once
-    # the stretch of listings ends with its last bidder: the next one opens a new one
-    a.publish(None)
-    assert svc.redis.exists(a.keys.bidders) == 1
-    svc.scripts.frontier(a.keys, "a", None, listed=False)
-    assert svc.redis.exists(a.keys.bidders) == 0
-    # ... as does one that lists itself when the others have gone silent
-    a.publish(None)
-    since = int(svc.redis.hget(a.keys.bidders, "~since"))
-    time.sleep(0.01)
-    Bidder(svc, campaign_id, "b").bid(now, stale_ms=5)
-    assert int(svc.redis.hget(a.keys.bidders, "~since")) > since
-
-
-@on_single_and_cluster
-def test_the_floor_is_lifted_once_every_worker_on_the_roll_is_listed(svc):
+def test_at_the_opening_no_bid_is_answered_until_every_worker_on_the_roll_is_listed(svc):
     campaign_id = open_campaign(svc, 2)
     now = svc.clock.fine_now_ms()
     a, b = Bidder(svc, campaign_id, "a"), Bidder(svc, campaign_id, "b")
-    floor = dict(opening_ms=60_000, unlisted_ms=60_000)  # the opening, a minute's floor
-    # three workers serve, two are listed: the third may hold an earlier request unlisted
+    opening = dict(opening_ms=60_000, unlisted_ms=0)  # a minute from opens_at (just now)
     b.publish(now)
-    assert a.bid(now, [(1, now - 1)], roll=3, **floor).granted == ()
-    assert a.bid(now, roll=0, **floor).granted == ()  # the roll unknown: the floor holds
-    # two serve, both listed: none can hold an earlier one unlisted, the bid goes at once
-    assert a.bid(now, roll=2, **floor).granted == (1,)
+    # three workers serve, two are listed: the third may hold the earliest requests, unlisted
+    # (swamped by the opening flood, it has not read them yet)
+    assert a.bid(now, [(1, now - 1)], roll=3, **opening).granted == ()
+    # two serve, both listed: none can hold an earlier request unlisted, the bid goes at once
+    assert a.bid(now, roll=2, **opening).granted == (1,)
+
+
+@on_single_and_cluster
+def test_the_opening_holds_bids_back_only_while_it_lasts(svc):
+    campaign_id = open_campaign(svc, 2)
+    now = svc.clock.fine_now_ms()
+    a = Bidder(svc, campaign_id, "a")
+    floor = dict(unlisted_ms=60_000)  # the roll unknown: a bid waits a minute for others to list
+    assert a.bid(now, [(1, now - 1)], opening_ms=60_000, **floor).granted == ()
+    assert a.bid(now, opening_ms=0, **floor).granted == (1,)  # past the opening, at once
+    # with the roll: a worker on it not listed holds the bids back at the opening only
+    assert a.bid(now, [(2, now - 1)], opening_ms=60_000, roll=2).granted == ()
+    assert a.bid(now, opening_ms=0, roll=2).granted == (2,)
 
 
 @on_single_and_cluster

@@ -4,6 +4,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -134,6 +135,17 @@ def test_a_worker_publishes_its_frontier_from_its_first_request_of_a_campaign_un
     gate._share(7)  # withdrawn
     assert peers.said == [(7, 1_100.0, True), (7, 1_500.0, True), (7, 1_500.0, True), (7, None, False)]
     assert 7 not in gate._listed
+
+
+def test_a_worker_is_listed_by_its_first_request_of_a_campaign_before_that_waits_its_turn():
+    # from the request itself: a greenlet started to publish would wait for its turn of the loop,
+    # hundreds of ms at an opening flood, while the others passed over this worker's requests
+    said_by = []
+    gate = ArrivalGate("w1", lambda *said: said_by.append((threading.current_thread(), said)),
+                       read_through=lambda: 1_500.0)
+    turn = gate.wait_turn(1_100.0, 7)
+    assert said_by[0] == (threading.current_thread(), (7, 1_100.0, True))
+    gate.finished(turn)
 
 
 def test_a_gate_turned_off_lets_everything_through_at_once():
