@@ -76,6 +76,9 @@ def fairness(sends, answers, stock, lead_ms=LEAD_MS):
     outcomes["no answer"] = sum(1 for s, a in zip(sends, answers) if s.sent_ns is not None and a is None)
     won = [i for i, a in enumerate(answers) if a and a.outcome == "201"]
     early = Counter(a.outcome for a in answers[:stock] if a)
+    # the N earliest by when they were written: fresh connections are ranked by when their
+    # connects started, and a connect that took longer writes later (what the service sees)
+    written = sorted((s.sent_ns, i) for i, s in enumerate(sends) if s.sent_ns is not None)[:stock]
     last_sent = max((sends[i].sent_ns for i in won), default=None)  # fresh: writes may overtake
     refused = [s.sent_ns for s, a in http if a.outcome == "409 SOLD_OUT" and last_sent is not None
                and s.sent_ns <= last_sent - lead_ms * 1_000_000]
@@ -98,6 +101,7 @@ def fairness(sends, answers, stock, lead_ms=LEAD_MS):
         "winners": len(won),
         "early_won": early["201"],
         "early_share": early["201"] / stock,
+        "early_written_won": sum(1 for _, i in written if answers[i] and answers[i].outcome == "201"),
         "early_sold_out": early["409 SOLD_OUT"],
         "last_winner_rank": won[-1] + 1 if won else None,
         "refused_early": len(refused),
@@ -496,7 +500,7 @@ def report(capacities, results, users_count, stock, argv):
         lines.append(
             f"| {s.label} | {f['rate']:,} | {fmt(f['written_per_s'])} ({fmt(f.get('writer_max_lag_ms'), '.1f')}) "
             f"| {', '.join(f'{k} {v}' for k, v in f['outcomes'].items())} | {f['early_won']} "
-            f"({fmt(f['early_share'], '.1%')}) | {f['early_sold_out']} | {fmt(f['last_winner_rank'])} "
+            f"({fmt(f['early_share'], '.1%')}; by write {f['early_written_won']}) | {f['early_sold_out']} | {fmt(f['last_winner_rank'])} "
             f"| {f['refused_early']} ({fmt(f['max_lead_ms'])}) | {fmt(f['p50_ms'])} / {fmt(f['p99_ms'])} "
             f"| {fmt(f['win_p50_ms'])} | {fmt(f['answered_per_s'])} | {'; '.join(f['flags']) or 'ok'} |")
     figures = {"users": users_count, "stock": stock, "capacity": capacities,

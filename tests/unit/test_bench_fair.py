@@ -23,6 +23,7 @@ def test_the_figures_of_a_small_unfair_run():
         "outcomes": {"201": 2, "409 SOLD_OUT": 2, "closed": 1},
         "winners": 2,
         "early_won": 1, "early_share": 0.5, "early_sold_out": 1,
+        "early_written_won": 1,  # u0 and u1 written first
         "last_winner_rank": 4,
         "refused_early": 1, "max_lead_ms": 100.0,  # u0, written 100 ms before u3
         "p50_ms": 40.0, "p99_ms": 200.0,  # of 20, 40, 40, 200 ms
@@ -39,6 +40,7 @@ def test_a_fair_run_gives_every_coupon_to_the_earliest():
                Answer("409 SOLD_OUT", None, None, 7 * MS), Answer("409 SOLD_OUT", None, None, 8 * MS)]
     figures = fairness(sent, answers, stock=2)
     assert (figures["early_won"], figures["early_share"], figures["last_winner_rank"]) == (2, 1.0, 2)
+    assert figures["early_written_won"] == 2
     assert (figures["refused_early"], figures["max_lead_ms"], figures["flags"]) == (0, None, [])
 
 
@@ -56,3 +58,13 @@ def test_an_answer_is_taken_once_whole():
     assert take_answer(head + b'{"error":') is None
     assert take_answer(head + b'{"error":}') == (409, b'{"error":}')
     assert take_answer(b"HTTP/1.1 201 CREATED\r\nContent-Len") is None
+
+
+def test_the_earliest_by_write_are_counted_apart_from_the_earliest_by_rank():
+    # fresh connections are ranked by when their connects started: u0's connect took longer, and
+    # its request was written after u1's
+    sent = [Send("u0", 9 * MS), Send("u1", 1 * MS), Send("u2", 2 * MS)]
+    answers = [Answer("409 SOLD_OUT", None, None, 20 * MS), Answer("201", 1, "u1", 10 * MS),
+               Answer("201", 2, "u2", 11 * MS)]
+    figures = fairness(sent, answers, stock=2)
+    assert (figures["early_won"], figures["early_written_won"]) == (1, 2)
