@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from coupon import events
 from coupon.extensions import services
 from coupon.keys import SCHEDULER_LEADER
-from coupon.metrics import record_job_success
+from coupon.scraped import record_job_success
 from jobs.events import EventsJob
 from jobs.flush import FlushJob
 from jobs.lifecycle import LifecycleJob
