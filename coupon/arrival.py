@@ -330,10 +330,11 @@ class ArrivalGate:
 
 class WorkerRoll:
     """The web workers serving, of every host, as a roll in Redis that each keeps its name on: at
-    a campaign's opening, once every one of them is listed as its bidder (has read a request of
-    it, and publishes its frontier), no worker can hold an earlier request unlisted, and bids need
-    not wait out the floor for those (lease.lua). A worker says it is there every ROLL_EVERY; one
-    silent for ROLL_STALE_MS is off the roll (until then the floor stays: it only delays bids)."""
+    a campaign's opening no bid is answered until every one of them is listed as its bidder (has
+    read a request of it, and publishes its frontier): one that is not may hold the earliest
+    requests, unread (lease.lua). A worker says it is there every ROLL_EVERY; one silent for
+    ROLL_STALE_MS is off the roll (until then it holds the opening's bids back: a delay, never a
+    reordering)."""
 
     def __init__(self, redis, worker_id, clock):
         self.redis, self.worker_id, self.clock = redis, worker_id, clock
