@@ -222,8 +222,9 @@ class SerialSupply:
         return len(self.current.unused) if self.current else 0
 
     def bids_at_once(self, turn):
-        """A request with this turn bids for the ordered tail as it takes a serial."""
-        return turn is not None and self.gate is not None and self.low_stock
+        """A request with this turn (one in arrival order) bids for the ordered tail as it takes
+        a serial."""
+        return turn is not None and self.low_stock
 
     def known_sold_out(self):
         """Sold out as far as this worker knows, without asking Redis."""

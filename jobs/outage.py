@@ -17,31 +17,19 @@ class Outage:
     def attempt(self, work, errors, message):
         """work()'s result, unless the backoff is still to be waited out or work raised one of
         `errors` (a failed try: message(error) is logged if the outage starts now): None then."""
-        if self.waiting():
+        if time.monotonic() < self.retry_at:  # the backoff after a failed try
             return None
         try:
             done = work()
         except errors as e:
-            self.failed(message(e))
+            self.failures += 1
+            self.retry_at = time.monotonic() + self.backoff.compute(self.failures)
+            if self.since is None:  # the outage starts now: said once
+                self.since = time.monotonic()
+                self.log.error(message(e))
             return None
-        self.succeeded()
-        return done
-
-    def waiting(self):
-        """Whether the next try is still to wait (the backoff after a failed one)."""
-        return time.monotonic() < self.retry_at
-
-    def failed(self, message):
-        """A try failed: wait longer before the next; log `message` if the outage starts now."""
-        self.failures += 1
-        self.retry_at = time.monotonic() + self.backoff.compute(self.failures)
-        if self.since is None:
-            self.since = time.monotonic()
-            self.log.error(message)
-
-    def succeeded(self):
-        """A try succeeded: the outage, if any, is over."""
-        if self.since is not None:
+        if self.since is not None:  # the outage is over: said once
             self.log.warning("%s back after %.1f s", self.what, time.monotonic() - self.since)
             self.since = None
         self.failures = 0
+        return done
