@@ -51,12 +51,16 @@ BIDDER_STALE_MS = 1_000  # a worker not heard from for this long is gone: its bi
 # reads its first request at once
 UNLISTED_MS = 20
 OPENING_MS = 1_000
-# a bidder whose frontier lags its publication by at most this many ms, published at most this
-# long ago, is caught up (no queue): it holds no one back, so with no queue anywhere a bid is
-# answered at once, out of order by 2 * CAUGHT_UP_MS at most (docs/api.md); one further behind
-# holds the watermark at its frontier. (A frontier lags by a few ms when idle: ReadMarks looks
-# three turns of the loop back, and the loop turns at least every PUBLISH_EVERY.)
-CAUGHT_UP_MS = 10
+# a bidder whose frontier is at most this many ms behind Redis's now is caught up (no queue): it
+# holds no one back, so with no queue anywhere a bid is answered at once, out of order by
+# CAUGHT_UP_MS at most (docs/api.md); one further behind holds the watermark at its frontier. The
+# bound is on the sum of the bidder's own lag (what it has not bid or read: ReadMarks looks three
+# turns of the loop back, the loop turns at least every PUBLISH_EVERY) and the age of its word
+# (its publication's, or its last bid's, round trip and period). Split into two bounds of half
+# each, a word's trip through a loaded machine counted as lag: at 1,000 requests/s here the
+# watermark stood at such a worker's frontier in 125 of 647 calls that bid, with the sum in 19 of
+# 627 (BENCHMARKS.md, "First come, first served")
+CAUGHT_UP_MS = 20
 # seconds between bids that got no answer yet (the watermark moves on), unless a new one comes:
 # it is sent at once, as its request's frontier holds every other worker's bids back till then
 ORDER_WAIT = 0.002

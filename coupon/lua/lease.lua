@@ -25,10 +25,10 @@
 -- ARGV[11] - ms from the campaign's opens_at during which workers may still be listing themselves
 --           (the opening: its flood comes at once, and a worker it swamps may take hundreds of ms
 --           to read its first request of the campaign and list itself)
--- ARGV[12] - ms a bidder's frontier may lag its publication, and the publication now, for it to
---           count as caught up: it holds no one back (what it has not bid yet arrived at most
---           twice this before now); a bidder further behind (a queue) holds the watermark at its
---           frontier
+-- ARGV[12] - ms a bidder's frontier may be behind now for it to count as caught up: it holds no
+--           one back (what it has not bid yet arrived at most this before now, however the time
+--           splits between its own lag and the age of its word); a bidder further behind (a queue,
+--           or silent) holds the watermark at its frontier
 -- ARGV[13] - the web workers serving, of every host (arrival.WorkerRoll; 0: unknown): during the
 --           opening no bid is answered until as many bidders are listed (none is left that may hold
 --           an earlier request unlisted)
@@ -104,7 +104,7 @@ if ordered then
       listed = listed + 1
       said = tonumber(said)
       local at = frontier ~= '-' and tonumber(frontier)
-      if at and (said - at > caught_up or now - said > caught_up) and at < watermark then
+      if at and now - at > caught_up and at < watermark then
         watermark, upto = at, frontier
       end
     end

@@ -127,6 +127,22 @@ def test_a_worker_caught_up_holds_no_bid_back_one_with_a_queue_does(svc):
 
 
 @on_single_and_cluster
+def test_caught_up_bounds_a_frontier_behind_now_however_the_time_splits(svc):
+    """What a bidder has not bid arrived at most caught_up_ms before now: its frontier's lag behind
+    its word and its word's age count together (each within the bound, the sum is not)."""
+    campaign_id = open_campaign(svc, 1)
+    a, b = Bidder(svc, campaign_id, "a"), Bidder(svc, campaign_id, "b")
+    past_opening = dict(opening_ms=0, caught_up_ms=500)
+    now = svc.clock.fine_now_ms()
+    a.publish(now - 300)  # 300 ms behind its word
+    time.sleep(0.25)  # and its word 250 ms old: 550 ms behind now
+    later = svc.clock.fine_now_ms()
+    assert b.bid(later, [(1, later - 1)], **past_opening).granted == ()
+    a.publish(later - 300)  # said anew: 300 ms behind now, within the bound
+    assert b.bid(later, **past_opening).granted == (1,)
+
+
+@on_single_and_cluster
 def test_at_the_opening_no_bid_is_answered_until_every_worker_on_the_roll_is_listed(svc):
     campaign_id = open_campaign(svc, 2)
     now = svc.clock.fine_now_ms()
