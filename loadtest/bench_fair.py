@@ -42,7 +42,8 @@ from typing import NamedTuple, Optional
 from coupon.redis_state import issued_in_redis
 from loadtest.bench import bench_service, machine
 from loadtest.harness import (
-    ROOT, Gunicorn, LocalCluster, RedisServer, RedisTarget, fresh_database, open_campaign, users,
+    ROOT, Gunicorn, LocalCluster, RedisServer, RedisTarget, cpu_seconds, fresh_database,
+    open_campaign, users,
 )
 
 DATABASE_URL = os.environ.get("BENCH_FAIR_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/coupon_benchfair")
@@ -389,14 +390,17 @@ def run_setting(svc, servers, users_count, stock, rate, fresh, label="run"):
     requests = [f"POST /api/v1/campaigns/{campaign_id}/issue HTTP/1.1\r\nHost: {host}:{port}\r\n"
                 f"Authorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n".encode()
                 for (host, port), (_, token) in zip(addrs, crowd)]
-    drops, spent = listen_drops(), issue_parts(servers)
+    drops, spent, cpu = listen_drops(), issue_parts(servers), web_cpu_seconds(servers)
     raw_sends, raw_answers, warmed = flood(addrs, requests, rate, fresh)
-    drops, spent = listen_drops() - drops, issue_parts(servers) - spent
+    drops, spent, cpu = listen_drops() - drops, issue_parts(servers) - spent, web_cpu_seconds(servers) - cpu
     sends = [Send(user, s and s[0]) for (user, _), s in zip(crowd, raw_sends)]
     figures = fairness(sends, [a and answer_of(a) for a in raw_answers], stock)
     figures["rate"] = rate
     # where an issue call's time went, ms per call on average (metrics.IssueParts)
     figures["parts_ms"] = {part: round(seconds * 1000 / users_count, 3) for part, seconds in sorted(spent.items())}
+    # the web processes' CPU a request (its connection's warm-up included): what bounds answers/s
+    # once they saturate, steadier from run to run than answers/s on this shared machine
+    figures["web_cpu_us"] = round(cpu * 1e6 / users_count, 1)
     figures["issued_in_redis"] = issued_in_redis(svc.redis, svc.keys(campaign_id))
     if figures["issued_in_redis"] != figures["winners"]:
         figures["flags"].append(f"Redis counts {figures['issued_in_redis']} issued, the client {figures['winners']}")
@@ -411,6 +415,12 @@ def run_setting(svc, servers, users_count, stock, rate, fresh, label="run"):
             figures["flags"].append(f"a pooled connection idle {figures['max_idle_s']:.1f} s: "
                                     f"the server's keep-alive is {KEEPALIVE:g} s")
     return figures
+
+
+def web_cpu_seconds(servers):
+    """CPU seconds the servers' masters and workers have used so far."""
+    return sum(cpu_seconds(pid) or 0.0 for server in servers
+               for pid in (server.proc.pid, *server.worker_pids()))
 
 
 PART = re.compile(r'^coupon_issue_part_seconds_total\{part="(\w+)"\} (\S+)$', re.M)
@@ -493,8 +503,8 @@ def report(capacities, results, users_count, stock, argv):
            + ", ".join(f"{k} {v:,.0f} answers/s" for k, v in capacities.items()) + ".", ""] if capacities else []),
         "| setting | rate/s | written/s (max lag ms) | answers | to the N earliest | of the N earliest "
         f"refused SOLD_OUT | last winner's rank | SOLD_OUT written >= {LEAD_MS} ms before the last winner "
-        "(max lead ms) | p50 / p99 ms | a winner's p50 ms | answered/s | flags |",
-        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "(max lead ms) | p50 / p99 ms | a winner's p50 ms | answered/s | web CPU us a request | flags |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for s, f in results:
         lines.append(
@@ -502,7 +512,8 @@ def report(capacities, results, users_count, stock, argv):
             f"| {', '.join(f'{k} {v}' for k, v in f['outcomes'].items())} | {f['early_won']} "
             f"({fmt(f['early_share'], '.1%')}; by write {f['early_written_won']}) | {f['early_sold_out']} | {fmt(f['last_winner_rank'])} "
             f"| {f['refused_early']} ({fmt(f['max_lead_ms'])}) | {fmt(f['p50_ms'])} / {fmt(f['p99_ms'])} "
-            f"| {fmt(f['win_p50_ms'])} | {fmt(f['answered_per_s'])} | {'; '.join(f['flags']) or 'ok'} |")
+            f"| {fmt(f['win_p50_ms'])} | {fmt(f['answered_per_s'])} | {fmt(f['web_cpu_us'])} "
+            f"| {'; '.join(f['flags']) or 'ok'} |")
     figures = {"users": users_count, "stock": stock, "capacity": capacities,
                "runs": [{"setting": s.label, **s._asdict(), **f} for s, f in results]}
     return "\n".join(lines) + "\n\n" + json.dumps(figures)
