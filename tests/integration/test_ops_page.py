@@ -14,8 +14,8 @@ from coupon import campaigns, create_app, db, ops_readers, queries, redis_state
 from coupon.clock import parse_time, to_ms, utcnow
 from coupon.db import init_db
 from coupon.errors import ReconcileMismatch
+from coupon.flusher import Flusher
 from coupon.keys import ACTIVE, SCHEDULER_LEADER
-from coupon.outbox import Flusher
 from coupon.recovery import recover_campaign
 from loadtest.harness import open_campaign, wait_until
 from tests.support import app_config, assert_error, issue, issue_directly, on_single_and_cluster
