@@ -3,107 +3,13 @@ reads this file by itself (and so does `-c gunicorn.conf.py`). Environment varia
 
 The service's protections live in hooks, which every way of starting gunicorn keeps, rather than
 in a worker class, which `-k` on the command line replaces: on_starting mixes them into whatever
-worker class gunicorn was told (WorkerProtections).
+worker class gunicorn was told. What the hooks do is in coupon/worker.py, which imports neither
+Flask nor the app: this file is read in the master, before the gevent workers fork and
+monkey-patch.
 """
-import errno
 import os
-import socket
 
-import gevent
-from gunicorn import util
-from gunicorn.http import errors as http_errors
-from gunicorn.workers.ggevent import GeventWorker
-
-# gunicorn's errors for a request it cannot parse, as our error codes (any other: BadRequest)
-PARSE_ERRORS = {
-    http_errors.LimitRequestLine: "UriTooLong",
-    http_errors.LimitRequestHeaders: "HeaderFieldsTooLarge",
-    http_errors.UnsupportedTransferCoding: "UnsupportedTransferCoding",
-}
-# ParseExceptions that are our fault, not the client's: gunicorn's own 500
-OUR_PARSE_ERRORS = (http_errors.ConfigurationProblem, http_errors.InvalidResponseHeader,
-                    http_errors.InvalidResponseHeaderName)
-
-
-class WorkerProtections:
-    """Mixed into the worker class: note when each request arrived (coupon.arrival), yield to the
-    other connections after each request (a gevent worker), answer the requests gunicorn cannot
-    parse in the JSON error shape, let the app close a connection, quit once on Ctrl-C.
-
-    A keep-alive connection whose client sends the next request at once is otherwise served
-    again and again before the others: a p99 of ~1 s at 100 connections on a bare endpoint,
-    ~170 ms with the yield (loadtest/bench.py, BENCHMARKS.md).
-    """
-
-    _quitting = False
-
-    def handle_quit(self, sig, frame):
-        # Ctrl-C reaches a worker twice, SIGINT from the terminal and SIGQUIT from the master:
-        # a second exiting greenlet would run during the interpreter's shutdown and print a
-        # "SystemExit: 0" traceback
-        if not self._quitting:
-            self._quitting = True
-            super().handle_quit(sig, frame)
-
-    def handle(self, listener, client, addr):
-        # imported here, in the worker (as below): each connection notes when its requests arrived
-        import ssl
-
-        from coupon.arrival import stamped
-
-        if not isinstance(client, ssl.SSLSocket):  # TLS reads its records itself: no stamps
-            client = stamped(client)
-        return super().handle(listener, client, addr)
-
-    def handle_request(self, *args):
-        try:
-            return super().handle_request(*args)
-        finally:
-            if isinstance(self, GeventWorker):
-                gevent.sleep(0)
-
-    def load_wsgi(self):
-        super().load_wsgi()
-        app = self.served_app = self.wsgi  # the Flask app (worker_exit below)
-        from coupon.arrival import RECEIVED_NS  # in the worker, as in handle()
-
-        def closable(environ, start_response):
-            # start_response is bound to gunicorn's Response: force_close() answers with
-            # "Connection: close" and closes after (coupon.bodies: a body left unread)
-            environ["coupon.close_connection"] = start_response.__self__.force_close
-            stamps = environ.get("gunicorn.socket")  # coupon.arrival: when the request arrived
-            if hasattr(stamps, "take_received_ns"):
-                environ[RECEIVED_NS] = stamps.take_received_ns()
-            return app(environ, start_response)
-
-        self.wsgi = closable
-
-    def handle_error(self, req, client, addr, exc):
-        if not isinstance(exc, http_errors.ParseException) or isinstance(exc, OUR_PARSE_ERRORS):
-            return super().handle_error(req, client, addr, exc)
-        # imported here, in the worker: gevent patches it before the app (and ssl) is imported
-        from werkzeug.http import HTTP_STATUS_CODES
-
-        from coupon import errors
-
-        error = getattr(errors, PARSE_ERRORS.get(type(exc), "BadRequest"))()
-        self.log.warning("Invalid request from ip=%s: %s", (addr or ("",))[0], exc)
-        body = errors.error_body(error.code, error.message)
-        head = (f"HTTP/1.1 {error.status} {HTTP_STATUS_CODES[error.status]}\r\n"
-                f"Connection: close\r\nContent-Type: {errors.JSON}\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n")
-        try:
-            util.write_nonblock(client, head.encode("latin-1") + body)
-        except OSError:
-            self.log.debug("Failed to send error message.")
-
-
-def protected(worker_class):
-    """worker_class with the service's protections mixed in."""
-    if issubclass(worker_class, WorkerProtections):
-        return worker_class
-    return type(f"Protected{worker_class.__name__}", (WorkerProtections, worker_class), {})
-
+import coupon.worker
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 worker_class = "gevent"  # the protections are mixed in by on_starting, whatever -k says
@@ -140,53 +46,13 @@ def on_starting(server):
     """Mix the protections into the worker class; refuse an address in use; remove the metric
     files of processes that are gone (a previous run), keep live ones'."""
     on_reload(server)
-    refuse_address_in_use(server.cfg.address)
-    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    os.makedirs(folder, exist_ok=True)
-    for name in os.listdir(folder):
-        pid = name.rsplit(".", 1)[0].rsplit("_", 1)[-1]
-        if name.endswith(".db") and not (pid.isdigit() and _alive(int(pid))):
-            os.remove(os.path.join(folder, name))
+    coupon.worker.refuse_address_in_use(server.cfg.address)
+    coupon.worker.remove_dead_metric_files(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
 def on_reload(server):
     """Mix the protections into the worker class (again after SIGHUP, which reads it anew)."""
-    server.worker_class = protected(server.worker_class)
-    if not issubclass(server.worker_class, GeventWorker):
-        server.log.warning(
-            "worker class %s: this service is built for -k gevent (one worker serves thousands "
-            "of connections and shares Redis round trips between them)", server.cfg.worker_class_str)
-
-
-def refuse_address_in_use(addresses):
-    """Say at once which setting to change, instead of gunicorn's five "Connection in use"."""
-    if "GUNICORN_FD" in os.environ or "LISTEN_FDS" in os.environ:
-        return  # a re-exec (USR2) or systemd hands the sockets over: they are in use by design
-    for address in addresses:
-        if not isinstance(address, tuple):  # a unix socket: gunicorn's own checks
-            continue
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        with socket.socket(family) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
-            try:
-                probe.bind(address)
-            except OSError as e:
-                if e.errno != errno.EADDRINUSE:
-                    raise
-                raise RuntimeError(
-                    f"{address[0]}:{address[1]} is in use (another `make run`?): stop that one, "
-                    f"or serve elsewhere with BIND, e.g. BIND=127.0.0.1:{address[1] + 1} make run"
-                ) from None
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
+    coupon.worker.protect(server)
 
 
 def pre_request(worker, req):
@@ -194,14 +60,8 @@ def pre_request(worker, req):
     options (RFC 9112 9.6): gunicorn itself closes only for a value that is exactly "close", and
     would serve the request pipelined behind it."""
     worker.log.debug("%s %s", req.method, req.path)  # gunicorn's own pre_request
-    if asks_to_close(req.headers):
+    if coupon.worker.asks_to_close(req.headers):
         req.force_close()
-
-
-def asks_to_close(headers):
-    """Whether any Connection header among (NAME, value) pairs lists the option "close"."""
-    return any(name == "CONNECTION" and "close" in (o.strip(" \t").lower() for o in value.split(","))
-               for name, value in headers)
 
 
 def child_exit(server, worker):
@@ -212,30 +72,11 @@ def child_exit(server, worker):
 
 
 def post_worker_init(worker):
-    """A worker that starts says what in Redis's settings would lose claims (coupon.redis_guard),
-    measures its clock's offset to Redis's while its loop is idle (coupon.clock), watches how
-    late its loop runs (coupon.metrics) and, in arrival order, keeps its name on the roll of
-    workers serving (coupon.arrival.WorkerRoll)."""
-    services = _services(worker)
-    if services is not None:
-        services.redis_guard.verdict()
-        services.clock.calibrate()
-        services.metrics.watch_loop_lag()
-        if services.gate.enabled:
-            services.roll.start()
+    """A worker that starts checks Redis's settings and its clock, and watches its loop
+    (coupon.worker.worker_started)."""
+    coupon.worker.worker_started(worker)
 
 
 def worker_exit(server, worker):
-    """A worker that stops cleanly gives the unused serials of its blocks back to Redis, and
-    leaves the roll."""
-    services = _services(worker)
-    if services is not None:
-        services.issuer.give_back_all()
-        if services.gate.enabled:
-            services.roll.leave()
-
-
-def _services(worker):
-    """The coupon app's gateways in this worker (None before the app is loaded, or another app)."""
-    app = getattr(worker, "served_app", None)
-    return getattr(app, "extensions", {}).get("coupon") if app else None
+    """A worker that stops cleanly gives its serials back, and leaves the roll."""
+    coupon.worker.worker_stopping(worker)

@@ -1,41 +1,14 @@
-"""First-come-first-served coupon issuing service."""
-from flask import Flask
+"""First-come-first-served coupon issuing service.
 
-from config import settings
-from coupon import extensions
-from coupon.errors import register_errorhandlers
-
-
-def create_app(config=None):
-    """Build the app: settings, gateways, routes, error handlers, CLI commands."""
-    app = Flask(__name__, instance_relative_config=True)
-    settings.load_into(app.config, overrides=config)
-    app.json.sort_keys = False
-    register_extensions(app)
-    register_blueprints(app)
-    register_errorhandlers(app)
-    register_commands(app)
-    return app
+Importing the package imports nothing else: gunicorn's master imports coupon.worker with its
+settings, before the gevent workers fork and monkey-patch, and Flask (threading, ssl) must not
+come with it. `from coupon import create_app` imports coupon/app.py on first use (PEP 562).
+"""
 
 
-def register_extensions(app):
-    extensions.init_app(app)
+def __getattr__(name):
+    if name == "create_app":
+        from coupon.app import create_app
 
-
-def register_blueprints(app):
-    from coupon import ops_page
-    from coupon.api import IssueEndpoint, NoSessions, bp
-    from coupon.bodies import BodyGuard
-
-    app.register_blueprint(bp)
-    ops_page.register(app)  # the operators' page, where it is enabled
-    app.session_interface = NoSessions()
-    # the issue call without a body first (the flood's kind), then every body through the guard
-    guarded = BodyGuard(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"], app.config["BODY_TIMEOUT"])
-    app.wsgi_app = IssueEndpoint(guarded, extensions.services(app))
-
-
-def register_commands(app):
-    from coupon.cli import register
-
-    register(app)
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

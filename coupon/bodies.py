@@ -81,7 +81,7 @@ class BodyGuard:
     """WSGI middleware in front of Flask: every announced body goes through a RequestBody.
 
     The server may put a callable at environ["coupon.close_connection"] that closes the
-    connection after the answer (gunicorn.conf.py does).
+    connection after the answer (coupon/worker.py does, under gunicorn).
     """
 
     def __init__(self, app, limit, timeout):

@@ -16,7 +16,8 @@ from coupon import db, events, redis_state
 from coupon.clock import iso, utcnow
 from coupon.errors import InvalidCampaign, ReconcileMismatch, RequestIdReused, Unavailable
 from coupon.fairness import SaleOrder
-from coupon.outbox import Flusher, outbox_stats
+from coupon.flusher import Flusher
+from coupon.outbox import outbox_stats
 from coupon.queries import campaign_row, count_rows, sale_replay
 from coupon.reconcile import Report, reconcile
 

@@ -191,7 +191,7 @@ class Scripts:
         self._note_arrivals = load("note_arrivals")
         # recover sends it pipelined, per shard (recovery.restore_claims)
         self.restore_claims = load("restore_claims")
-        # the flusher sends it pipelined, per stream (outbox.Flusher)
+        # the flusher sends it pipelined, per stream (flusher.Flusher)
         self.ack_outbox = load("ack_outbox")
 
     def lease(self, keys, epoch, lease_id, most, ttl_ms, tail, waiting, order=None):

@@ -1,6 +1,6 @@
 """Flush job: move outbox entries into the database; back off while the database is down.
 
-It runs on every scheduler, leader or not: their flushers share the entries (outbox.Flusher)."""
+It runs on every scheduler, leader or not: their flushers share the entries (coupon/flusher.py)."""
 import logging
 import os
 import socket
@@ -8,7 +8,7 @@ import time
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from coupon.outbox import Flusher
+from coupon.flusher import Flusher
 from jobs.outage import Outage
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,8 @@ import time
 from redis import Redis
 
 from coupon import events, redis_state
-from coupon.outbox import Flusher, outbox_stats
+from coupon.flusher import Flusher
+from coupon.outbox import outbox_stats
 from coupon.queries import count_rows
 from loadtest import bench
 from loadtest.bench_idle import measure_idle

@@ -29,7 +29,8 @@ import time
 from redis import Redis
 
 from coupon import db, events
-from coupon.outbox import Flusher, outbox_stats
+from coupon.flusher import Flusher
+from coupon.outbox import outbox_stats
 from coupon.reconcile import mysql_tickets
 from coupon.redis_state import Layout, issued_in_redis
 from coupon.scripts import claim_args

@@ -1,6 +1,6 @@
 """Redis's CPU per claim, apart from everything else (issue 35: at most 15 us a coupon): claims
 sent straight through the workers' ClaimSender (claim.lua, --per-call claims a call, --calls-a-trip
-calls a round trip), then flushed by one outbox.Flusher; each part's CPU is read
+calls a round trip), then flushed by one flusher.Flusher; each part's CPU is read
 from the private redis-server's INFO before and after. No web server, no HTTP, no other client:
 the figures move only with what Redis does per claim (compare two checkouts: run it in each).
 
@@ -14,7 +14,7 @@ from redis import Redis
 
 from coupon import create_app
 from coupon import db as dbm
-from coupon.outbox import Flusher
+from coupon.flusher import Flusher
 from loadtest.harness import RedisServer, open_campaign
 
 

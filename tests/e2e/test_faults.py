@@ -14,8 +14,9 @@ from redis.exceptions import ResponseError
 from sqlalchemy.engine import make_url
 
 from jobs.reclaim import claimed_serials
+from coupon.flusher import GROUP
 from coupon.keys import JOB_SUCCESS, SCHEDULER_LEADER
-from coupon.outbox import GROUP, outbox_stats
+from coupon.outbox import outbox_stats
 from coupon.queries import count_rows
 from coupon.reconcile import mysql_tickets, redis_claims
 from coupon.scripts import OutboxEntry, decode_serials

@@ -6,8 +6,9 @@ from collections import Counter
 from sqlalchemy import select
 
 from coupon import db
+from coupon.flusher import Flusher
 from coupon.keys import active_campaigns
-from coupon.outbox import Flusher, campaigns_with_news, outbox_stats
+from coupon.outbox import campaigns_with_news, outbox_stats
 from coupon.reconcile import mysql_tickets
 from jobs.stock_sync import StockSyncJob
 from loadtest.harness import open_campaign, users, wait_until

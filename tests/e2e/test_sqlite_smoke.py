@@ -2,7 +2,7 @@
 from sqlalchemy import delete
 
 from coupon import create_app, db, queries
-from coupon.outbox import Flusher
+from coupon.flusher import Flusher
 from loadtest.harness import Gunicorn, open_campaign, service_env, users
 from tests.support import app_config, assert_rebuilt_from, flood, issue_call, issue_directly, lose, rows_of
 

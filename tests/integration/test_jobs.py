@@ -5,7 +5,8 @@ import datetime as dt
 from sqlalchemy import select
 
 from coupon import campaigns, clock, db, queries
-from coupon.outbox import Flusher, campaigns_with_news
+from coupon.flusher import Flusher
+from coupon.outbox import campaigns_with_news
 from coupon.reconcile import mysql_tickets
 from jobs.lifecycle import open_and_close_due
 from jobs.stock_sync import StockSyncJob, sync_stock

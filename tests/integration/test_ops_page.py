@@ -10,12 +10,12 @@ from hypothesis import strategies as st
 
 from sqlalchemy import delete, insert, inspect, select, text
 
-from coupon import campaigns, create_app, db, ops_page, queries, redis_state
+from coupon import campaigns, create_app, db, ops_readers, queries, redis_state
 from coupon.clock import parse_time, to_ms, utcnow
 from coupon.db import init_db
 from coupon.errors import ReconcileMismatch
+from coupon.flusher import Flusher
 from coupon.keys import ACTIVE, SCHEDULER_LEADER
-from coupon.outbox import Flusher
 from coupon.recovery import recover_campaign
 from loadtest.harness import open_campaign, wait_until
 from tests.support import app_config, assert_error, issue, issue_directly, on_single_and_cluster
@@ -324,7 +324,7 @@ def test_a_poll_says_the_highest_backlog_since_the_previous_one(app, client, svc
     first = client.get(f"/ops/live.json?campaign={campaign_id}").json  # the worker starts reading
     for user in ("p1", "p2", "p3", "p4", "p5"):
         issue_directly(svc, campaign_id, user)
-    readings = app.extensions["coupon_ops_outbox"].readings  # the worker's, between polls
+    readings = app.extensions["coupon_ops"].outbox.readings  # the worker's, between polls
     wait_until(lambda: any(backlog == 5 for _, backlog, _ in readings.get(campaign_id, ())),
                timeout=10, what="the worker to read the backlog of 5")
     Flusher(svc, consumer="test").flush([campaign_id])
@@ -417,7 +417,7 @@ def test_a_poll_answers_from_its_last_reading_while_the_database_does_not(client
         try:
             stuck = poll()
             later = wait_until(lambda: (lambda state: state["health"]["database"]["ok"] is False and state)(poll()),
-                               timeout=ops_page.DATABASE_DOWN_AFTER + 10, interval=0.2,
+                               timeout=ops_readers.DATABASE_DOWN_AFTER + 10, interval=0.2,
                                what="the page to say the database is down")
         finally:
             locker.execute(text("UNLOCK TABLES"))

@@ -1,4 +1,4 @@
-"""coupon/outbox.py: the Flusher moves the claims' outbox streams into the database, in this
+"""coupon/flusher.py: the Flusher moves the claims' outbox streams into the database, in this
 process against the real Redis and MariaDB: a round that races a close makes no key again; one
 killed between commit and acknowledgement, stalled, or frozen before its commit loses and doubles
 nothing; streams Redis lost are grouped again. The flush job in a real scheduler: e2e/test_jobs.py."""
@@ -10,7 +10,8 @@ from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
 from coupon import campaigns
-from coupon.outbox import Flusher, outbox_stats
+from coupon.flusher import Flusher
+from coupon.outbox import outbox_stats
 from coupon.reconcile import mysql_tickets, reconcile
 from loadtest.harness import open_campaign
 from tests.support import issue_directly, on_single_and_cluster

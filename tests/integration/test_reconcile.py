@@ -2,7 +2,7 @@
 (counts and digests, the database's tallied by MariaDB as Python tallies them), then ticket by
 ticket where a shard differs, each difference named; a close that finds one keeps the keys."""
 from coupon import clock, db, redis_state
-from coupon.outbox import Flusher
+from coupon.flusher import Flusher
 from coupon.reconcile import database_tallies, reconcile, redis_claims, streamed_tallies
 from coupon.scripts import StoredClaim
 from loadtest.harness import open_campaign

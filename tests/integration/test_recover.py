@@ -5,7 +5,7 @@ e2e/test_recover_mid_flood.py.)"""
 import datetime as dt
 
 from coupon import campaigns, clock, queries, recovery, redis_state
-from coupon.outbox import Flusher
+from coupon.flusher import Flusher
 from jobs.stock_sync import sync_stock
 from loadtest.harness import open_campaign
 from tests.support import assert_rebuilt_from, issue, lose, on_single_and_cluster, rows_of

@@ -7,7 +7,7 @@ import time
 from sqlalchemy import text
 
 from coupon import create_app
-from coupon.outbox import Flusher
+from coupon.flusher import Flusher
 from loadtest.harness import RedisTarget, open_campaign
 from tests.jwks_keys import JwksServer, sign
 from tests.support import TcpProxy, app_config, issue

@@ -1,9 +1,9 @@
-"""The operators' page's list of campaigns from rows read earlier (ops_page.Listing), split by
+"""The operators' page's list of campaigns from rows read earlier (ops_readers.Listing), split by
 the campaigns Redis holds now."""
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from coupon.ops_page import RECENT_CLOSED, Listing
+from coupon.ops_readers import RECENT_CLOSED, Listing
 
 T0 = datetime(2026, 12, 4, 12, 0, 0)
 

@@ -1,0 +1,191 @@
+"""Write-behind: move claims from the Redis outbox streams into the database, exactly once.
+
+The flush job (jobs/flush.py) runs a Flusher on every scheduler; a close drains a campaign with
+one of its own (campaigns.drain_outbox), which is why it lives here and not in jobs/.
+Each claim shard has an outbox stream, written by claim.lua together with the claim. A flusher
+reads it through a consumer group, inserts the rows (a duplicate on the unique keys is ignored,
+so a replay is harmless; any other error propagates), commits, and only then acknowledges and
+deletes the entries. Entries a dead flusher left unacknowledged are taken over (XAUTOCLAIM).
+Several flushers may run at once (every scheduler's flush job, a close's drain): the group hands
+each new entry to one of them; one that stalls past the idle time has its entries taken over,
+and should it come back, its insert skips the rows and its acknowledgement finds nothing
+pending, so each row is written once and counted once (by the flusher that acknowledged it).
+With EVENTS_URL set, each row's coupon.issued event (a short row: campaign and serial) is
+written in the same transaction (coupon/events.py); a replayed entry's is skipped while it
+waits, or published again.
+One frozen between its insert and its commit (SIGSTOP, a paused VM) would hold its rows' locks,
+and the flusher that took its entries over would wait on them; on MariaDB the server rolls such
+a transaction back once idle FLUSH_CLAIM_IDLE seconds (idle_write_transaction_timeout).
+Only what replicas hold is read (a durable batch, REDIS_REPLICA_ACKS): a claim that a failover
+loses was never acknowledged to its user, and must not have a row either, or its serial, issued
+again, would clash with it. A node down or unacknowledged holds back only its own streams.
+
+Which streams to read: those the outbox news sets name (coupon/outbox.py), so a round reads
+the campaigns with claims to flush, not every live one; ack_outbox.lua takes a campaign off its
+shard's news set once the stream is empty, and puts it on the shard's drained set.
+"""
+import functools
+import math
+import time
+
+from redis.exceptions import ResponseError
+from sqlalchemy import text
+
+from coupon import db, events
+from coupon.clock import from_ms
+from coupon.outbox import news
+from coupon.scripts import OutboxEntry
+
+GROUP = "flusher"
+ACK_CHUNK = 1000  # entry ids per ack_outbox.lua call (a Lua unpack has its limits)
+
+
+def entry_row(fields, campaign_id, code_of):
+    """The coupons row of an outbox entry of a campaign's stream (its fields: scripts.OutboxEntry)."""
+    entry = OutboxEntry.decode(fields, campaign_id, code_of)
+    return {"campaign_id": entry.campaign_id, "user_id": entry.user_id, "serial": entry.serial,
+            "code": entry.code, "issued_at": from_ms(entry.issued_at_ms)}
+
+
+class Flusher:
+    def __init__(self, svc, consumer, batch=None, claim_idle=None):
+        self.redis = svc.redis
+        self.engine = svc.engine
+        self.metrics = svc.metrics
+        self.code_of = lambda campaign_id: functools.partial(svc.signer.ticket_code, campaign_id)
+        self.keys = svc.keys
+        self.ack_script = svc.scripts.ack_outbox
+        self.shard_count = svc.config["CLAIM_SHARDS"]
+        self.consumer = consumer
+        self.batch = batch or svc.config["FLUSH_BATCH"]
+        idle = svc.config["FLUSH_CLAIM_IDLE"] if claim_idle is None else claim_idle
+        self.claim_idle_ms = int(idle * 1000)
+        # whole seconds; the setting's, also for a close's drain (claim_idle 0)
+        self.frozen_after = max(1, math.ceil(svc.config["FLUSH_CLAIM_IDLE"]))
+        self.insert = db.insert_ignoring_duplicates(self.engine.dialect.name, db.coupons)
+        # with events on, each coupon's event row commits with its row (coupon/events.py)
+        self.events = events.enabled(svc.config)
+        self._grouped = set()
+
+    def shards(self, campaign_ids=None):
+        """The claim shards whose streams to read: every one of these campaigns, or (None) those
+        the outbox news sets name: the cost of a round is that of the campaigns with claims to
+        flush, however many are live."""
+        if campaign_ids is not None:
+            return [shard for c in campaign_ids for shard in self.keys(c).all_shards()]
+        return [self.keys(c).shard(k) for k, ids in enumerate(news(self.redis, self.shard_count))
+                for c in ids]
+
+    def flush(self, campaign_ids=None, until=None, before_ack=None):
+        """Flush rounds until the streams are empty or `until` (monotonic) passes; return the rows
+        moved: the entries this flusher acknowledged (another one may have written some of
+        those rows before it stalled; none is counted twice).
+
+        before_ack, if given, runs between commit and acknowledgement (tests crash there).
+        """
+        shards = {shard.outbox: shard for shard in self.shards(campaign_ids)}
+        moved = 0
+        while shards:
+            began = time.perf_counter()
+            entries, unread = self._read(list(shards))
+            rows = [entry_row(f, shards[stream].campaign_id, self.code_of(shards[stream].campaign_id))
+                    for stream, _, f in entries if f]
+            read = time.perf_counter()
+            if rows:
+                with self.engine.begin() as conn:
+                    self._roll_back_if_frozen(conn)
+                    conn.execute(self.insert, rows)
+                    if self.events:
+                        events.write_issued(conn, rows)
+            written = time.perf_counter()
+            if before_ack:
+                before_ack()
+            # a stream that gave nothing this round is done with: off the news set once empty
+            done = set(shards) - unread - {stream for stream, _, _ in entries}
+            moved += self._ack(entries, shards, done)
+            if rows:  # where the round's time went (metrics.FLUSH_PARTS)
+                self.metrics.record_flush_round({"read": read - began, "write": written - read,
+                                                 "ack": time.perf_counter() - written})
+            for stream in done | unread:  # an unread one: next flush
+                del shards[stream]
+            if until is not None and time.monotonic() > until:
+                break
+        return moved
+
+    def _roll_back_if_frozen(self, conn):
+        """Have MariaDB roll back this connection's write transactions idle `frozen_after`
+        seconds (set once per connection; MySQL has no such setting)."""
+        info = conn.connection.info  # lives as long as the database connection
+        if getattr(conn.dialect, "is_mariadb", False) and info.get("frozen_after") != self.frozen_after:
+            conn.execute(text("SET SESSION idle_write_transaction_timeout = :s"), {"s": self.frozen_after})
+            info["frozen_after"] = self.frozen_after
+
+    def _ensure_groups(self, streams):
+        """Make the consumer group of the streams that exist and have none yet; return the
+        streams that have one. Never the stream itself (no MKSTREAM): claim.lua makes it with
+        its first entry, and a stream deleted by a close that this round raced must stay gone."""
+        new = [stream for stream in streams if stream not in self._grouped]
+        batch = self.redis.batch()
+        for stream in new:
+            batch.on(stream).xgroup_create(stream, GROUP, id="0")
+        for stream, reply in zip(new, batch.execute(raise_on_error=False)):
+            if isinstance(reply, ResponseError) and "requires the key to exist" in str(reply):
+                continue  # no claim yet: asked again next round
+            if isinstance(reply, Exception) and not (
+                    isinstance(reply, ResponseError) and "BUSYGROUP" in str(reply)):
+                raise reply
+            self._grouped.add(stream)
+        return [stream for stream in streams if stream in self._grouped]
+
+    def _read(self, streams):
+        """One round trip: per stream, what this consumer left pending, what dead ones left
+        pending, then new entries. Returns ([(stream, id, fields or None)], the streams whose
+        node did not answer)."""
+        streams = self._ensure_groups(streams)
+        reads, replies = self._read_round(streams)
+        if any(isinstance(r, ResponseError) and "NOGROUP" in str(r) for r in replies):
+            # Redis lost streams we made the group of (restarted empty, the campaign recovered or
+            # preloaded since, or released by a close): make the group of those that exist again;
+            # what the failed round delivered is read as ours
+            self._grouped.clear()
+            reads, replies = self._read_round(self._ensure_groups(streams))
+        errors = [r for r in replies if isinstance(r, Exception)]
+        if errors and len(errors) == len(replies):
+            raise errors[0]
+        entries, seen, unread = [], set(), set()
+        for stream, (own, claimed, new) in reads.items():
+            if own.failed or claimed.failed or new.failed:
+                unread.add(stream)  # its node is down or its replica behind: next round
+                continue
+            found = ([e for _, es in (own.raw or []) for e in es] + list(claimed.raw[1])
+                     + [e for _, es in (new.raw or []) for e in es])
+            for entry_id, fields in found:
+                if (stream, entry_id) not in seen:
+                    seen.add((stream, entry_id))
+                    entries.append((stream, entry_id, fields or None))
+        return entries, unread
+
+    def _read_round(self, streams):
+        """({stream: its three Replies}, every reply) of one durable batch."""
+        batch, reads = self.redis.batch(durable=True), {}
+        for stream in streams:
+            reads[stream] = (
+                batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: "0"}, count=self.batch),
+                batch.on(stream).xautoclaim(stream, GROUP, self.consumer, self.claim_idle_ms, "0-0",
+                                            count=self.batch),
+                batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.batch))
+        return reads, batch.execute(raise_on_error=False)
+
+    def _ack(self, entries, shards, done):
+        """Acknowledge and delete the flushed entries (ack_outbox.lua), and check the streams in
+        `done`: each one empty leaves its news set. Return how many were pending till now."""
+        by_stream = {stream: [] for stream in done}
+        for stream, entry_id, _ in entries:
+            by_stream.setdefault(stream, []).append(entry_id)
+        batch = self.redis.batch()
+        for stream, ids in by_stream.items():
+            shard = shards[stream]
+            for i in range(0, max(1, len(ids)), ACK_CHUNK):
+                batch.script(self.ack_script, [stream, shard.news, shard.drained],
+                             [GROUP, shard.campaign_id, *ids[i:i + ACK_CHUNK]])
+        return sum(acked for acked, _ in batch.execute())
