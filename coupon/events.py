@@ -1,7 +1,7 @@
 """Events on RabbitMQ: every committed coupon and each change of a campaign, at least once.
 
 A transactional outbox in the database. The flusher writes a short coupon.issued row (campaign
-and serial: db.issued_events) in the transaction of the coupon rows (outbox.Flusher); the
+and serial: db.issued_events) in the transaction of the coupon rows (flusher.Flusher); the
 message is built from the coupon row when published, so the flush writes little more than
 without events. The lifecycle functions write a campaign.* row, body and all (db.event_outbox),
 in the transaction that changes the campaign (campaigns.py, the stock sync for sold_out): an
@@ -50,7 +50,7 @@ def _row(campaign_id, message_id, routing_key, body, now):
 
 
 def write_issued(conn, coupon_rows):
-    """Write the coupon.issued events of these coupons rows (outbox.entry_row's) in the caller's
+    """Write the coupon.issued events of these coupons rows (flusher.entry_row's) in the caller's
     transaction: only each coupon's key (issued_events), its message built from the coupon row
     when published (issued_body); one already waiting is kept."""
     db.insert_integers_ignoring_duplicates(conn, db.issued_events,
