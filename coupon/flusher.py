@@ -34,9 +34,12 @@ from sqlalchemy import text
 from coupon import db, events
 from coupon.clock import from_ms
 from coupon.outbox import news
+from coupon.redis_nodes import Reply
 from coupon.scripts import OutboxEntry
 
 GROUP = "flusher"
+NOTHING_CLAIMED = Reply()  # of a round that did not look for a dead flusher's entries
+NOTHING_CLAIMED.raw = ["0-0", [], []]  # (XAUTOCLAIM's: next start, entries, ids deleted)
 ACK_CHUNK = 1000  # entry ids per ack_outbox.lua call (a Lua unpack has its limits)
 
 
@@ -66,6 +69,11 @@ class Flusher:
         # with events on, each coupon's event row commits with its row (coupon/events.py)
         self.events = events.enabled(svc.config)
         self._grouped = set()
+        # stream -> when (monotonic) to look for a dead flusher's entries next: half the idle time
+        # apart, not every round. Each look scans the stream's pending entries, which hold the
+        # other flushers' batches in flight: every round, it cost more Redis CPU a coupon than
+        # the flush's reads, acks and deletes together (BENCHMARKS.md, "Redis per claim")
+        self._takeover_due = {}
 
     def shards(self, campaign_ids=None):
         """The claim shards whose streams to read: every one of these campaigns, or (None) those
@@ -139,8 +147,8 @@ class Flusher:
 
     def _read(self, streams):
         """One round trip: per stream, what this consumer left pending, what dead ones left
-        pending, then new entries. Returns ([(stream, id, fields or None)], the streams whose
-        node did not answer)."""
+        pending (every half idle time: _takeover_due), then new entries. Returns ([(stream, id,
+        fields or None)], the streams whose node did not answer)."""
         streams = self._ensure_groups(streams)
         reads, replies = self._read_round(streams)
         if any(isinstance(r, ResponseError) and "NOGROUP" in str(r) for r in replies):
@@ -167,12 +175,16 @@ class Flusher:
 
     def _read_round(self, streams):
         """({stream: its three Replies}, every reply) of one durable batch."""
-        batch, reads = self.redis.batch(durable=True), {}
+        batch, reads, now = self.redis.batch(durable=True), {}, time.monotonic()
         for stream in streams:
+            claimed = NOTHING_CLAIMED
+            if now >= self._takeover_due.get(stream, 0.0):
+                self._takeover_due[stream] = now + self.claim_idle_ms / 2000
+                claimed = batch.on(stream).xautoclaim(stream, GROUP, self.consumer, self.claim_idle_ms,
+                                                      "0-0", count=self.batch)
             reads[stream] = (
                 batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: "0"}, count=self.batch),
-                batch.on(stream).xautoclaim(stream, GROUP, self.consumer, self.claim_idle_ms, "0-0",
-                                            count=self.batch),
+                claimed,
                 batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.batch))
         return reads, batch.execute(raise_on_error=False)
 
