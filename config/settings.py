@@ -91,8 +91,9 @@ SETTINGS = {
 
 
 def from_environment(environ):
-    """The settings that environment variables set, each parsed; a value that does not parse is
-    refused with its name."""
+    """The settings that environment variables set, each parsed.
+
+    A value that does not parse is refused with its name."""
     values = {}
     for name, (_, parse) in SETTINGS.items():
         if name in environ:
@@ -104,8 +105,9 @@ def from_environment(environ):
 
 
 def load_into(config, overrides=None):
-    """Fill a flask.Config: defaults, the settings file, the environment, then `overrides`;
-    refuse what production must not run with."""
+    """Fill a flask.Config: defaults, the settings file, the environment, then `overrides`.
+
+    Refuse what production must not run with."""
     config.from_mapping({name: default for name, (default, _) in SETTINGS.items()})
     config.from_pyfile(os.path.abspath(os.environ.get("COUPON_SETTINGS", os.path.join("instance", "settings.py"))),
                        silent=True)
@@ -134,8 +136,10 @@ def check_events(config):
 
 
 def check_production(config):
-    """Refuse to run in production with the development secret, the first run's SQLite file, or
-    a JWKS whose tokens are not held to an issuer and an audience."""
+    """Refuse to run in production with a setting fit only for development.
+
+    Those are the development secret, the first run's SQLite file, or a JWKS whose tokens are not
+    held to an issuer and an audience."""
     if config["ENV"] != "production":
         return
     if config["SECRET_KEY"] in ("", DEV_SECRET_KEY):

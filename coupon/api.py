@@ -23,9 +23,10 @@ CAMPAIGN_ID = re.compile(r"[1-9][0-9]{0,9}")
 
 
 class NoSessions(SessionInterface):
-    """The API is token-based: no cookie session to open and save around each request (Flask's
-    default builds a signing serializer and parses cookies per request: 4-7 % of a worker's time
-    under the benchmark, BENCHMARKS.md)."""
+    """The API is token-based: no cookie session to open and save around each request.
+
+    Flask's default builds a signing serializer and parses cookies per request: 4-7 % of a
+    worker's time under the benchmark (BENCHMARKS.md)."""
 
     def open_session(self, app, request):
         return None  # Flask then uses a NullSession, and never saves it
@@ -46,8 +47,9 @@ def bearer_token(header):
 
 
 def check_body(raw):
-    """The issue call takes no parameters; a body, if any, must be a JSON object (its fields,
-    a user_id included, are ignored: who asks comes from the token only)."""
+    """The issue call takes no parameters; a body, if any, must be a JSON object.
+
+    Its fields, a user_id included, are ignored: who asks comes from the token only."""
     if not raw.strip():
         return
     try:
@@ -59,9 +61,11 @@ def check_body(raw):
 
 
 def answer_issue(svc, raw_id, environ, read_body=None):
-    """The answer to an issue call, as (body, status, headers); counted, timed (in parts:
-    metrics.IssueParts), and its arrival noted with its outcome (fairness.py). read_body, if the
-    call has a body, reads it: only once the caller is known (bodies.py)."""
+    """The answer to an issue call, as (body, status, headers).
+
+    The call is counted, timed (in parts: metrics.IssueParts), and its arrival noted with its
+    outcome (fairness.py). read_body, if the call has a body, reads it: only once the caller is
+    known (bodies.py)."""
     started = svc.metrics.issue_started()
     received = received_ns(environ, svc.config["TRUST_REQUEST_START"])
     arrival = arrival_ms(received, svc.clock)

@@ -1,5 +1,6 @@
-"""create_app: the Flask app of the service, its settings, gateways, routes, error handlers and
-CLI commands."""
+"""create_app: the Flask app of the service, put together from its parts.
+
+The parts are its settings, gateways, routes, error handlers and CLI commands."""
 from flask import Flask
 
 from config import settings

@@ -1,5 +1,7 @@
-"""The operators' lifecycle of a campaign: create, open, add stock, stop issuing, close (drain,
-reconcile, release). Plain values in, plain values out; the CLI and the lifecycle job call these."""
+"""The operators' lifecycle of a campaign: create, open, add stock, stop issuing, close.
+
+A close drains, reconciles and releases. Plain values in, plain values out; the CLI and the
+lifecycle job call these."""
 import json
 import os
 import re
@@ -95,8 +97,10 @@ class StockAdded(NamedTuple):
 
 
 def add_stock(svc, campaign_id, amount, request_id=None):
-    """Add `amount` coupons to a campaign not closed: serials after the existing ones, issued
-    from the next lease on (a worker that answered SOLD_OUT asks again within STATE_REFRESH).
+    """Add `amount` coupons to a campaign not closed: serials after the existing ones.
+
+    They are issued from the next lease on (a worker that answered SOLD_OUT asks again within
+    STATE_REFRESH).
 
     The database first: the campaigns row's total and a stock_additions row, in one transaction;
     then Redis's total is raised to the database's (raise_total.lua), so Redis never holds more
@@ -126,8 +130,9 @@ def add_stock(svc, campaign_id, amount, request_id=None):
 
 
 def earlier_addition(svc, campaign_id, request_id, amount):
-    """The StockAdded of an earlier addition under this request id, with the campaign's total
-    now; None if there was none. The same request id for another amount is refused."""
+    """The StockAdded of an earlier addition under this request id, with the campaign's total now.
+
+    None if there was none. The same request id for another amount is refused."""
     a, c = db.stock_additions.c, db.campaigns.c
     with svc.engine.connect() as conn:
         earlier = conn.execute(
@@ -143,8 +148,9 @@ def earlier_addition(svc, campaign_id, request_id, amount):
 
 
 def record_addition(svc, row, request_id, amount):
-    """Raise the campaigns row's total and record the addition, in one transaction; refused
-    for a campaign closed (or ended) by then, or one it would take past MAX_STOCK."""
+    """Raise the campaigns row's total and record the addition, in one transaction.
+
+    Refused for a campaign closed (or ended) by then, or one it would take past MAX_STOCK."""
     campaign_id, c = row.id, db.campaigns.c
     if row.status == "closed" or (row.closes_at and row.closes_at <= utcnow()):
         raise closed_to_stock(campaign_id)
@@ -179,6 +185,7 @@ def closed_to_stock(campaign_id):
 
 def stop_issuing(svc, campaign_id):
     """Stop issuing at once: every claim shard refuses from now on, every worker within a second.
+
     Return whether Redis holds the campaign (False: released by an earlier close)."""
     row = campaign_row(svc.engine, campaign_id)
     keys = svc.keys(campaign_id)
@@ -235,8 +242,9 @@ def close_campaign(svc, campaign_id, progress=None):
 
 
 def record_close(conn, report, replay):
-    """Keep what a close found (and the replay, once they agree) for the operators' page: the
-    last close of a campaign replaces the one before."""
+    """Keep what a close found (and the replay, once they agree) for the operators' page.
+
+    The last close of a campaign replaces the one before."""
     r = db.close_reports.c
     conn.execute(delete(db.close_reports).where(r.campaign_id == report.campaign_id))
     conn.execute(insert(db.close_reports).values(

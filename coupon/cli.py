@@ -1,5 +1,4 @@
-"""Operator commands: flask db ..., flask campaign ..., flask token ..., flask events ... (`flask
-jobs` is jobs/cli.py).
+"""Operator commands: flask db, campaign, token and events (`flask jobs` is jobs/cli.py).
 
 Each command is a thin layer over a service function. A refusal or a store that fails prints
 `Error: CODE: message` and exits 1; a mistyped command, option or value exits 2 (click's usage
@@ -55,8 +54,9 @@ def svc():
 
 
 class Checked(click.ParamType):
-    """A value the service checks (`check` returns it or raises one of `errors`): a refusal is
-    click's usage error, naming the option."""
+    """A value the service checks: `check` returns it or raises one of `errors`.
+
+    A refusal is click's usage error, naming the option."""
 
     def __init__(self, name, check, errors):
         self.name, self.check, self.errors = name, check, errors
@@ -167,9 +167,11 @@ def campaign_recover(campaign_id):
 @click.argument("campaign_id", type=int)
 @operator_errors
 def campaign_status(campaign_id):
-    """Print a campaign's status as JSON, with the outbox backlog, the flush lag, the events still
-    to go to the broker (with EVENTS_URL), the stock added since it was created, and how its
-    coupons went against the order its requests arrived in (as its close found it, once closed)."""
+    """Print a campaign's status as JSON.
+
+    It has the outbox backlog, the flush lag, the events still to go to the broker (with
+    EVENTS_URL), the stock added since it was created, and how its coupons went against the order
+    its requests arrived in (as its close found it, once closed)."""
     service = svc()
     status = queries.campaign_status(service, campaign_id)
     backlog, lag = outbox_stats(service.redis, service.keys(campaign_id))
@@ -215,8 +217,9 @@ def events_tail(count, seconds, pattern):
 
 
 class TokenGroup(AppGroup):
-    """`flask token [--ttl N] USER_ID` is `flask token mint [--ttl N] USER_ID`; `mint`, `bulk` and
-    `--help` first name the subcommand or ask for help."""
+    """`flask token [--ttl N] USER_ID` is `flask token mint [--ttl N] USER_ID`.
+
+    `mint`, `bulk` and `--help` first name the subcommand or ask for help."""
 
     def parse_args(self, ctx, args):
         if args and args[0] not in self.commands and args[0] != "--help":

@@ -1,5 +1,6 @@
-"""Times, one set of helpers: the database keeps naive UTC datetimes, Redis and the wire epoch
-milliseconds, people ISO 8601; and Redis's clock, which judges every window (RedisClock)."""
+"""Times, one set of helpers; and Redis's clock, which judges every window (RedisClock).
+
+The database keeps naive UTC datetimes, Redis and the wire epoch milliseconds, people ISO 8601."""
 import datetime as dt
 import threading
 import time
@@ -22,8 +23,9 @@ def now_ms():
 
 
 def parse_time(text):
-    """Parse an ISO 8601 time; a time without offset is UTC. Returns a naive UTC datetime; raises
-    ValueError for anything else."""
+    """Parse an ISO 8601 time; a time without offset is UTC.
+
+    Returns a naive UTC datetime; raises ValueError for anything else."""
     try:
         value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -79,14 +81,17 @@ class RedisClock:
         self._sampling = threading.Lock()
 
     def now_ms(self, measure=True):
-        """Redis's now (epoch ms); measure=False: by the offset measured last, never waiting for
-        Redis (but once, if none was measured yet)."""
+        """Redis's now (epoch ms).
+
+        measure=False: by the offset measured last, never waiting for Redis (but once, if none was
+        measured yet)."""
         self._measure(measure)
         return now_ms() + self.offset_ms
 
     def fine_now_ms(self):
-        """Redis's now to the microsecond (epoch ms, a float), by the offset measured last: to
-        order requests that arrive a fraction of a ms apart (coupon.arrival)."""
+        """Redis's now to the microsecond (epoch ms, a float), by the offset measured last.
+
+        It orders requests that arrive a fraction of a ms apart (coupon.arrival)."""
         self._measure(False)
         return time.time() * 1000 + self.offset
 
@@ -99,8 +104,10 @@ class RedisClock:
                 self._sampling.release()
 
     def calibrate(self):
-        """Measure the offset a few times, before the worker serves: with its loop idle, a round
-        trip is as short as it gets (Redis down: once, then as it comes)."""
+        """Measure the offset a few times, before the worker serves.
+
+        With its loop idle, a round trip is as short as it gets (Redis down: once, then as it
+        comes)."""
         for i in range(self.CALIBRATION):
             if i:
                 time.sleep(self.CALIBRATION_PAUSE)

@@ -114,10 +114,11 @@ def insert_ignoring_duplicates(dialect_name, table):
 
 
 def insert_integers_ignoring_duplicates(conn, table, rows):
-    """INSERT `rows` (tuples of integers, the table's columns in order) into `table` as one
-    statement written out here, skipping rows clashing with a unique key. For the thousands of
-    rows of a flush round, an executemany's handling of each parameter cost ~12 us a row, more
-    than the database's work; integers need no escaping."""
+    """INSERT `rows` into `table` as one statement, skipping rows clashing with a unique key.
+
+    `rows` are tuples of integers, the table's columns in order; the statement is written out
+    here. For the thousands of rows of a flush round, an executemany's handling of each parameter
+    cost ~12 us a row, more than the database's work; integers need no escaping."""
     if not rows:
         return
     skip = {"sqlite": "ON CONFLICT DO NOTHING"}.get(

@@ -1,5 +1,7 @@
-"""Every error a client or an operator can see: the codes (one class each), their rendering as
-the JSON error shape, and the Flask handlers. Each code is defined here and nowhere else."""
+"""Every error a client or an operator can see: the codes, their rendering, the Flask handlers.
+
+The codes are one class each, rendered as the JSON error shape. Each code is defined here and
+nowhere else."""
 import functools
 import json
 import logging
@@ -74,8 +76,10 @@ FOR_HTTP_STATUS = {cls.status: cls for cls in
 
 
 def as_coupon_error(e):
-    """The CouponError that answers any exception: itself; 503 while a store is down; the
-    matching code for an HTTP error werkzeug raised; else a logged 500."""
+    """The CouponError that answers any exception.
+
+    A CouponError answers itself; then 503 while a store is down; the matching code for an HTTP
+    error werkzeug raised; else a logged 500."""
     if isinstance(e, CouponError):
         return e
     if isinstance(e, (RedisError, SQLAlchemyError)):

@@ -50,18 +50,20 @@ def _row(campaign_id, message_id, routing_key, body, now):
 
 
 def write_issued(conn, coupon_rows):
-    """Write the coupon.issued events of these coupons rows (flusher.entry_row's) in the caller's
-    transaction: only each coupon's key (issued_events), its message built from the coupon row
-    when published (issued_body); one already waiting is kept."""
+    """Write the coupon.issued events of these coupons rows in the caller's transaction.
+
+    The rows are flusher.entry_row's. Written: only each coupon's key (issued_events), its message
+    built from the coupon row when published (issued_body); one already waiting is kept."""
     db.insert_integers_ignoring_duplicates(conn, db.issued_events,
                                            [(r["campaign_id"], r["serial"]) for r in coupon_rows])
 
 
 def issued_body(coupon):
-    """The SQL of a coupon row's coupon.issued body (`coupon`: the coupons columns), as compact
-    JSON: {"event", "campaign_id", "user_id", "serial", "code", "issued_at"}. Built by the
-    database as it reads the window: parsing the row's fields and dumping them here cost the
-    publisher about half as much CPU as publishing them."""
+    """The SQL of a coupon row's coupon.issued body, as compact JSON.
+
+    `coupon`: the coupons columns. The body: {"event", "campaign_id", "user_id", "serial", "code",
+    "issued_at"}. Built by the database as it reads the window: parsing the row's fields and dumping
+    them here cost the publisher about half as much CPU as publishing them."""
     def text(column):
         return cast(column, String)
 
@@ -73,8 +75,10 @@ def issued_body(coupon):
 
 
 def record(config, conn, campaign_id, routing_key, key, **fields):
-    """With events on, write a campaign.* event in the caller's transaction (conn), message id
-    <campaign_id>:<what it is>[:<key>]; one already waiting under that id is kept."""
+    """With events on, write a campaign.* event in the caller's transaction (conn).
+
+    Its message id is <campaign_id>:<what it is>[:<key>]; one already waiting under that id is
+    kept."""
     if not enabled(config):
         return
     kind = routing_key.split(".", 1)[1]
@@ -85,9 +89,10 @@ def record(config, conn, campaign_id, routing_key, key, **fields):
 
 
 def pending(engine, campaign_id=None):
-    """(events not yet confirmed by the broker, age in seconds of the oldest): of one campaign,
-    or of all. A coupon event's age is its coupon's; the oldest is taken in key order (lowest
-    campaign, lowest serial): close to the oldest, without reading them all."""
+    """(events not yet confirmed by the broker, age in seconds of the oldest).
+
+    Of one campaign, or of all. A coupon event's age is its coupon's; the oldest is taken in key
+    order (lowest campaign, lowest serial): close to the oldest, without reading them all."""
     e, i, c = db.event_outbox.c, db.issued_events.c, db.coupons.c
     reads = [(select(func.count()).select_from(db.event_outbox),
               select(e.created_at).order_by(e.id).limit(1), e),
@@ -117,8 +122,10 @@ class BrokerUnavailable(Exception):
 
 
 class Window:
-    """The events of one window sent on `connection`, by delivery tag (first, first + 1, ...),
-    and what the broker said of each: ack (True), nack (False), or nothing yet (None). Settled in
+    """The events of one window sent on `connection`, and what the broker said of each.
+
+    The events are by delivery tag (first, first + 1, ...); the broker said ack (True), nack
+    (False), or nothing yet (None). Settled in
     the I/O loop's thread, read in the publisher's once done or timed out."""
 
     def __init__(self, connection, first, ids):
@@ -150,11 +157,12 @@ class Window:
 
 
 class Broker:
-    """One connection and channel, confirms on, through pika's SelectConnection, its I/O loop in
-    a thread of its own: a publish appends its frames to the connection's buffer, written out in
-    large sends, and the confirms come back as callbacks, so a window streams (pika's
-    BlockingConnection waits for each confirm in turn; aio-pika sends each message by itself:
-    ~4,000/s here against ~16,000/s). A connection the broker blocks (an alarm) longer than
+    """One connection and channel, confirms on, through pika's SelectConnection.
+
+    Its I/O loop runs in a thread of its own: a publish appends its frames to the connection's
+    buffer, written out in large sends, and the confirms come back as callbacks, so a window streams
+    (pika's BlockingConnection waits for each confirm in turn; aio-pika sends each message by
+    itself: ~4,000/s here against ~16,000/s). A connection the broker blocks (an alarm) longer than
     `blocked_timeout` is closed by pika. Every failure of the broker is BrokerUnavailable."""
 
     def __init__(self, url, blocked_timeout):
@@ -169,8 +177,10 @@ class Broker:
         self.next_tag = 1
 
     def _connect(self):
-        """Open the connection and the channel, declare the exchange; wait for it. A connection's
-        callbacks touch only the windows sent on it: one dropped may still answer for a while."""
+        """Open the connection and the channel, declare the exchange; wait for it.
+
+        A connection's callbacks touch only the windows sent on it: one dropped may still answer
+        for a while."""
         ready, failed, this = threading.Event(), [], {}
 
         def ours():
@@ -219,8 +229,9 @@ class Broker:
                 pass
 
     def send(self, events):
-        """Start publishing events (Event tuples) in the I/O loop's thread; return their Window,
-        for wait(). One window at a time: wait() for it before the next send()."""
+        """Start publishing events (Event tuples) in the I/O loop's thread; return their Window.
+
+        The Window is for wait(). One window at a time: wait() for it before the next send()."""
         if self.connection is None or not self.connection.is_open:
             self._connect()
         window = self.window = Window(self.connection, self.next_tag, [e.key for e in events])
@@ -239,8 +250,10 @@ class Broker:
         return window
 
     def wait(self, window, confirm_timeout):
-        """Wait for the window's confirms; return (the keys the broker confirmed, the failure that
-        kept the others from being confirmed, or None)."""
+        """Wait for the window's confirms; return (the keys confirmed, the failure or None).
+
+        The keys are those the broker confirmed; the failure is the one that kept the others from
+        being confirmed."""
         if not window.done.wait(confirm_timeout):
             window.fail(BrokerUnavailable(f"no confirms within {confirm_timeout:g} s "
                                           "(publishers blocked: a memory or disk alarm?)"))
@@ -257,8 +270,9 @@ def describe(error):
 
 
 class Event(NamedTuple):
-    """One message to publish, and the key of its outbox row: an event_outbox id, or an
-    issued_events (campaign_id, serial)."""
+    """One message to publish, and the key of its outbox row.
+
+    The key is an event_outbox id, or an issued_events (campaign_id, serial)."""
     key: object
     message_id: str
     routing_key: str
@@ -280,9 +294,10 @@ class Publisher:
         self.broker = Broker(config["EVENTS_URL"], blocked_timeout=self.confirm_timeout)
 
     def publish(self, until=None):
-        """Publish windows until the outbox is empty or `until` (monotonic) passes; return how
-        many events the broker confirmed. Raises BrokerUnavailable (after deleting what was
-        confirmed) when the broker fails."""
+        """Publish windows until the outbox is empty or `until` (monotonic) passes.
+
+        Return how many events the broker confirmed. Raises BrokerUnavailable (after deleting what
+        was confirmed) when the broker fails."""
         sent, after = 0, {}
         events, more = self._read(after)
         confirmed = []
@@ -299,10 +314,12 @@ class Publisher:
         return sent + self._delete(confirmed)
 
     def _read(self, after):
-        """The next window after `after` (the last keys read, updated): coupon.issued events in
-        key order, their bodies from the coupon rows, and the campaign.* events written no later
-        than the newest of those coupons (so that sold_out and closed follow the coupons before
-        them), oldest first. Returns (events, whether more may follow)."""
+        """The next window after `after` (the last keys read, updated).
+
+        It holds coupon.issued events in key order, their bodies from the coupon rows, and the
+        campaign.* events written no later than the newest of those coupons (so that sold_out and
+        closed follow the coupons before them), oldest first. Returns (events, whether more may
+        follow)."""
         i, c, e = db.issued_events.c, db.coupons.c, db.event_outbox.c
         issued = (select(i.campaign_id, i.serial, cast(c.issued_at, String), issued_body(c))
                   .outerjoin_from(db.issued_events, db.coupons, of_coupon(i, c))
@@ -355,10 +372,11 @@ class Publisher:
 
 
 def tail(url, show, count=None, seconds=None, pattern="#"):
-    """Call show(message_id, routing_key, body) for each event published from now on, through a
-    queue of its own (exclusive: deleted with the connection) bound to EXCHANGE with `pattern`;
-    stop after `count` events or `seconds`. Returns how many were shown; BrokerUnavailable if
-    the broker cannot be reached or drops the connection."""
+    """Call show(message_id, routing_key, body) for each event published from now on.
+
+    The events come through a queue of its own (exclusive: deleted with the connection) bound to
+    EXCHANGE with `pattern`; stop after `count` events or `seconds`. Returns how many were shown;
+    BrokerUnavailable if the broker cannot be reached or drops the connection."""
     import pika
 
     params = pika.URLParameters(url)

@@ -76,18 +76,20 @@ class Flusher:
         self._takeover_due = {}
 
     def shards(self, campaign_ids=None):
-        """The claim shards whose streams to read: every one of these campaigns, or (None) those
-        the outbox news sets name: the cost of a round is that of the campaigns with claims to
-        flush, however many are live."""
+        """The claim shards whose streams to read.
+
+        Every one of these campaigns, or (None) those the outbox news sets name: the cost of a
+        round is that of the campaigns with claims to flush, however many are live."""
         if campaign_ids is not None:
             return [shard for c in campaign_ids for shard in self.keys(c).all_shards()]
         return [self.keys(c).shard(k) for k, ids in enumerate(news(self.redis, self.shard_count))
                 for c in ids]
 
     def flush(self, campaign_ids=None, until=None, before_ack=None):
-        """Flush rounds until the streams are empty or `until` (monotonic) passes; return the rows
-        moved: the entries this flusher acknowledged (another one may have written some of
-        those rows before it stalled; none is counted twice).
+        """Flush rounds until the streams are empty or `until` (monotonic) passes.
+
+        Return the rows moved: the entries this flusher acknowledged (another one may have
+        written some of those rows before it stalled; none is counted twice).
 
         before_ack, if given, runs between commit and acknowledgement (tests crash there).
         """
@@ -121,17 +123,20 @@ class Flusher:
         return moved
 
     def _roll_back_if_frozen(self, conn):
-        """Have MariaDB roll back this connection's write transactions idle `frozen_after`
-        seconds (set once per connection; MySQL has no such setting)."""
+        """Have MariaDB roll back this connection's write transactions idle `frozen_after` seconds.
+
+        Set once per connection; MySQL has no such setting."""
         info = conn.connection.info  # lives as long as the database connection
         if getattr(conn.dialect, "is_mariadb", False) and info.get("frozen_after") != self.frozen_after:
             conn.execute(text("SET SESSION idle_write_transaction_timeout = :s"), {"s": self.frozen_after})
             info["frozen_after"] = self.frozen_after
 
     def _ensure_groups(self, streams):
-        """Make the consumer group of the streams that exist and have none yet; return the
-        streams that have one. Never the stream itself (no MKSTREAM): claim.lua makes it with
-        its first entry, and a stream deleted by a close that this round raced must stay gone."""
+        """Make the consumer group of the streams that exist and have none yet.
+
+        Return the streams that have one. Never the stream itself (no MKSTREAM): claim.lua makes
+        it with its first entry, and a stream deleted by a close that this round raced must stay
+        gone."""
         new = [stream for stream in streams if stream not in self._grouped]
         batch = self.redis.batch()
         for stream in new:
@@ -146,9 +151,11 @@ class Flusher:
         return [stream for stream in streams if stream in self._grouped]
 
     def _read(self, streams):
-        """One round trip: per stream, what this consumer left pending, what dead ones left
-        pending (every half idle time: _takeover_due), then new entries. Returns ([(stream, id,
-        fields or None)], the streams whose node did not answer)."""
+        """One round trip of reads: per stream, the entries left pending, then new entries.
+
+        Per stream: what this consumer left pending, what dead ones left pending (every half idle
+        time: _takeover_due), then new entries. Returns ([(stream, id, fields or None)], the
+        streams whose node did not answer)."""
         streams = self._ensure_groups(streams)
         reads, replies = self._read_round(streams)
         if any(isinstance(r, ResponseError) and "NOGROUP" in str(r) for r in replies):
@@ -189,8 +196,10 @@ class Flusher:
         return reads, batch.execute(raise_on_error=False)
 
     def _ack(self, entries, shards, done):
-        """Acknowledge and delete the flushed entries (ack_outbox.lua), and check the streams in
-        `done`: each one empty leaves its news set. Return how many were pending till now."""
+        """Acknowledge and delete the flushed entries, and check the streams in `done`.
+
+        Both in ack_outbox.lua: each stream of `done` that is empty leaves its news set. Return
+        how many were pending till now."""
         by_stream = {stream: [] for stream in done}
         for stream, entry_id, _ in entries:
             by_stream.setdefault(stream, []).append(entry_id)

@@ -1,5 +1,6 @@
-"""Readiness: whether this process can serve, check by check (/readyz, the operators' page,
-the coupon_ready gauges of /metrics)."""
+"""Readiness: whether this process can serve, check by check.
+
+Its readers: /readyz, the operators' page, the coupon_ready gauges of /metrics."""
 from typing import NamedTuple
 
 from redis.exceptions import RedisError
@@ -13,16 +14,20 @@ class Readiness(NamedTuple):
 
 
 def readiness(svc):
-    """{"redis": "ok" or "down: <error>", "redis settings": "ok" or, in production, what in
-    Redis's settings would lose claims (redis_guard), "database": as "redis"}; on a cluster also
-    one entry per master ("redis host:port"), and "redis" is ok only while every master is (and,
-    with REDIS_REPLICA_ACKS, has that many replicas keeping up)."""
+    """Readiness check by check: {"redis": ..., "redis settings": ..., "database": ...}.
+
+    "redis": "ok" or "down: <error>"; "redis settings": "ok" or, in production, what in Redis's
+    settings would lose claims (redis_guard); "database": as "redis". On a cluster also one entry
+    per master ("redis host:port"), and "redis" is ok only while every master is (and, with
+    REDIS_REPLICA_ACKS, has that many replicas keeping up)."""
     return check_readiness(svc).checks
 
 
 def check_readiness(svc):
-    """The checks of readiness() and each master's replicas: one INFO per master, one SELECT 1
-    (and the settings' verdict, read every few seconds)."""
+    """The checks of readiness() and each master's replicas.
+
+    They cost one INFO per master, one SELECT 1 (and the settings' verdict, read every few
+    seconds)."""
     checks, replicas = check_redis(svc)
     checks["database"] = check_database(svc.engine)
     return Readiness(checks, replicas)

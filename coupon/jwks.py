@@ -24,9 +24,10 @@ MAX_JWKS_BYTES = 1 << 20
 
 
 def keys_of(jwks):
-    """{kid: {alg: PyJWK}} of a JWKS document: signing keys with a kid, for the algorithm the key
-    names, or (an RSA key naming none) for every RSA algorithm; symmetric keys are left out (HS
-    tokens verify with AUTH_JWT_SECRET only)."""
+    """{kid: {alg: PyJWK}} of a JWKS document: its signing keys with a kid.
+
+    Each key is for the algorithm it names, or (an RSA key naming none) for every RSA algorithm;
+    symmetric keys are left out (HS tokens verify with AUTH_JWT_SECRET only)."""
     keys = {}
     for data in jwks.get("keys", []) if isinstance(jwks, dict) else []:
         if not isinstance(data, dict) or not isinstance(data.get("kid"), str) \

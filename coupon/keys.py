@@ -64,8 +64,9 @@ class CampaignKeys:
         return self.place(user_id, buckets)[1]
 
     def place(self, user_id, buckets):
-        """(shard_of, bucket_of) the user from one hash (recover places millions): the shard
-        from its remainder, the bucket from the bits above."""
+        """(shard_of, bucket_of) the user from one hash (recover places millions).
+
+        The shard comes from the hash's remainder, the bucket from the bits above."""
         above, shard = divmod(zlib.crc32(user_id.encode()), self.shards)
         return shard, above % buckets
 
@@ -85,8 +86,9 @@ class CampaignKeys:
         return [self.meta, self.leases, self.lease_serials, self.returned, self.bids, self.bidders]
 
     def every_key(self, buckets):
-        """Every key of the campaign, with `buckets` claims buckets per shard, but the rate
-        windows (they expire by themselves)."""
+        """Every key of the campaign but the rate windows, with `buckets` claims buckets per shard.
+
+        The rate windows are left out: they expire by themselves."""
         return [*self.home_keys(), self.arrivals,
                 *(key for shard in self.all_shards() for key in shard.all(buckets))]
 
@@ -98,8 +100,10 @@ def bucket_count(total, shards):
 
 @functools.lru_cache(maxsize=None)
 def shard_tag(k, shards):
-    """The hash tag of shard k of `shards`: the first "sK.N" (N = 0, 1, ...) whose slot lies
-    within 1/8 of a spacing of (k + 1/2) * 16384 / shards (a few dozen tries at most)."""
+    """The hash tag of shard k of `shards`: the first "sK.N" whose slot is near the shard's middle.
+
+    N counts 0, 1, ...; near is within 1/8 of a spacing of (k + 1/2) * 16384 / shards (a few
+    dozen tries at most)."""
     spacing = REDIS_CLUSTER_HASH_SLOTS / shards
     target, near = (k + 0.5) * spacing, max(1.0, spacing / 8)
     n = 0

@@ -38,8 +38,9 @@ LOOP_LAG_TICK = 0.05  # seconds the loop-lag watch sleeps: how late it wakes is 
 
 
 class IssueParts:
-    """Seconds one issue request spent in each of ISSUE_PARTS, filled in as it goes (a part it
-    never reached stays at the class's 0.0: most answers, sold out, reach one or two)."""
+    """Seconds one issue request spent in each of ISSUE_PARTS, filled in as it goes.
+
+    A part it never reached stays at the class's 0.0: most answers, sold out, reach one or two."""
 
     queued = turn = admit = token = serial = claim = 0.0
 
@@ -132,8 +133,9 @@ class Metrics:
         return time.perf_counter()
 
     def issue_answered(self, code, started, parts):
-        """Count an issue request's outcome (NEW, HELD or an error code), its duration and where
-        it went (IssueParts)."""
+        """Count an issue request's outcome, its duration and where it went.
+
+        The outcome is NEW, HELD or an error code; where it went is its IssueParts."""
         self._answers.append((code, time.perf_counter() - started, parts))
         self._requests_in_progress.pop()
         # idle: count now, so a scrape of any worker sees every answer already given
@@ -168,8 +170,9 @@ class Metrics:
         self._claim_batches.append(claims)
 
     def watch_loop_lag(self):
-        """In a worker: note every second the most its event loop was late to wake a timer
-        (a greenlet of its own; a thread outside gevent)."""
+        """In a worker: note every second the most its event loop was late to wake a timer.
+
+        The watch runs in a greenlet of its own (a thread outside gevent)."""
         def watch():
             worst, since = 0.0, time.monotonic()
             while True:
@@ -209,7 +212,8 @@ class Metrics:
         return generate_latest(self._registry), CONTENT_TYPE_LATEST
 
     def totals(self):
-        """This host's counters so far, for the operators' page (which turns them into rates):
+        """This host's counters so far, for the operators' page (which turns them into rates).
+
         {"answers": {outcome: n}, "latency_buckets": [[bound in s, answers at most that slow]],
         "flushed": n, "block_serials": {campaign id: serials in local blocks},
         "time": where the time goes: {"issue": {part: seconds}, "claim_round_trips": n,

@@ -1,5 +1,7 @@
-"""What the operators' page shows, as the JSON it polls: the campaigns, the one selected, the
-health, a live sale's history, a sale's replay and what is known of its reconciliation.
+"""What the operators' page shows, as the JSON it polls.
+
+It shows the campaigns, the one selected, the health, a live sale's history, a sale's replay and
+what is known of its reconciliation.
 
 Global figures (from Redis and the database, the same whichever host answers): the campaigns,
 stock and issued, outbox backlog and flush lag, leases, health. Figures of this host (summed
@@ -37,8 +39,10 @@ from coupon.supply import lease_holder
 
 
 def live_state(svc, campaign_id, state, since=None):
-    """What the page shows now; `state`: the worker's ops_readers.OpsState; `since`: the previous
-    poll's `now`, for the highest outbox figures in between."""
+    """What the page shows now.
+
+    `state`: the worker's ops_readers.OpsState; `since`: the previous poll's `now`, for the
+    highest outbox figures in between."""
     # the Redis health checks meanwhile: a poll waits for the longer of the two sets of round
     # trips, not their sum (during a big sale each waits behind a busy Redis: BENCHMARKS.md)
     health = Meanwhile(health_checks, svc)
@@ -66,10 +70,11 @@ def live_state(svc, campaign_id, state, since=None):
 
 
 def campaigns_and_view(svc, held, closed, campaign_id, state, since):
-    """The list of campaigns (`held`: the rows of those Redis holds, then the recently `closed`),
-    and the view of the one asked for (none asked: the first listed). What Redis says of them is
-    read in one batch, a round trip per node: during a sale each round trip waits behind the
-    claims queued on a busy Redis."""
+    """The list of campaigns, and the view of the one asked for (none asked: the first listed).
+
+    The list is `held`, the rows of those Redis holds, then the recently `closed`. What Redis says
+    of them is read in one batch, a round trip per node: during a sale each round trip waits behind
+    the claims queued on a busy Redis."""
     if campaign_id is None and (held or closed):
         campaign_id = (held or closed)[0].id
     batch = svc.redis.batch()
@@ -130,9 +135,10 @@ def live_view(svc, view, state, outbox, leases):
 
 
 def queue_leases(batch, keys):
-    """Queue the reads of the leases standing in Redis; return what makes of them, once the batch
-    has run, their list, by worker: serials leased and seconds until expiry (negative: expired,
-    its unclaimed serials wait for the reclaim job)."""
+    """Queue the reads of the leases standing in Redis; return what lists them, by worker.
+
+    Call what it returns once the batch has run. The list gives per worker the serials leased and
+    seconds until expiry (negative: expired, its unclaimed serials wait for the reclaim job)."""
     expiries = batch.on(keys.leases).zrange(keys.leases, 0, -1, withscores=True)
     encoded = batch.on(keys.lease_serials).hgetall(keys.lease_serials)
     clock = batch.on(keys.leases).time()  # the clock lease.lua stamped with
@@ -160,10 +166,11 @@ def sold_out_after(svc, campaign_id, total, finished):
 
 
 def sale_history(svc, campaign_id):
-    """A live sale's coupons per step (a second, or several in a long sale) from its opening to
-    `until` (epoch s), from Redis's count of new tickets per second (claim.lua counts each in the
-    call that claims it): every claim stamped before `until` is there, in the database or not
-    yet. The page counts what follows from the live polls."""
+    """A live sale's coupons per step from its opening to `until` (epoch s), from Redis's count.
+
+    A step is a second, or several in a long sale. Redis counts new tickets per second (claim.lua
+    counts each in the call that claims it): every claim stamped before `until` is there, in the
+    database or not yet. The page counts what follows from the live polls."""
     row = campaign_row(svc.engine, campaign_id)
     per_second, now = issues_per_second(svc.redis, svc.keys(campaign_id))
     start = min(now, to_ms(row.opens_at) // 1000) if row.opens_at else now
@@ -175,10 +182,11 @@ def sale_history(svc, campaign_id):
 
 
 def replay_of(svc, campaign_id, finished):
-    """A sale replayed: issues per second (or per step of several seconds) from open to the last
-    coupon, time to sell out, and what is known of its reconciliation. The replay a close
-    counted once Redis and the database agreed (the rows are final then); while Redis holds the
-    campaign, its count per second; else the database's, counted now."""
+    """A sale replayed: issues per second, time to sell out, what is known of its reconciliation.
+
+    Issues are per second (or per step of several seconds) from open to the last coupon. The replay
+    a close counted once Redis and the database agreed (the rows are final then); while Redis holds
+    the campaign, its count per second; else the database's, counted now."""
     key = ("replay", campaign_id)
     if key in finished:
         return finished[key]
@@ -198,8 +206,9 @@ def replay_of(svc, campaign_id, finished):
 
 
 def reconciliation(row, keys_kept, record, rows):
-    """Whether Redis and the database agree on the campaign's tickets, as the last close found
-    (db.close_reports): never reconciled here, which reads every claim and every row.
+    """Whether Redis and the database agree on the campaign's tickets, as the last close found.
+
+    Read from db.close_reports: never reconciled here, which reads every claim and every row.
     agree: True, False, or None when no close has reconciled them yet."""
     close = f"`flask campaign close {row.id}`"
     if record:

@@ -1,5 +1,6 @@
-"""What the operators' page reads in the background of a worker, so that a poll never waits
-long: the campaigns rows (RowsReader, which is also the page's check of the database), the
+"""What the operators' page reads in a worker's background, so that a poll never waits long.
+
+It reads the campaigns rows (RowsReader, which is also the page's check of the database), the
 outbox of the campaigns polled (OutboxWatch), the events still to go (EventsToGo), and a call
 run meanwhile (Meanwhile). OpsState holds one of each per worker."""
 import threading
@@ -33,8 +34,9 @@ class OpsState:
 
 
 class Meanwhile(threading.Thread):
-    """f(*args) in a thread of its own (a greenlet under gevent), started at once; result()
-    waits for it and returns what it returned, or raises what it raised."""
+    """f(*args) in a thread of its own (a greenlet under gevent), started at once.
+
+    result() waits for it and returns what it returned, or raises what it raised."""
 
     def __init__(self, f, *args):
         super().__init__(daemon=True, name=f"ops-{f.__name__}")
@@ -62,8 +64,9 @@ class Listing(NamedTuple):
     closed: list  # the rows of the most recently closed of the others, newest first
 
     def split(self, active):
-        """(held, closed): the rows of the campaigns Redis holds now (`active`), newest first,
-        and of the most recently closed of the others."""
+        """(held, closed): the rows of the campaigns Redis holds now, and of recently closed ones.
+
+        Held: those of `active`, newest first; closed: the most recently closed of the others."""
         active = set(active)
         held = sorted((row for i, row in self.held.items() if i in active), key=lambda row: -row.id)
         closed = {row.id: row for row in self.closed}
@@ -88,12 +91,13 @@ def read_listing(svc, active):
 
 
 class RowsReader:
-    """A worker's reads of the campaigns rows its pages list, which are also the page's check of
-    the database. A read, once under way, serves every poll until it ends; a poll waits for it
-    at most DATABASE_WAIT and then answers from the last Listing read, with its time: during a
-    big sale the database of a saturated machine can take 50-130 ms to answer the smallest query
-    (BENCHMARKS.md), and one that hangs would hold every poll. The first poll waits for its read:
-    there is nothing older to show."""
+    """A worker's reads of the campaigns rows its pages list.
+
+    They are also the page's check of the database. A read, once under way, serves every poll until
+    it ends; a poll waits for it at most DATABASE_WAIT and then answers from the last Listing read,
+    with its time: during a big sale the database of a saturated machine can take 50-130 ms to
+    answer the smallest query (BENCHMARKS.md), and one that hangs would hold every poll. The first
+    poll waits for its read: there is nothing older to show."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -127,17 +131,19 @@ class RowsReader:
 
 
 class EventsToGo:
-    """A worker's counts of the events of campaigns not yet confirmed by the broker, at most one
-    per campaign every EVENTS_EVERY seconds: a count of a million takes ~0.2 s, too much for
-    every poll of every page."""
+    """A worker's counts of the events of campaigns not yet confirmed by the broker.
+
+    At most one per campaign every EVENTS_EVERY seconds: a count of a million takes ~0.2 s, too
+    much for every poll of every page."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.counted = {}  # campaign id -> (time.monotonic() of the count, what it found)
 
     def read(self, engine, campaign_id):
-        """{pending, lag_seconds} as of the last count (EVENTS_EVERY seconds old at most); None
-        while the database does not answer (the page says so elsewhere)."""
+        """{pending, lag_seconds} as of the last count (EVENTS_EVERY seconds old at most).
+
+        None while the database does not answer (the page says so elsewhere)."""
         now = time.monotonic()
         with self.lock:
             counted, found = self.counted.get(campaign_id, (None, None))
@@ -154,10 +160,12 @@ class EventsToGo:
 
 
 class OutboxWatch:
-    """A worker's readings of the outbox of the campaigns its pages poll: every SAMPLE_SECONDS,
-    until WATCH_SECONDS after the last poll, by one thread (a greenlet under gevent). The backlog
-    grows between flushes and drops at each; a once-a-second poll alone would draw that sawtooth
-    as a slow climb and fall. So a poll reports the highest reading since the previous poll."""
+    """A worker's readings of the outbox of the campaigns its pages poll.
+
+    One reading every SAMPLE_SECONDS, until WATCH_SECONDS after the last poll, by one thread (a
+    greenlet under gevent). The backlog grows between flushes and drops at each; a once-a-second
+    poll alone would draw that sawtooth as a slow climb and fall. So a poll reports the highest
+    reading since the previous poll."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -166,9 +174,11 @@ class OutboxWatch:
         self.thread = None
 
     def read(self, svc, campaign_id, since, reading):
-        """{backlog, flush_lag_seconds} now (`reading`: outbox_stats, read by the poll), and the
-        highest of the readings after `since` (this one included): peak_backlog,
-        peak_flush_lag_seconds, and how many readings that is."""
+        """{backlog, flush_lag_seconds} now, and the highest of the readings after `since`.
+
+        Now is `reading` (outbox_stats, read by the poll). The highest of the readings after
+        `since` (this one included): peak_backlog, peak_flush_lag_seconds, and how many readings
+        that is."""
         backlog, lag = reading
         now = time.time()
         with self.lock:

@@ -1,6 +1,8 @@
-"""The outbox as the rest of the service reads it: each claim shard's outbox stream (written by
-claim.lua with each claim, emptied into the database by the Flusher, coupon/flusher.py), its
-backlog and flush lag, and the sets that say which streams hold entries.
+"""The outbox as the rest of the service reads it: its streams, their backlog and flush lag.
+
+The outbox is each claim shard's outbox stream (written by claim.lua with each claim, emptied
+into the database by the Flusher, coupon/flusher.py), read here with its backlog and flush lag,
+and the sets that say which streams hold entries.
 
 claim.lua puts the campaign on its shard's outbox news set (one per shard, shared by every
 campaign) with each claim, and ack_outbox.lua takes it off once the stream is empty: the
@@ -16,8 +18,10 @@ DRAINED_TAKE = 100_000  # campaign ids popped from a drained set at most per rea
 
 
 def news(redis, shards):
-    """Per claim shard, the ids of the campaigns its outbox news set names: those whose stream of
-    that shard may hold entries (a shard whose node does not answer: none, till next time)."""
+    """Per claim shard, the ids of the campaigns its outbox news set names.
+
+    Those are the campaigns whose stream of that shard may hold entries (a shard whose node does
+    not answer: none, till next time)."""
     batch = redis.batch()
     reads = [batch.on(key).smembers(key) for key in outbox_news(shards)]
     execute_on_nodes_up(batch)
@@ -30,10 +34,11 @@ def campaigns_with_news(redis, shards):
 
 
 def news_and_drained(redis, shards):
-    """(the campaigns any shard's news set names, those taken off its drained set): per shard the
-    news set read before the drained set is popped, in one batch, so that a stream a flusher
-    empties meanwhile has its campaign in one or the other (a shard whose node does not answer:
-    neither, till next time)."""
+    """(the campaigns any shard's news set names, those taken off its drained set).
+
+    Per shard the news set is read before the drained set is popped, in one batch, so that a
+    stream a flusher empties meanwhile has its campaign in one or the other (a shard whose node
+    does not answer: neither, till next time)."""
     batch = redis.batch()
     reads = [(batch.on(news_key).smembers(news_key), batch.on(drained_key).spop(drained_key, DRAINED_TAKE))
              for news_key, drained_key in zip(outbox_news(shards), outbox_drained(shards))]
@@ -63,8 +68,9 @@ def outbox_stats(redis, keys):
 
 
 def queue_outbox_stats(batch, keys):
-    """Queue the reads of outbox_stats into a batch; return what reads its answer once the batch
-    has run."""
+    """Queue the reads of outbox_stats into a batch; return what reads its answer.
+
+    Call what it returns once the batch has run."""
     reads = [(batch.on(shard.outbox).xlen(shard.outbox), batch.on(shard.outbox).xrange(shard.outbox, count=1))
              for shard in keys.all_shards()]
 

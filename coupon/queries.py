@@ -1,4 +1,5 @@
 """The read side: a campaign's row and public status, the list of campaigns, a user's ticket.
+
 From Redis while a campaign is live, from the database once it was closed and released. And a
 sale counted per second, for the operators' page and the close that records its replay."""
 import json
@@ -78,8 +79,9 @@ def count_rows(engine, campaign_id):
 
 def rows_by_serial(engine, campaign_id, columns=("user_id", "serial", "code", "issued_at"),
                    chunk=CHUNK):
-    """The campaign's rows (those columns of them: names, or column expressions) in serial
-    order, those of `chunk` serials at a time (serial_ranges)."""
+    """The campaign's rows in serial order, those of `chunk` serials at a time (serial_ranges).
+
+    Of each row, those columns: names, or column expressions."""
     c = db.coupons.c
     for first, last in serial_ranges(engine, campaign_id, chunk):
         with engine.connect() as conn:
@@ -93,8 +95,9 @@ def rows_by_serial(engine, campaign_id, columns=("user_id", "serial", "code", "i
 
 
 def serial_ranges(engine, campaign_id, chunk):
-    """(first, last) of each `chunk` serials up to the campaign's highest serial when it starts
-    (read once the rows are final). Each read of one is a range of the unique index on
+    """(first, last) of each `chunk` serials up to the campaign's highest serial when it starts.
+
+    Read once the rows are final. Each read of one is a range of the unique index on
     (campaign_id, serial): `serial > X ... LIMIT n` had MariaDB walk that index from the
     campaign's first serial at every read, a time that grew with the square of the rows."""
     c = db.coupons.c
@@ -114,8 +117,9 @@ AGGREGATED_MAX = 1 << 24  # bytes of the string: 10,000 rows of 64-character use
 
 
 def claims_by_serial(engine, campaign_id, chunk):
-    """What recover writes back: (user_id, serial, issued_at_ms) of each row of the campaign,
-    in serial order, a list per `chunk` serials (as rows_by_serial; call it once the rows are
+    """What recover writes back: (user_id, serial, issued_at_ms) of each row of the campaign.
+
+    In serial order, a list per `chunk` serials (as rows_by_serial; call it once the rows are
     final). MySQL/MariaDB aggregate each list into one string (AGGREGATED_CLAIMS)."""
     if engine.dialect.name not in ("mysql", "mariadb"):
         for rows in rows_by_serial(engine, campaign_id, ("user_id", "serial", "issued_at"), chunk):
@@ -145,6 +149,7 @@ def list_campaigns(svc):
 
 def find_ticket(svc, campaign_id, user_id):
     """Return the user's Ticket: from Redis while the campaign is live, else from the database.
+
     Counted against the user's rate limit."""
     keys = svc.keys(campaign_id)
     shard = keys.shard(keys.shard_of(user_id))
@@ -173,8 +178,9 @@ def find_ticket(svc, campaign_id, user_id):
 
 
 def sale_span(engine, row):
-    """(when the sale of a campaigns row opened, its last coupon's issued_at; None if no row):
-    the two ends of the index on (campaign_id, issued_at)."""
+    """(when the sale of a campaigns row opened, its last coupon's issued_at; None if no row).
+
+    Read from the two ends of the index on (campaign_id, issued_at)."""
     c = db.coupons.c
     with engine.connect() as conn:
         first, last = conn.execute(select(func.min(c.issued_at), func.max(c.issued_at))
@@ -201,8 +207,9 @@ def step_of(seconds):
 
 
 def issues_per_step(engine, campaign_id, start, steps, step):
-    """Coupons issued in each of `steps` steps of `step` seconds from epoch second `start`,
-    counted by the database: GROUP BY the step, one row a step, never the coupons' rows. Rows
+    """Coupons issued in each of `steps` steps of `step` seconds from epoch second `start`.
+
+    Counted by the database: GROUP BY the step, one row a step, never the coupons' rows. Rows
     stamped before `start` count in the first step; none after the last step is counted."""
     c = db.coupons.c
     with engine.connect() as conn:
@@ -215,8 +222,9 @@ def issues_per_step(engine, campaign_id, start, steps, step):
 
 
 def into_steps(per_second, start, steps, step):
-    """{epoch second: coupons} as `steps` steps of `step` seconds from epoch second `start`:
-    those before `start` count in the first step, none after the last step."""
+    """{epoch second: coupons} as `steps` steps of `step` seconds from epoch second `start`.
+
+    Those before `start` count in the first step, none after the last step."""
     issues = [0] * steps
     for second, n in per_second.items():
         i = (second - start) // step
@@ -226,11 +234,13 @@ def into_steps(per_second, start, steps, step):
 
 
 def sale_replay(engine, row, per_second=None):
-    """The sale of a campaigns row: its coupons per step (a second, or several in a long sale)
-    from its opening to its last coupon, and the seconds it took to sell out (None unless every
-    coupon is in a row). Counted by the database from the index of issued_at (never the rows),
-    or from `per_second` ({epoch second: coupons}: redis_state.issues_per_second) when given;
-    the ends of the sale from that index either way (call it once every claim is in a row)."""
+    """The sale of a campaigns row: its coupons per step, and the seconds it took to sell out.
+
+    The steps (a second, or several in a long sale) run from its opening to its last coupon; the
+    seconds to sell out are None unless every coupon is in a row. Counted by the database from the
+    index of issued_at (never the rows), or from `per_second` ({epoch second: coupons}:
+    redis_state.issues_per_second) when given; the ends of the sale from that index either way (call
+    it once every claim is in a row)."""
     opened, last = sale_span(engine, row)
     issues, step = [], 1
     if last is not None:

@@ -1,5 +1,6 @@
-"""The per-user rate limit: RATE_LIMIT requests per fixed window of RATE_LIMIT_WINDOW seconds,
-summed over every worker and host, issue calls and ticket lookups together.
+"""The per-user rate limit: RATE_LIMIT requests per fixed window of RATE_LIMIT_WINDOW seconds.
+
+The requests are summed over every worker and host, issue calls and ticket lookups together.
 
 Counted in one hash per claim shard and window (keys.ShardKeys.rate) that expires by itself:
 claim.lua counts an issue call in the same call as its claim (no extra round trip), and
@@ -26,8 +27,9 @@ class RateLimit:
         return RateLimited(retry_after=self.window()[1])
 
     def count_lookup(self, redis, shard, user_id):
-        """Count a ticket lookup of the user, in the window hash claim.lua counts issue calls in;
-        raise RateLimited past the limit."""
+        """Count a ticket lookup of the user; raise RateLimited past the limit.
+
+        It is counted in the window hash claim.lua counts issue calls in."""
         if not self.limit:
             return
         window, left = self.window()

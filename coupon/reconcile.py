@@ -133,8 +133,10 @@ SHARD_TALLIES = text(
 
 
 def database_tallies(engine, keys):
-    """Per claim shard, tally() of the campaign's rows of its users: by MySQL/MariaDB itself in
-    one query (no row crosses the wire), elsewhere (SQLite) from the rows streamed."""
+    """Per claim shard, tally() of the campaign's rows of its users.
+
+    Tallied by MySQL/MariaDB itself in one query (no row crosses the wire), elsewhere (SQLite) from
+    the rows streamed."""
     if engine.dialect.name not in ("mysql", "mariadb"):
         return streamed_tallies(engine, keys)
     tallies = [(0, 0)] * keys.shards

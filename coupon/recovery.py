@@ -87,8 +87,10 @@ def recover_campaign(svc, campaign_id, progress=None):
 
 
 def lost_campaign(svc, campaign_id):
-    """The campaigns row of a campaign Redis lost; raise NothingToRecover for one it holds or a
-    closed one (CampaignNotFound for an unknown id)."""
+    """The campaigns row of a campaign Redis lost.
+
+    Raise NothingToRecover for one it holds or a closed one (CampaignNotFound for an unknown
+    id)."""
     row = campaign_row(svc.engine, campaign_id)
     if row.status == "closed":
         raise NothingToRecover(f"campaign {campaign_id} is closed; it is read from the database")
@@ -99,7 +101,9 @@ def lost_campaign(svc, campaign_id):
 
 
 def save_what_redis_kept(svc, keys):
-    """Stop claims on the shards Redis still holds (a cluster that lost only some nodes) and drain
+    """Save into the database what Redis kept of the campaign, then delete its keys.
+
+    Stop claims on the shards Redis still holds (a cluster that lost only some nodes) and drain
     their outbox streams into the database, then delete every key of the campaign: what is left
     of the lost state, or of a recover that failed halfway. Return the rows drained."""
     batch = svc.redis.batch(durable=True)
@@ -111,12 +115,13 @@ def save_what_redis_kept(svc, keys):
 
 
 def restore_claims(svc, keys, layout, progress=None):
-    """Write each row's claim back into its shard (in the new layout), reading the rows in serial
-    order: a chunk's claims of a shard in one call of restore_claims.lua, the shards'
-    claimed-serials bitmaps and counts of claims per second built here and written whole at the
-    end, and the serials between the rows that no row holds pushed onto the returned list.
-    Return (rows per shard, the highest serial, serials returned). A failure midway leaves keys
-    that recover, run again, deletes first."""
+    """Write each row's claim back into its shard (in the new layout).
+
+    It reads the rows in serial order: a chunk's claims of a shard in one call of
+    restore_claims.lua, the shards' claimed-serials bitmaps and counts of claims per second built
+    here and written whole at the end, and the serials between the rows that no row holds pushed
+    onto the returned list. Return (rows per shard, the highest serial, serials returned). A failure
+    midway leaves keys that recover, run again, deletes first."""
     shards = keys.all_shards()
     per_shard, cursor, returned = [0] * keys.shards, 0, 0
     bitmaps = [bytearray() for _ in shards]

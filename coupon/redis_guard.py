@@ -1,5 +1,7 @@
-"""Whether the Redis the service runs on keeps every claim it acknowledges: read from each master's
-INFO at start and every CHECK_EVERY seconds after (web workers, the scheduler, the CLI).
+"""Whether the Redis the service runs on keeps every claim it acknowledges.
+
+It is read from each master's INFO at start and every CHECK_EVERY seconds after (web workers, the
+scheduler, the CLI).
 
 A claim Redis evicts, or loses in a restart, is a coupon a user was told they got and that may
 never reach the database. So, on every master:
@@ -28,8 +30,10 @@ CHECK_EVERY = 5.0  # seconds a verdict is reused: /readyz and every job run ask
 
 
 def setting_problems(name, info, production, cluster):
-    """What one master's INFO (its fields, as redis-py parses them) says would lose claims:
-    (problems, unchecked), each a list of sentences naming `name`, the setting and the fix."""
+    """What one master's INFO says would lose claims: (problems, unchecked).
+
+    The INFO is its fields, as redis-py parses them; problems and unchecked are each a list of
+    sentences naming `name`, the setting and the fix."""
     problems, unchecked = [], []
     version = info.get("redis_version")
     try:
@@ -72,8 +76,10 @@ class Verdict(NamedTuple):
 
 
 class RedisGuard:
-    """The verdict on the Redis of `nodes` (redis_nodes.RedisNodes), read at most every
-    CHECK_EVERY seconds; each new sentence logged once, and its end when it goes away."""
+    """The verdict on the Redis of `nodes`, read at most every CHECK_EVERY seconds.
+
+    `nodes` is a redis_nodes.RedisNodes. Each new sentence is logged once, and its end when it goes
+    away."""
 
     def __init__(self, nodes, production):
         self.nodes = nodes
@@ -84,8 +90,9 @@ class RedisGuard:
         self._by_node = {}  # master -> (problems, unchecked) when it last answered
 
     def verdict(self):
-        """The verdict, read again if it is older than CHECK_EVERY (by one caller; the others
-        meanwhile take the last one)."""
+        """The verdict, read again if it is older than CHECK_EVERY.
+
+        One caller reads it again; the others meanwhile take the last one."""
         due = self._checked_at is None or time.monotonic() - self._checked_at >= CHECK_EVERY
         if due and self._lock.acquire(blocking=self._checked_at is None):
             try:

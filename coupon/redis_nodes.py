@@ -1,5 +1,7 @@
-"""The Redis the service talks to: the single Redis of REDIS_URL or, when REDIS_CLUSTER_NODES is
-set, a Redis Cluster. Above this module there is one code path for both:
+"""The Redis the service talks to: a single Redis or a Redis Cluster, one code path for both.
+
+It is the single Redis of REDIS_URL or, when REDIS_CLUSTER_NODES is set, a Redis Cluster. Above
+this module there is one code path for both:
 
 - a command on one key: `redis.hget(key, ...)`, its key first;
 - commands on keys of several hash tags go in a `Batch`: one pipeline per node that serves
@@ -49,8 +51,9 @@ class NotReplicated(RedisError):
 
 
 def barrier_key(key):
-    """A key in the slot of `key` (its hash tag's, or the whole key taken as the tag): where a
-    durable batch writes its barrier on that node."""
+    """A key in the slot of `key`: where a durable batch writes its barrier on that node.
+
+    The slot is its hash tag's, or the whole key taken as the tag."""
     start = key.find("{")
     end = key.find("}", start + 1)
     tag = key[start + 1:end] if start >= 0 and end > start + 1 else key
@@ -66,8 +69,9 @@ class Script:
 
 
 class RedisNodes:
-    """Commands on one key (`nodes.hget(key, ...)`), batches, scripts, the node serving a key,
-    and the primaries."""
+    """Commands on one key, batches, scripts, the node serving a key, and the primaries.
+
+    A command on one key: `nodes.hget(key, ...)`."""
 
     def __init__(self, config):
         self.startup_nodes = [n.strip() for n in config["REDIS_CLUSTER_NODES"].split(",") if n.strip()]
@@ -108,8 +112,10 @@ class RedisNodes:
 
     @property
     def client(self):
-        """The single Redis's client, or the cluster's (made at first use: a worker starts
-        while the cluster is down, and answers 503 until it is up)."""
+        """The single Redis's client, or the cluster's.
+
+        Made at first use: a worker starts while the cluster is down, and answers 503 until it is
+        up."""
         if self._client is None:
             with self._lock:
                 if self._client is None:
@@ -154,8 +160,10 @@ class RedisNodes:
         return {node.name: node.redis_connection for node in self.client.get_primaries()}
 
     def refresh(self, at_once=False):
-        """Read the slot map again after a node failed or a slot moved; at most once every
-        REFRESH_EVERY seconds, however many requests saw the change (unless `at_once`)."""
+        """Read the slot map again after a node failed or a slot moved.
+
+        At most once every REFRESH_EVERY seconds, however many requests saw the change (unless
+        `at_once`)."""
         if not self.cluster or self._client is None:
             return
         now = time.monotonic()
@@ -169,8 +177,9 @@ class RedisNodes:
             pass  # no node answered: the next failure tries again
 
     def time_at(self, key):
-        """The clock (epoch ms, to the microsecond) of the node serving `key`: what its scripts
-        stamp with."""
+        """The clock (epoch ms, to the microsecond) of the node serving `key`.
+
+        It is what its scripts stamp with."""
         seconds, micros = self.client_for(key).time()
         return seconds * 1000 + micros / 1000
 
@@ -181,14 +190,18 @@ class RedisNodes:
         return batch.execute()[0]
 
     def batch(self, durable=False):
-        """A Batch; durable: each node's replies only once REDIS_REPLICA_ACKS replicas hold its
-        writes (else NotReplicated)."""
+        """A Batch, durable or not.
+
+        durable: each node's replies only once REDIS_REPLICA_ACKS replicas hold its writes (else
+        NotReplicated)."""
         return Batch(self, durable)
 
 
 class Reply:
-    """The reply of one command queued in a Batch, there once the batch has run: so that each
-    reply is read where its command was queued, never found by its position among the others."""
+    """The reply of one command queued in a Batch, there once the batch has run.
+
+    So each reply is read where its command was queued, never found by its position among the
+    others."""
 
     __slots__ = ("raw",)
 
@@ -218,9 +231,11 @@ class _Queue:
 
 
 class Batch:
-    """Commands on keys of any hash tags, as one pipeline per node serving them. Queue with
-    `batch.on(key).hget(key, field)` (one command per `on`) or `batch.script(...)`, each of which
-    returns its Reply; execute() fills them, and returns the replies in the order queued.
+    """Commands on keys of any hash tags, as one pipeline per node serving them.
+
+    Queue with `batch.on(key).hget(key, field)` (one command per `on`) or `batch.script(...)`,
+    each of which returns its Reply; execute() fills them, and returns the replies in the order
+    queued.
 
     A command a node redirected (MOVED after a failover, ASK during a slot migration) or could
     not run for want of its script is sent once more where it belongs; a node that failed
@@ -283,8 +298,10 @@ class Batch:
         return groups
 
     def _redirect(self, indexes, replies):
-        """Where each command goes again: the new master of a moved slot, the node an ASK
-        names (after ASKING), the same node once the script is loaded there."""
+        """Where each command goes again.
+
+        The new master of a moved slot, the node an ASK names (after ASKING), the same node once
+        the script is loaded there."""
         groups, moved, loaded = {}, [], set()  # loaded: (node, script), once each
         for i in indexes:
             error = replies[i]
@@ -312,8 +329,10 @@ class Batch:
         return groups
 
     def _send_all(self, groups):
-        """Each node's replies, the nodes' round trips overlapping (greenlets: concurrent under
-        the web workers' gevent, one after the other where sockets are not patched)."""
+        """Each node's replies, the nodes' round trips overlapping.
+
+        They run in greenlets: concurrent under the web workers' gevent, one after the other where
+        sockets are not patched."""
         if len(groups) == 1:
             return [self._send(*target, indexes) for target, indexes in groups.items()]
         sent = [gevent.spawn(self._send, *target, indexes) for target, indexes in groups.items()]

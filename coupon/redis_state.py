@@ -1,7 +1,8 @@
-"""A campaign's live state in Redis: its meta hash (total, cursor, status, window, layout) and
-its claim shards' state hashes (issued, closes_at, layout), written, read and deleted here, and
-the claims of its users read back. The keys are named in keys.py; the scripts that change this
-state as users ask are in lua/."""
+"""A campaign's live state in Redis, written, read and deleted here, and its claims read back.
+
+The state is its meta hash (total, cursor, status, window, layout) and its claim shards' state
+hashes (issued, closes_at, layout); the claims read back are those of its users. The keys are
+named in keys.py; the scripts that change this state as users ask are in lua/."""
 import uuid
 from collections import Counter
 from typing import NamedTuple
@@ -13,10 +14,12 @@ from coupon.scripts import StoredClaim
 
 
 class Layout(NamedTuple):
-    """What stays fixed while a campaign's Redis state lives, in its meta hash and every shard
-    state alike: the epoch (new when `recover` rebuilds the state: lease.lua and claim.lua refuse
-    serials leased in another), the claims buckets per shard (keys.bucket_count) and the time
-    base the claims' issued_at is stored from (scripts.StoredClaim)."""
+    """What stays fixed while a campaign's Redis state lives, in its meta hash and shard states.
+
+    It is the same in the meta hash and every shard state: the epoch (new when `recover` rebuilds
+    the state: lease.lua and claim.lua refuse serials leased in another), the claims buckets per
+    shard (keys.bucket_count) and the time base the claims' issued_at is stored from
+    (scripts.StoredClaim)."""
 
     epoch: str
     buckets: int
@@ -29,8 +32,10 @@ class Layout(NamedTuple):
 
     @classmethod
     def of(cls, fields):
-        """The layout in a meta hash or shard state (their fields); None if it has none (or one
-        of the version before the claims buckets: docs/operations.md, "Upgrading")."""
+        """The layout in a meta hash or shard state (their fields); None if it has none.
+
+        None too for one of the version before the claims buckets (docs/operations.md,
+        "Upgrading")."""
         if not fields or not fields.get("epoch") or "buckets" not in fields:
             return None
         return cls(fields["epoch"], int(fields["buckets"]), int(fields["time_base"]))
@@ -55,8 +60,9 @@ class Meta(NamedTuple):
 
 
 def campaigns_wanted(redis):
-    """The ids of the campaigns a worker ran dry of lately while others held serials
-    (Scripts.ask_holders)."""
+    """The ids of the campaigns a worker ran dry of lately while others held serials.
+
+    See Scripts.ask_holders."""
     return {int(c) for c in redis.zrange(SERIALS_WANTED, 0, -1)}
 
 
@@ -81,8 +87,9 @@ def shard_state(issued, closes_at, layout):
 
 
 def preload(redis, keys, total, status, opens_at, closes_at):
-    """Write a campaign's window and stock into Redis; keep the cursor and layout if they are
-    there already. Durable: replicas hold it before it counts (REDIS_REPLICA_ACKS).
+    """Write a campaign's window and stock into Redis; keep the cursor and layout if already there.
+
+    Durable: replicas hold it before it counts (REDIS_REPLICA_ACKS).
 
     The meta hash last: until it says so, the campaign is not open, and a failure before it
     (one node down) leaves the campaign as it was."""
@@ -104,10 +111,11 @@ def preload(redis, keys, total, status, opens_at, closes_at):
 
 
 def restore(redis, keys, row, status, cursor, per_shard, layout):
-    """Write the state of a campaign rebuilt from its rows (recover) in a new layout, the one its
-    claims were written back in: the shards' state (from here they take claims) and the registry
-    of active campaigns; then the meta hash, alone and last: from it workers serve the campaign
-    again."""
+    """Write the state of a campaign rebuilt from its rows (recover) in a new layout.
+
+    The layout is the one its claims were written back in. Written: the shards' state (from here
+    they take claims) and the registry of active campaigns; then the meta hash, alone and last:
+    from it workers serve the campaign again."""
     batch = redis.batch(durable=True)
     for shard, issued in zip(keys.all_shards(), per_shard):
         batch.on(shard.state).hset(shard.state, mapping=shard_state(issued, row.closes_at, layout))
@@ -131,6 +139,7 @@ def queue_holds(batch, keys):
 
 def redis_holds(redis, keys, row):
     """Whether Redis holds the campaign of a campaigns row; False once it was released after close.
+
     Raise CampaignLost for one not closed that Redis no longer holds (restarted empty, a cluster
     rebuilt): preloaded again it would issue serials the database has, and closed it would lose
     the claims of its users; `recover` rebuilds it from the database first."""
@@ -149,8 +158,10 @@ def close_claim_shards(batch, keys):
 
 
 def stop_claims(redis, keys):
-    """Every claim shard refuses from now on, and the meta hash says closed (workers answer
-    CLOSED within STATE_REFRESH). Durable: a close lost at failover would reopen the sale."""
+    """Every claim shard refuses from now on, and the meta hash says closed.
+
+    Workers answer CLOSED within STATE_REFRESH. Durable: a close lost at failover would reopen the
+    sale."""
     batch = redis.batch(durable=True)
     close_claim_shards(batch, keys)
     batch.on(keys.meta).hset(keys.meta, "status", "closed")
@@ -164,10 +175,11 @@ def release(redis, keys):
 
 
 def delete_keys(redis, keys):
-    """Delete every key of a campaign, one by one (they live on several nodes); the meta hash
-    last, so that until it is gone a close run again finds the campaign and finishes. The claims
-    buckets as many as the meta hash or any shard state says (a shard's state goes after its
-    buckets, so a delete cut short is finished when run again)."""
+    """Delete every key of a campaign, one by one (they live on several nodes).
+
+    The meta hash last, so that until it is gone a close run again finds the campaign and finishes.
+    The claims buckets as many as the meta hash or any shard state says (a shard's state goes after
+    its buckets, so a delete cut short is finished when run again)."""
     batch = redis.batch()
     for key in [keys.meta, *(shard.state for shard in keys.all_shards())]:
         batch.on(key).hget(key, "buckets")
@@ -195,8 +207,9 @@ def issued_counted(redis, keys):
 
 
 def stock_in_redis(redis, keys):
-    """(total, issued) of a campaign as Redis holds it (issued: its shards' counters summed);
-    None if Redis does not hold it."""
+    """(total, issued) of a campaign as Redis holds it; None if Redis does not hold it.
+
+    issued: its shards' counters summed."""
     return stocks_in_redis(redis, [keys]).get(keys.campaign_id)
 
 
@@ -209,8 +222,9 @@ def stocks_in_redis(redis, campaigns):
 
 
 def queue_stocks(batch, campaigns):
-    """Queue the reads of stocks_in_redis into a batch; return what reads its answer once the
-    batch has run."""
+    """Queue the reads of stocks_in_redis into a batch; return what reads its answer.
+
+    Call what it returns once the batch has run."""
     reads = [(keys, queue_total(batch, keys), queue_issued(batch, keys)) for keys in campaigns]
 
     def stocks():
@@ -220,21 +234,25 @@ def queue_stocks(batch, campaigns):
 
 
 def queue_total(batch, keys):
-    """Queue the read of a campaign's total (its meta hash's); its Reply: None if Redis does not
-    hold the campaign."""
+    """Queue the read of a campaign's total (its meta hash's); return its Reply.
+
+    The Reply holds None if Redis does not hold the campaign."""
     return batch.on(keys.meta).hget(keys.meta, "total")
 
 
 def queue_issued(batch, keys):
-    """Queue the reads of a campaign's coupons issued (its claim shards' counts); return what sums
-    them once the batch has run."""
+    """Queue the reads of a campaign's coupons issued; return what sums them.
+
+    The reads are its claim shards' counts; call what it returns once the batch has run."""
     counts = [batch.on(shard.state).hget(shard.state, "issued") for shard in keys.all_shards()]
     return lambda: sum(int(count.get() or 0) for count in counts)
 
 
 def issues_per_second(redis, keys):
-    """({epoch second: new tickets} of a campaign, its shards' counts summed (claim.lua), and the
-    epoch second of the meta hash node's clock now: every claim stamped before it is counted."""
+    """({epoch second: new tickets} of a campaign, the meta hash node's epoch second now).
+
+    The tickets are its shards' counts summed (claim.lua); the second now is that of the meta hash
+    node's clock: every claim stamped before it is counted."""
     batch = redis.batch()
     clock = batch.on(keys.meta).time()
     shards = [batch.on(shard.per_second).hgetall(shard.per_second) for shard in keys.all_shards()]

@@ -1,10 +1,11 @@
-"""The figures /metrics reads from Redis and the database when it is scraped: the global ones (the
-same whichever host answers: outbox, stock, leases, lost campaigns, the scheduler's leader and
-jobs, the events to publish) and this host's readiness. Each collector reads at most once per
-SCRAPE_CACHE seconds per worker, a bounded number of commands whatever the request rate. Redis or
-the database down fails no scrape: the figures read from it are absent (coupon_ready says why).
-The jobs process records each job's last success in Redis (record_job_success), which every host
-exports. This process's own counters are coupon/metrics.py's.
+"""The figures /metrics reads from Redis and the database when it is scraped.
+
+They are the global ones (the same whichever host answers: outbox, stock, leases, lost campaigns,
+the scheduler's leader and jobs, the events to publish) and this host's readiness. Each collector
+reads at most once per SCRAPE_CACHE seconds per worker, a bounded number of commands whatever the
+request rate. Redis or the database down fails no scrape: the figures read from it are absent
+(coupon_ready says why). The jobs process records each job's last success in Redis
+(record_job_success), which every host exports. This process's own counters are coupon/metrics.py's.
 """
 import time
 
@@ -24,15 +25,19 @@ SCRAPE_CACHE = 2.0  # seconds a scrape reuses the figures read from Redis or the
 
 
 def record_job_success(redis, name):
-    """Note in Redis that the scheduler's job `name` has just succeeded (read by every host's
-    /metrics). The scheduler host's clock: Prometheus compares it with its own."""
+    """Note in Redis that the scheduler's job `name` has just succeeded.
+
+    Every host's /metrics reads it. The scheduler host's clock: Prometheus compares it with its
+    own."""
     redis.hset(JOB_SUCCESS, name, round(time.time(), 3))
 
 
 class ScrapeCollector:
-    """Figures read at scrape time by read(), at most once per SCRAPE_CACHE seconds; absent
-    (None) until the next read when Redis or the database failed (and not asked again before
-    then: a Redis that hangs costs a scrape REDIS_TIMEOUT once per SCRAPE_CACHE, not every time)."""
+    """Figures read at scrape time by read(), at most once per SCRAPE_CACHE seconds.
+
+    Absent (None) until the next read when Redis or the database failed (and not asked again
+    before then: a Redis that hangs costs a scrape REDIS_TIMEOUT once per SCRAPE_CACHE, not every
+    time)."""
 
     def __init__(self):
         self._read_at = float("-inf")
@@ -56,9 +61,10 @@ class ScrapeCollector:
 
 
 class OutboxCollector(ScrapeCollector):
-    """Outbox backlog and flush lag of the active campaigns: per read, the registry, the outbox
-    news sets, and a batch of 2 x CLAIM_SHARDS commands per campaign with claims to flush (the
-    others have none: 0 and 0)."""
+    """Outbox backlog and flush lag of the active campaigns.
+
+    Per read: the registry, the outbox news sets, and a batch of 2 x CLAIM_SHARDS commands per
+    campaign with claims to flush (the others have none: 0 and 0)."""
 
     def __init__(self, redis, keys, shards):
         super().__init__()
@@ -86,8 +92,9 @@ class OutboxCollector(ScrapeCollector):
 
 
 class EventsCollector(ScrapeCollector):
-    """Events not yet confirmed by the broker, and the age of the oldest: a count and a first row
-    of each event table per read (empty tables without EVENTS_URL)."""
+    """Events not yet confirmed by the broker, and the age of the oldest.
+
+    Per read: a count and a first row of each event table (empty tables without EVENTS_URL)."""
 
     def __init__(self, engine):
         super().__init__()
@@ -105,8 +112,9 @@ class EventsCollector(ScrapeCollector):
 
 
 class ReadinessCollector(ScrapeCollector):
-    """This host's readiness check by check (those of /readyz), and each Redis master's replicas:
-    one INFO per master and one SELECT 1 per read."""
+    """This host's readiness check by check (those of /readyz), and each Redis master's replicas.
+
+    Per read: one INFO per master and one SELECT 1."""
 
     def __init__(self, svc):
         super().__init__()
@@ -161,8 +169,10 @@ class SchedulerCollector(ScrapeCollector):
 
 
 class CampaignsCollector(ScrapeCollector):
-    """Stock, leases and order of the active campaigns: per read, the registry, each node's
-    clock, and one batch of 4 + CLAIM_SHARDS commands per campaign."""
+    """Stock, leases and order of the active campaigns.
+
+    Per read: the registry, each node's clock, and one batch of 4 + CLAIM_SHARDS commands per
+    campaign."""
 
     def __init__(self, svc):
         super().__init__()
@@ -221,8 +231,10 @@ class CampaignsCollector(ScrapeCollector):
 
 
 class LostCampaignsCollector(ScrapeCollector):
-    """Whether Redis holds each campaign the database has not closed (those it lost answer
-    CAMPAIGN_LOST): per read, one SELECT of their ids and one EXISTS per campaign."""
+    """Whether Redis holds each campaign the database has not closed.
+
+    Those it lost answer CAMPAIGN_LOST. Per read: one SELECT of their ids and one EXISTS per
+    campaign."""
 
     def __init__(self, svc):
         super().__init__()

@@ -1,6 +1,7 @@
-"""The Lua protocol: the scripts (one file each in lua/, registered once per Redis client) and
-what their replies and stored values mean. Nothing outside this module indexes a script's reply
-or splits a value a script stored.
+"""The Lua protocol: the scripts and what their replies and stored values mean.
+
+The scripts are one file each in lua/, registered once per Redis client. Nothing outside this
+module indexes a script's reply or splits a value a script stored.
 
 Scripts run by EVALSHA on the node serving their keys, loaded there again after NOSCRIPT (a
 restarted Redis, a promoted replica): redis_nodes.
@@ -33,8 +34,9 @@ NO_SERIAL = 0  # offered to claim.lua to ask whether the user holds a ticket, an
 
 
 def claim_args(campaign_id, limit, seconds, epoch, claims):
-    """claim.lua's ARGV for claims (user id, serial, code) of one shard, in order, under a rate
-    limit of `limit` requests (0: none) per window of `seconds`; its KEYS are
+    """claim.lua's ARGV for claims (user id, serial, code) of one shard, in order.
+
+    The rate limit is `limit` requests (0: none) per window of `seconds`; its KEYS are
     keys.ShardKeys.claim_keys, and each claim's reply is ClaimReply.decode. The code is not sent:
     Redis stores none, it is derived from the serial."""
     args = [campaign_id, limit, seconds, epoch]
@@ -51,8 +53,9 @@ class ClaimReply(NamedTuple):
 
     @classmethod
     def decode(cls, raw, code_of):
-        """One element of claim.lua's reply: {outcome[, serial, issued_at_ms]}; the ticket's code
-        is code_of(serial) (claims store no code)."""
+        """One element of claim.lua's reply: {outcome[, serial, issued_at_ms]}.
+
+        The ticket's code is code_of(serial) (claims store no code)."""
         if len(raw) == 1:
             return cls(Claim(raw[0]))
         serial = int(raw[1])
@@ -72,11 +75,12 @@ SERIAL_DIGITS = 8  # of a stored claim: every serial is at most campaigns.MAX_ST
 
 
 class StoredClaim(NamedTuple):
-    """A claim as claim.lua stores it in a claims bucket (keys.ShardKeys.bucket): the decimal
-    digits of issued_at_ms less the state's time base, then the serial in SERIAL_DIGITS digits:
-    "53100000042" is serial 42, issued 531 ms after the base. Within 2.9 years of the base it is
-    a 64-bit integer, which a listpack keeps in 9 bytes. The code is derived from the serial
-    (signing.Signer.ticket_code), never stored."""
+    """A claim as claim.lua stores it in a claims bucket (keys.ShardKeys.bucket).
+
+    It is the decimal digits of issued_at_ms less the state's time base, then the serial in
+    SERIAL_DIGITS digits: "53100000042" is serial 42, issued 531 ms after the base. Within 2.9 years
+    of the base it is a 64-bit integer, which a listpack keeps in 9 bytes. The code is derived from
+    the serial (signing.Signer.ticket_code), never stored."""
 
     serial: int
     issued_at_ms: int
@@ -96,11 +100,12 @@ class StoredClaim(NamedTuple):
 
 
 class OutboxEntry(NamedTuple):
-    """An entry claim.lua appends to a shard's outbox stream, with the same claim: one field e,
-    "<user id> <serial> <issued at, epoch ms>" (a user id has no space). Its campaign is the
-    stream's, its code derived from its serial: neither is stored, which makes an entry cheaper to
-    write and to read (BENCHMARKS.md, "Capacity"). One written before (fields c campaign id, u, s,
-    k code, t) decodes too."""
+    """An entry claim.lua appends to a shard's outbox stream, with the same claim.
+
+    It has one field e, "<user id> <serial> <issued at, epoch ms>" (a user id has no space). Its
+    campaign is the stream's, its code derived from its serial: neither is stored, which makes an
+    entry cheaper to write and to read (BENCHMARKS.md, "Capacity"). One written before (fields c
+    campaign id, u, s, k code, t) decodes too."""
 
     campaign_id: int
     user_id: str
@@ -162,8 +167,10 @@ class LeaseReply(NamedTuple):
 
 
 def decode_serials(encoded):
-    """'1-5,9,12' -> [1, 2, 3, 4, 5, 9, 12] (the format lease.lua records a lease's serials in;
-    a final ',t' marks a lease of the tail)."""
+    """Decode a lease's serials: '1-5,9,12' -> [1, 2, 3, 4, 5, 9, 12].
+
+    That is the format lease.lua records a lease's serials in; a final ',t' marks a lease of the
+    tail."""
     serials = []
     for part in filter(None, encoded.split(",")):
         if part == "t":
@@ -195,9 +202,10 @@ class Scripts:
         self.ack_outbox = load("ack_outbox")
 
     def lease(self, keys, epoch, lease_id, most, ttl_ms, tail, waiting, order=None):
-        """Lease up to `most` serials for `ttl_ms` (the same ones again for the same lease id),
-        once replicas hold the lease (else NotReplicated); see lease.lua. order, in arrival order:
-        (bidder id, its frontier ms or None, stale ms, unlisted ms, opening ms, caught-up ms,
+        """Lease up to `most` serials for `ttl_ms` (the same ones again for the same lease id).
+
+        Leased once replicas hold the lease (else NotReplicated); see lease.lua. order, in arrival
+        order: (bidder id, its frontier ms or None, stale ms, unlisted ms, opening ms, caught-up ms,
         workers on the roll (0: unknown), [(bid id, arrival ms or "": withdrawn)] of the bids new
         (or sent again) and withdrawn)."""
         args = [lease_id, most, ttl_ms, tail, waiting, epoch]
@@ -210,8 +218,10 @@ class Scripts:
         return LeaseReply.decode(raw)
 
     def renew(self, keys, ttl_ms, lease_id):
-        """Extend a lease; False if it had expired or was reclaimed (its serials are gone). Raises
-        NotReplicated if replicas do not hold the new expiry: the lease must not count on it."""
+        """Extend a lease; False if it had expired or was reclaimed (its serials are gone).
+
+        Raises NotReplicated if replicas do not hold the new expiry: the lease must not count on
+        it."""
         (renewed,) = self.redis.run(self._renew, [keys.leases], [ttl_ms, lease_id], durable=True)
         return renewed == 1
 
@@ -225,8 +235,9 @@ class Scripts:
     # this class stands for Redis in its unit tests)
 
     def ask_holders(self, keys):
-        """Say where every worker looks that a worker ran dry of this campaign while others hold
-        its serials (lease.lua noted it in the meta, for them to give back what they do not use)."""
+        """Say where every worker looks that one ran dry while others hold the campaign's serials.
+
+        lease.lua noted it in the meta, for them to give back what they do not use."""
         now = int(time.time() * 1000)
         batch = self.redis.batch()
         batch.on(SERIALS_WANTED).zadd(SERIALS_WANTED, {keys.campaign_id: now})
@@ -234,26 +245,31 @@ class Scripts:
         batch.execute()
 
     def expire_lease(self, keys, lease_id):
-        """Mark a lease expired, whatever its expiry was: the reclaim job settles it (a lease whose
-        claims' outcome is unknown cannot be given back)."""
+        """Mark a lease expired, whatever its expiry was: the reclaim job settles it.
+
+        A lease whose claims' outcome is unknown cannot be given back."""
         self.redis.zadd(keys.leases, {lease_id: 0}, xx=True)
 
     def raise_total(self, keys, total):
-        """Raise a campaign's stock to `total` (never lower it), once replicas hold it; return the
-        total Redis holds now, or None if it does not hold the campaign."""
+        """Raise a campaign's stock to `total` (never lower it), once replicas hold it.
+
+        Return the total Redis holds now, or None if it does not hold the campaign."""
         held = self.redis.run(self._raise_total, [keys.meta], [total], durable=True)
         return None if held < 0 else held
 
     def frontier(self, keys, worker_id, frontier, listed=True):
-        """Publish a worker's frontier of a campaign (ms, Redis's clock; None: none of its
-        requests that has not bid; listed False: it lists itself as a bidder no more); see
-        frontier.lua."""
+        """Publish a worker's frontier of a campaign (ms, Redis's clock); see frontier.lua.
+
+        frontier None: none of its requests that has not bid; listed False: it lists itself as a
+        bidder no more."""
         said = ("-" if frontier is None else repr(frontier)) if listed else ""
         self.redis.run(self._frontier, [keys.meta, keys.bidders], [worker_id, said])
 
     def note_arrivals(self, keys, worker_id, latest_win, refused):
-        """Note a worker's latest winning arrival (ms or None) and its refusals {arrival ms:
-        count} of a campaign; False if Redis does not hold it (see note_arrivals.lua)."""
+        """Note a worker's latest winning arrival and its refusals of a campaign.
+
+        The arrival is ms or None, the refusals {arrival ms: count}. False if Redis does not hold
+        the campaign (see note_arrivals.lua)."""
         args = [worker_id, "" if latest_win is None else repr(latest_win)]
         for ms, count in refused.items():
             args += [ms, count]

@@ -39,9 +39,10 @@ def check_user_id(user_id):
 
 
 def unverified_header(token):
-    """A token's header, to choose its key by; jwt.decode then checks the whole token. (PyJWT's
-    get_unverified_header decodes and checks all three parts, in Python a character at a time:
-    a third of a new user's token check.)"""
+    """A token's header, to choose its key by; jwt.decode then checks the whole token.
+
+    PyJWT's get_unverified_header decodes and checks all three parts, in Python a character at a
+    time: a third of a new user's token check."""
     head = token.split(".", 1)[0]
     if not BASE64URL.fullmatch(head):
         raise jwt.DecodeError("Invalid header padding")

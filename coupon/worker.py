@@ -1,7 +1,8 @@
-"""What gunicorn.conf.py's hooks do to a gunicorn server and its workers: the protections mixed
-into whatever worker class `-k` names (WorkerProtections), the address-in-use refusal, the metric
-files of dead processes removed, a Connection header that lists close, and what a worker does
-with the app's gateways as it starts and stops.
+"""What gunicorn.conf.py's hooks do to a gunicorn server and its workers.
+
+They are: the protections mixed into whatever worker class `-k` names (WorkerProtections), the
+address-in-use refusal, the metric files of dead processes removed, a Connection header that
+lists close, and what a worker does with the app's gateways as it starts and stops.
 
 gunicorn's master imports this module with its settings, before it forks the workers and the
 gevent worker monkey-patches: it must not import Flask, ssl or the app's modules at import time
@@ -29,9 +30,11 @@ OUR_PARSE_ERRORS = (http_errors.ConfigurationProblem, http_errors.InvalidRespons
 
 
 class WorkerProtections:
-    """Mixed into the worker class: note when each request arrived (coupon.arrival), yield to the
-    other connections after each request (a gevent worker), answer the requests gunicorn cannot
-    parse in the JSON error shape, let the app close a connection, quit once on Ctrl-C.
+    """Protections mixed into the worker class, for its requests, its connections and Ctrl-C.
+
+    Note when each request arrived (coupon.arrival), yield to the other connections after each
+    request (a gevent worker), answer the requests gunicorn cannot parse in the JSON error shape,
+    let the app close a connection, quit once on Ctrl-C.
 
     A keep-alive connection whose client sends the next request at once is otherwise served
     again and again before the others: a p99 of ~1 s at 100 connections on a bare endpoint,
@@ -139,8 +142,9 @@ def refuse_address_in_use(addresses):
 
 
 def remove_dead_metric_files(folder):
-    """Make the metrics folder; remove the files of processes that are gone (a previous run),
-    keep live ones'."""
+    """Make the metrics folder; remove the files of processes that are gone, keep live ones'.
+
+    Processes that are gone: those of a previous run."""
     os.makedirs(folder, exist_ok=True)
     for name in os.listdir(folder):
         pid = name.rsplit(".", 1)[0].rsplit("_", 1)[-1]
@@ -165,7 +169,9 @@ def asks_to_close(headers):
 
 
 def worker_started(worker):
-    """Say what in Redis's settings would lose claims (coupon.redis_guard), measure the clock's
+    """What a worker does as it starts.
+
+    Say what in Redis's settings would lose claims (coupon.redis_guard), measure the clock's
     offset to Redis's while the loop is idle (coupon.clock), watch how late the loop runs
     (coupon.metrics) and, in arrival order, keep the worker's name on the roll of workers
     serving (coupon.arrival.WorkerRoll)."""

@@ -1,5 +1,7 @@
-"""`flask jobs run`: the scheduler in the foreground. The `flask` command finds this group through
-the project's "flask.commands" entry point (pyproject.toml); the coupon package does not know it."""
+"""`flask jobs run`: the scheduler in the foreground.
+
+The `flask` command finds this group through the project's "flask.commands" entry point
+(pyproject.toml); the coupon package does not know it."""
 import logging
 
 from flask import current_app

@@ -1,5 +1,7 @@
-"""Events job: publish the event outbox to RabbitMQ (coupon/events.py); back off while the
-broker is away, refusing, or blocking publishers. Rows wait in the database meanwhile.
+"""Events job: publish the event outbox to RabbitMQ (coupon/events.py).
+
+It backs off while the broker is away, refusing, or blocking publishers. Rows wait in the
+database meanwhile.
 
 It runs on the leader only: two publishers would send each event twice."""
 import logging
@@ -19,8 +21,9 @@ class EventsJob:
         self.outage = Outage(log, "event broker", base=interval, cap=MAX_BACKOFF)
 
     def __call__(self):
-        """Publish what the event outbox holds; False while the broker is away (a failed try, or
-        waiting out the backoff before the next)."""
+        """Publish what the event outbox holds; False while the broker is away.
+
+        That is, after a failed try, or while waiting out the backoff before the next."""
         sent = self.outage.attempt(
             # stop after a while so that the other jobs and the leader lease keep their turn
             lambda: self.publisher.publish(until=time.monotonic() + 5), BrokerUnavailable,

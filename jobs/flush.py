@@ -26,8 +26,9 @@ class FlushJob:
         self.outage = Outage(log, "database", base=interval, cap=MAX_BACKOFF)
 
     def __call__(self):
-        """Flush what the outbox holds; False while the database is down (a failed try, or
-        waiting out the backoff before the next)."""
+        """Flush what the outbox holds; False while the database is down.
+
+        That is, after a failed try, or while waiting out the backoff before the next."""
         moved = self.outage.attempt(
             # stop after a while so that the other jobs and the leader lease keep their turn
             lambda: self.flusher.flush(until=time.monotonic() + 5 * self.interval + 1), SQLAlchemyError,

@@ -1,6 +1,8 @@
-"""Lifecycle job: open campaigns whose opens_at has come, close those whose closes_at passed,
-and load again the scheduled campaigns Redis lost. The database picks the due campaigns; the
-look for lost ones (one command per scheduled campaign) is made every LOST_CHECK seconds."""
+"""Lifecycle job: open and close campaigns when due; load again the scheduled ones Redis lost.
+
+It opens campaigns whose opens_at has come and closes those whose closes_at passed. The database
+picks the due campaigns; the look for lost ones (one command per scheduled campaign) is made every
+LOST_CHECK seconds."""
 import logging
 import time
 

@@ -1,6 +1,8 @@
-"""A dependency's outage as a job sees it (the database for the flush, the broker for the events):
-tries spaced out exponentially while it lasts, and said once when it starts and once when it
-ends, not at every try."""
+"""A dependency's outage as a job sees it: tries spaced out, its start and its end said once.
+
+The dependency is the database for the flush, the broker for the events. Tries are spaced out
+exponentially while the outage lasts; it is said once when it starts and once when it ends, not
+at every try."""
 import time
 
 from redis.backoff import ExponentialBackoff
@@ -15,8 +17,10 @@ class Outage:
         self.since = None
 
     def attempt(self, work, errors, message):
-        """work()'s result, unless the backoff is still to be waited out or work raised one of
-        `errors` (a failed try: message(error) is logged if the outage starts now): None then."""
+        """work()'s result; None while the backoff is still to be waited out, or after a failed try.
+
+        A failed try: work raised one of `errors`; message(error) is logged if the outage starts
+        now."""
         if time.monotonic() < self.retry_at:  # the backoff after a failed try
             return None
         try:

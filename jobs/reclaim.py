@@ -1,5 +1,7 @@
-"""Reclaim job: serials of expired leases (a worker died holding them) that were never claimed
-go back to the campaign's returned list, which refills take from first.
+"""Reclaim job: unclaimed serials of expired leases go back to the campaign's returned list.
+
+Such a lease expired because a worker died holding it; its serials were never claimed. Refills
+take from the returned list first.
 
 A round looks at the campaigns that hold leases, and at the others only once a lease taken since
 the last look could have expired (LEASE_TTL later): a campaign nobody asks for costs one command
@@ -11,8 +13,9 @@ from coupon.scripts import decode_serials
 
 
 def claimed_serials(redis, keys, serials):
-    """The serials among `serials` that any claim shard has marked claimed, as replicas hold them
-    (a claim a failover loses must not keep its serial from being issued)."""
+    """The serials among `serials` that any claim shard has marked claimed, as replicas hold them.
+
+    Replicas: a claim a failover loses must not keep its serial from being issued."""
     batch = redis.batch(durable=True)
     for shard in keys.all_shards():
         for serial in serials:
@@ -23,8 +26,9 @@ def claimed_serials(redis, keys, serials):
 
 
 def reclaim_expired(svc, grace, campaign_ids=None):
-    """Return unclaimed serials of leases expired more than `grace` seconds ago, of these
-    campaigns (every active one if None); return the count."""
+    """Return unclaimed serials of leases expired more than `grace` seconds ago; return the count.
+
+    The leases are those of these campaigns (every active one if None)."""
     returned = 0
     for campaign_id in active_campaigns(svc.redis) if campaign_ids is None else campaign_ids:
         keys = svc.keys(campaign_id)

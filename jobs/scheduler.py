@@ -79,11 +79,13 @@ def run_scheduler(app):
     )
 
     def scheduled(name, job, everywhere=False):
-        """The job, run only while this scheduler leads (everywhere: whether or not). A run
-        fails when the job raises or returns False (the flush job while the database is down:
-        it logs that itself); each failure is counted (coupon_job_failures_total), each success
-        recorded in Redis for every host's /metrics (coupon_job_last_success_timestamp_seconds:
-        the latest of any scheduler's, for the flush)."""
+        """The job, run only while this scheduler leads (everywhere: whether or not).
+
+        A run fails when the job raises or returns False (the flush job while the database is
+        down: it logs that itself); each failure is counted (coupon_job_failures_total), each
+        success recorded in Redis for every host's /metrics
+        (coupon_job_last_success_timestamp_seconds: the latest of any scheduler's, for the
+        flush)."""
         failing = []  # the error of the current outage, logged once
         svc.metrics.job_failures.labels(name)  # 0 from the start, so that rate() sees the first
 

@@ -1,5 +1,7 @@
-"""Stock sync job: write the issued counts of active campaigns into the campaigns table, and
-raise their stock in Redis to the database's where an add-stock's Redis part failed.
+"""Stock sync job: write issued counts into the database; raise Redis's stock to the database's.
+
+It writes the issued counts of active campaigns into the campaigns table, and raises their stock
+in Redis to the database's where an add-stock's Redis part failed.
 
 A round costs what may have moved, not every live campaign: it counts the campaigns with claims
 not yet flushed (the outbox news sets), those whose stream a flusher of any scheduler emptied
@@ -22,8 +24,9 @@ TOTAL_RECHECK = 60.0  # seconds a total read from Redis is trusted to be at leas
 
 
 def sync_stock(svc):
-    """Count and raise every active campaign at once (a round of the job does part of this);
-    return how many were counted."""
+    """Count and raise every active campaign at once; return how many were counted.
+
+    A round of the job does part of this."""
     campaign_ids = active_campaigns(svc.redis)
     counted = count_issued(svc, campaign_ids)
     raise_totals(svc, campaign_ids, database_totals(svc.engine))
@@ -31,8 +34,9 @@ def sync_stock(svc):
 
 
 def count_issued(svc, campaign_ids):
-    """Write Redis's issued counts of these campaigns into their rows, and the campaign.sold_out
-    event of those that sold out since the last count; return how many were counted."""
+    """Write Redis's issued counts of these campaigns into their rows; return how many were counted.
+
+    Write too the campaign.sold_out event of those that sold out since the last count."""
     stocks = stocks_in_redis(svc.redis, [svc.keys(c) for c in campaign_ids])
     if stocks:
         c = db.campaigns.c
@@ -57,8 +61,9 @@ def database_totals(engine):
 
 
 def raise_totals(svc, campaign_ids, totals):
-    """Raise Redis's total of these campaigns to the database's (`totals`) where it is lower;
-    return {campaign id: the total Redis holds now} of those it holds."""
+    """Raise Redis's total of these campaigns to the database's (`totals`) where it is lower.
+
+    Return {campaign id: the total Redis holds now} of those it holds."""
     campaign_ids = [c for c in campaign_ids if c in totals]
     batch = svc.redis.batch()
     read = {campaign_id: queue_total(batch, svc.keys(campaign_id)) for campaign_id in campaign_ids}
