@@ -11,7 +11,21 @@
 local acked = 0
 if #ARGV > 2 then
   acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3))
-  redis.call('XDEL', KEYS[1], unpack(ARGV, 3))
+  -- delete every entry acknowledged, this call's and earlier ones': those before the first still
+  -- pending (another flusher's batch in flight), or with none pending, before the first not
+  -- delivered yet. A trim drops whole nodes of entries, where XDEL looked each id up
+  local keep = redis.call('XPENDING', KEYS[1], ARGV[1])[2]
+  if not keep then
+    for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+      local info = {}
+      for k = 1, #group, 2 do info[group[k]] = group[k + 1] end
+      if info['name'] == ARGV[1] then
+        local ms, seq = string.match(info['last-delivered-id'], '^(%d+)-(%d+)$')
+        keep = ms .. '-' .. (tonumber(seq) + 1)
+      end
+    end
+  end
+  redis.call('XTRIM', KEYS[1], 'MINID', keep)
 end
 local left = redis.call('XLEN', KEYS[1])
 if left == 0 and redis.call('SREM', KEYS[2], ARGV[2]) == 1 then
