@@ -55,7 +55,9 @@ SETTINGS = {
     # Issuing
     "BLOCK_SIZE": (2000, int),  # most serials one worker leases at a time
     "SINGLE_LEASE_TAIL": (64, int),  # the last this many serials are leased only to waiting requests
-    "CLAIM_SHARDS": (12, int),  # claim shards (hash tags) per campaign: even over 2, 3, 4 or 6 masters
+    # claim shards (hash tags) per campaign; None: 12 on a cluster (even over 2, 3, 4 or 6 masters),
+    # 1 on a single Redis (a worker's claim batch in one claim.lua call: BENCHMARKS.md, "Capacity")
+    "CLAIM_SHARDS": (None, optional_int),
     "LEASE_TTL": (30.0, float),  # seconds a lease lives without renewal
     "STATE_REFRESH": (1.0, float),  # seconds a worker trusts its cached window / sold-out state
     "CLAIM_BATCH_MAX": (256, int),  # most claims sent in one script call
@@ -113,6 +115,8 @@ def load_into(config, overrides=None):
                        silent=True)
     config.from_mapping(from_environment(os.environ))
     config.from_mapping(overrides or {})
+    if config["CLAIM_SHARDS"] is None:
+        config["CLAIM_SHARDS"] = 12 if config["REDIS_CLUSTER_NODES"] else 1
     check_auth(config)
     check_events(config)
     check_production(config)

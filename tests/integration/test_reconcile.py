@@ -23,9 +23,10 @@ def test_reconcile_reports_a_difference_and_keeps_the_keys(svc, signer, runner, 
 
 
 @on_single_and_cluster
-def test_reconcile_names_every_difference_of_every_kind(svc, redis_client):
+def test_reconcile_names_every_difference_of_every_kind(make_app, redis_client):
     """The streamed comparison (counts and digests per shard) finds each kind of difference, and
     the ticket-by-ticket look at the shards that differ names it, whichever shard it is in."""
+    svc = make_app(CLAIM_SHARDS=12).extensions["coupon"]  # shards to tell apart on one Redis too
     campaign_id = open_campaign(svc, 300)
     for i in range(200):
         issue_directly(svc, campaign_id, f"user-{i}")
