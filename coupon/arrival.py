@@ -50,9 +50,10 @@ ROLL_STALE_MS = 3_000  # a worker silent this long is off the roll
 
 
 def stamped(sock):
-    """The connection `sock` as a StampedSocket of its own class (gevent's, in a worker): a
-    request's arrival is when the kernel received its bytes, however long they then waited to be
-    read. The same descriptor: `sock` itself is detached."""
+    """The connection `sock` as a StampedSocket of its own class (gevent's, in a worker).
+
+    A request's arrival is when the kernel received its bytes, however long they then waited to
+    be read. The same descriptor: `sock` itself is detached."""
     stamped_sock = _stamped_class(type(sock))(sock.family, sock.type, sock.proto, sock.detach())
     stamped_sock._first_ns = None  # the receive time of the first bytes read since the last take
     stamped_sock._last_ns = None  # of the last bytes read
@@ -67,8 +68,10 @@ def stamped(sock):
 
 
 class StampedSocket:
-    """Mixed into a socket class: reads note when the kernel received their bytes. A subclass of
-    the socket's own class, not a wrapper: every other call is the socket's, at no extra cost."""
+    """Mixed into a socket class: reads note when the kernel received their bytes.
+
+    A subclass of the socket's own class, not a wrapper: every other call is the socket's, at no
+    extra cost."""
 
     __slots__ = ()  # the two stamps live in the subclass's slots (_stamped_class)
 
@@ -83,8 +86,9 @@ class StampedSocket:
         return data
 
     def take_received_ns(self):
-        """When the request just read began to arrive (the kernel's CLOCK_REALTIME, ns), or None;
-        a request already read with the one before it (pipelined) has that read's time."""
+        """When the request just read began to arrive (the kernel's CLOCK_REALTIME, ns), or None.
+
+        A request already read with the one before it (pipelined) has that read's time."""
         received, self._first_ns = self._first_ns or self._last_ns, None
         return received
 
@@ -96,10 +100,11 @@ def _stamped_class(base):
 
 
 def received_ns(environ, trust_request_start=False):
-    """When a request reached the service (CLOCK_REALTIME ns) or None: the kernel's receive stamp
-    of its bytes, or, with trust_request_start (TRUST_REQUEST_START: behind a front proxy that
-    sets the header on every request, overwriting what a client sent), the proxy's
-    X-Request-Start, which also counts the time it waited there."""
+    """When a request reached the service (CLOCK_REALTIME ns), or None.
+
+    The kernel's receive stamp of its bytes, or, with trust_request_start (TRUST_REQUEST_START:
+    behind a front proxy that sets the header on every request, overwriting what a client sent),
+    the proxy's X-Request-Start, which also counts the time it waited there."""
     if trust_request_start:
         proxied = request_start_ns(environ.get("HTTP_X_REQUEST_START"))
         if proxied is not None:
@@ -108,8 +113,10 @@ def received_ns(environ, trust_request_start=False):
 
 
 def request_start_ns(value):
-    """An X-Request-Start header as nginx (`t=${msec}`: seconds, ms fraction), Heroku-style
-    routers (ms) and others (us) write it, in ns; None if it is none of those."""
+    """An X-Request-Start header, in ns; None if it is in none of the forms below.
+
+    The forms: nginx's (`t=${msec}`: seconds, ms fraction), Heroku-style routers' (ms) and others'
+    (us)."""
     text = (value or "").strip().removeprefix("t=")
     try:
         number = float(text)
@@ -121,10 +128,11 @@ def request_start_ns(value):
 
 
 def arrival_ms(received_ns, clock):
-    """A request's arrival on Redis's clock (epoch ms, a float: requests come 0.1 ms apart): its
-    age by this host's kernel clock taken from Redis's now, so a host whose clock is off stamps
-    as the others do. Without a receive time, now. (No wait for Redis: a wait here would let
-    later requests overtake this one.)"""
+    """A request's arrival on Redis's clock (epoch ms, a float: requests come 0.1 ms apart).
+
+    Its age by this host's kernel clock taken from Redis's now, so a host whose clock is off
+    stamps as the others do. Without a receive time, now. (No wait for Redis: a wait here would
+    let later requests overtake this one.)"""
     now = clock.fine_now_ms()
     if received_ns is None:
         return now
@@ -133,12 +141,13 @@ def arrival_ms(received_ns, clock):
 
 
 class ReadMarks:
-    """When this worker had read every request that reached it before: under gevent, a request
-    whose bytes were in its socket when the loop last looked for I/O has been read, and has
-    entered the gate, by the time the loop looks again (its connection ran when the look found it;
-    a connection just accepted runs one turn later). So the kernel clock noted before each look,
-    LOOKS_BACK looks ago, is a time before which nothing unread waits. Without gevent's loop
-    (threads: the tests' in-process server) it is now, and promises nothing."""
+    """When this worker had read every request that reached it before.
+
+    Under gevent, a request whose bytes were in its socket when the loop last looked for I/O has
+    been read, and has entered the gate, by the time the loop looks again (its connection ran when
+    the look found it; a connection just accepted runs one turn later). So the kernel clock noted
+    before each look, LOOKS_BACK looks ago, is a time before which nothing unread waits. Without
+    gevent's loop (threads: the tests' in-process server) it is now, and promises nothing."""
 
     LOOKS_BACK = 3
 
@@ -147,8 +156,7 @@ class ReadMarks:
         self._watcher = None
 
     def read_through_ns(self):
-        """The kernel clock (CLOCK_REALTIME ns) before which every request of this worker has
-        been read."""
+        """The kernel clock (CLOCK_REALTIME ns) before which this worker has read every request."""
         if self._watcher is None and not self._watch():
             return time.clock_gettime_ns(time.CLOCK_REALTIME)
         if not self._marks:
@@ -171,8 +179,9 @@ class ReadMarks:
 
 
 class Turn:
-    """One issue request's place in the arrival order: its arrival, its campaign, the id its bid
-    goes by."""
+    """One issue request's place in the arrival order.
+
+    Its arrival, its campaign, the id its bid goes by."""
 
     __slots__ = ("arrival", "campaign_id", "id", "event")
 
@@ -185,9 +194,10 @@ class Turn:
 
 
 class ArrivalGate:
-    """One per worker: its issue requests go on one at a time, in arrival order; and, per campaign,
-    the earliest arrival it may still hold that has not bid for a serial (its frontier), kept in
-    Redis.
+    """One per worker: its issue requests go on one at a time, in arrival order.
+
+    And it keeps in Redis, per campaign, the earliest arrival it may still hold that has not bid
+    for a serial (its frontier).
 
     A request waits its turn (wait_turn), is let through, runs until it waits (for Redis, mostly),
     then the next is let through. Until its bid is in Redis (placed) or it is answered (finished)
@@ -218,8 +228,9 @@ class ArrivalGate:
         self._dispatcher = self._publisher = None
 
     def wait_turn(self, arrival, campaign_id):
-        """Return once the requests that arrived before `arrival` (ms, Redis's clock) have gone
-        on: its Turn (None when the gate is off)."""
+        """Wait until the requests that arrived before `arrival` (ms, Redis's clock) have gone on.
+
+        Return its Turn (None when the gate is off)."""
         if not self.enabled:
             return None
         turn, starting, listing = Turn(arrival, campaign_id, next(self._ids)), [], False
@@ -262,8 +273,9 @@ class ArrivalGate:
                 self._listed[turn.campaign_id] = time.monotonic()
 
     def frontier(self, campaign_id, bidding=()):
-        """The earliest arrival (ms) this worker may hold of a campaign that has not bid, but for
-        the Turns `bidding` (their bids go with the call this is for); None if none."""
+        """The earliest arrival (ms) of a campaign this worker may hold that has not bid, or None.
+
+        The Turns `bidding` are left out: their bids go with the call this is for."""
         skip = {turn.id for turn in bidding}
         marks = [a for i, a in self._unbid.get(campaign_id, {}).items() if i not in skip]
         marks += [self._waiting[0].arrival] if self._waiting else []
@@ -300,9 +312,10 @@ class ArrivalGate:
                 again.start()
 
     def _publish(self):
-        """Every PUBLISH_EVERY (BUSY_PUBLISH_EVERY while it holds requests), publish this worker's
-        frontier of each campaign it lists (first listed by its first request: wait_turn);
-        withdraw it LINGER after the last request of the campaign."""
+        """Publish this worker's frontier of each campaign it lists, every PUBLISH_EVERY.
+
+        Every BUSY_PUBLISH_EVERY while it holds requests. A campaign is first listed by its first
+        request (wait_turn); its frontier is withdrawn LINGER after the last request of it."""
         try:
             while self._listed:
                 for campaign_id in list(self._listed):
@@ -329,9 +342,10 @@ class ArrivalGate:
 
 
 class WorkerRoll:
-    """The web workers serving, of every host, as a roll in Redis that each keeps its name on: at
-    a campaign's opening no bid is answered until every one of them is listed as its bidder (has
-    read a request of it, and publishes its frontier): one that is not may hold the earliest
+    """The web workers serving, of every host, as a roll in Redis that each keeps its name on.
+
+    At a campaign's opening no bid is answered until every one of them is listed as its bidder
+    (has read a request of it, and publishes its frontier): one that is not may hold the earliest
     requests, unread (lease.lua). A worker says it is there every ROLL_EVERY; one silent for
     ROLL_STALE_MS is off the roll (until then it holds the opening's bids back: a delay, never a
     reordering)."""

@@ -48,8 +48,9 @@ class LiveCampaign:
         return self.supply.epoch
 
     def apply(self, meta):
-        """Take in the campaign's redis_state.Meta; return True if another worker asked for
-        serials since."""
+        """Take in the campaign's redis_state.Meta.
+
+        Return True if another worker asked for serials since."""
         news, self.asked_for_serials_at = meta.wanted > self.asked_for_serials_at, meta.wanted
         self.status, self.opens_at, self.closes_at = meta.status, meta.opens_at, meta.closes_at
         self.loaded_at = time.monotonic()
@@ -65,11 +66,12 @@ class LiveCampaign:
             raise SoldOut()
 
     def issue(self, user_id, turn, parts):
-        """Issue the user's ticket (once admitted), or return the one they hold. Raises what the
-        claim answers instead (Closed, RateLimited), Unavailable if Redis failed, CampaignGone if
-        Redis no longer holds this state of the campaign (the issuer loads it afresh). turn: the
-        request's place in the arrival order (arrival.Turn), if kept; parts: its
-        metrics.IssueParts, whose serial and claim times are added here."""
+        """Issue the user's ticket (once admitted), or return the one they hold.
+
+        Raises what the claim answers instead (Closed, RateLimited), Unavailable if Redis failed,
+        CampaignGone if Redis no longer holds this state of the campaign (the issuer loads it
+        afresh). turn: the request's place in the arrival order (arrival.Turn), if kept; parts:
+        its metrics.IssueParts, whose serial and claim times are added here."""
         try:
             if not self.supply.at_hand and not self.supply.bids_at_once(turn):
                 # no serial at hand (the tail is never at hand): first ask whether the user already
@@ -153,23 +155,27 @@ class Issuer:
     # --- the hot path -------------------------------------------------------------------
 
     def admit(self, campaign_id):
-        """Raise what this worker already knows the answer is (sold out, not open, closed);
-        else return the campaign, for issue()."""
+        """Raise what this worker already knows the answer is (sold out, not open, closed).
+
+        Else return the campaign, for issue()."""
         campaign = self.campaign(campaign_id)
         campaign.admit(self.clock.now_ms())
         return campaign
 
     def admit_known(self, campaign_id):
-        """admit() by what this worker holds now, never waiting for Redis (nothing to raise for a
-        campaign not loaded yet): the early answers before a request waits its turn."""
+        """admit() by what this worker holds now, never waiting for Redis.
+
+        The early answers before a request waits its turn (nothing to raise for a campaign not
+        loaded yet)."""
         campaign = self._campaigns.get(campaign_id)
         if campaign is not None:
             campaign.admit(self.clock.now_ms(measure=False))
 
     def issue(self, campaign, user_id, turn=None, parts=None, reloaded=False):
-        """Issue the user's ticket of an admitted campaign, or return the one they hold. turn: the
-        request's arrival.Turn, in arrival order (a call without one takes its turn now); parts:
-        the request's metrics.IssueParts, if timed."""
+        """Issue the user's ticket of an admitted campaign, or return the one they hold.
+
+        turn: the request's arrival.Turn, in arrival order (a call without one takes its turn
+        now); parts: the request's metrics.IssueParts, if timed."""
         if self.gate is not None and turn is None:  # not from the API (a tool, a test)
             turn = self.gate.wait_turn(self.clock.fine_now_ms(), campaign.campaign_id)
             try:
@@ -218,10 +224,12 @@ class Issuer:
                 self._watching.start()
 
     def _watch_holders(self):
-        """While this worker holds serials of campaigns whose stock runs low, look every
-        HOLDER_WATCH which ones a worker ran dry of (one read for all), requests of them or
-        not, and refresh those: an idle holder learns it was asked, and gives its serials back
-        before the dry worker answers SOLD_OUT (supply.TAIL_TRIES)."""
+        """Every HOLDER_WATCH, refresh the low-stock campaigns held here that a worker ran dry of.
+
+        While this worker holds serials of campaigns whose stock runs low, look every HOLDER_WATCH
+        which ones a worker ran dry of (one read for all), requests of them or not, and refresh
+        those: an idle holder learns it was asked, and gives its serials back before the dry worker
+        answers SOLD_OUT (supply.TAIL_TRIES)."""
         while True:
             time.sleep(HOLDER_WATCH)
             with self._watch_lock:

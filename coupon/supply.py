@@ -73,8 +73,9 @@ BIDS_AGAIN = 0.1
 
 
 def lease_id(worker_id, number):
-    """A lease's id: its worker's id (extensions.Services.worker_id: host:pid:random part), then
-    the worker's count of its leases."""
+    """A lease's id: its worker's id, then the worker's count of its leases.
+
+    The worker's id is extensions.Services.worker_id: host:pid:random part."""
     return f"{worker_id}:{number}"
 
 
@@ -158,10 +159,11 @@ class Lease:
 
 
 class Taken:
-    """A serial taken from a lease, as a context: leaving it tells the supply what became of the
-    serial (exactly once, whatever was raised). Say it with answered(): unused (free for the next
-    request) or used. Left unsaid (a Redis error, any other exception), the claim may or may not
-    have been written: the lease is left to expire and the reclaim job sorts it out."""
+    """A serial taken from a lease, as a context: leaving it tells the supply what became of it.
+
+    It tells it exactly once, whatever was raised. Say it with answered(): unused (free for the
+    next request) or used. Left unsaid (a Redis error, any other exception), the claim may or may
+    not have been written: the lease is left to expire and the reclaim job sorts it out."""
 
     __slots__ = ("supply", "lease", "serial", "unused", "known")
 
@@ -226,8 +228,9 @@ class SerialSupply:
         return len(self.current.unused) if self.current else 0
 
     def bids_at_once(self, turn):
-        """A request with this turn (one in arrival order) bids for the ordered tail as it takes
-        a serial."""
+        """A request with this turn bids for the ordered tail as it takes a serial.
+
+        turn: one in arrival order."""
         return turn is not None and self.low_stock
 
     def known_sold_out(self):
@@ -241,9 +244,10 @@ class SerialSupply:
         return self.low_stock and self.held > 0
 
     def take(self, turn=None):
-        """Return a Taken: a serial of the current lease, refilled as needed, to be used as
-        `with supply.take() as taken:`. turn: the request's arrival.Turn, its bid for the tail in
-        arrival order."""
+        """Return a Taken: a serial of the current lease, refilled as needed.
+
+        To be used as `with supply.take() as taken:`. turn: the request's arrival.Turn, its bid for
+        the tail in arrival order."""
         waiting = False
         try:
             while True:
@@ -281,8 +285,10 @@ class SerialSupply:
                     self._done(*granted, unused=True)
 
     def _done(self, lease, serial, unused, uncertain):
-        """What became of a taken serial (Taken says it). `unused`: the serial is free for the
-        next request; `uncertain`: its claim may or may not have been written."""
+        """What became of a taken serial (Taken says it).
+
+        `unused`: the serial is free for the next request; `uncertain`: its claim may or may not
+        have been written."""
         if unused:
             lease.unused.appendleft(serial)
         if uncertain:
@@ -395,18 +401,20 @@ class SerialSupply:
         raise CampaignGone()
 
     def _ask_holders(self):
-        """Ask the workers that hold serials for them, requests of the campaign or not (lease.lua
-        has asked them in the meta, which they read at their requests)."""
+        """Ask the workers that hold serials for them, requests of the campaign or not.
+
+        (lease.lua has asked them in the meta, which they read at their requests.)"""
         try:
             self.scripts.ask_holders(self.keys)
         except RedisError:
             pass  # they learn it at their next request of the campaign
 
     def _answer_bids(self, lease_id, sent, bids, reply):
-        """lease.lua's answer to the bids: a serial for each granted one (of a tail lease, never
-        current); the others wait in Redis, holding their place, and ask again once the watermark
-        has moved on (sold out only once none is left or in flight). None: each request takes
-        what its own bid got, never a serial another's was granted."""
+        """lease.lua's answer to the bids: a serial for each granted one, of a tail lease.
+
+        That lease is never current. The others wait in Redis, holding their place, and ask again
+        once the watermark has moved on (sold out only once none is left or in flight). None: each
+        request takes what its own bid got, never a serial another's was granted."""
         deadline = time.monotonic() + ORDER_PATIENCE
         for turn in bids:
             self.gate.placed(turn)
