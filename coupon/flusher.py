@@ -72,7 +72,7 @@ class Flusher:
         # stream -> when (monotonic) to look for a dead flusher's entries next: half the idle time
         # apart, not every round. Each look scans the stream's pending entries, which hold the
         # other flushers' batches in flight: every round, it cost more Redis CPU a coupon than
-        # the flush's reads, acks and deletes together (BENCHMARKS.md, "Redis per claim")
+        # the flush's reads, acks and deletes together (BENCHMARKS.md, "Redis CPU a coupon in a sale")
         self._takeover_due = {}
 
     def shards(self, campaign_ids=None):
