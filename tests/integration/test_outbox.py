@@ -1,7 +1,8 @@
 """coupon/flusher.py: the Flusher moves the claims' outbox streams into the database, in this
 process against the real Redis and MariaDB: a round that races a close makes no key again; one
 killed between commit and acknowledgement, stalled, or frozen before its commit loses and doubles
-nothing; streams Redis lost are grouped again. The flush job in a real scheduler: e2e/test_jobs.py."""
+nothing; streams Redis lost are grouped again; an acknowledgement trims only what every flusher
+is done with. The flush job in a real scheduler: e2e/test_jobs.py."""
 import threading
 import time
 
@@ -10,7 +11,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
 from coupon import campaigns
-from coupon.flusher import Flusher
+from coupon.flusher import GROUP, Flusher
 from coupon.outbox import outbox_stats
 from coupon.reconcile import mysql_tickets, reconcile
 from loadtest.harness import open_campaign
@@ -127,3 +128,34 @@ def test_a_flusher_makes_its_streams_again_after_redis_lost_them(svc):
         issue_directly(svc, campaign_id, user)
     assert flusher.flush([campaign_id]) == 2
     assert set(mysql_tickets(svc.engine, campaign_id)) == {"before", *after}
+
+
+@on_single_and_cluster
+def test_an_acknowledgement_trims_only_what_every_flusher_is_done_with(svc, redis_client):
+    """ack_outbox.lua trims the stream (XTRIM MINID) rather than deleting each id: never an entry
+    another flusher still holds pending, nor one not delivered yet."""
+    keys = svc.keys(open_campaign(svc, 10))
+    shard = keys.shard(0)
+    stream = shard.outbox
+    ids = [redis_client.xadd(stream, {"e": f"user-{i} {i + 1} 0"}) for i in range(3)]
+    redis_client.sadd(shard.news, keys.campaign_id)
+    redis_client.xgroup_create(stream, GROUP, id="0")
+    read = {name: redis_client.xreadgroup(GROUP, name, {stream: ">"}, count=1)[0][1][0][0]
+            for name in ("a", "b")}  # a holds the first entry, b the second; the third is unread
+
+    def ack(entry_id):
+        batch = svc.redis.batch()
+        batch.script(svc.scripts.ack_outbox, [stream, shard.news, shard.drained],
+                     [GROUP, keys.campaign_id, entry_id])
+        return batch.execute()[0]
+
+    assert read == {"a": ids[0], "b": ids[1]}
+    assert ack(ids[0]) == [1, 2]  # b's pending entry and the unread one stay
+    assert [i for i, _ in redis_client.xrange(stream)] == ids[1:]
+    assert ack(ids[1]) == [1, 1]  # none pending: what was never delivered stays
+    assert [i for i, _ in redis_client.xrange(stream)] == ids[2:]
+    assert redis_client.sismember(shard.news, keys.campaign_id)
+    redis_client.xreadgroup(GROUP, "a", {stream: ">"}, count=1)
+    assert ack(ids[2]) == [1, 0]  # empty: off the news set, on the drained one
+    assert not redis_client.sismember(shard.news, keys.campaign_id)
+    assert redis_client.sismember(shard.drained, keys.campaign_id)
