@@ -1,7 +1,7 @@
 """Fixtures: a real MariaDB database the suite creates, a Redis db (or, for tests parametrized
 with support.on_single_and_cluster, a real Redis Cluster) flushed around each test, the app,
-its test client and CLI runner, and real gunicorn servers. The servers of a run log to a folder
-of its own, removed when every test passed."""
+its test client and CLI runner, its services with the tests' event broker, and real gunicorn
+servers. The servers of a run log to a folder of its own, removed when every test passed."""
 import os
 import shutil
 import time
@@ -17,6 +17,7 @@ from loadtest.harness import (
     SECRET, Gunicorn, LocalCluster, RedisServer, RedisTarget, Scheduler, fresh_database,
     open_campaign, service_env,
 )
+from tests.services import EVENTS_URL, missing_services
 from tests.support import app_config
 from tests.flood import NODE_TIMEOUT_MS
 
@@ -44,8 +45,6 @@ def pytest_collection_finish(session):
     """Stop before the first test, in one line per missing service, when Redis or MariaDB does
     not answer and a test collected needs them (any outside tests/unit/), or RabbitMQ and a test
     of a module that names the tests' broker (EVENTS_URL) was collected."""
-    from tests.services import EVENTS_URL, missing_services
-
     if all(item.path.is_relative_to(UNIT) for item in session.items):
         return
     needs_broker = any(getattr(item.module, "EVENTS_URL", None) == EVENTS_URL
@@ -125,6 +124,14 @@ def make_app(mysql_url, redis_target):
 @pytest.fixture
 def svc(app):
     return app.extensions["coupon"]
+
+
+@pytest.fixture
+def events_svc(mysql_url, redis_target):
+    """The services in this process with EVENTS_URL set (opens and closes write their events)."""
+    app = create_app(app_config(mysql_url, redis_target, EVENTS_URL=EVENTS_URL))
+    yield app.extensions["coupon"]
+    app.extensions["coupon"].engine.dispose()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from sqlalchemy.exc import SQLAlchemyError
 START_REDIS = "start it: redis-server --daemonize yes (Debian: apt-get install redis-server)"
 START_MARIADB = "start it: service mariadb start (Debian: apt-get install mariadb-server)"
 START_RABBITMQ = "start it: service rabbitmq-server start (Debian: apt-get install rabbitmq-server)"
-EVENTS_URL = "amqp://guest:guest@127.0.0.1:5672/"  # the tests' broker (tests/e2e/test_events.py)
+EVENTS_URL = "amqp://guest:guest@127.0.0.1:5672/"  # the tests' broker (tests/*/test_events.py)
 
 
 def missing_services(database_url, redis_url, broker_url=None):

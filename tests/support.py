@@ -1,5 +1,6 @@
 """What more than one test uses: HTTP calls on fresh connections, a flood of concurrent clients,
-the test app's settings, the checks of exact tickets and of JSON errors, Prometheus samples, a
+the test app's settings, the checks of exact tickets and of JSON errors, a campaign's stock
+additions, Prometheus samples (and /metrics scraped through a test client until it moves), a
 campaign's Redis state lost and checked after a rebuild, a TCP proxy to slow down or cut. The
 processes, the database and the campaigns they run on come from loadtest/harness.py."""
 import http.client
@@ -17,8 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from coupon import clock, db, redis_state
 from coupon.keys import ACTIVE, bucket_count
+from coupon.queries import stock_additions
 from coupon.scripts import StoredClaim
-from loadtest.harness import SECRET, RedisTarget, free_port
+from loadtest.harness import SECRET, RedisTarget, free_port, wait_until
 
 # the scheduler's jobs at a pace a test can wait for
 FAST_JOBS = dict(FLUSH_INTERVAL=0.2, STOCK_SYNC_INTERVAL=0.5, LIFECYCLE_INTERVAL=0.5,
@@ -93,6 +95,12 @@ def issue_directly(svc, campaign_id, user_id):
     return svc.issuer.issue(svc.issuer.admit(campaign_id), user_id)
 
 
+def additions(svc, campaign_id):
+    """[(request id, amount, total after)] of the campaign's stock additions."""
+    return [(a["request_id"], a["amount"], a["total_after"])
+            for a in stock_additions(svc.engine, campaign_id)]
+
+
 def campaign_ids_in_keys(keys):
     """The campaign ids Redis keys belong to: {c:ID}:... (home) and {sK.N}:c:ID:... (shards)."""
     return {int(m.group(1)) for key in keys for m in [re.search(r"(?:^\{|\}:)c:(\d+)", key)] if m}
@@ -165,6 +173,25 @@ def samples(text):
 def outcome(values, code):
     """coupon_issue_total of an outcome, in samples()."""
     return values.get(("coupon_issue_total", (("outcome", code),)), 0)
+
+
+# The figures read from Redis and the database at scrape time are cached for SCRAPE_CACHE (2 s)
+# per process: a test polls /metrics until they move, within margins for a loaded machine.
+
+def scrape(client):
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    return samples(response.get_data(as_text=True))
+
+
+def value(values, metric, /, **labels):
+    """The sample's value, or None if /metrics does not have it."""
+    return values.get((metric, tuple(sorted(labels.items()))))
+
+
+def poll(client, check, what, timeout=15):
+    """Scrape until check(values) holds; return those values."""
+    return wait_until(lambda: (lambda v: check(v) and v)(scrape(client)), timeout=timeout, what=what)
 
 
 # --- a campaign's Redis state lost, and rebuilt from the rows ---

@@ -1,5 +1,7 @@
-"""`flask campaign add-stock`: more coupons for a live campaign, under a real flood, on a single
-Redis and the cluster; exact, recorded in the database, idempotent per request id."""
+"""`flask campaign add-stock`: more coupons for a live campaign, under a real flood through real
+gunicorns, on a single Redis and the cluster; exact, recorded in the database, idempotent per
+request id; the stock sync raising Redis to the database's; refusals, and a real scheduler closing
+the campaign. Additions asked at the same time, in this process: integration/test_add_stock.py."""
 import json
 import time
 from collections import Counter
@@ -9,20 +11,15 @@ from sqlalchemy import update
 
 from coupon import campaigns, db
 from coupon.clock import now_ms, parse_time, to_ms, utcnow
-from coupon.queries import campaign_row, stock_additions
+from coupon.queries import campaign_row
 from coupon.recovery import recover_campaign
 from coupon.redis_state import issued_in_redis
 from jobs.stock_sync import sync_stock
 from loadtest.harness import open_campaign, users, wait_until
-from tests.support import FAST_JOBS, flood, issue_call, on_single_and_cluster
+from tests.support import FAST_JOBS, additions, flood, issue_call, on_single_and_cluster
 
 pytestmark = on_single_and_cluster
 REFRESH = 0.5  # the workers' STATE_REFRESH in these tests
-
-
-def additions(svc, campaign_id):
-    return [(a["request_id"], a["amount"], a["total_after"])
-            for a in stock_additions(svc.engine, campaign_id)]
 
 
 def new_tickets(results):
@@ -79,22 +76,6 @@ def test_stock_added_under_a_flood_is_issued_after_the_existing_serials(svc, sig
     assert closed.exit_code == 1 and "INVALID_CAMPAIGN" in closed.output
     assert "is closed" in closed.output and "Traceback" not in closed.output
     assert campaign_row(svc.engine, campaign_id).total == 800
-
-
-def test_additions_at_the_same_time_each_count_once(svc):
-    campaign_id = open_campaign(svc, 100)
-    # eight distinct additions, each asked by three operators at once
-    asks = [(f"r-{i}", 10 * (i + 1)) for i in range(8)] * 3
-    with ThreadPoolExecutor(len(asks)) as pool:
-        answers = list(pool.map(lambda ask: campaigns.add_stock(svc, campaign_id, ask[1], ask[0]), asks))
-
-    assert Counter(a.request_id for a in answers if a.new) == {f"r-{i}": 1 for i in range(8)}
-    total = 100 + sum(10 * (i + 1) for i in range(8))
-    assert campaign_row(svc.engine, campaign_id).total == total
-    assert int(svc.redis.hget(svc.keys(campaign_id).meta, "total")) == total
-    recorded = additions(svc, campaign_id)
-    assert sorted((r, n) for r, n, _ in recorded) == sorted(set(asks))
-    assert sorted(after for _, _, after in recorded)[-1] == total
 
 
 def test_the_stock_sync_raises_redis_to_what_the_database_committed(svc, signer, gunicorn):

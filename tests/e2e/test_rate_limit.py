@@ -1,45 +1,15 @@
-"""The per-user rate limit on issue: counted in Redis by the claim script, so it holds summed over
-every worker of every instance; ticket lookups count against it with the issue calls."""
+"""The per-user rate limit on issue through real gunicorns: counted in Redis by the claim script,
+so it holds summed over every worker of every instance; ticket lookups count against it with the
+issue calls. 429, Retry-After and RATE_LIMIT=0, in this process: integration/test_rate_limit.py."""
 import time
 from collections import Counter, defaultdict
 
 from coupon import queries
 from loadtest.harness import open_campaign, users
-from tests.support import assert_error, flood, fresh_window, issue, on_single_and_cluster, request
+from tests.support import assert_error, flood, fresh_window, on_single_and_cluster, request
 from tests.support_http import BODY_TIMEOUT, RawConnection, head_of, issue_head
 
 pytestmark = on_single_and_cluster
-
-
-def test_over_the_limit_is_429_with_retry_after(make_app, svc, signer, redis_client):
-    client = make_app(RATE_LIMIT=3, RATE_LIMIT_WINDOW=2).test_client()
-    campaign_id = open_campaign(svc, 10, "rate")
-    alice, bob = signer.mint("alice"), signer.mint("bob")
-    fresh_window(2, need=1.5)
-
-    statuses = [issue(client, campaign_id, alice).status_code for _ in range(3)]
-    assert statuses == [201, 200, 200]
-    for _ in range(2):
-        response = issue(client, campaign_id, alice)
-        assert_error(response, 429, "RATE_LIMITED")
-        assert 1 <= int(response.headers["Retry-After"]) <= 2
-    assert issue(client, campaign_id, bob).status_code == 201  # the limit is per user
-
-    rate_keys = list(redis_client.scan_iter("*:rate:*"))
-    assert rate_keys and all(0 < redis_client.ttl(key) <= 2 for key in rate_keys)  # they expire
-    assert queries.campaign_status(svc, campaign_id)["issued"] == 2  # a 429 takes no coupon
-
-    fresh_window(2, need=2)  # the next window: alice may ask again
-    assert issue(client, campaign_id, alice).status_code == 200
-
-
-def test_zero_turns_the_limit_off(make_app, svc, signer, redis_client):
-    client = make_app(RATE_LIMIT=0, RATE_LIMIT_WINDOW=10).test_client()
-    campaign_id = open_campaign(svc, 10, "rate")
-    token = signer.mint("alice")
-    statuses = Counter(issue(client, campaign_id, token).status_code for _ in range(50))
-    assert statuses == {201: 1, 200: 49}
-    assert list(redis_client.scan_iter("*:rate:*")) == []
 
 
 def test_limit_holds_summed_over_workers_and_instances(svc, signer, gunicorn, redis_client):

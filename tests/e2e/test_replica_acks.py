@@ -2,7 +2,8 @@
 worker before a replica holds it, and what may be sent again does its work once.
 
 A private Redis with one replica (`replicaof`), stopped (SIGSTOP) to make the acknowledgements
-fall short; the service in this process with REDIS_REPLICA_ACKS 1."""
+fall short; the service in this process with REDIS_REPLICA_ACKS 1. A lease asked again and the
+serials of an old epoch, on the suite's Redis: integration/test_replica_acks.py."""
 import os
 import signal
 from contextlib import contextmanager
@@ -12,9 +13,9 @@ import pytest
 from coupon import create_app, redis_state
 from coupon.clock import iso_ms
 from coupon.errors import Unavailable
-from coupon.scripts import LeaseOutcome, decode_serials
+from coupon.scripts import decode_serials
 from loadtest.harness import RedisServer, open_campaign, wait_until
-from tests.support import app_config, assert_error, issue, on_single_and_cluster
+from tests.support import app_config, assert_error, issue
 
 
 @pytest.fixture
@@ -90,38 +91,6 @@ def test_a_lease_short_of_replica_acks_is_not_used_then_asked_for_again(acked_ap
         taken.answered(unused=True)
 
 
-@on_single_and_cluster
-def test_a_lease_asked_again_answers_the_same_serials(svc, redis_client):
-    big = svc.keys(open_campaign(svc, 5000))
-    tail = svc.keys(open_campaign(svc, 10))  # all of it within SINGLE_LEASE_TAIL
-    for keys, waiting in ((big, 0), (tail, 3)):
-        epoch = redis_client.hget(keys.meta, "epoch")
-        ask = lambda lease_id: svc.scripts.lease(keys, epoch, lease_id, 2000, 30_000, 64, waiting)  # noqa: E731
-        first, again = ask("w:1"), ask("w:1")
-        assert first.outcome is LeaseOutcome.LEASED and again == first
-        assert first.tail is (keys is tail)
-        cursor = int(redis_client.hget(keys.meta, "cursor"))
-        assert cursor == max(first.serials)  # leased once
-        assert ask("w:2").serials != first.serials
-        redis_client.zadd(keys.leases, {"w:1": 1})  # expired: its serials may be reclaimed
-        assert ask("w:1").outcome is LeaseOutcome.EXPIRED
-    assert svc.scripts.lease(big, "another epoch", "w:3", 10, 30_000, 64, 0).outcome is LeaseOutcome.UNKNOWN
-
-
-def test_serials_leased_before_a_new_epoch_are_never_claimed(svc, client, redis_client, signer):
-    # what `flask campaign recover` does to a worker that loaded the campaign before Redis lost it
-    campaign_id = open_campaign(svc, 1000)
-    keys = svc.keys(campaign_id)
-    assert issue(client, campaign_id, signer.mint("a")).status_code == 201
-    (old_lease,) = redis_client.hgetall(keys.lease_serials).values()
-    for key in [keys.meta, *(shard.state for shard in keys.all_shards())]:
-        redis_client.hset(key, "epoch", "new")
-    second = issue(client, campaign_id, signer.mint("b"))  # stale: loaded again, then issued
-    assert second.status_code == 201
-    assert second.json["serial"] not in decode_serials(old_lease)
-    assert len(redis_client.hgetall(keys.lease_serials)) == 2  # a lease of the new epoch
-
-
 def test_not_ready_while_the_master_is_short_of_replicas(acked_app, replica_pair):
     client = acked_app.test_client()
     assert client.get("/readyz").json["checks"]["redis"] == "ok"
@@ -129,4 +98,3 @@ def test_not_ready_while_the_master_is_short_of_replicas(acked_app, replica_pair
     down = wait_until(lambda: client.get("/readyz").status_code == 503 and client.get("/readyz"),
                       timeout=10, what="/readyz to say the replica is gone")
     assert down.json["checks"]["redis"] == "down: 0 of 1 replicas"
-

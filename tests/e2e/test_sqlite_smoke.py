@@ -1,10 +1,8 @@
-"""Smoke test of the embedded default: SQLite instead of MySQL, same code paths."""
-from sqlalchemy import delete
-
-from coupon import create_app, db, queries
-from coupon.flusher import Flusher
-from loadtest.harness import Gunicorn, open_campaign, service_env, users
-from tests.support import app_config, assert_rebuilt_from, flood, issue_call, issue_directly, lose, rows_of
+"""Smoke test of the embedded default: SQLite instead of MySQL, same code paths, through real
+gunicorn workers. Recover on SQLite: integration/test_recover.py."""
+from coupon import create_app, queries
+from loadtest.harness import Gunicorn, service_env, users
+from tests.support import app_config, flood, issue_call
 
 
 def test_first_run_on_sqlite(tmp_path, redis_target, signer):
@@ -24,23 +22,3 @@ def test_first_run_on_sqlite(tmp_path, redis_target, signer):
     assert sorted(status for _, status, _ in results) == [201] * 20 + [409] * 20
     assert len({body["serial"] for _, status, body in results if status == 201}) == 20
     assert queries.campaign_status(app.extensions["coupon"], campaign_id)["issued"] == 20
-
-
-def test_recover_on_sqlite(tmp_path, redis_target, redis_client):
-    """Recover reads SQLite's rows one by one (MySQL's come aggregated): the same state."""
-    app = create_app(app_config(f"sqlite:///{tmp_path}/coupon.db", redis_target))
-    runner = app.test_cli_runner()
-    assert runner.invoke(args=["db", "init"]).exit_code == 0
-    svc = app.extensions["coupon"]
-    campaign_id = open_campaign(svc, 10, "recover sqlite")
-    for user in ("r1", "r2", "r3", "r4"):
-        issue_directly(svc, campaign_id, user)
-    Flusher(svc, consumer="test").flush([campaign_id])
-    with svc.engine.begin() as conn:  # a serial between the rows that no row holds
-        conn.execute(delete(db.coupons).where(db.coupons.c.user_id == "r2"))
-    lose(svc, campaign_id)
-    assert runner.invoke(args=["campaign", "recover", str(campaign_id)]).exit_code == 0
-    rows = rows_of(svc, campaign_id)
-    assert sorted(rows) == ["r1", "r3", "r4"]
-    assert_rebuilt_from(redis_client, svc.keys(campaign_id), rows, queries.campaign_row(svc.engine, campaign_id))
-    svc.engine.dispose()

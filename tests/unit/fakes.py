@@ -1,7 +1,8 @@
 """A fake of the Redis side of the serial supply (coupon.scripts.Scripts: lease.lua, renew.lua,
 give_back.lua and the supply's two plain commands), kept as lease.lua keeps it, in memory: the
-rule of SerialSupply is tested here; lease.lua itself against real Redis (tests/e2e/test_leases.py,
-tests/e2e/test_replica_acks.py, tests/integration/test_ordered_tail.py)."""
+rule of SerialSupply is tested here; lease.lua itself against real Redis
+(tests/integration/test_leases.py, tests/integration/test_replica_acks.py,
+tests/integration/test_ordered_tail.py)."""
 import math
 from types import SimpleNamespace
 

@@ -1,5 +1,5 @@
 """The rate limit's fixed windows, numbered by Redis's clock (counting needs Redis:
-tests/e2e/test_rate_limit.py)."""
+tests/integration/test_rate_limit.py, tests/e2e/test_rate_limit.py)."""
 import time
 
 from hypothesis import given
