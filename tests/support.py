@@ -3,6 +3,7 @@ the test app's settings, the checks of exact tickets and of JSON errors, a campa
 additions, Prometheus samples (and /metrics scraped through a test client until it moves), a
 campaign's Redis state lost and checked after a rebuild, a TCP proxy to slow down or cut. The
 processes, the database and the campaigns they run on come from loadtest/harness.py."""
+import functools
 import http.client
 import json
 import queue
@@ -17,8 +18,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from coupon import clock, db, redis_state
+from coupon.claims import ClaimSender
 from coupon.keys import ACTIVE, bucket_count
 from coupon.queries import stock_additions
+from coupon.redis_state import Layout
 from coupon.scripts import StoredClaim
 from loadtest.harness import SECRET, RedisTarget, free_port, wait_until
 
@@ -88,6 +91,13 @@ def fresh_window(window, need):
     left = window - time.time() % window
     if left < need:
         time.sleep(left + 0.01)
+
+
+def claim_sender(svc, signer, keys):
+    """A ClaimSender of the campaign (claim.lua's caller), as a worker that loaded it has."""
+    layout = Layout.of(svc.redis.hgetall(keys.meta))
+    code_of = functools.partial(signer.ticket_code, keys.campaign_id)
+    return ClaimSender(svc.redis, svc.scripts.claim, keys, layout, svc.rate_limit, code_of)
 
 
 def issue_directly(svc, campaign_id, user_id):

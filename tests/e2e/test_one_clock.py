@@ -111,4 +111,4 @@ def test_the_rate_limit_counts_one_window_for_every_host(hosts, svc, signer):
         time.sleep(0.05)
     statuses = [request(hosts[i % 3].url, "POST", f"/api/v1/campaigns/{campaign_id}/issue", token)[0]
                 for i in range(9)]
-    assert Counter(statuses) == {201: 1, 200: 2, 429: 6}, statuses
+    assert Counter(statuses) == {201: 1, 200: 3, 429: 5}, statuses  # the 201 is not counted

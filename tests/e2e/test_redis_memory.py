@@ -12,13 +12,12 @@ import pytest
 from redis.exceptions import OutOfMemoryError
 
 from coupon import create_app, redis_state
-from coupon.claims import ClaimSender
 from coupon.redis_state import Layout, stored_claim
 from coupon.scripts import Claim
 from loadtest.harness import open_campaign
 from tests.flood import (REDIS_TIMEOUT, STOCK, close_and_check, demand, issued_counter, once,
                          outcomes, say, service_on, tickets_told)
-from tests.support import app_config
+from tests.support import app_config, claim_sender
 
 
 def shard_state(client, shard, rate):
@@ -26,13 +25,6 @@ def shard_state(client, shard, rate):
     buckets = int(client.hget(shard.state, "buckets"))
     return (sum(client.hlen(shard.bucket(i)) for i in range(buckets)), client.bitcount(shard.claimed),
             client.xlen(shard.outbox), client.hget(shard.state, "issued"), client.hgetall(rate))
-
-
-def sender(svc, signer, keys):
-    """A ClaimSender of the campaign, as a worker that loaded it has."""
-    layout = Layout.of(svc.redis.hgetall(keys.meta))
-    code_of = functools.partial(signer.ticket_code, keys.campaign_id)
-    return ClaimSender(svc.redis, svc.scripts.claim, keys, layout, svc.rate_limit, code_of)
 
 
 def test_a_held_coupon_costs_under_40_bytes_in_buckets_redis_keeps_compact(mysql_url, signer, private_redis):
@@ -48,7 +40,7 @@ def test_a_held_coupon_costs_under_40_bytes_in_buckets_redis_keeps_compact(mysql
         n = 50_000
         campaign_id = open_campaign(svc, n)
         keys = svc.keys(campaign_id)
-        send, code_of = sender(svc, signer, keys), functools.partial(signer.ticket_code, campaign_id)
+        send, code_of = claim_sender(svc, signer, keys), functools.partial(signer.ticket_code, campaign_id)
         users = [f"user-{i}" for i in range(n)]
         told = {}
         for first in range(0, n, 500):
@@ -82,7 +74,7 @@ def test_claim_script_is_all_or_nothing_at_maxmemory(mysql_url, signer, private_
     svc = app.extensions["coupon"]
     campaign_id = open_campaign(svc, 10_000_000)
     keys = svc.keys(campaign_id)
-    send = sender(svc, signer, keys)
+    send = claim_sender(svc, signer, keys)
     users = [u for u in (f"user-{i}" for i in range(2_000)) if keys.shard_of(u) == 0]
     shard, rate = keys.shard(0), keys.shard(0).rate(svc.rate_limit.window()[0])
 
