@@ -40,14 +40,14 @@ from coupon.scripts import OutboxEntry
 GROUP = "flusher"
 NOTHING_CLAIMED = Reply()  # of a round that did not look for a dead flusher's entries
 NOTHING_CLAIMED.raw = ["0-0", [], []]  # (XAUTOCLAIM's: next start, entries, ids deleted)
-ACK_CHUNK = 1000  # entry ids per ack_outbox.lua call (a Lua unpack has its limits)
+ACK_CHUNK = 1000  # entries per ack_outbox.lua call: a script runs alone, keep each short
 
 
-def entry_row(fields, campaign_id, code_of):
-    """The coupons row of an outbox entry of a campaign's stream (its fields: scripts.OutboxEntry)."""
-    entry = OutboxEntry.decode(fields, campaign_id, code_of)
-    return {"campaign_id": entry.campaign_id, "user_id": entry.user_id, "serial": entry.serial,
-            "code": entry.code, "issued_at": from_ms(entry.issued_at_ms)}
+def entry_rows(fields, campaign_id, code_of):
+    """The coupons rows of an outbox entry of a campaign's stream (its fields: scripts.OutboxEntry)."""
+    return [{"campaign_id": claim.campaign_id, "user_id": claim.user_id, "serial": claim.serial,
+             "code": claim.code, "issued_at": from_ms(claim.issued_at_ms)}
+            for claim in OutboxEntry.decode(fields, campaign_id, code_of)]
 
 
 class Flusher:
@@ -98,8 +98,10 @@ class Flusher:
         while shards:
             began = time.perf_counter()
             entries, unread = self._read(list(shards))
-            rows = [entry_row(f, shards[stream].campaign_id, self.code_of(shards[stream].campaign_id))
-                    for stream, _, f in entries if f]
+            claims = {(stream, entry_id): entry_rows(f, shards[stream].campaign_id,
+                                                     self.code_of(shards[stream].campaign_id))
+                      for stream, entry_id, f in entries if f}
+            rows = [row for of_entry in claims.values() for row in of_entry]
             read = time.perf_counter()
             if rows:
                 with self.engine.begin() as conn:
@@ -112,7 +114,7 @@ class Flusher:
                 before_ack()
             # a stream that gave nothing this round is done with: off the news set once empty
             done = set(shards) - unread - {stream for stream, _, _ in entries}
-            moved += self._ack(entries, shards, done)
+            moved += self._ack(entries, claims, shards, done)
             if rows:  # where the round's time went (metrics.FLUSH_PARTS)
                 self.metrics.record_flush_round({"read": read - began, "write": written - read,
                                                  "ack": time.perf_counter() - written})
@@ -195,18 +197,18 @@ class Flusher:
                 batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.batch))
         return reads, batch.execute(raise_on_error=False)
 
-    def _ack(self, entries, shards, done):
+    def _ack(self, entries, claims, shards, done):
         """Acknowledge and delete the flushed entries, and check the streams in `done`.
 
-        Both in ack_outbox.lua: each stream of `done` that is empty leaves its news set. Return
-        how many were pending till now."""
+        Both in ack_outbox.lua: each stream of `done` that is empty leaves its news set. `claims`:
+        (stream, entry id) -> the entry's rows. Return how many claims were pending till now."""
         by_stream = {stream: [] for stream in done}
         for stream, entry_id, _ in entries:
-            by_stream.setdefault(stream, []).append(entry_id)
+            by_stream.setdefault(stream, []).extend((entry_id, len(claims.get((stream, entry_id), ()))))
         batch = self.redis.batch()
-        for stream, ids in by_stream.items():
+        for stream, pairs in by_stream.items():
             shard = shards[stream]
-            for i in range(0, max(1, len(ids)), ACK_CHUNK):
-                batch.script(self.ack_script, [stream, shard.news, shard.drained],
-                             [GROUP, shard.campaign_id, *ids[i:i + ACK_CHUNK]])
+            for i in range(0, max(1, len(pairs)), 2 * ACK_CHUNK):
+                batch.script(self.ack_script, [stream, shard.news, shard.drained, shard.state],
+                             [GROUP, shard.campaign_id, *pairs[i:i + 2 * ACK_CHUNK]])
         return sum(acked for acked, _ in batch.execute())

@@ -138,7 +138,7 @@ class ShardKeys:
         self.prefix = prefix = "%s:c:%d" % (tag, campaign_id)
         self.claimed = prefix + ":claimed"  # bitmap: serial -> claimed in this shard
         self.outbox = prefix + ":outbox"  # stream of claims not yet in MySQL
-        self.state = prefix + ":state"  # hash: issued, closes_at, layout (redis_state.shard_state)
+        self.state = prefix + ":state"  # hash: issued, flushed, closes_at, layout (redis_state.shard_state)
         # hash: epoch second -> new tickets (claim.lua; recover writes it back from the rows): the
         # sale per second while Redis holds it, one field a second of claims
         self.per_second = prefix + ":per_second"

@@ -60,7 +60,10 @@ def ids_of(read):
 
 
 def outbox_stats(redis, keys):
-    """Return (backlog, lag in seconds): entries not yet in the database, age of the oldest."""
+    """Return (backlog, lag in seconds): claims not yet in the database, age of the oldest.
+
+    The backlog is each shard's issued less its flushed (ack_outbox.lua counts them): an entry holds
+    the claims of a claim.lua call, so the stream's length is not it."""
     batch = redis.batch()
     stats = queue_outbox_stats(batch, keys)
     batch.execute()
@@ -71,11 +74,11 @@ def queue_outbox_stats(batch, keys):
     """Queue the reads of outbox_stats into a batch; return what reads its answer.
 
     Call what it returns once the batch has run."""
-    reads = [(batch.on(shard.outbox).xlen(shard.outbox), batch.on(shard.outbox).xrange(shard.outbox, count=1))
-             for shard in keys.all_shards()]
+    reads = [(batch.on(shard.state).hmget(shard.state, "issued", "flushed"),
+              batch.on(shard.outbox).xrange(shard.outbox, count=1)) for shard in keys.all_shards()]
 
     def stats():
-        backlog = sum(length.get() for length, _ in reads)
+        backlog = sum(int(issued or 0) - int(flushed or 0) for issued, flushed in (c.get() for c, _ in reads))
         oldest = [int(first.get()[0][0].split("-")[0]) for _, first in reads if first.get()]
         lag = max(0.0, time.time() - min(oldest) / 1000) if oldest else 0.0
         return backlog, round(lag, 3)

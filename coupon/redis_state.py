@@ -80,7 +80,7 @@ def meta_fields(total, status, opens_at, closes_at, layout):
 
 def shard_state(issued, closes_at, layout):
     """The state hash of a claim shard (closes_at a naive UTC datetime or None: not written)."""
-    state = {"issued": issued, **layout.fields()}
+    state = {"issued": issued, "flushed": issued, **layout.fields()}  # every claim is in the database
     if closes_at:
         state["closes_at"] = to_ms(closes_at)
     return state
@@ -97,6 +97,7 @@ def preload(redis, keys, total, status, opens_at, closes_at):
     batch = redis.batch(durable=True)
     for shard in keys.all_shards():
         batch.on(shard.state).hsetnx(shard.state, "issued", 0)  # the shard is live while it exists
+        batch.on(shard.state).hsetnx(shard.state, "flushed", 0)
         batch.on(shard.state).hset(shard.state, mapping=layout.fields())
         if closes_at:
             batch.on(shard.state).hset(shard.state, "closes_at", to_ms(closes_at))

@@ -100,12 +100,13 @@ class StoredClaim(NamedTuple):
 
 
 class OutboxEntry(NamedTuple):
-    """An entry claim.lua appends to a shard's outbox stream, with the same claim.
+    """A claim of an entry claim.lua appends to a shard's outbox stream.
 
-    It has one field e, "<user id> <serial> <issued at, epoch ms>" (a user id has no space). Its
-    campaign is the stream's, its code derived from its serial: neither is stored, which makes an
-    entry cheaper to write and to read (BENCHMARKS.md, "Capacity"). One written before (fields c
-    campaign id, u, s, k code, t) decodes too."""
+    claim.lua appends one entry a call, with the call's new claims. An entry has one field e, "<user id> <serial> [<user id> <serial> ...] <issued at, epoch ms>"
+    (a user id has no space; the claims of a call share their time). Its campaign is the stream's,
+    each code derived from its serial: neither is stored, which makes an entry cheaper to write and
+    to read (BENCHMARKS.md, "Capacity"). One written before (fields c campaign id, u, s, k code, t)
+    decodes too."""
 
     campaign_id: int
     user_id: str
@@ -115,12 +116,16 @@ class OutboxEntry(NamedTuple):
 
     @classmethod
     def decode(cls, fields, campaign_id, code_of):
-        """code_of: serial -> its ticket code (Signer.ticket_code of the campaign)."""
+        """The claims of an entry, a list.
+
+        code_of: serial -> its ticket code (Signer.ticket_code of the campaign)."""
         packed = fields.get("e")
         if packed is None:
-            return cls(int(fields["c"]), fields["u"], int(fields["s"]), fields["k"], int(fields["t"]))
-        user_id, serial, issued_at_ms = packed.split(" ")
-        return cls(campaign_id, user_id, int(serial), code_of(int(serial)), int(issued_at_ms))
+            return [cls(int(fields["c"]), fields["u"], int(fields["s"]), fields["k"], int(fields["t"]))]
+        *claims, issued_at_ms = packed.split(" ")
+        at = int(issued_at_ms)
+        return [cls(campaign_id, user_id, int(serial), code_of(int(serial)), at)
+                for user_id, serial in zip(claims[::2], claims[1::2])]
 
 
 class LeaseOutcome(enum.IntEnum):

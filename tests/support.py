@@ -245,7 +245,8 @@ def assert_rebuilt_from(redis_client, keys, rows, row):
                 for u, r in mine.items() if keys.bucket_of(u, layout.buckets) == i}
         assert redis_client.bitcount(shard.claimed) == len(mine)
         assert all(redis_client.getbit(shard.claimed, r.serial) for r in mine.values())
-        state = {"issued": str(len(mine)), **{f: str(v) for f, v in layout.fields().items()}}
+        state = {"issued": str(len(mine)), "flushed": str(len(mine)),
+                 **{f: str(v) for f, v in layout.fields().items()}}
         if row.closes_at:
             state["closes_at"] = str(clock.to_ms(row.closes_at))
         assert redis_client.hgetall(shard.state) == state

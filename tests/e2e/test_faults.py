@@ -253,7 +253,8 @@ class Flushers:
         return False
 
     def users_of(self, pending):
-        return [OutboxEntry.decode(self.redis.xrange(s, i, i)[0][1], 0, str).user_id for s, i in pending]
+        return [claim.user_id for s, i in pending
+                for claim in OutboxEntry.decode(self.redis.xrange(s, i, i)[0][1], 0, str)]
 
 
 @pytest.mark.parametrize("victim", ["leader", "standby"])

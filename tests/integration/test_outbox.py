@@ -133,7 +133,8 @@ def test_a_flusher_makes_its_streams_again_after_redis_lost_them(svc):
 @on_single_and_cluster
 def test_an_acknowledgement_trims_only_what_every_flusher_is_done_with(svc, redis_client):
     """ack_outbox.lua trims the stream (XTRIM MINID) rather than deleting each id: never an entry
-    another flusher still holds pending, nor one not delivered yet."""
+    another flusher still holds pending, nor one not delivered yet. It counts the claims of what it
+    acknowledged as flushed, once."""
     keys = svc.keys(open_campaign(svc, 10))
     shard = keys.shard(0)
     stream = shard.outbox
@@ -143,19 +144,21 @@ def test_an_acknowledgement_trims_only_what_every_flusher_is_done_with(svc, redi
     read = {name: redis_client.xreadgroup(GROUP, name, {stream: ">"}, count=1)[0][1][0][0]
             for name in ("a", "b")}  # a holds the first entry, b the second; the third is unread
 
-    def ack(entry_id):
+    def ack(entry_id, claims=1):
         batch = svc.redis.batch()
-        batch.script(svc.scripts.ack_outbox, [stream, shard.news, shard.drained],
-                     [GROUP, keys.campaign_id, entry_id])
+        batch.script(svc.scripts.ack_outbox, [stream, shard.news, shard.drained, shard.state],
+                     [GROUP, keys.campaign_id, entry_id, claims])
         return batch.execute()[0]
 
     assert read == {"a": ids[0], "b": ids[1]}
     assert ack(ids[0]) == [1, 2]  # b's pending entry and the unread one stay
+    assert ack(ids[0]) == [0, 2]  # acknowledged before: counted once
     assert [i for i, _ in redis_client.xrange(stream)] == ids[1:]
     assert ack(ids[1]) == [1, 1]  # none pending: what was never delivered stays
     assert [i for i, _ in redis_client.xrange(stream)] == ids[2:]
     assert redis_client.sismember(shard.news, keys.campaign_id)
     redis_client.xreadgroup(GROUP, "a", {stream: ">"}, count=1)
-    assert ack(ids[2]) == [1, 0]  # empty: off the news set, on the drained one
+    assert ack(ids[2], claims=5) == [5, 0]  # empty: off the news set, on the drained one
+    assert redis_client.hget(shard.state, "flushed") == "7"
     assert not redis_client.sismember(shard.news, keys.campaign_id)
     assert redis_client.sismember(shard.drained, keys.campaign_id)

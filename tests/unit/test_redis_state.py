@@ -26,8 +26,8 @@ def test_the_meta_hash_reads_back_as_written():
         "pending", 0, 0, 0, layout)
 
 
-def test_a_shard_state_holds_its_count_the_layout_and_a_closing_time_only_if_there_is_one():
+def test_a_shard_state_holds_its_counts_the_layout_and_a_closing_time_only_if_there_is_one():
     layout = Layout("0123456789ab", 7, 1_700_000_000_000)
-    assert shard_state(3, None, layout) == {"issued": 3, **layout.fields()}
+    assert shard_state(3, None, layout) == {"issued": 3, "flushed": 3, **layout.fields()}
     assert shard_state(0, dt.datetime(2026, 1, 3), layout)["closes_at"] == 1_767_398_400_000
     assert Layout.of(as_redis_returns(shard_state(3, None, layout))) == layout

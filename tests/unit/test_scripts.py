@@ -77,15 +77,19 @@ def test_a_stored_claim_within_two_years_of_its_base_is_a_64_bit_integer(serial,
     assert str(int(value)) == value and int(value) < 2**63
 
 
-@given(campaign_id=st.integers(1, 2**31 - 1), user_id=st.from_regex(r"[A-Za-z0-9_.:@-]{1,64}", fullmatch=True),
-       serial=serials, code=codes, issued_at_ms=times_ms)
-def test_an_outbox_entry_decodes_from_its_stream_fields(campaign_id, user_id, serial, code, issued_at_ms):
-    fields = {"e": f"{user_id} {serial} {issued_at_ms}"}  # as claim.lua writes it
-    codes = {serial: code}.get
-    assert OutboxEntry.decode(fields, campaign_id, codes) == (campaign_id, user_id, serial, code, issued_at_ms)
+@given(campaign_id=st.integers(1, 2**31 - 1),
+       claims=st.dictionaries(serials, st.from_regex(r"[A-Za-z0-9_.:@-]{1,64}", fullmatch=True), min_size=1),
+       code=codes, issued_at_ms=times_ms)
+def test_an_outbox_entry_decodes_from_its_stream_fields(campaign_id, claims, code, issued_at_ms):
+    """An entry holds the new claims of one claim.lua call."""
+    fields = {"e": " ".join(f"{user_id} {serial}" for serial, user_id in claims.items()) + f" {issued_at_ms}"}
+    codes = {serial: f"{code}{serial}" for serial in claims}.get
+    assert OutboxEntry.decode(fields, campaign_id, codes) == [
+        (campaign_id, user_id, serial, f"{code}{serial}", issued_at_ms) for serial, user_id in claims.items()]
     # as the version before wrote it (entries still waiting in an outbox after an upgrade)
+    serial, user_id = next(iter(claims.items()))
     fields = {"c": str(campaign_id), "u": user_id, "s": str(serial), "k": code, "t": str(issued_at_ms)}
-    assert OutboxEntry.decode(fields, 0, None) == (campaign_id, user_id, serial, code, issued_at_ms)
+    assert OutboxEntry.decode(fields, 0, None) == [(campaign_id, user_id, serial, code, issued_at_ms)]
 
 
 # --- lease.lua ---
