@@ -72,7 +72,7 @@ SETTINGS = {
     # Scheduler (flask jobs run): one leader at a time across hosts
     "SCHEDULER_LEASE": (10.0, float),  # seconds; a standby takes over within this after the leader dies
     "FLUSH_INTERVAL": (0.5, float),  # seconds between flushes of the outbox into the database
-    "FLUSH_BATCH": (1000, int),  # entries read per stream and round (each the claims of a claim.lua call)
+    "FLUSH_BATCH": (1000, int),  # rows a stream and round, about (coupon/flusher.py)
     "FLUSH_CLAIM_IDLE": (5.0, float),  # seconds before a dead flusher's pending entries are taken over
     "STOCK_SYNC_INTERVAL": (5.0, float),
     "LIFECYCLE_INTERVAL": (1.0, float),

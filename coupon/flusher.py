@@ -60,7 +60,10 @@ class Flusher:
         self.ack_script = svc.scripts.ack_outbox
         self.shard_count = svc.config["CLAIM_SHARDS"]
         self.consumer = consumer
-        self.batch = batch or svc.config["FLUSH_BATCH"]
+        self.batch = batch or svc.config["FLUSH_BATCH"]  # rows a stream and round, about
+        # stream -> claims an entry held in its last read: the next reads FLUSH_BATCH rows' worth
+        # of entries (an entry holds a claim.lua call's new claims, scripts.OUTBOX_ENTRY_MOST at most)
+        self._per_entry = {}
         idle = svc.config["FLUSH_CLAIM_IDLE"] if claim_idle is None else claim_idle
         self.claim_idle_ms = int(idle * 1000)
         # whole seconds; the setting's, also for a close's drain (claim_idle 0)
@@ -102,6 +105,7 @@ class Flusher:
                                                      self.code_of(shards[stream].campaign_id))
                       for stream, entry_id, f in entries if f}
             rows = [row for of_entry in claims.values() for row in of_entry]
+            self._note_entry_sizes(claims)
             read = time.perf_counter()
             if rows:
                 with self.engine.begin() as conn:
@@ -123,6 +127,14 @@ class Flusher:
             if until is not None and time.monotonic() > until:
                 break
         return moved
+
+    def _note_entry_sizes(self, claims):
+        """Note the claims an entry held in each stream read ((stream, id) -> its rows)."""
+        sizes = {}
+        for (stream, _), rows in claims.items():
+            sizes.setdefault(stream, []).append(len(rows))
+        for stream, of_stream in sizes.items():
+            self._per_entry[stream] = max(1, math.ceil(sum(of_stream) / len(of_stream)))
 
     def _roll_back_if_frozen(self, conn):
         """Have MariaDB roll back this connection's write transactions idle `frozen_after` seconds.
@@ -186,15 +198,16 @@ class Flusher:
         """({stream: its three Replies}, every reply) of one durable batch."""
         batch, reads, now = self.redis.batch(durable=True), {}, time.monotonic()
         for stream in streams:
+            entries = max(1, self.batch // self._per_entry.get(stream, 1))
             claimed = NOTHING_CLAIMED
             if now >= self._takeover_due.get(stream, 0.0):
                 self._takeover_due[stream] = now + self.claim_idle_ms / 2000
                 claimed = batch.on(stream).xautoclaim(stream, GROUP, self.consumer, self.claim_idle_ms,
-                                                      "0-0", count=self.batch)
+                                                      "0-0", count=entries)
             reads[stream] = (
-                batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: "0"}, count=self.batch),
+                batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: "0"}, count=entries),
                 claimed,
-                batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self.batch))
+                batch.on(stream).xreadgroup(GROUP, self.consumer, {stream: ">"}, count=entries))
         return reads, batch.execute(raise_on_error=False)
 
     def _ack(self, entries, claims, shards, done):

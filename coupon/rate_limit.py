@@ -6,8 +6,8 @@ Counted in one hash per claim shard and window (keys.ShardKeys.rate) that expire
 claim.lua counts an issue call in the same call as its claim (no extra round trip), and
 count_lookup counts a ticket lookup. Not counted: the call that gets the user a new ticket (a
 user gets one; counting it cost every coupon a write to a hash of every user), and answers a
-worker gives from its own state (sold out, not open, closed): they cost nothing. Windows are numbered by Redis's clock, so that
-every host counts in the same one whatever its own clock says.
+worker gives from its own state (sold out, not open, closed): they cost nothing. Windows are
+numbered by Redis's clock, so that every host counts in the same one whatever its own clock says.
 """
 from coupon.errors import RateLimited
 

@@ -31,6 +31,10 @@ class Claim(enum.IntEnum):
 
 
 NO_SERIAL = 0  # offered to claim.lua to ask whether the user holds a ticket, and claim nothing
+# claims an outbox entry holds at most (claim.lua writes a call's new claims in entries of up to
+# this many): the flush reads FLUSH_BATCH rows' worth of entries a stream and round, by the size
+# of the stream's last ones, so a round grows past FLUSH_BATCH rows this many times at most
+OUTBOX_ENTRY_MOST = 32
 
 
 def claim_args(campaign_id, limit, seconds, epoch, claims):
@@ -39,7 +43,7 @@ def claim_args(campaign_id, limit, seconds, epoch, claims):
     The rate limit is `limit` requests (0: none) per window of `seconds`; its KEYS are
     keys.ShardKeys.claim_keys, and each claim's reply is ClaimReply.decode. The code is not sent:
     Redis stores none, it is derived from the serial."""
-    args = [campaign_id, limit, seconds, epoch]
+    args = [campaign_id, limit, seconds, epoch, OUTBOX_ENTRY_MOST]
     for user_id, serial, _ in claims:
         args += (user_id, serial)
     return args
@@ -102,11 +106,12 @@ class StoredClaim(NamedTuple):
 class OutboxEntry(NamedTuple):
     """A claim of an entry claim.lua appends to a shard's outbox stream.
 
-    claim.lua appends one entry a call, with the call's new claims. An entry has one field e, "<user id> <serial> [<user id> <serial> ...] <issued at, epoch ms>"
-    (a user id has no space; the claims of a call share their time). Its campaign is the stream's,
-    each code derived from its serial: neither is stored, which makes an entry cheaper to write and
-    to read (BENCHMARKS.md, "Capacity"). One written before (fields c campaign id, u, s, k code, t)
-    decodes too."""
+    claim.lua appends one entry a call with the call's new claims, OUTBOX_ENTRY_MOST at most (more
+    go in more entries). An entry has one field e, "<user id> <serial> [<user id> <serial> ...]
+    <issued at, epoch ms>" (a user id has no space; the claims of a call share their time). Its
+    campaign is the stream's, each code derived from its serial: neither is stored, which makes an
+    entry cheaper to write and to read (BENCHMARKS.md, "Capacity"). One written before (fields c
+    campaign id, u, s, k code, t) decodes too."""
 
     campaign_id: int
     user_id: str

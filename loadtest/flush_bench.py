@@ -2,7 +2,7 @@
 
   (1) rate: fill the outbox streams of a campaign with ROWS real claims (claim.lua, batched),
       then time one Flusher draining them into the database (batched executemany, one commit
-      per round, FLUSH_BATCH entries per stream and round); with --flushers 1,2,4, as many
+      per round, about FLUSH_BATCH rows per stream and round); with --flushers 1,2,4, as many
       Flushers at once (each in a process of its own, consumers of one group, as the flush jobs
       of that many schedulers), a fresh campaign for each count.
   (2) lag: gunicorn (-k gevent -w 2) and the scheduler (`flask jobs run`, default intervals)

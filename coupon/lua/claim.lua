@@ -1,9 +1,9 @@
 -- Claim serials for users: one batch of one claim shard, in one round trip.
 -- KEYS[1] - claimed-serials bitmap of the shard
 -- KEYS[2] - outbox stream of the shard (read by the flush job): one entry a call with its new
---           claims, its one field e "<user id> <serial> [<user id> <serial> ...] <issued at,
---           epoch ms>" (scripts.OutboxEntry; an entry a claim cost ~1.6 us more of Redis CPU a
---           claim, and the flush ~1 us)
+--           claims (up to ARGV[5] an entry), its one field e "<user id> <serial> [<user id>
+--           <serial> ...] <issued at, epoch ms>" (scripts.OutboxEntry; an entry a claim cost ~1.6
+--           us more of Redis CPU a claim, and the flush ~1 us)
 -- KEYS[3] - shard state hash: issued (count), closes_at (epoch ms; 0: closed), epoch, time_base
 --           (epoch ms; see below), flushed (count: ack_outbox.lua); gone once the campaign is
 --           released after close (or lost with Redis): every claim is stale
@@ -23,7 +23,8 @@
 -- ARGV[4] - the campaign's epoch the caller's serials were leased in (its meta hash's, see
 --           lease.lua): a new one after `flask campaign recover`, so that serials leased before
 --           Redis lost the campaign are never claimed after
--- ARGV[5..] - pairs: user id, serial; serial 0 only asks whether the user holds a ticket
+-- ARGV[5] - claims an outbox entry holds at most (scripts.OUTBOX_ENTRY_MOST)
+-- ARGV[6..] - pairs: user id, serial; serial 0 only asks whether the user holds a ticket
 -- Returns one reply per pair, in order:
 --   {1, serial, issued_at_ms}  new ticket (claim and outbox entry written together)
 --   {2, serial, issued_at_ms}  the user already held this ticket; the offered serial is unused
@@ -42,16 +43,21 @@ local shard = redis.call('HMGET', KEYS[3], 'issued', 'closes_at', 'epoch', 'time
 local closes_at = tonumber(shard[2])
 local replies = {}
 if not shard[1] or (shard[3] or '') ~= ARGV[4] then
-  for i = 5, #ARGV, 2 do replies[#replies + 1] = {7} end
+  for i = 6, #ARGV, 2 do replies[#replies + 1] = {7} end
   return replies
 end
 local time_base = tonumber(shard[4])
 local limit = tonumber(ARGV[2])
 local new, counted = 0, false
-local entry = {}  -- the new claims: user, serial, ...
-for i = 5, #ARGV, 2 do
+local entry, most = {}, 2 * tonumber(ARGV[5])  -- the new claims not yet in an entry: user, serial, ...
+local function append()
+  entry[#entry + 1] = now
+  redis.call('XADD', KEYS[2], '*', 'e', table.concat(entry, ' '))
+  entry = {}
+end
+for i = 6, #ARGV, 2 do
   local user, serial = ARGV[i], ARGV[i + 1]
-  local bucket = KEYS[6 + (i - 3) / 2]
+  local bucket = KEYS[6 + (i - 4) / 2]
   -- a new claim first (HSETNX writes nothing when the user holds a ticket: then the branches below)
   if serial ~= '0' and not (closes_at and now >= closes_at)
       and redis.call('HSETNX', bucket, user, string.format('%d%08d', now - time_base, serial)) == 1 then
@@ -61,6 +67,7 @@ for i = 5, #ARGV, 2 do
     else
       entry[#entry + 1] = user
       entry[#entry + 1] = serial
+      if #entry == most then append() end
       replies[#replies + 1] = {1, tonumber(serial), now}
       new = new + 1
     end
@@ -83,9 +90,8 @@ for i = 5, #ARGV, 2 do
     end
   end
 end
+if #entry > 0 then append() end
 if new > 0 then  -- once a call, not a claim: each redis.call costs about a microsecond
-  entry[#entry + 1] = now
-  redis.call('XADD', KEYS[2], '*', 'e', table.concat(entry, ' '))
   redis.call('HINCRBY', KEYS[3], 'issued', new)
   redis.call('SADD', KEYS[5], ARGV[1])
   redis.call('HINCRBY', KEYS[6], string.format('%d', math.floor(now / 1000)), new)  -- one now a call
