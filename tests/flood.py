@@ -200,12 +200,12 @@ NODE_TIMEOUT_MS = 2000  # the private cluster's: a master silent this long is fa
 
 
 @contextmanager
-def service_on(mysql_url, redis_target):
+def service_on(mysql_url, redis_target, **settings):
     """The service on a test's private Redis or cluster: (the service in this process, a real
-    gunicorn of 2 workers) with the scheduler running; both stopped by pid after the block.
-    The scheduler's REDIS_TIMEOUT is 0.5 s, so the reclaim job's grace is 1 s."""
-    env = service_env(mysql_url, redis_target)
-    svc = create_app(app_config(mysql_url, redis_target)).extensions["coupon"]
+    gunicorn of 2 workers) with the scheduler running, both with `settings` too; both stopped by
+    pid after the block. The scheduler's REDIS_TIMEOUT is 0.5 s, so the reclaim job's grace is 1 s."""
+    env = service_env(mysql_url, redis_target, **settings)
+    svc = create_app(app_config(mysql_url, redis_target, **settings)).extensions["coupon"]
     started = []
     try:
         started.append(Gunicorn(env, workers=2, REDIS_TIMEOUT=REDIS_TIMEOUT))
