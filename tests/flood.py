@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from coupon import campaigns, create_app, redis_state
 from coupon.reconcile import mysql_tickets
 from loadtest.harness import Gunicorn, Scheduler, service_env, wait_until
-from tests.support import FAST_JOBS, app_config, flood, request
+from tests.support import FAST_JOBS, app_config, flood, request, stop_at_once
 
 STOCK = 1000
 USERS = 5000  # distinct users; a fifth of each wave are earlier users asking again
@@ -213,5 +213,8 @@ def service_on(mysql_url, redis_target, **settings):
         yield svc, started[0]
     finally:
         for process in started:
-            process.stop()
+            if isinstance(process, Gunicorn):
+                stop_at_once(process)
+            else:
+                process.stop()
         svc.engine.dispose()
