@@ -18,7 +18,7 @@ from loadtest.harness import (
     open_campaign, service_env,
 )
 from tests.services import EVENTS_URL, missing_services
-from tests.support import app_config
+from tests.support import app_config, stop_at_once
 from tests.flood import NODE_TIMEOUT_MS
 
 MYSQL_URL = os.environ.get("TEST_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/coupon_test")
@@ -172,7 +172,7 @@ def gunicorn(env):
 
     yield start
     for server in started:
-        server.stop()
+        stop_at_once(server)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from coupon import campaigns, create_app, redis_state
 from coupon.reconcile import mysql_tickets
 from loadtest.harness import Gunicorn, Scheduler, service_env, wait_until
-from tests.support import FAST_JOBS, app_config, flood, request
+from tests.support import FAST_JOBS, app_config, flood, request, stop_at_once
 
 STOCK = 1000
 USERS = 5000  # distinct users; a fifth of each wave are earlier users asking again
@@ -200,12 +200,12 @@ NODE_TIMEOUT_MS = 2000  # the private cluster's: a master silent this long is fa
 
 
 @contextmanager
-def service_on(mysql_url, redis_target):
+def service_on(mysql_url, redis_target, **settings):
     """The service on a test's private Redis or cluster: (the service in this process, a real
-    gunicorn of 2 workers) with the scheduler running; both stopped by pid after the block.
-    The scheduler's REDIS_TIMEOUT is 0.5 s, so the reclaim job's grace is 1 s."""
-    env = service_env(mysql_url, redis_target)
-    svc = create_app(app_config(mysql_url, redis_target)).extensions["coupon"]
+    gunicorn of 2 workers) with the scheduler running, both with `settings` too; both stopped by
+    pid after the block. The scheduler's REDIS_TIMEOUT is 0.5 s, so the reclaim job's grace is 1 s."""
+    env = service_env(mysql_url, redis_target, **settings)
+    svc = create_app(app_config(mysql_url, redis_target, **settings)).extensions["coupon"]
     started = []
     try:
         started.append(Gunicorn(env, workers=2, REDIS_TIMEOUT=REDIS_TIMEOUT))
@@ -213,5 +213,8 @@ def service_on(mysql_url, redis_target):
         yield svc, started[0]
     finally:
         for process in started:
-            process.stop()
+            if isinstance(process, Gunicorn):
+                stop_at_once(process)
+            else:
+                process.stop()
         svc.engine.dispose()

@@ -9,7 +9,9 @@ import json
 import queue
 import random
 import re
+import signal
 import socket
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +40,19 @@ def app_config(database_url, redis_target, **extra):
     """The settings of an app made in this process (create_app); redis_target: RedisTarget.of."""
     return dict(TESTING=True, SECRET_KEY=SECRET, DATABASE_URL=database_url,
                 **RedisTarget.of(redis_target).settings(), **extra)
+
+
+def stop_at_once(server, timeout=30):
+    """Stop a harness.Gunicorn a test is done with as Ctrl-C does (SIGINT: its workers exit at once),
+    not gracefully (SIGTERM: a gevent worker notices about a second later). The graceful stop is
+    tested where it matters (e2e/test_start_stop.py, e2e/test_faults.py, e2e/test_issue_flood.py)."""
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGINT)
+        try:
+            server.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass  # server.stop() sends SIGTERM, then kills
+    server.stop()
 
 
 def request(base_url, method, path, token=None, body=None, headers=None, timeout=30):

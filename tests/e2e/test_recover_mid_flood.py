@@ -19,8 +19,10 @@ def test_redis_restarted_empty_mid_sale_then_recovered(mysql_url, signer, privat
     # A Redis without a file, killed at 400 issued, comes back empty: the claims not flushed yet
     # are gone with it. The workers answer 503 until `recover` rebuilds the campaign from the
     # rows, at once (the workers may not even have seen it gone: the new epoch keeps them from
-    # claiming the serials they leased before); then the flood goes on to STOCK.
-    with service_on(mysql_url, private_redis.url) as (svc, web):
+    # claiming the serials they leased before); then the flood goes on to STOCK. Leases of 3 s
+    # (the workers' and the reclaim job's): the serials of leases no worker settles come back
+    # within seconds, not LEASE_TTL's default 30 s.
+    with service_on(mysql_url, private_redis.url, LEASE_TTL=3) as (svc, web):
         campaign_id = open_campaign(svc, STOCK)
         keys = svc.keys(campaign_id)
         issued = issued_counter(svc, campaign_id)

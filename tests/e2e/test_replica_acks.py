@@ -23,10 +23,17 @@ def replica_pair(tmp_path):
     """(master, replica): two private Redis servers, the second replicating the first."""
     (tmp_path / "master").mkdir()
     (tmp_path / "replica").mkdir()
-    master = RedisServer(tmp_path / "master", "no file")
+    # the replica's first sync at once, not after the default 5 s of waiting for more replicas
+    master = RedisServer(tmp_path / "master", "no file", "--repl-diskless-sync-delay", "0")
     replica = RedisServer(tmp_path / "replica", "no file", "--replicaof", "127.0.0.1", str(master.port))
     wait_until(lambda: replica.info("replication")["master_link_status"] == "up", timeout=20,
                what="the replica to link up")
+    # and the master counts it: online, acknowledging a write (WAIT)
+    with master.client(timeout=10) as client:
+        wait_until(lambda: client.info("replication").get("slave0", {}).get("state") == "online"
+                   and client.set("linked", 1) and client.execute_command("WAIT", 1, 1000) == 1,
+                   timeout=20, what="the master to count its replica")
+        client.delete("linked")
     yield master, replica
     replica.stop()
     master.stop()
