@@ -158,6 +158,9 @@ class LeaseReply(NamedTuple):
     tail: bool = False  # LEASED: of the last SINGLE_LEASE_TAIL, only for the requests waiting now
     others_hold: bool = False  # SOLD_OUT, ORDERED: other workers hold serials (asked to give back)
     granted: tuple = ()  # ORDERED: this worker's bids (ids) the serials are for, in turn
+    # ORDERED: the serials after the granted bids' are granted ahead, for this worker's requests
+    # that arrive before this (epoch ms, Redis's clock; 0: none)
+    ahead_until: int = 0
 
     @classmethod
     def decode(cls, raw):
@@ -166,9 +169,9 @@ class LeaseReply(NamedTuple):
             start, end, tail, *returned = raw[1:]
             return cls(outcome, (*range(start, end + 1), *returned), bool(tail))
         if outcome is LeaseOutcome.ORDERED:
-            start, end, granted, *returned = raw[1:]
+            start, end, granted, ahead_until, *returned = raw[1:]
             return cls(outcome, (*range(start, end + 1), *returned), True,
-                       granted=tuple(map(int, granted)))
+                       granted=tuple(map(int, granted)), ahead_until=ahead_until)
         if outcome is LeaseOutcome.SOLD_OUT:
             return cls(outcome, others_hold=bool(raw[1]))
         if outcome is LeaseOutcome.ORDERED_HELD:
@@ -216,8 +219,8 @@ class Scripts:
 
         Leased once replicas hold the lease (else NotReplicated); see lease.lua. order, in arrival
         order: (bidder id, its frontier ms or None, stale ms, unlisted ms, opening ms, caught-up ms,
-        workers on the roll (0: unknown), [(bid id, arrival ms or "": withdrawn)] of the bids new
-        (or sent again) and withdrawn)."""
+        workers on the roll (0: unknown), most serials ahead, ahead ms, [(bid id, arrival ms or "":
+        withdrawn)] of the bids new (or sent again) and withdrawn)."""
         args = [lease_id, most, ttl_ms, tail, waiting, epoch]
         if order is not None:
             bidder, frontier, *limits, bids = order

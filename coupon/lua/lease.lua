@@ -32,7 +32,12 @@
 -- ARGV[13] - the web workers serving, of every host (arrival.WorkerRoll; 0: unknown): during the
 --           opening no bid is answered until as many bidders are listed (none is left that may hold
 --           an earlier request unlisted)
--- ARGV[14..] - pairs: bid id, arrival (epoch ms, Redis's clock) of requests of this worker waiting
+-- ARGV[14] - most serials to grant ahead (0: none): with every bid of the campaign answered, none
+--           held back by a bidder with a queue, and the opening over, the worker whose bids got
+--           serials is granted this many more, for its requests that arrive within ARGV[15] ms of
+--           now (they take one without bidding: no round trip before their claim). A request that
+--           takes one passes a request at another worker by ARGV[12] + ARGV[15] ms at most
+-- ARGV[16..] - pairs: bid id, arrival (epoch ms, Redis's clock) of requests of this worker waiting
 --           for a serial: those that bid for the first time (a bid stays until answered, withdrawn or
 --           its bidder is gone; sent again, it is the same bid); arrival "": the bid is withdrawn
 --           (the request went without a serial)
@@ -42,9 +47,10 @@
 --   {0, 0} sold out; {0, 1} none left here but other workers hold some (they are asked for them);
 --   {-1} unknown campaign (or of another epoch); {-2} not open yet; {-3} closed;
 --   {-4} this lease id was leased before and has expired since: ask under a new one;
---   in arrival order, of the tail: {5, start, end, {granted bid ids}, serial...}: serials as
---   above, one for each granted bid of this worker in turn (its earliest, as many as there are
---   serials); its other bids wait. The tail goes to the bids in arrival order up to the
+--   in arrival order, of the tail: {5, start, end, {granted bid ids}, until, serial...}: serials
+--   as above, one for each granted bid of this worker in turn (its earliest, as many as there are
+--   serials), then those granted ahead (ARGV[14]) for its requests that arrive before `until`
+--   (epoch ms; 0: none ahead); its other bids wait. The tail goes to the bids in arrival order up to the
 --   watermark, whichever worker made them: a serial kept for another worker's earlier bid is
 --   leased to that worker when it asks. With none left but some in flight elsewhere (leased), the
 --   bids wait ({6}; the holders are asked for them, as for {0, 1}): a serial that comes back
@@ -88,7 +94,7 @@ local ordered = (ARGV[7] or '') ~= ''
 -- the watermark, bids up to which are answered: now, but for the earliest frontier of the live
 -- bidders that lag (a queue), and for the floor at the opening (upto: as it was written, since a
 -- Lua number passed to Redis keeps only 14 digits, ~0.1 ms)
-local watermark, upto
+local watermark, upto, opening
 local alive = {}  -- bidder -> true: the live ones (a gone one's bids keep nothing)
 if ordered then
   redis.call('HSET', KEYS[6], ARGV[8], ARGV[7] .. ' ' .. now)
@@ -110,7 +116,8 @@ if ordered then
     end
   end
   local roll = tonumber(ARGV[13])
-  if opens_at and now - opens_at < tonumber(ARGV[11]) then  -- the opening
+  opening = opens_at and now - opens_at < tonumber(ARGV[11])
+  if opening then
     if roll == 0 then  -- who else serves is unknown: time for them to list themselves
       watermark = math.min(watermark, now - tonumber(ARGV[10]))
     elseif listed < roll then  -- a worker on the roll may hold the earliest requests, unlisted
@@ -118,7 +125,7 @@ if ordered then
     end
   end
   if not upto or tonumber(upto) > watermark then upto = tostring(watermark) end
-  for i = 14, #ARGV, 2 do
+  for i = 16, #ARGV, 2 do
     if ARGV[i + 1] == '' then  -- withdrawn: that request went without a serial
       redis.call('ZREM', KEYS[5], ARGV[8] .. '|' .. ARGV[i])
     else
@@ -165,9 +172,15 @@ if ordered and tail then
       end
     end
   end
-  reply = {5, 0, -1, granted}
+  reply = {5, 0, -1, granted, 0}
   if #granted == 0 then return reply end
   want = #granted
+  -- no queue anywhere, no bid left waiting: the next few requests of this worker need not bid
+  local ahead = math.min(tonumber(ARGV[14]), available)
+  if ahead > 0 and watermark == now and not opening and redis.call('ZCARD', KEYS[5]) == 0 then
+    want = want + ahead
+    reply[5] = now + tonumber(ARGV[15])
+  end
 end
 local parts = {}
 if returned > 0 then

@@ -8,7 +8,7 @@ import pytest
 from coupon import queries, supply
 from coupon.errors import SoldOut
 from coupon.scripts import decode_serials
-from loadtest.harness import open_campaign
+from loadtest.harness import open_campaign, wait_until
 from tests.support import issue_directly, on_single_and_cluster
 
 pytestmark = on_single_and_cluster
@@ -61,7 +61,9 @@ def test_in_arrival_order_a_dry_worker_gets_the_serials_an_idle_one_holds(make_a
     assert queries.campaign_status(a, campaign_id)["issued"] == 150
 
 
-def test_in_arrival_order_a_holder_at_the_tail_bids_at_once_and_the_serial_goes_on(make_app, redis_client):
+def test_in_arrival_order_a_holder_at_the_tail_bids_at_once_and_the_serial_goes_on(make_app, redis_client,
+                                                                                   monkeypatch):
+    monkeypatch.setattr(supply, "AHEAD_MOST", 0)  # every request bids (past the opening too)
     a = make_app(ARRIVAL_ORDER=True).extensions["coupon"]
     campaign_id = open_campaign(a, 3, "ordered holders")
     keys = a.keys(campaign_id)
@@ -76,6 +78,28 @@ def test_in_arrival_order_a_holder_at_the_tail_bids_at_once_and_the_serial_goes_
     assert sorted(issue_directly(a, campaign_id, user).serial for user in ("bob", "carol")) == [2, 3]
     with pytest.raises(SoldOut):
         issue_directly(a, campaign_id, "dave")
+    assert queries.campaign_status(a, campaign_id)["issued"] == 3
+
+
+def test_in_arrival_order_with_no_queue_the_next_requests_take_serials_granted_ahead(make_app, redis_client,
+                                                                                   monkeypatch):
+    monkeypatch.setattr(supply, "OPENING_MS", 0)  # the opening is over at once
+    monkeypatch.setattr(supply, "AHEAD_MS", 1_000)  # the next request comes in time on a slow machine
+    a = make_app(ARRIVAL_ORDER=True).extensions["coupon"]
+    campaign_id = open_campaign(a, 10, "ahead")
+    keys = a.keys(campaign_id)
+    cursor = lambda: int(redis_client.hget(keys.meta, "cursor"))  # noqa: E731
+    # no queue, no other bid: the bid is granted, and one serial ahead (one request in AHEAD_MS)
+    assert (issue_directly(a, campaign_id, "u0").serial, cursor()) == (1, 2)
+    # the next request takes it without a bid; with none left the lease is settled
+    assert (issue_directly(a, campaign_id, "u1").serial, cursor()) == (2, 2)
+    assert redis_client.zcard(keys.leases) == 0
+    # the next bid: granted, with serials ahead again; not taken in time, they go back
+    assert issue_directly(a, campaign_id, "u2").serial == 3
+    leased = cursor()
+    assert leased > 3
+    wait_until(lambda: redis_client.zcard(keys.leases) == 0, timeout=10, what="the serials ahead back")
+    assert sorted(map(int, redis_client.lrange(keys.returned, 0, -1))) == list(range(4, leased + 1))
     assert queries.campaign_status(a, campaign_id)["issued"] == 3
 
 

@@ -7,7 +7,7 @@ import time
 from coupon.arrival import ROLL_STALE_MS, WorkerRoll
 from coupon.keys import WORKER_ROLL
 from coupon.scripts import LeaseOutcome
-from coupon.supply import BIDDER_STALE_MS, CAUGHT_UP_MS, OPENING_MS, UNLISTED_MS
+from coupon.supply import AHEAD_MS, BIDDER_STALE_MS, CAUGHT_UP_MS, OPENING_MS, UNLISTED_MS
 from loadtest.harness import open_campaign
 from tests.support import on_single_and_cluster
 
@@ -23,12 +23,13 @@ class Bidder:
         self.leases = 0
 
     def bid(self, frontier, bids=(), stale_ms=BIDDER_STALE_MS, unlisted_ms=UNLISTED_MS,
-            opening_ms=OPENING_MS, caught_up_ms=CAUGHT_UP_MS, roll=0):
+            opening_ms=OPENING_MS, caught_up_ms=CAUGHT_UP_MS, roll=0, ahead=0):
         """lease.lua's answer to this worker's new bids [(id, arrival ms or "": withdrawn)];
-        roll: the workers serving (arrival.WorkerRoll; 0: unknown)."""
+        roll: the workers serving (arrival.WorkerRoll; 0: unknown); ahead: most serials to grant
+        ahead."""
         self.leases += 1
-        order = (self.name, frontier, stale_ms, unlisted_ms, opening_ms, caught_up_ms, roll,
-                 list(bids))
+        order = (self.name, frontier, stale_ms, unlisted_ms, opening_ms, caught_up_ms, roll, ahead,
+                 AHEAD_MS, list(bids))
         return self.svc.scripts.lease(self.keys, self.epoch, f"{self.name}:{self.leases}", 100,
                                       TTL_MS, 10_000, len(bids), order)
 
@@ -180,3 +181,36 @@ def test_the_roll_counts_the_workers_that_said_they_serve_lately(svc):
     b.leave()
     a.say()
     assert a.size == 1
+
+
+@on_single_and_cluster
+def test_with_no_queue_anywhere_a_grant_comes_with_serials_ahead_else_none(svc):
+    """Serials granted ahead (for the worker's next requests, without a bid) only while every
+    bidder is caught up, no bid waits and the opening is over; they are the lease's as any other."""
+    campaign_id = open_campaign(svc, 10)
+    now = svc.clock.fine_now_ms()
+    a, b = Bidder(svc, campaign_id, "a"), Bidder(svc, campaign_id, "b")
+    past_opening = dict(opening_ms=0, ahead=3)
+    b.publish(now)  # caught up
+    first = a.bid(now, [(1, now - 1)], **past_opening)
+    assert (first.granted, len(first.serials)) == ((1,), 4)  # its own, and 3 ahead
+    redis_now = svc.clock.fine_now_ms()
+    assert redis_now - 1_000 < first.ahead_until - AHEAD_MS <= redis_now
+    assert svc.scripts.give_back(a.keys, "a:1", first.serials[1:]) == 3  # the lease's: back
+
+    opening = a.bid(now, [(2, now - 100)], opening_ms=60_000, ahead=3)  # (past UNLISTED_MS)
+    assert (opening.granted, len(opening.serials), opening.ahead_until) == ((2,), 1, 0)
+
+    b.publish(now - 300)  # b has a queue: a's earlier bid is granted, nothing ahead
+    lagging = a.bid(now, [(3, now - 400)], **past_opening)
+    assert (lagging.granted, len(lagging.serials), lagging.ahead_until) == ((3,), 1, 0)
+
+    assert b.bid(now - 300, [(1, now - 5)], **past_opening).granted == ()  # its own queue
+    b.publish(now)  # caught up: a's later bid is granted, b's waits for b's next call
+    waiting = a.bid(now, [(4, now - 1)], **past_opening)
+    assert (waiting.granted, len(waiting.serials), waiting.ahead_until) == ((4,), 1, 0)
+    assert b.bid(now, opening_ms=0).granted == (1,)  # (asking none ahead)
+
+    # ahead only as many as are left (10, of which 5 went to bids: 4 after this one's)
+    last = a.bid(now, [(5, now - 1)], ahead=8, opening_ms=0)
+    assert (last.granted, len(last.serials)) == ((5,), 5)

@@ -111,9 +111,12 @@ def test_sold_out_says_whether_other_workers_hold_serials():
 
 
 def test_bids_in_arrival_order_are_answered_by_id_with_serials_in_turn():
-    assert LeaseReply.decode([5, 10, 11, [b"7", b"9", b"12"], 4]) == LeaseReply(
+    assert LeaseReply.decode([5, 10, 11, [b"7", b"9", b"12"], 0, 4]) == LeaseReply(
         LeaseOutcome.ORDERED, (10, 11, 4), True, granted=(7, 9, 12))
-    assert LeaseReply.decode([5, 0, -1, []]) == LeaseReply(LeaseOutcome.ORDERED, (), True)  # all wait
+    # the serials after the granted bids' are ahead, for requests that arrive before the time given
+    assert LeaseReply.decode([5, 10, 12, [b"7"], 1_700_000_000_010]) == LeaseReply(
+        LeaseOutcome.ORDERED, (10, 11, 12), True, granted=(7,), ahead_until=1_700_000_000_010)
+    assert LeaseReply.decode([5, 0, -1, [], 0]) == LeaseReply(LeaseOutcome.ORDERED, (), True)  # all wait
     # none left, some in flight elsewhere: all wait, the holders asked
     assert LeaseReply.decode([6]) == LeaseReply(LeaseOutcome.ORDERED, (), True, others_hold=True)
 
