@@ -61,10 +61,21 @@ def stamped(sock):
         stamped_sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     except OSError:  # not a TCP socket of Linux: no stamps, arrival is when it is served
         pass
-    # (the kernel stamps packets only while some socket asks, and turns that on a moment after
-    # the first asks: the first requests after an idle spell may have no stamp, and count as
-    # arriving when served)
     return stamped_sock
+
+
+def stamp_listener(listener):
+    """Have the kernel stamp the bytes of `listener`'s connections from the first.
+
+    The kernel stamps packets only while some socket asks, and a connection asks (stamped())
+    only once accepted: a fresh connection's request, sent before its accept, had no stamp when
+    no other connection was open (the first of a flood after an idle spell), and counted as
+    arriving when it was served. A listener that asks keeps stamping on, and its connections
+    inherit the option."""
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:  # not Linux's TCP: the connections' own option, if any
+        pass
 
 
 class StampedSocket:

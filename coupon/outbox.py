@@ -78,8 +78,12 @@ def queue_outbox_stats(batch, keys):
               batch.on(shard.outbox).xrange(shard.outbox, count=1)) for shard in keys.all_shards()]
 
     def stats():
-        backlog = sum(int(issued or 0) - int(flushed or 0) for issued, flushed in (c.get() for c, _ in reads))
-        oldest = [int(first.get()[0][0].split("-")[0]) for _, first in reads if first.get()]
+        backlog, oldest = 0, []
+        for counts, first in reads:
+            issued, flushed = counts.get()
+            backlog += int(issued or 0) - int(flushed or 0)
+            if first.get():  # the id of a shard's oldest entry starts with its time (ms)
+                oldest.append(int(first.get()[0][0].split("-")[0]))
         lag = max(0.0, time.time() - min(oldest) / 1000) if oldest else 0.0
         return backlog, round(lag, 3)
     return stats

@@ -71,7 +71,10 @@ class WorkerProtections:
     def load_wsgi(self):
         super().load_wsgi()
         app = self.served_app = self.wsgi  # the Flask app (services_of below)
-        from coupon.arrival import RECEIVED_NS  # in the worker, as in handle()
+        from coupon.arrival import RECEIVED_NS, stamp_listener  # in the worker, as in handle()
+
+        for listener in self.sockets:
+            stamp_listener(listener)
 
         def closable(environ, start_response):
             # start_response is bound to gunicorn's Response: force_close() answers with
