@@ -229,7 +229,8 @@ class SerialSupply:
         self._new_bid = threading.Event()  # a request began bidding since the last bids were sent
         self._asked_holders_at = -HOLDER_WATCH  # monotonic: the bids last asked the holders
         self.ahead = None  # the Lease of the serials granted ahead last
-        self._turns, self._turns_since = 0, time.monotonic()  # requests in order since the last bids
+        # requests in arrival order since the last bids, and since when (_ahead_most)
+        self._turns, self._turns_since = 0, time.monotonic()
         if gate is not None:
             self.tail_size = max(self.tail_size, ORDERED_TAIL)
 
@@ -473,7 +474,7 @@ class SerialSupply:
                 and turn.arrival < lease.ahead_until and time.monotonic() < lease.valid_until)
 
     def _ahead_over(self, lease):
-        """AHEAD_MS after a grant ahead: what is not taken goes back (now, or with its last answer)."""
+        """AHEAD_MS after a grant ahead: what is not taken goes back, now or at its last answer."""
         lease.ahead_ends = 0.0
         if self.ahead is lease:
             self.ahead = None

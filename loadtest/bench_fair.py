@@ -39,6 +39,7 @@ import urllib.request
 from collections import Counter
 from typing import NamedTuple, Optional
 
+from coupon.fairness import NOTE_EVERY, SaleOrder
 from coupon.redis_state import issued_in_redis
 from loadtest.bench import bench_service, machine
 from loadtest.harness import (
@@ -402,6 +403,11 @@ def run_setting(svc, servers, users_count, stock, rate, fresh, label="run"):
     # once they saturate, steadier from run to run than answers/s on this shared machine
     figures["web_cpu_us"] = round(cpu * 1e6 / users_count, 1)
     figures["issued_in_redis"] = issued_in_redis(svc.redis, svc.keys(campaign_id))
+    # the service's own count, by its arrival stamps (its close report's; each worker notes them
+    # every NOTE_EVERY): fewer refusals ahead than the client counts means the stamps, not the
+    # order they were served in, put those requests late
+    time.sleep(3 * NOTE_EVERY)
+    figures["service_order"] = SaleOrder.read(svc.redis, svc.keys(campaign_id)).figures()
     if figures["issued_in_redis"] != figures["winners"]:
         figures["flags"].append(f"Redis counts {figures['issued_in_redis']} issued, the client {figures['winners']}")
     if drops:
@@ -481,8 +487,11 @@ def bench(settings, users_count, stock, runs, folder):
                         rate = (round(float(s.pace[1:]) * capacities[key]) if s.pace.startswith("x")
                                 else int(s.pace[:-2]))
                         figures = run_setting(svc, servers, users_count, stock, rate, s.mode == "fresh", s.label)
+                        order = figures["service_order"]
                         say(f"{s.label} #{n + 1}: {rate}/s, {figures['early_won']} of {stock} to the earliest, "
-                            f"last winner #{figures['last_winner_rank']}", *figures["flags"])
+                            f"last winner #{figures['last_winner_rank']}; by the service's stamps "
+                            f"{order['refused_ahead']} refused ahead (the earliest {order['max_lead_ms']} ms)",
+                            *figures["flags"])
                         results.append((s, figures))
     return capacities, results
 

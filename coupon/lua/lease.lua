@@ -50,8 +50,8 @@
 --   in arrival order, of the tail: {5, start, end, {granted bid ids}, until, serial...}: serials
 --   as above, one for each granted bid of this worker in turn (its earliest, as many as there are
 --   serials), then those granted ahead (ARGV[14]) for its requests that arrive before `until`
---   (epoch ms; 0: none ahead); its other bids wait. The tail goes to the bids in arrival order up to the
---   watermark, whichever worker made them: a serial kept for another worker's earlier bid is
+--   (epoch ms; 0: none ahead); its other bids wait. The tail goes to the bids in arrival order up
+--   to the watermark, whichever worker made them: a serial kept for another worker's earlier bid is
 --   leased to that worker when it asks. With none left but some in flight elsewhere (leased), the
 --   bids wait ({6}; the holders are asked for them, as for {0, 1}): a serial that comes back
 --   unused goes to the next of them. So a bid is refused only once none is left or in flight
