@@ -13,6 +13,7 @@ on the leading scheduler, learns there what every flusher emptied.
 import time
 
 from coupon.keys import outbox_drained, outbox_news
+from coupon.redis_state import queue_unflushed
 
 DRAINED_TAKE = 100_000  # campaign ids popped from a drained set at most per read (SPOP count)
 
@@ -74,16 +75,12 @@ def queue_outbox_stats(batch, keys):
     """Queue the reads of outbox_stats into a batch; return what reads its answer.
 
     Call what it returns once the batch has run."""
-    reads = [(batch.on(shard.state).hmget(shard.state, "issued", "flushed"),
-              batch.on(shard.outbox).xrange(shard.outbox, count=1)) for shard in keys.all_shards()]
+    backlog = queue_unflushed(batch, keys)
+    firsts = [batch.on(shard.outbox).xrange(shard.outbox, count=1) for shard in keys.all_shards()]
 
     def stats():
-        backlog, oldest = 0, []
-        for counts, first in reads:
-            issued, flushed = counts.get()
-            backlog += int(issued or 0) - int(flushed or 0)
-            if first.get():  # the id of a shard's oldest entry starts with its time (ms)
-                oldest.append(int(first.get()[0][0].split("-")[0]))
+        # the id of a shard's oldest entry starts with its time (ms)
+        oldest = [int(first.get()[0][0].split("-")[0]) for first in firsts if first.get()]
         lag = max(0.0, time.time() - min(oldest) / 1000) if oldest else 0.0
-        return backlog, round(lag, 3)
+        return backlog(), round(lag, 3)
     return stats

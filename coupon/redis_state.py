@@ -249,6 +249,15 @@ def queue_issued(batch, keys):
     return lambda: sum(int(count.get() or 0) for count in counts)
 
 
+def queue_unflushed(batch, keys):
+    """Queue the reads of a campaign's claims not yet in the database; return what sums them.
+
+    Each claim shard's issued less its flushed (ack_outbox.lua counts them); call what it returns
+    once the batch has run."""
+    counts = [batch.on(shard.state).hmget(shard.state, "issued", "flushed") for shard in keys.all_shards()]
+    return lambda: sum(int(issued or 0) - int(flushed or 0) for issued, flushed in (c.get() for c in counts))
+
+
 def issues_per_second(redis, keys):
     """({epoch second: new tickets} of a campaign, the meta hash node's epoch second now).
 

@@ -365,6 +365,7 @@ class SerialSupply:
                 and (again or turn.id not in self._placed)]
         withdrawn, self._withdrawn = self._withdrawn, []
         self._new_bid.clear()
+        ahead = self._ahead_most() if self.gate is not None else 0  # once a refill, not a try
         for attempt in range(TAIL_TRIES):
             if attempt:
                 time.sleep(TAIL_WAIT)
@@ -373,7 +374,7 @@ class SerialSupply:
             if self.gate is not None:
                 order = (self.gate.worker_id, self.gate.frontier(self.keys.campaign_id, bids),
                          BIDDER_STALE_MS, UNLISTED_MS, OPENING_MS, CAUGHT_UP_MS,
-                         self.gate.workers_serving(), self._ahead_most(), AHEAD_MS,
+                         self.gate.workers_serving(), ahead, AHEAD_MS,
                          [(turn.id, turn.arrival) for turn in bids] + [(i, "") for i in withdrawn])
             try:
                 reply = self.scripts.lease(self.keys, self.epoch, lease_id, self.block_size,

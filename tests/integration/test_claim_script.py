@@ -6,7 +6,7 @@ e2e/test_rate_limit.py."""
 from coupon.flusher import Flusher
 from coupon.outbox import outbox_stats
 from coupon.reconcile import mysql_tickets
-from coupon.redis_state import stored_claim
+from coupon.redis_state import issued_counted, stored_claim
 from coupon.scripts import NO_SERIAL, OUTBOX_ENTRY_MOST, Claim, OutboxEntry
 from loadtest.harness import open_campaign
 from tests.support import claim_sender, fresh_window, on_single_and_cluster
@@ -48,7 +48,7 @@ def test_each_path_of_the_claim_script(make_app, signer, redis_client):
         counted.update(redis_client.hgetall(shard.rate(svc.rate_limit.window()[0])))
     assert {user: int(n) for user, n in counted.items() if int(n)} == {"alice": 4, carol: 1}
 
-    issued = sum(int(redis_client.hget(shard.state, "issued")) for shard in keys.all_shards())
+    issued = issued_counted(svc.redis, keys)
     entries = sum(redis_client.xlen(shard.outbox) for shard in keys.all_shards())
     claimed = sum(redis_client.bitcount(shard.claimed) for shard in keys.all_shards())
     assert (issued, entries, claimed) == (3, 3, 3)  # serials 7, 8, 9: nothing of the others
