@@ -41,13 +41,16 @@ def unknown_kid(status, body):
     return status == 401 and "not in the JWKS" in body["error"]["message"]
 
 
-def settled(server, campaign_id, kid, accepted):
+def settled(server, campaign_id, kid, accepted, published):
     """Wait (bounded) until 20 fresh tokens of kid in a row are accepted (or refused as of a key
-    not in the JWKS): with 2 workers, both have then refreshed (the chance one has not: 2**-20)."""
+    not in the JWKS), and until every worker's refresh is due since the keys were `published`
+    (time.monotonic()): a worker refreshes at its next request. (The 20 in a row alone did not
+    tell: one worker may accept them all while the other still holds the keys of before.)"""
     def check():
         return all((status == 201) == accepted and (accepted or unknown_kid(status, body))
                    for status, body in (issue(server, campaign_id, token(kid)) for _ in range(20)))
     wait_until(check, timeout=60, interval=0.2, what=f"every worker to {'accept' if accepted else 'refuse'} {kid}")
+    time.sleep(max(0.0, published + SETTINGS["AUTH_JWKS_REFRESH"] + 0.5 - time.monotonic()))
 
 
 @pytest.fixture
@@ -63,17 +66,19 @@ def test_keys_rotated_in_the_middle_of_a_flood(idp, gunicorn, svc):
     assert {status for _, status, _ in wave(server, campaign_id, before)} == {201}
 
     idp.publish("rsa-1", "rsa-2", "ec-1", "ed-1")  # the new key published first
+    published = time.monotonic()
     for kid, status, body in wave(server, campaign_id, [token(k) for k in ("rsa-1", "rsa-2") * 100]):
         # the old key never fails; the new one only until a worker fetched it
         assert status == 201 or (kid == "rsa-2" and unknown_kid(status, body)), (kid, status, body)
-    settled(server, campaign_id, "rsa-2", accepted=True)
+    settled(server, campaign_id, "rsa-2", accepted=True, published=published)
     both = wave(server, campaign_id, [token(k) for k in ("rsa-1", "rsa-2") * 100] + before)
     assert {status for _, status, _ in both} == {200, 201}, both  # 200: the first wave's, held
 
     idp.publish("rsa-2", "ec-1", "ed-1")  # then the old one removed
+    published = time.monotonic()
     for kid, status, body in wave(server, campaign_id, [token(k) for k in ("rsa-1", "rsa-2") * 100]):
         assert status == 201 or (kid == "rsa-1" and unknown_kid(status, body)), (kid, status, body)
-    settled(server, campaign_id, "rsa-1", accepted=False)
+    settled(server, campaign_id, "rsa-1", accepted=False, published=published)
     after = wave(server, campaign_id, [token(k) for k in ("rsa-1", "rsa-2") * 50] + before)
     for kid, status, body in after:  # the tokens verified before it was removed included
         assert (status in (200, 201)) == (kid == "rsa-2") and (kid == "rsa-2" or unknown_kid(status, body))
@@ -125,7 +130,7 @@ def test_the_idp_down_at_start_and_in_the_middle(idp, gunicorn, svc):
     assert issue(server, campaign_id, minted.mint("walkthrough"))[0] == 201  # HS tokens need no IdP
 
     idp.publish("rsa-1", "ec-1", "ed-1")
-    settled(server, campaign_id, "rsa-1", accepted=True)
+    settled(server, campaign_id, "rsa-1", accepted=True, published=time.monotonic())
 
     idp.down()
     fetched, deadline = idp.fetches, time.monotonic() + 120
