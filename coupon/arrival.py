@@ -156,9 +156,10 @@ class ReadMarks:
 
     Under gevent, a request whose bytes were in its socket when the loop last looked for I/O has
     been read, and has entered the gate, by the time the loop looks again (its connection ran when
-    the look found it; a connection just accepted runs one turn later). So the kernel clock noted
-    before each look, LOOKS_BACK looks ago, is a time before which nothing unread waits. Without
-    gevent's loop (threads: the tests' in-process server) it is now, and promises nothing."""
+    the look found it; a connection just accepted runs one turn later, and a look accepts every
+    connection waiting: worker.DrainingStreamServer, up to worker_connections open). So the kernel
+    clock noted before each look, LOOKS_BACK looks ago, is a time before which nothing unread
+    waits. Without gevent's loop (threads: the tests' in-process server) it is now, and promises nothing."""
 
     LOOKS_BACK = 3
 

@@ -16,6 +16,8 @@ import socket
 import gevent
 from gunicorn import util
 from gunicorn.http import errors as http_errors
+from gevent.server import StreamServer
+from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
 
 # gunicorn's errors for a request it cannot parse, as our error codes (any other: BadRequest)
@@ -75,6 +77,8 @@ class WorkerProtections:
 
         for listener in self.sockets:
             stamp_listener(listener)
+        if app.config["ARRIVAL_ORDER"]:
+            ggevent.StreamServer = DrainingStreamServer  # what GeventWorker.run listens with
 
         def closable(environ, start_response):
             # start_response is bound to gunicorn's Response: force_close() answers with
@@ -105,6 +109,20 @@ class WorkerProtections:
             util.write_nonblock(client, head.encode("latin-1") + body)
         except OSError:
             self.log.debug("Failed to send error message.")
+
+
+class DrainingStreamServer(StreamServer):
+    """gevent's StreamServer, accepting every connection that waits each time it looks.
+
+    gunicorn has a gevent worker with siblings accept one connection a look (max_accept 1, to
+    spread them among the workers); under a flood the rest waited in the kernel's accept queue,
+    unread, which the worker's read marks (arrival.ReadMarks: what arrived before a look three
+    looks back has been read) took as read, and later requests were served before them
+    (BENCHMARKS.md "First come, first served"). Its pool (worker_connections) still bounds it."""
+
+    def start(self):
+        self.max_accept = self.pool.size
+        super().start()
 
 
 def protected(worker_class):
