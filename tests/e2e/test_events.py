@@ -1,8 +1,8 @@
 """Events on RabbitMQ (coupon/events.py) against the machine's real broker (127.0.0.1:5672,
 guest/guest): a flood's events match its rows exactly, also when the broker is stopped or
-blocks publishers (memory alarm) in the middle, or unreachable at start; none without
-EVENTS_URL; through real gunicorns and schedulers. Each test reads the
-events through a quorum queue of its own bound to the exchange; a test that stops the broker or
+blocks publishers (memory alarm) in the middle, or unreachable at start, each on a single Redis
+and the cluster; none without EVENTS_URL; through real gunicorns and schedulers. Each test reads
+the events through a quorum queue of its own bound to the exchange; a test that stops the broker or
 raises its alarm restores it in a `finally` (other tests use the same broker). `flask events tail` and the events still to go, in this
 process: integration/test_events.py."""
 import json
@@ -169,6 +169,7 @@ def test_broker_stopped_mid_flood_then_every_row_gets_its_event(
     print(f"\n[events broker stopped] repeats: {repeats}; waiting at close: {still}")
 
 
+@on_single_and_cluster
 def test_memory_alarm_mid_flood_holds_events_back_then_they_go(
         events_svc, signer, gunicorn, scheduler, event_queue):
     jobs = scheduler(**EVENT_JOBS)
@@ -193,6 +194,7 @@ def test_memory_alarm_mid_flood_holds_events_back_then_they_go(
     print(f"\n[events memory alarm] repeats: {repeats}; held back: {held_back}")
 
 
+@on_single_and_cluster
 def test_broker_unreachable_at_start_then_every_event_goes(
         events_svc, signer, gunicorn, scheduler, event_queue):
     campaign_id = open_campaign(events_svc, 50)
