@@ -1,10 +1,11 @@
 """Events on RabbitMQ (coupon/events.py) against the machine's real broker (127.0.0.1:5672,
 guest/guest): a flood's events match its rows exactly, also when the broker is stopped or
 blocks publishers (memory alarm) in the middle, or unreachable at start, each on a single Redis
-and the cluster; none without EVENTS_URL; through real gunicorns and schedulers. Each test reads
-the events through a quorum queue of its own bound to the exchange; a test that stops the broker or
-raises its alarm restores it in a `finally` (other tests use the same broker). `flask events tail` and the events still to go, in this
-process: integration/test_events.py."""
+and the cluster; the campaign's own events, stock added among them; none without EVENTS_URL;
+through real gunicorns and schedulers. Each test reads the events through a quorum queue of its
+own bound to the exchange; a test that stops the broker or raises its alarm restores it in a
+`finally` (other tests use the same broker). `flask events tail` and the events still to go, in
+this process: integration/test_events.py."""
 import json
 import subprocess
 import uuid
@@ -15,7 +16,7 @@ import pika
 import pytest
 from sqlalchemy import func, select
 
-from coupon import create_app, db, events
+from coupon import campaigns, create_app, db, events
 from coupon.events import EXCHANGE
 from coupon.queries import count_rows
 from coupon.reconcile import mysql_tickets
@@ -131,7 +132,8 @@ def lifecycle_events(queue, campaign_id):
 @on_single_and_cluster
 def test_every_row_of_a_flood_has_its_event(events_svc, signer, gunicorn, scheduler, event_queue):
     jobs = scheduler(**EVENT_JOBS)
-    campaign_id = open_campaign(events_svc, STOCK)
+    campaign_id = open_campaign(events_svc, STOCK - 100)
+    campaigns.add_stock(events_svc, campaign_id, 100, "r-1")  # what `flask campaign add-stock` calls
     server, (answers, tokens) = flood_through(events_svc, signer, gunicorn, campaign_id)
     told, _, _ = tickets_told(server.url, campaign_id, answers, tokens)
     close_and_check(events_svc, signer, campaign_id, told)
@@ -139,7 +141,10 @@ def test_every_row_of_a_flood_has_its_event(events_svc, signer, gunicorn, schedu
     repeats = assert_events_match_rows(events_svc, event_queue, campaign_id)
     lifecycle = wait_until(lambda: lifecycle_events(event_queue, campaign_id), timeout=30,
                            what="the campaign.closed event")
-    assert lifecycle[events.OPENED]["total"] == STOCK
+    assert lifecycle[events.OPENED]["total"] == STOCK - 100
+    assert dict(lifecycle[events.STOCK_ADDED], at=None) == {
+        "event": events.STOCK_ADDED, "campaign_id": campaign_id, "at": None, "request_id": "r-1",
+        "amount": 100, "total": STOCK}
     assert lifecycle[events.SOLD_OUT]["total"] == STOCK
     assert lifecycle[events.CLOSED]["agree"] is True
     assert lifecycle[events.CLOSED]["database_rows"] == STOCK
