@@ -9,8 +9,9 @@
 --           released after close (or lost with Redis): every claim is stale
 -- KEYS[4] - rate hash of the current window: user id -> requests (see keys.ShardKeys.rate); a
 --           request that claims a new ticket is not counted: a user gets one, and counting it
---           cost every coupon a write to a hash of every user (~2.5 us of Redis CPU, BENCHMARKS.md);
---           counted by the rule of lib/rate_limit.lua, which scripts.py puts before this script
+--           cost every coupon a write to a hash of every user (~2.5 us of Redis CPU: BENCHMARKS.md,
+--           "A new claim as one write, an outbox entry a call"); counted by the rule of
+--           lib/rate_limit.lua, which scripts.py puts before this script
 -- KEYS[5] - the shard's outbox news set, shared by all campaigns: gets the campaign id with a
 --           new claim, so the flush job finds the streams that hold entries without polling all
 -- KEYS[6] - the shard's new tickets per second: hash epoch second -> count (the operators'
