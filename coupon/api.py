@@ -26,7 +26,7 @@ class NoSessions(SessionInterface):
     """The API is token-based: no cookie session to open and save around each request.
 
     Flask's default builds a signing serializer and parses cookies per request: 4-7 % of a
-    worker's time under the benchmark (BENCHMARKS.md)."""
+    worker's time under the benchmark (BENCHMARKS.md, "Where a request's time goes")."""
 
     def open_session(self, app, request):
         return None  # Flask then uses a NullSession, and never saves it
@@ -108,8 +108,9 @@ class IssueEndpoint:
     """WSGI middleware: serve the issue call without a body, the flood's kind, before Flask.
 
     Flask's request context, routing and Response cost 50-70 us per request, a quarter of a
-    worker's time on a bare endpoint (BENCHMARKS.md); this call needs none of them. Anything else,
-    issue calls with a body included, goes on to Flask, whose view answers through answer_issue too.
+    worker's time on a bare endpoint (BENCHMARKS.md, "The issue call in front of Flask"); this call
+    needs none of them. Anything else, issue calls with a body included, goes on to Flask, whose
+    view answers through answer_issue too.
     """
 
     PATH = re.compile(r"/api/v1/campaigns/([^/]+)/issue")

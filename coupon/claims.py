@@ -101,7 +101,7 @@ class ClaimSender:
         groups = {}  # shard -> indexes of its claims, in order
         for i, (shard, *_) in enumerate(claims):
             groups.setdefault(shard, []).append(i)
-        batch = self.redis.batch(durable=True)
+        batch, calls = self.redis.batch(durable=True), []  # calls: (indexes, the call's Reply)
         window, _ = self.rate_limit.window()
         buckets, bucket_of = self.layout.buckets, self.keys.bucket_of
         for shard, indexes in groups.items():
@@ -109,9 +109,11 @@ class ClaimSender:
                               self.layout.epoch, [claims[i][1:] for i in indexes])
             keys = self.shards[shard].claim_keys(window, [
                 self.shards[shard].bucket(bucket_of(claims[i][1], buckets)) for i in indexes])
-            batch.script(self.script, keys, args)
+            calls.append((indexes, batch.script(self.script, keys, args)))
+        batch.execute(raise_on_error=False)
         replies = [None] * len(claims)
-        for indexes, result in zip(groups.values(), batch.execute(raise_on_error=False)):
+        for indexes, call in calls:
+            result = call.raw
             for n, i in enumerate(indexes):  # an error: each claim of that call gets it
                 replies[i] = result if isinstance(result, Exception) else ClaimReply.decode(
                     result[n], self._codes(*claims[i][2:]))

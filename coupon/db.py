@@ -92,7 +92,8 @@ event_outbox = Table(
 # coupon.issued events still to publish: the key of a coupon, written in the transaction of its
 # row; the publisher builds the message from the coupon row (its age: the coupon's issued_at).
 # Two integers and no other index: the wide row with its JSON body halved the flush's rate
-# (BENCHMARKS.md); keyed by what the message id is made of, so a replayed entry's is skipped
+# (BENCHMARKS.md, "Events"); keyed by what the message id is made of, so a replayed entry's is
+# skipped
 issued_events = Table(
     "issued_events",
     metadata,

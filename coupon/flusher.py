@@ -153,9 +153,10 @@ class Flusher:
         gone."""
         new = [stream for stream in streams if stream not in self._grouped]
         batch = self.redis.batch()
-        for stream in new:
-            batch.on(stream).xgroup_create(stream, GROUP, id="0")
-        for stream, reply in zip(new, batch.execute(raise_on_error=False)):
+        created = [(stream, batch.on(stream).xgroup_create(stream, GROUP, id="0")) for stream in new]
+        batch.execute(raise_on_error=False)
+        for stream, create in created:
+            reply = create.raw
             if isinstance(reply, ResponseError) and "requires the key to exist" in str(reply):
                 continue  # no claim yet: asked again next round
             if isinstance(reply, Exception) and not (
@@ -218,10 +219,11 @@ class Flusher:
         by_stream = {stream: [] for stream in done}
         for stream, entry_id, _ in entries:
             by_stream.setdefault(stream, []).extend((entry_id, len(claims.get((stream, entry_id), ()))))
-        batch = self.redis.batch()
+        batch, acks = self.redis.batch(), []
         for stream, pairs in by_stream.items():
             shard = shards[stream]
             for i in range(0, max(1, len(pairs)), 2 * ACK_CHUNK):
-                batch.script(self.ack_script, [stream, shard.news, shard.drained, shard.state],
-                             [GROUP, shard.campaign_id, *pairs[i:i + 2 * ACK_CHUNK]])
-        return sum(acked for acked, _ in batch.execute())
+                acks.append(batch.script(self.ack_script, [stream, shard.news, shard.drained, shard.state],
+                                         [GROUP, shard.campaign_id, *pairs[i:i + 2 * ACK_CHUNK]]))
+        batch.execute()
+        return sum(ack.get()[0] for ack in acks)  # ack_outbox.lua: {claims acknowledged, left}

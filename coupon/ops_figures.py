@@ -44,7 +44,8 @@ def live_state(svc, campaign_id, state, since=None):
     `state`: the worker's ops_readers.OpsState; `since`: the previous poll's `now`, for the
     highest outbox figures in between."""
     # the Redis health checks meanwhile: a poll waits for the longer of the two sets of round
-    # trips, not their sum (during a big sale each waits behind a busy Redis: BENCHMARKS.md)
+    # trips, not their sum (during a big sale each waits behind a busy Redis: BENCHMARKS.md,
+    # "A big sale")
     health = Meanwhile(health_checks, svc)
     try:
         active = active_campaigns(svc.redis)

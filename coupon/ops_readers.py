@@ -96,8 +96,8 @@ class RowsReader:
     They are also the page's check of the database. A read, once under way, serves every poll until
     it ends; a poll waits for it at most DATABASE_WAIT and then answers from the last Listing read,
     with its time: during a big sale the database of a saturated machine can take 50-130 ms to
-    answer the smallest query (BENCHMARKS.md), and one that hangs would hold every poll. The first
-    poll waits for its read: there is nothing older to show."""
+    answer the smallest query (BENCHMARKS.md, "A big sale"), and one that hangs would hold every
+    poll. The first poll waits for its read: there is nothing older to show."""
 
     def __init__(self):
         self.lock = threading.Lock()

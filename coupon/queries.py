@@ -157,7 +157,7 @@ def find_ticket(svc, campaign_id, user_id):
         live = holds(svc.redis, keys)
         if not live:
             campaign_row(svc.engine, campaign_id)  # CAMPAIGN_NOT_FOUND before a key is written for it
-        svc.rate_limit.count_lookup(svc.redis, shard, user_id)
+        svc.rate_limit.count_lookup(svc.scripts, shard, user_id)
         held = stored_claim(svc.redis, keys, user_id)
     except RedisError:
         raise Unavailable() from None

@@ -4,10 +4,11 @@ The requests are summed over every worker and host, issue calls and ticket looku
 
 Counted in one hash per claim shard and window (keys.ShardKeys.rate) that expires by itself:
 claim.lua counts an issue call in the same call as its claim (no extra round trip), and
-count_lookup counts a ticket lookup. Not counted: the call that gets the user a new ticket (a
-user gets one; counting it cost every coupon a write to a hash of every user), and answers a
-worker gives from its own state (sold out, not open, closed): they cost nothing. Windows are
-numbered by Redis's clock, so that every host counts in the same one whatever its own clock says.
+count_lookup.lua a ticket lookup, both by the one rule of lua/lib/rate_limit.lua. Not counted: the
+call that gets the user a new ticket (a user gets one; counting it cost every coupon a write to a
+hash of every user), and answers a worker gives from its own state (sold out, not open, closed):
+they cost nothing. Windows are numbered by Redis's clock, so that every host counts in the same one
+whatever its own clock says.
 """
 from coupon.errors import RateLimited
 
@@ -27,16 +28,12 @@ class RateLimit:
         """The answer to a request over the limit: retry once this window is over."""
         return RateLimited(retry_after=self.window()[1])
 
-    def count_lookup(self, redis, shard, user_id):
+    def count_lookup(self, scripts, shard, user_id):
         """Count a ticket lookup of the user; raise RateLimited past the limit.
 
         It is counted in the window hash claim.lua counts issue calls in."""
         if not self.limit:
             return
         window, left = self.window()
-        key = shard.rate(window)
-        batch = redis.batch()
-        batch.on(key).hincrby(key, user_id, 1)
-        batch.on(key).expire(key, self.seconds)
-        if batch.execute()[0] > self.limit:
+        if scripts.count_lookup(shard.rate(window), user_id, self.limit, self.seconds):
             raise RateLimited(retry_after=left)

@@ -182,9 +182,10 @@ def delete_keys(redis, keys):
     The claims buckets as many as the meta hash or any shard state says (a shard's state goes after
     its buckets, so a delete cut short is finished when run again)."""
     batch = redis.batch()
-    for key in [keys.meta, *(shard.state for shard in keys.all_shards())]:
-        batch.on(key).hget(key, "buckets")
-    buckets = max(int(n or 0) for n in batch.execute())
+    said = [batch.on(key).hget(key, "buckets")
+            for key in [keys.meta, *(shard.state for shard in keys.all_shards())]]
+    batch.execute()
+    buckets = max(int(n.get() or 0) for n in said)
     batch = redis.batch()
     for key in keys.every_key(buckets):
         if key != keys.meta:

@@ -199,11 +199,15 @@ class Scripts:
     def __init__(self, redis):
         self.redis = redis  # redis_nodes.RedisNodes
 
-        def load(name):
-            return Script((SCRIPT_DIR / f"{name}.lua").read_text())
+        def load(name, *rules):
+            # each rule (lua/lib/<rule>.lua) goes before the script: one home for what scripts
+            # share (a Lua error's line number counts its lines too)
+            text = "".join((SCRIPT_DIR / "lib" / f"{rule}.lua").read_text() for rule in rules)
+            return Script(text + (SCRIPT_DIR / f"{name}.lua").read_text())
 
         # claim.lua itself: the claims module sends it pipelined, per shard (claims.ClaimSender)
-        self.claim = load("claim")
+        self.claim = load("claim", "rate_limit")
+        self._count_lookup = load("count_lookup", "rate_limit")
         self._lease, self._renew, self._give_back = load("lease"), load("renew"), load("give_back")
         self._leader, self._resign = load("leader"), load("resign")
         self._raise_total = load("raise_total")
@@ -295,3 +299,7 @@ class Scripts:
     def resign(self, key, ident):
         """Give up the leader lease if `ident` holds it."""
         return self.redis.run(self._resign, [key], [ident]) == 1
+
+    def count_lookup(self, rate_key, user_id, limit, seconds):
+        """Count a ticket lookup of the user in a rate hash; True if it is over `limit`."""
+        return self.redis.run(self._count_lookup, [rate_key], [user_id, limit, seconds]) == 1

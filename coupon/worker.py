@@ -40,7 +40,7 @@ class WorkerProtections:
 
     A keep-alive connection whose client sends the next request at once is otherwise served
     again and again before the others: a p99 of ~1 s at 100 connections on a bare endpoint,
-    ~170 ms with the yield (loadtest/bench.py, BENCHMARKS.md).
+    ~170 ms with the yield (loadtest/bench.py, BENCHMARKS.md, "Where a request's time goes").
     """
 
     _quitting = False

@@ -17,12 +17,10 @@ def claimed_serials(redis, keys, serials):
 
     Replicas: a claim a failover loses must not keep its serial from being issued."""
     batch = redis.batch(durable=True)
-    for shard in keys.all_shards():
-        for serial in serials:
-            batch.on(shard.claimed).getbit(shard.claimed, serial)
-    bits = batch.execute()
-    n = len(serials)
-    return {s for k in range(keys.shards) for s, bit in zip(serials, bits[k * n:(k + 1) * n]) if bit}
+    bits = [(serial, batch.on(shard.claimed).getbit(shard.claimed, serial))
+            for shard in keys.all_shards() for serial in serials]
+    batch.execute()
+    return {serial for serial, bit in bits if bit.get()}
 
 
 def reclaim_expired(svc, grace, campaign_ids=None):
@@ -52,11 +50,13 @@ class ReclaimJob:
         svc, now = self.svc, time.monotonic()
         active = active_campaigns(svc.redis)
         due = [c for c in active if self._next_look.get(c, 0) <= now]
-        batch = svc.redis.batch()
+        batch, leases = svc.redis.batch(), {}
         for campaign_id in due:
-            leases = svc.keys(campaign_id).leases
-            batch.on(leases).zcard(leases)
-        holding = [c for c, n in zip(due, batch.execute() if due else []) if n]
+            key = svc.keys(campaign_id).leases
+            leases[campaign_id] = batch.on(key).zcard(key)
+        if due:
+            batch.execute()
+        holding = [c for c, n in leases.items() if n.get()]
         returned = reclaim_expired(svc, self.grace, holding)
         live = set(active)
         self._next_look = {c: t for c, t in self._next_look.items() if c in live}

@@ -122,7 +122,8 @@ def run_scheduler(app):
     now = dt.datetime.now()
     scheduler.add_job(lease.keep, "interval", seconds=config["SCHEDULER_LEASE"] / 5,
                       next_run_time=now, id="leader")
-    # each job's cost follows what moved, not how many campaigns are live (BENCHMARKS.md)
+    # each job's cost follows what moved, not how many campaigns are live (BENCHMARKS.md, "Many
+    # campaigns at once, nobody asking")
     jobs = {
         "flush": (FlushJob(svc, config["FLUSH_INTERVAL"]), config["FLUSH_INTERVAL"]),
         "stock_sync": (StockSyncJob(svc), config["STOCK_SYNC_INTERVAL"]),

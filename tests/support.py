@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from coupon import clock, db, redis_state
 from coupon.claims import ClaimSender
 from coupon.keys import ACTIVE, bucket_count
+from coupon.outbox import outbox_stats
 from coupon.queries import stock_additions
 from coupon.redis_state import Layout
 from coupon.scripts import StoredClaim
@@ -124,6 +125,11 @@ def additions(svc, campaign_id):
     """[(request id, amount, total after)] of the campaign's stock additions."""
     return [(a["request_id"], a["amount"], a["total_after"])
             for a in stock_additions(svc.engine, campaign_id)]
+
+
+def backlog(svc, campaign_id):
+    """The campaign's claims not yet in the database (outbox.outbox_stats)."""
+    return outbox_stats(svc.redis, svc.keys(campaign_id))[0]
 
 
 def campaign_ids_in_keys(keys):

@@ -9,7 +9,9 @@
 --           released after close (or lost with Redis): every claim is stale
 -- KEYS[4] - rate hash of the current window: user id -> requests (see keys.ShardKeys.rate); a
 --           request that claims a new ticket is not counted: a user gets one, and counting it
---           cost every coupon a write to a hash of every user (~2.5 us of Redis CPU, BENCHMARKS.md)
+--           cost every coupon a write to a hash of every user (~2.5 us of Redis CPU: BENCHMARKS.md,
+--           "A new claim as one write, an outbox entry a call"); counted by the rule of
+--           lib/rate_limit.lua, which scripts.py puts before this script
 -- KEYS[5] - the shard's outbox news set, shared by all campaigns: gets the campaign id with a
 --           new claim, so the flush job finds the streams that hold entries without polling all
 -- KEYS[6] - the shard's new tickets per second: hash epoch second -> count (the operators'
@@ -48,7 +50,7 @@ if not shard[1] or (shard[3] or '') ~= ARGV[4] then
 end
 local time_base = tonumber(shard[4])
 local limit = tonumber(ARGV[2])
-local new, counted = 0, false
+local new = 0
 local entry, most = {}, 2 * tonumber(ARGV[5])  -- the new claims not yet in an entry: user, serial, ...
 local function append()
   entry[#entry + 1] = now
@@ -71,11 +73,10 @@ for i = 6, #ARGV, 2 do
       replies[#replies + 1] = {1, tonumber(serial), now}
       new = new + 1
     end
-  elseif limit > 0 and redis.call('HINCRBY', KEYS[4], user, 1) > limit then
-    counted = true  -- the limit before the answer: a user who holds a ticket may not hammer
+  elseif rate_over(KEYS[4], user, limit) then
+    -- the limit before the answer: a user who holds a ticket may not hammer
     replies[#replies + 1] = {5}
   else
-    counted = counted or limit > 0
     local held = redis.call('HGET', bucket, user)
     if held then
       -- split as text: the whole can pass 2^53, where Lua's numbers (doubles) stop being exact
@@ -85,7 +86,7 @@ for i = 6, #ARGV, 2 do
       replies[#replies + 1] = {4}
     else  -- serial 0, open: the user holds no ticket
       -- the caller comes again with a serial: that is the same request, not a new one
-      if limit > 0 then redis.call('HINCRBY', KEYS[4], user, -1) end
+      rate_uncount(KEYS[4], user, limit)
       replies[#replies + 1] = {6}
     end
   end
@@ -96,5 +97,5 @@ if new > 0 then  -- once a call, not a claim: each redis.call costs about a micr
   redis.call('SADD', KEYS[5], ARGV[1])
   redis.call('HINCRBY', KEYS[6], string.format('%d', math.floor(now / 1000)), new)  -- one now a call
 end
-if counted then redis.call('EXPIRE', KEYS[4], ARGV[3]) end
+rate_expire(KEYS[4], ARGV[3])
 return replies

@@ -26,6 +26,16 @@ def new_tickets(results):
     return [body for _, status, body in results if status == 201]
 
 
+def until_every_worker_asks_again(since):
+    """Wait until every worker asks Redis again at its next request, a few STATE_REFRESH after `since`.
+
+    since: time.monotonic() once the stock was raised. A worker answers SOLD_OUT for STATE_REFRESH
+    after its last lease was refused, and every refusal came before `since`. A time, not a
+    condition to poll: no request can tell, as the kernel picks the worker that answers it (one
+    may answer them all while the other still holds its SOLD_OUT)."""
+    time.sleep(max(0.0, since + REFRESH * 4 - time.monotonic()))
+
+
 def test_stock_added_under_a_flood_is_issued_after_the_existing_serials(svc, signer, gunicorn,
                                                                          runner):
     server = gunicorn(workers=2, STATE_REFRESH=REFRESH)
@@ -40,6 +50,7 @@ def test_stock_added_under_a_flood_is_issued_after_the_existing_serials(svc, sig
     added_ms = now_ms()
     added = runner.invoke(args=["campaign", "add-stock", str(campaign_id), "500", "--request-id", "r-1"])
     assert added.exit_code == 0, added.output
+    raised = time.monotonic()
     assert f"campaign {campaign_id}: added 500 coupons, 800 in all" in added.output
     again = runner.invoke(args=["campaign", "add-stock", str(campaign_id), "500", "--request-id", "r-1"])
     assert again.exit_code == 0, again.output
@@ -47,7 +58,7 @@ def test_stock_added_under_a_flood_is_issued_after_the_existing_serials(svc, sig
     during = flooding.result(timeout=300)
 
     # the users refused meanwhile, and newcomers, once every worker has looked again
-    time.sleep(REFRESH * 4)
+    until_every_worker_asks_again(raised)
     refused = [(u, t) for (u, t), (_, status, _) in zip(first, during) if status == 409]
     after = flood([issue_call(server.url, campaign_id, u, t) for u, t in refused + fresh], 50)
 
@@ -91,8 +102,9 @@ def test_the_stock_sync_raises_redis_to_what_the_database_committed(svc, signer,
 
     sync_stock(svc)
 
+    raised = time.monotonic()
     assert svc.redis.hget(svc.keys(campaign_id).meta, "total") == "80"
-    time.sleep(REFRESH * 4)
+    until_every_worker_asks_again(raised)
     more = flood([issue_call(server.url, campaign_id, u, t) for u, t in people[60:]])
     assert Counter(s for _, s, _ in more) == {201: 30, 409: 30}
     assert sorted(t["serial"] for t in new_tickets(sold + more)) == list(range(1, 81))

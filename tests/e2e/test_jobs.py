@@ -9,17 +9,12 @@ from collections import Counter
 import pytest
 
 from coupon.keys import SCHEDULER_LEADER
-from coupon.outbox import outbox_stats
 from coupon.reconcile import mysql_tickets
 from loadtest.harness import free_port, open_campaign, users, wait_until
 from tests.support import (
-    FAST_JOBS, answered, assert_exact_tickets, flood, get_text, issue_call,
+    FAST_JOBS, answered, assert_exact_tickets, backlog, flood, get_text, issue_call,
     on_single_and_cluster, request, samples,
 )
-
-
-def backlog(svc, campaign_id):
-    return outbox_stats(svc.redis, svc.keys(campaign_id))[0]
 
 
 @on_single_and_cluster

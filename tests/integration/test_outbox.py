@@ -12,14 +12,9 @@ from sqlalchemy.exc import OperationalError
 
 from coupon import campaigns
 from coupon.flusher import GROUP, Flusher
-from coupon.outbox import outbox_stats
 from coupon.reconcile import mysql_tickets, reconcile
 from loadtest.harness import open_campaign
-from tests.support import issue_directly, on_single_and_cluster
-
-
-def backlog(svc, campaign_id):
-    return outbox_stats(svc.redis, svc.keys(campaign_id))[0]
+from tests.support import backlog, issue_directly, on_single_and_cluster
 
 
 @on_single_and_cluster
