@@ -118,10 +118,12 @@ class Flusher:
                 before_ack()
             # a stream that gave nothing this round is done with: off the news set once empty
             done = set(shards) - unread - {stream for stream, _, _ in entries}
-            moved += self._ack(entries, claims, shards, done)
-            if rows:  # where the round's time went (metrics.FLUSH_PARTS)
-                self.metrics.record_flush_round({"read": read - began, "write": written - read,
-                                                 "ack": time.perf_counter() - written})
+            acked = self._ack(entries, claims, shards, done)
+            moved += acked
+            if rows:  # where the round's time went (metrics.FLUSH_PARTS), and what it moved
+                self.metrics.record_flush_round(
+                    self.consumer, {"read": read - began, "write": written - read,
+                                    "ack": time.perf_counter() - written}, acked)
             for stream in done | unread:  # an unread one: next flush
                 del shards[stream]
             if until is not None and time.monotonic() > until:

@@ -8,9 +8,10 @@ write per outcome) whenever the worker has no issue request in progress, at leas
 FLUSH_EVERY seconds under load, and before each scrape.
 
 The global figures and this host's readiness, read from Redis and the database at scrape time,
-are coupon/scraped.py's. The jobs process calls record_flushed(n), record_events_published(n) and
-record_job_failure(name); those figures show in the web's /metrics when it runs with the same
-PROMETHEUS_MULTIPROC_DIR (the files of live processes survive a gunicorn restart).
+are coupon/scraped.py's. In the jobs process, each flusher calls record_flush_round(...) a round
+at a time, and the jobs record_events_published(n) and record_job_failure(name); those figures
+show in the web's /metrics when it runs with the same PROMETHEUS_MULTIPROC_DIR (the files of live
+processes survive a gunicorn restart).
 """
 import os
 import threading
@@ -63,8 +64,10 @@ class Metrics:
         self.block = Gauge(
             "coupon_local_block_serials", "Serials left in the workers' local blocks.",
             ["campaign_id"], multiprocess_mode="livesum", registry=None)
-        self.flushed = Counter("coupon_flushed", "Claims the flush job wrote to the database.",
-                               registry=None)
+        # the flush's figures by flusher (its consumer name: one per scheduler process, and a
+        # close's drain): each one's own rows/s and batch time, and summed, the whole flush's
+        self.flushed = Counter("coupon_flushed", "Claims flushers wrote to the database, by flusher.",
+                               ["flusher"], registry=None)
         self.events_published = Counter(
             "coupon_events_published", "Events the broker confirmed to the events job.", registry=None)
         # where the time goes: summed here, divided by the requests (or rounds) in PromQL
@@ -82,9 +85,10 @@ class Metrics:
             "in the last second (the worst worker's).", multiprocess_mode="livemax", registry=None)
         self.flush_part_seconds = Counter(
             "coupon_flush_part_seconds", "Seconds flush rounds spent reading the outbox, writing "
-            "to the database (committed) and acknowledging.", ["part"], registry=None)
-        self.flush_rounds = Counter("coupon_flush_rounds", "Flush rounds that moved rows.",
-                                    registry=None)
+            "to the database (committed) and acknowledging, by flusher.", ["part", "flusher"],
+            registry=None)
+        self.flush_rounds = Counter("coupon_flush_rounds", "Flush rounds that moved rows, by flusher.",
+                                    ["flusher"], registry=None)
         self.flushers = Gauge("coupon_flushers", "Scheduler processes that flush (every one).",
                               multiprocess_mode="livesum", registry=None)
         # "name", not "job": Prometheus gives every series of a target a "job" label of its own
@@ -103,21 +107,20 @@ class Metrics:
         self._registry = None
         self._totals_registry = None
 
-    def record_flushed(self, n):
-        """Count n claims moved from the outbox into the database (called by the flush job)."""
-        if n:
-            self.flushed.inc(n)
-
     def record_events_published(self, n):
         """Count n events the broker confirmed (called by the events job)."""
         if n:
             self.events_published.inc(n)
 
-    def record_flush_round(self, seconds):
-        """Count a flush round that moved rows: {part: seconds} of FLUSH_PARTS (the flush job)."""
-        self.flush_rounds.inc()
+    def record_flush_round(self, flusher, seconds, rows):
+        """Count a flush round of `flusher` that moved `rows` claims: {part: seconds} of FLUSH_PARTS.
+
+        Rows are those it acknowledged (each claim counted once, whichever flusher wrote it)."""
+        self.flush_rounds.labels(flusher).inc()
+        if rows:
+            self.flushed.labels(flusher).inc(rows)
         for part, spent in seconds.items():
-            self.flush_part_seconds.labels(part).inc(spent)
+            self.flush_part_seconds.labels(part, flusher).inc(spent)
 
     def record_job_failure(self, name):
         """Count a run of the scheduler's job `name` that did not succeed."""
@@ -218,23 +221,32 @@ class Metrics:
         "flushed": n, "block_serials": {campaign id: serials in local blocks},
         "time": where the time goes: {"issue": {part: seconds}, "claim_round_trips": n,
         "claims_sent": n, "loop_lag_seconds": the worst worker's, "flush": {part: seconds},
-        "flush_rounds": n, "flushers": n}}."""
+        "flush_rounds": n, "flushers": n, "by_flusher": {flusher: {"rows": n, "rounds": n,
+        "seconds": its rounds' time}}}}."""
         if self._totals_registry is None:
             self._totals_registry = self._host_registry()
         self.count_answers()
         answers, buckets, flushed, block = {}, {}, 0, {}
         spent = {"issue": dict.fromkeys(ISSUE_PARTS, 0.0), "flush": dict.fromkeys(FLUSH_PARTS, 0.0),
                  "claim_round_trips": 0, "claims_sent": 0, "loop_lag_seconds": 0.0,
-                 "flush_rounds": 0, "flushers": 0}
+                 "flush_rounds": 0, "flushers": 0, "by_flusher": {}}
         sums = {"coupon_claim_round_trips_total": "claim_round_trips",
-                "coupon_claims_sent_total": "claims_sent", "coupon_flush_rounds_total": "flush_rounds",
-                "coupon_flushers": "flushers"}
+                "coupon_claims_sent_total": "claims_sent", "coupon_flushers": "flushers"}
+
+        def of_flusher(sample):
+            return spent["by_flusher"].setdefault(sample.labels["flusher"],
+                                                  {"rows": 0, "rounds": 0, "seconds": 0.0})
+
         for family in self._totals_registry.collect():
             for s in family.samples:
                 if s.name == "coupon_issue_part_seconds_total":
                     spent["issue"][s.labels["part"]] += s.value
                 elif s.name == "coupon_flush_part_seconds_total":
                     spent["flush"][s.labels["part"]] += s.value
+                    of_flusher(s)["seconds"] += s.value
+                elif s.name == "coupon_flush_rounds_total":
+                    spent["flush_rounds"] += int(s.value)
+                    of_flusher(s)["rounds"] += int(s.value)
                 elif s.name in sums:
                     spent[sums[s.name]] += int(s.value)
                 elif s.name == "coupon_event_loop_lag_seconds":
@@ -246,6 +258,7 @@ class Metrics:
                     buckets[bound] = buckets.get(bound, 0) + int(s.value)
                 elif s.name == "coupon_flushed_total":
                     flushed += int(s.value)
+                    of_flusher(s)["rows"] += int(s.value)
                 elif s.name == "coupon_local_block_serials":
                     campaign = s.labels["campaign_id"]
                     block[campaign] = block.get(campaign, 0) + int(s.value)

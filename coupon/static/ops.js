@@ -309,10 +309,12 @@
   }
 
   // where an issue call's time went since the previous poll, this host: the mean ms of each part
-  // per answer, claims per Redis round trip, the event loop's lag, the flush's database share
+  // per answer, claims per Redis round trip, the event loop's lag; the flush's batch time, its
+  // database share, and each flusher's own rows/s (the flushers sharing this host's metrics)
   const PARTS = [["queued", "waiting to be read"], ["turn", "its turn"], ["admit", "admission"],
                  ["token", "token check"], ["serial", "waiting for a serial"], ["claim", "claim round trip"]];
-  function timeParts(now, before) {
+  function timeParts(state, last) {
+    const now = state.this_host, before = last && last.this_host;
     if (!before || !now.time || !before.time) return "";
     const total = (answers) => Object.values(answers).reduce((a, b) => a + b, 0);
     const answers = total(now.answers) - total(before.answers);
@@ -326,14 +328,31 @@
     said.push(`event loop late by ${number(1000 * now.time.loop_lag_seconds, 1)} ms at worst`);
     const spent = (t) => Object.values(t.flush).reduce((a, b) => a + b, 0);
     const flushing = spent(now.time) - spent(before.time);
-    if (flushing > 0) said.push(`flush: the database ${number(100 * (now.time.flush.write - before.time.flush.write) / flushing)} % of its time, ${now.time.flushers} flusher(s)`);
+    const rounds = now.time.flush_rounds - before.time.flush_rounds;
+    if (flushing > 0 && rounds > 0) {
+      said.push(`flush: ${number(1000 * flushing / rounds, 1)} ms a batch, the database ` +
+                `${number(100 * (now.time.flush.write - before.time.flush.write) / flushing)} % of it; ` +
+                flusherRates(now.time.by_flusher, before.time.by_flusher, state.now - last.now) +
+                ` (${now.time.flushers} flusher(s) running)`);
+    }
     return "Where the time goes: " + said.join("; ") + ".";
+  }
+
+  // each flusher's own rows/s and batch time since the previous poll, those that flushed
+  function flusherRates(now, before, seconds) {
+    const rates = Object.entries(now || {}).map(([name, f]) => {
+      const was = (before || {})[name] || {rows: 0, rounds: 0, seconds: 0};
+      const rounds = f.rounds - was.rounds;
+      return rounds > 0 ? `${name} ${number((f.rows - was.rows) / seconds)} rows/s, ` +
+                          `${number(1000 * (f.seconds - was.seconds) / rounds, 1)} ms a batch` : null;
+    }).filter((said) => said);
+    return "each flusher: " + (rates.length ? rates.join(" · ") : "–");
   }
 
   function showLive(state) {
     const c = state.campaign, h = recent;
     liveCharts();
-    text("time-parts", timeParts(state.this_host, previous && previous.this_host));
+    text("time-parts", timeParts(state, previous));
     record(state);
     drawLive(state);
     const answered = h.answers.reduce((sum, series) => sum + (last(series) || 0), 0);

@@ -4,6 +4,7 @@ issued count and chart follow a sale within 2 s; a closed sale is replayed; a pa
 shows the sale from its opening. Screenshots go to reports/ (ops-live.png, ops-closed.png,
 ops-late.png)."""
 import os
+import re
 import threading
 import time
 
@@ -102,7 +103,7 @@ def test_page_opened_late_shows_the_sale_from_its_opening(browser, gunicorn, sch
 
 def test_page_follows_a_sale_and_replays_it(browser, gunicorn, scheduler, svc, signer):
     server = gunicorn(workers=2, private_metrics=True)
-    scheduler(**FAST_JOBS)
+    scheduler(PROMETHEUS_MULTIPROC_DIR=server.metrics_dir, **FAST_JOBS)  # its flush on this host's page
     stock = 400
     campaign_id = open_campaign(svc, stock, "Launch day")
     page = browser.new_page(viewport={"width": 1400, "height": 1000})  # where the axes ran together
@@ -121,6 +122,12 @@ def test_page_follows_a_sale_and_replays_it(browser, gunicorn, scheduler, svc, s
         "document.getElementById('bar-text').textContent.startsWith('150 of')", timeout=FOLLOWS_WITHIN_MS)
     page.wait_for_function("window.opsPage.charts.issued.data[1].some(v => v > 0)",
                            timeout=FOLLOWS_WITHIN_MS)
+    # the wave's flush, in the poll after it: a batch's time and the flusher's own rows/s
+    said = page.wait_for_function("""() => {
+        const said = document.getElementById('time-parts').textContent;
+        return said.includes('rows/s') && said; }""", timeout=2 * FOLLOWS_WITHIN_MS).json_value()
+    assert re.search(r"flush: [\d.]+ ms a batch, .*each flusher: jobs:\S+ [\d,]+ rows/s, [\d.]+ ms a batch",
+                     said), said
 
     # the rest of the sale in paced waves, past sell-out, so the charts have a shape to show
     for start in range(150, len(crowd), 50):

@@ -19,7 +19,7 @@ def test_metrics_count_outcomes_in_prometheus_text(client, svc, signer):
     for user in ("m1", "m1", "m2", "m3"):
         client.post(f"/api/v1/campaigns/{campaign_id}/issue",
                     headers={"Authorization": "Bearer " + signer.mint(user)})
-    svc.metrics.record_flushed(3)
+    svc.metrics.record_flush_round("jobs:h:1", {"read": 0.001, "write": 0.004, "ack": 0.001}, 3)
 
     response = client.get("/metrics")
     assert response.status_code == 200
@@ -27,7 +27,9 @@ def test_metrics_count_outcomes_in_prometheus_text(client, svc, signer):
     after = samples(response.get_data(as_text=True))
     assert (outcome(after, "NEW"), outcome(after, "HELD"), outcome(after, "SOLD_OUT")) == (2, 1, 1)
     assert after[("coupon_issue_duration_seconds_count", ())] == 4
-    assert after[("coupon_flushed_total", ())] == 3
+    flusher = (("flusher", "jobs:h:1"),)
+    assert (after[("coupon_flushed_total", flusher)], after[("coupon_flush_rounds_total", flusher)]) == (3, 1)
+    assert after[("coupon_flush_part_seconds_total", (("flusher", "jobs:h:1"), ("part", "write")))] == 0.004
     label = (("campaign_id", str(campaign_id)),)
     assert after[("coupon_outbox_backlog", label)] == 2  # no flusher runs in this test
     assert after[("coupon_flush_lag_seconds", label)] >= 0

@@ -93,8 +93,13 @@ def test_sold_out_campaign_says_when_it_sold_out(client, svc):
     assert view["status"] == "sold_out"
     assert view["sold_out_after_seconds"] is None  # the rows are not in the database yet
     Flusher(svc, consumer="test").flush([campaign_id])
-    view = client.get(f"/ops/live.json?campaign={campaign_id}").json["campaign"]
-    assert 0 <= view["sold_out_after_seconds"] < 30
+    state = client.get(f"/ops/live.json?campaign={campaign_id}").json
+    assert 0 <= state["campaign"]["sold_out_after_seconds"] < 30
+    # the flush's figures, by flusher: the page's batch time and each one's rows/s
+    spent = state["this_host"]["time"]
+    assert spent["flush_rounds"] == 1 and spent["by_flusher"]["test"]["rows"] == 2
+    [flusher] = spent["by_flusher"].values()
+    assert flusher["rounds"] == 1 and flusher["seconds"] == pytest.approx(sum(spent["flush"].values()))
 
 
 @pytest.mark.parametrize("counted", ["by Redis", "by the database"])
