@@ -159,7 +159,8 @@ class ReadMarks:
     the look found it; a connection just accepted runs one turn later, and a look accepts every
     connection waiting: worker.DrainingStreamServer, up to worker_connections open). So the kernel
     clock noted before each look, LOOKS_BACK looks ago, is a time before which nothing unread
-    waits. Without gevent's loop (threads: the tests' in-process server) it is now, and promises nothing."""
+    waits. Without gevent's loop (threads: the tests' in-process server) it is now, and promises
+    nothing."""
 
     LOOKS_BACK = 3
 
