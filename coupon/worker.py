@@ -77,7 +77,7 @@ class WorkerProtections:
 
         for listener in self.sockets:
             stamp_listener(listener)
-        if app.config["ARRIVAL_ORDER"]:
+        if getattr(app, "config", {}).get("ARRIVAL_ORDER"):  # (another app: loadtest's bare one)
             ggevent.StreamServer = DrainingStreamServer  # what GeventWorker.run listens with
 
         def closable(environ, start_response):

@@ -82,3 +82,11 @@ def test_an_address_in_use_is_refused_at_once_with_the_options(env):
     assert done.returncode == 1
     assert f"127.0.0.1:{port} is in use" in done.stderr, done.stderr
     assert "Connection in use" not in done.stderr  # gunicorn's five retries, a second apart
+
+
+@pytest.mark.parametrize("app", ["loadtest.ceiling_app:app", "loadtest.ceiling_app:bare"])
+def test_the_same_settings_serve_another_wsgi_app(gunicorn, app):
+    # make bench serves its ceilings (a bare Flask app, a bare WSGI function) with these settings:
+    # the hooks must not count on the service's app (they did: its ARRIVAL_ORDER setting)
+    server = gunicorn(app=app, ARRIVAL_ORDER="on")  # started: its /healthz answered 200
+    assert "ok" in get_text(server.url, "/healthz")
