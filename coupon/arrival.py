@@ -38,7 +38,8 @@ RECEIVED_NS = "coupon.received_ns"  # the WSGI environ's key of StampedSocket.ta
 PUBLISH_EVERY = 0.002  # seconds between a worker's publications of its frontiers while idle
 # ... while it serves requests: each publication is a round trip of CPU its requests wait for, and
 # with requests coming the loop turns (and its read marks move) without the publisher's timer
-# (at 1,000/s and at floods, faster answers and more of them: BENCHMARKS.md)
+# (at 1,000/s and at floods, faster answers and more of them: BENCHMARKS.md, "First come, first
+# served")
 BUSY_PUBLISH_EVERY = 0.010
 LINGER = 1.0  # seconds a worker keeps publishing its frontier of a campaign after its last request
 ENTRY_TURNS = 8  # turns of the loop a waking dispatcher yields at most while requests come in

@@ -103,7 +103,7 @@ class SingleFlight:
     The first caller runs it; callers arriving meanwhile wait for that run and get its result or
     its error, all woken at once. (A lock held across the call would hand over to one waiter per
     turn of gevent's loop, each turn serving every other ready connection first: tens of ms per
-    waiter under a ramp, BENCHMARKS.md.)
+    waiter under a ramp: BENCHMARKS.md, "The tail".)
     """
 
     def __init__(self):
