@@ -14,9 +14,9 @@ import os
 import socket
 
 import gevent
+from gevent.server import StreamServer
 from gunicorn import util
 from gunicorn.http import errors as http_errors
-from gevent.server import StreamServer
 from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
 
@@ -118,7 +118,8 @@ class DrainingStreamServer(StreamServer):
     spread them among the workers); under a flood the rest waited in the kernel's accept queue,
     unread, which the worker's read marks (arrival.ReadMarks: what arrived before a look three
     looks back has been read) took as read, and later requests were served before them
-    (BENCHMARKS.md "First come, first served"). Its pool (worker_connections) still bounds it."""
+    (BENCHMARKS.md, "New connections accepted all at once"). Its pool (worker_connections) still
+    bounds it: with that many connections open, it accepts none until one closes."""
 
     def start(self):
         self.max_accept = self.pool.size
