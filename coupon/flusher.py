@@ -155,7 +155,8 @@ class Flusher:
         gone."""
         new = [stream for stream in streams if stream not in self._grouped]
         batch = self.redis.batch()
-        created = [(stream, batch.on(stream).xgroup_create(stream, GROUP, id="0")) for stream in new]
+        created = [(stream, batch.on(stream).xgroup_create(stream, GROUP, id="0"))
+                   for stream in new]
         batch.execute(raise_on_error=False)
         for stream, create in created:
             reply = create.raw
@@ -224,8 +225,9 @@ class Flusher:
         batch, acks = self.redis.batch(), []
         for stream, pairs in by_stream.items():
             shard = shards[stream]
+            keys = [stream, shard.news, shard.drained, shard.state]
             for i in range(0, max(1, len(pairs)), 2 * ACK_CHUNK):
-                acks.append(batch.script(self.ack_script, [stream, shard.news, shard.drained, shard.state],
+                acks.append(batch.script(self.ack_script, keys,
                                          [GROUP, shard.campaign_id, *pairs[i:i + 2 * ACK_CHUNK]]))
         batch.execute()
         return sum(ack.get()[0] for ack in acks)  # ack_outbox.lua: {claims acknowledged, left}

@@ -255,8 +255,13 @@ def queue_unflushed(batch, keys):
 
     Each claim shard's issued less its flushed (ack_outbox.lua counts them); call what it returns
     once the batch has run."""
-    counts = [batch.on(shard.state).hmget(shard.state, "issued", "flushed") for shard in keys.all_shards()]
-    return lambda: sum(int(issued or 0) - int(flushed or 0) for issued, flushed in (c.get() for c in counts))
+    counts = [batch.on(shard.state).hmget(shard.state, "issued", "flushed")
+              for shard in keys.all_shards()]
+
+    def unflushed():
+        return sum(int(issued or 0) - int(flushed or 0)
+                   for issued, flushed in (count.get() for count in counts))
+    return unflushed
 
 
 def issues_per_second(redis, keys):
