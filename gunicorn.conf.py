@@ -78,5 +78,5 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
-    """A worker that stops cleanly gives its serials back, and leaves the roll."""
+    """A worker that stops cleanly gives its serials back, leaves the roll, and ends at once."""
     coupon.worker.worker_stopping(worker)

@@ -45,8 +45,9 @@ def app_config(database_url, redis_target, **extra):
 
 def stop_at_once(server, timeout=30):
     """Stop a harness.Gunicorn a test is done with as Ctrl-C does (SIGINT: its workers exit at once),
-    not gracefully (SIGTERM: a gevent worker notices about a second later). The graceful stop is
-    tested where it matters (e2e/test_start_stop.py, e2e/test_faults.py, e2e/test_issue_flood.py)."""
+    not gracefully (SIGTERM: a worker waits for the connections a client keeps open). The graceful
+    stop is tested where it matters (e2e/test_start_stop.py, e2e/test_faults.py,
+    e2e/test_issue_flood.py)."""
     if server.proc.poll() is None:
         server.proc.send_signal(signal.SIGINT)
         try:

@@ -14,7 +14,9 @@ import urllib.request
 import pytest
 
 from coupon.keys import SCHEDULER_LEADER
-from loadtest.harness import GUNICORN, ROOT, free_port, wait_until
+from loadtest.harness import GUNICORN, ROOT, free_port, open_campaign, wait_until
+from tests.support import issue_call
+from tests.support_http import RawConnection, issue_head
 
 
 def test_an_address_in_use_is_refused_at_once_with_a_hint(env):
@@ -39,6 +41,51 @@ def test_ctrl_c_stops_gunicorn_and_its_workers_without_a_traceback(gunicorn):
     with open(server.log_path) as f:
         log = f.read()
     assert "Traceback" not in log and "SystemExit" not in log, log
+
+
+def test_sigterm_answers_the_request_in_flight_then_the_worker_ends_without_the_timeout(
+        gunicorn, svc, signer, redis_client):
+    """A worker told to stop (SIGTERM, as systemd and a deploy do) answers the request it is
+    reading, gives its unused serials back, and ends as soon as its connections are done, not
+    at graceful_timeout (coupon.worker.PromptStop)."""
+    server = gunicorn(workers=1, GRACEFUL_TIMEOUT=120)
+    campaign_id = open_campaign(svc, 10_000)
+    assert issue_call(server.url, campaign_id, "first", signer.mint("first"))()[1] == 201
+    keys = svc.keys(campaign_id)
+    leased = int(redis_client.hget(keys.meta, "cursor"))
+    assert leased > 2  # the worker holds a block of serials
+    [worker] = server.worker_pids()
+    with RawConnection(server.port) as conn:
+        conn.send(issue_head(campaign_id, signer.mint("second"), "Content-Length: 2"))
+        wait_until(lambda: f"pid={worker}," in held_by(server.port, conn), what="the worker to accept")
+        server.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: refused(server.port), what="the worker to stop listening")
+        conn.send(b"{}")  # the body it waits for
+        answer = conn.answer()
+    assert answer.status == 201, answer
+    # well before graceful_timeout: ended once its only connection closed
+    assert server.proc.wait(timeout=60) == 0
+    assert redis_client.zcard(keys.leases) == 0  # the block given back, as below
+    assert redis_client.llen(keys.returned) == leased - 2
+    with open(server.log_path) as f:
+        log = f.read()
+    assert "Traceback" not in log and "graceful timeout" not in log, log
+
+
+def held_by(port, conn):
+    """ss's line for the server's end of this connection: names the process once one accepted it."""
+    client_port = conn.sock.getsockname()[1]
+    return subprocess.run(["ss", "-tnpH", f"( sport = :{port} and dport = :{client_port} )"],
+                          capture_output=True, text=True).stdout
+
+
+def refused(port):
+    """No process listens on the port any more."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
 
 
 def test_scheduler_stops_once_on_two_terms_and_resigns(scheduler, redis_client):
