@@ -61,16 +61,20 @@ def unverified_header(token):
 class PreparedHMAC(HMACAlgorithm):
     """PyJWT's HMAC algorithm, with its checks of our one HS key done once, not at every decode.
 
-    PyJWT checks an HMAC key (not a PEM, DER or SSH key, not a JWK) each time it verifies with
-    it: ~15 us of a ~90 us token check (BENCHMARKS.md, "What a new ticket costs the web worker").
-    Any other key is checked as PyJWT does."""
+    PyJWT checks an HMAC key (not a PEM, DER or SSH key, not a JWK; its length) each time it
+    verifies with it: ~15 us of a ~90 us token check (BENCHMARKS.md, "What a new ticket costs the
+    web worker"). Any other key is checked as PyJWT does."""
 
     def __init__(self, hash_alg, key):
         super().__init__(hash_alg)
         self.key, self.prepared = key, super().prepare_key(key)
+        self.too_short = super().check_key_length(self.prepared)  # a warning's text, or None
 
     def prepare_key(self, key):
         return self.prepared if key is self.key else super().prepare_key(key)
+
+    def check_key_length(self, key):
+        return self.too_short if key is self.prepared else super().check_key_length(key)
 
 
 class SegmentsInC(PyJWS):
