@@ -101,8 +101,7 @@ class SegmentsInC(PyJWS):
 
 
 def decoder(hs_key, options):
-    """A PyJWT of our own: its options set once, its segments checked in C, its HS algorithms
-    with hs_key prepared."""
+    """A PyJWT of our own: options set once, segments checked in C, hs_key prepared once."""
     decoder = jwt.PyJWT(options)
     # the PyJWS it verifies signatures with (jwt.decode's is set the same way, in api_jwt.py)
     decoder._jws = SegmentsInC()
