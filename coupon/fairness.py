@@ -43,13 +43,22 @@ class ArrivalLog:
         else:
             return
         if self._writer is None:
-            self._writer = threading.Thread(target=self._write_soon, daemon=True, name="arrival-log")
+            self._writer = threading.Thread(target=self._write_while_noted, daemon=True,
+                                            name="arrival-log")
             self._writer.start()
 
-    def _write_soon(self):
-        time.sleep(NOTE_EVERY)  # what comes meanwhile goes in the same call
-        self._writer = None
-        self.write()
+    def _write_while_noted(self):
+        """Every NOTE_EVERY, write what was noted meanwhile (in one call); end after a quiet one.
+
+        One thread while notes come, not one a write: a thread's start cost about 0.6 % of a
+        worker's time under new tickets (BENCHMARKS.md, "What a new ticket costs the web worker")."""
+        while True:
+            time.sleep(NOTE_EVERY)
+            with self._lock:
+                if not self._wins and not self._refused:
+                    self._writer = None  # a note from now on starts another
+                    return
+            self.write()
 
     def write(self):
         """Write what was noted to Redis; what fails to be written is lost (a figure for people)."""

@@ -8,12 +8,15 @@ import re
 import time
 
 import jwt
+from jwt.algorithms import HMACAlgorithm
+from jwt.api_jws import PyJWS
 
 from coupon.errors import BadRequest, Unauthorized
 from coupon.jwks import Keyring
 
 USER_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
 BASE64URL = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+BASE64URL_BYTES = re.compile(rb"[A-Za-z0-9_-]*")
 HS_ALGS = ("HS256", "HS384", "HS512")
 TOKEN_MAX = 4096  # bytes: an IdP's token with a few claims is well under 2 KB
 KEY_HEADERS = ("jku", "x5u", "jwk", "x5c")  # a token naming its own key: never fetched, never trusted
@@ -55,6 +58,60 @@ def unverified_header(token):
     return header
 
 
+class PreparedHMAC(HMACAlgorithm):
+    """PyJWT's HMAC algorithm, with its checks of our one HS key done once, not at every decode.
+
+    PyJWT checks an HMAC key (not a PEM, DER or SSH key, not a JWK; its length) each time it
+    verifies with it: ~15 us of a ~90 us token check (BENCHMARKS.md, "What a new ticket costs the
+    web worker"). Any other key is checked as PyJWT does."""
+
+    def __init__(self, hash_alg, key):
+        super().__init__(hash_alg)
+        self.key, self.prepared = key, super().prepare_key(key)
+        self.too_short = super().check_key_length(self.prepared)  # a warning's text, or None
+
+    def prepare_key(self, key):
+        return self.prepared if key is self.key else super().prepare_key(key)
+
+    def check_key_length(self, key):
+        return self.too_short if key is self.prepared else super().check_key_length(key)
+
+
+class SegmentsInC(PyJWS):
+    """PyJWT's JWS, whose check of a segment's characters is one regular expression.
+
+    PyJWT checks each character of the three segments in a Python loop: ~20 us of a ~90 us token
+    check (BENCHMARKS.md, "What a new ticket costs the web worker"). The same rules, in the same
+    order (tests/unit/test_signing.py holds the two to the same answers)."""
+
+    @staticmethod
+    def _decode_base64url_segment(segment, name):
+        stripped = segment.rstrip(b"=")
+        padding = len(segment) - len(stripped)
+        if padding > 2 or (padding and len(segment) % 4) or len(stripped) % 4 == 1 \
+                or not BASE64URL_BYTES.fullmatch(stripped):
+            raise jwt.DecodeError(f"Invalid {name} padding")
+        try:
+            decoded = base64.urlsafe_b64decode(stripped + b"=" * (-len(stripped) % 4))
+        except (TypeError, binascii.Error) as err:
+            raise jwt.DecodeError(f"Invalid {name} padding") from err
+        if base64.urlsafe_b64encode(decoded).rstrip(b"=") != stripped:  # one encoding of each value
+            raise jwt.DecodeError(f"Invalid {name} padding")
+        return decoded
+
+
+def decoder(hs_key, options):
+    """A PyJWT of our own: options set once, segments checked in C, hs_key prepared once."""
+    decoder = jwt.PyJWT(options)
+    # the PyJWS it verifies signatures with (jwt.decode's is set the same way, in api_jwt.py)
+    decoder._jws = SegmentsInC()
+    for alg, hash_alg in zip(HS_ALGS, (HMACAlgorithm.SHA256, HMACAlgorithm.SHA384,
+                                       HMACAlgorithm.SHA512)):
+        decoder._jws.unregister_algorithm(alg)
+        decoder._jws.register_algorithm(alg, PreparedHMAC(hash_alg, hs_key))
+    return decoder
+
+
 def failure(error):
     if isinstance(error, jwt.MissingRequiredClaimError):
         return f"the token has no {error.claim} claim"
@@ -76,7 +133,8 @@ class Signer:
         self.code_key = hashlib.sha256(b"coupon-ticket-code:" + secret_key.encode()).digest()
         self.token_ttl, self.issuer, self.audience = token_ttl, issuer, audience
         self.leeway, self.user_claim, self.keyring = leeway, user_claim, keyring
-        self.options = {"require": ["exp"], "verify_iss": bool(issuer), "verify_aud": bool(audience)}
+        self.decoder = decoder(self.hs_key, {"require": ["exp"], "verify_iss": bool(issuer),
+                                             "verify_aud": bool(audience)})
         # token -> (user id, expires): a user pressing again costs a dict lookup, not a signature
         # check; the expiry is still checked on every hit, and a change of the JWKS forgets them all
         self._verified, self._keys_version = {}, 0
@@ -128,8 +186,8 @@ class Signer:
         try:
             header = unverified_header(token)
             key, algs = self.key_for(header)
-            claims = jwt.decode(token, key, algorithms=algs, options=self.options, issuer=self.issuer or None,
-                                audience=self.audience or None, leeway=self.leeway)
+            claims = self.decoder.decode(token, key, algorithms=algs, issuer=self.issuer or None,
+                                         audience=self.audience or None, leeway=self.leeway)
         except jwt.PyJWTError as e:
             raise Unauthorized(failure(e)) from None
         user_id = claims.get(self.user_claim)

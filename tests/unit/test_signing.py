@@ -1,14 +1,18 @@
 """User ids, tokens and ticket codes: no service needed (JWKS tokens: test_tokens.py)."""
+import base64
 import re
 import time
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from jwt import DecodeError, InvalidKeyError
+from jwt.algorithms import HMACAlgorithm
+from jwt.api_jws import PyJWS
 
 from coupon.errors import BadRequest, Unauthorized
-from coupon.signing import Signer, check_user_id
-from tests.jwks_keys import forged
+from coupon.signing import PreparedHMAC, SegmentsInC, Signer, check_user_id
+from tests.jwks_keys import forged, rsa_public_pem
 
 SECRET = "unit-test-secret"
 user_ids = st.from_regex(r"[A-Za-z0-9_.:@-]{1,64}", fullmatch=True)
@@ -90,3 +94,28 @@ def test_different_tickets_have_different_codes(tickets):
 def test_campaign_and_serial_do_not_run_together():
     signer = Signer(SECRET, 3600)
     assert signer.ticket_code(1, 23) != signer.ticket_code(12, 3)
+
+
+def decoded_or_refused(decode, segment):
+    try:
+        return decode(segment, "payload")
+    except DecodeError as e:
+        return str(e)
+
+
+@settings(max_examples=2000)
+@given(segment=st.binary(max_size=40).map(lambda b: base64.urlsafe_b64encode(b).rstrip(b"="))
+       | st.from_regex(rb"[A-Za-z0-9_=+/!-]{0,12}", fullmatch=True))
+def test_a_segment_decodes_or_is_refused_as_pyjwt_would(segment):
+    assert decoded_or_refused(SegmentsInC._decode_base64url_segment, segment) == \
+        decoded_or_refused(PyJWS._decode_base64url_segment, segment)
+
+
+def test_the_hs_key_is_checked_once_and_any_other_key_as_pyjwt_does(monkeypatch):
+    signer = Signer(SECRET, 3600)
+    token = signer.mint("alice")
+    monkeypatch.setattr(HMACAlgorithm, "prepare_key", None)  # a check per decode would fail loudly
+    assert signer.verify(token)[0] == "alice"
+    monkeypatch.undo()
+    with pytest.raises(InvalidKeyError):
+        PreparedHMAC(HMACAlgorithm.SHA256, signer.hs_key).prepare_key(rsa_public_pem())
