@@ -30,7 +30,8 @@ class Attempt:
     took: float
 
 
-def ask(url, campaign_id, user, token):
+def ask(url, campaign_id, user, token, heard=None):
+    """A user's issue call; `heard`, a list, also gets its Attempt as soon as it is answered."""
     def call():
         started = time.monotonic()
         try:
@@ -39,7 +40,10 @@ def ask(url, campaign_id, user, token):
             status, body = "timeout", None
         except (OSError, http.client.HTTPException) as e:  # the worker died under the request
             status, body = "dropped", type(e).__name__
-        return Attempt(user, status, body, started, time.monotonic() - started)
+        attempt = Attempt(user, status, body, started, time.monotonic() - started)
+        if heard is not None:
+            heard.append(attempt)
+        return attempt
 
     return call
 
@@ -55,11 +59,12 @@ def issued_counter(svc, campaign_id):
     return issued
 
 
-def demand(url, campaign_id, signer, issued, seconds, wave=100, pause=0.3, concurrency=50, busy=None):
+def demand(url, campaign_id, signer, issued, seconds, wave=100, pause=0.3, concurrency=50, busy=None,
+           heard=None):
     """Send the USERS in waves, each with a fifth of earlier users asking again; paced while stock
     remains, then at full speed. Past USERS, go on with fresh users until issued() reaches STOCK
     (serials of dead workers come back late) or `seconds` pass. `busy`, an Event, is set while a
-    wave is in flight. Returns (answers, tokens)."""
+    wave is in flight; `heard`, a list, gets each answer as it comes. Returns (answers, tokens)."""
     rnd = random.Random(5)
     deadline = time.monotonic() + seconds
     tokens, answers, sent = {}, [], 0
@@ -75,7 +80,7 @@ def demand(url, campaign_id, signer, issued, seconds, wave=100, pause=0.3, concu
         rnd.shuffle(batch)
         if busy:
             busy.set()
-        answers += flood([ask(url, campaign_id, u, tokens[u]) for u in batch], concurrency)
+        answers += flood([ask(url, campaign_id, u, tokens[u], heard) for u in batch], concurrency)
         if busy:
             busy.clear()
         if not sold:
