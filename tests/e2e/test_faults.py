@@ -242,15 +242,16 @@ class Flushers:
 
     def stopped_holding_pending(self, process):
         """Freeze the process (SIGSTOP) while its flusher holds pending entries, so that they stay
-        pending: read between a look and a stop, they could be acknowledged meanwhile. True if
-        it is stopped now."""
+        pending: read between a look and a stop, they could be acknowledged meanwhile. Returns how
+        many it held once stopped (0: it runs on). The other flusher may take them over at any
+        moment after (XAUTOCLAIM), so a later look may find none."""
         if not self.pending_of(process):
-            return False
+            return 0
         os.kill(process.proc.pid, signal.SIGSTOP)
-        if self.pending_of(process):
-            return True
-        os.kill(process.proc.pid, signal.SIGCONT)
-        return False
+        held = len(self.pending_of(process))
+        if not held:
+            os.kill(process.proc.pid, signal.SIGCONT)
+        return held
 
     def users_of(self, pending):
         return [claim.user_id for s, i in pending
@@ -326,16 +327,19 @@ def test_leader_stopped_mid_flood_the_other_scheduler_flushes_at_once(svc, signe
     def rows():
         return count_rows(svc.engine, campaign_id)
 
+    def frozen_mid_batch():
+        if issued() >= 300 and rows() > 0:
+            stopped["pending"] = flushers.stopped_holding_pending(leader)
+        return stopped.get("pending", 0) > 0
+
     def watch_rows():
         stopped["at"], stopped["rows"] = time.monotonic(), rows()
-        stopped["pending"] = len(flushers.pending_of(leader))
         wait_until(lambda: rows() > stopped["rows"], timeout=10, interval=0.01,
                    what="a row after the leader stopped")
         stopped["first_row_s"] = time.monotonic() - stopped["at"]
 
     try:
-        with once(lambda: issued() >= 300 and rows() > 0 and flushers.stopped_holding_pending(leader),
-                  watch_rows, poll=0.001):
+        with once(frozen_mid_batch, watch_rows, poll=0.001):
             answers, tokens = demand(server.url, campaign_id, signer, issued, seconds=30)
         assert stopped.get("pending", 0) > 0  # frozen mid-batch
         assert stopped["first_row_s"] < 5  # at once: a flush interval, not a lease period
