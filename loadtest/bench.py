@@ -45,7 +45,7 @@ from coupon import create_app
 from coupon.redis_state import issued_in_redis
 from loadtest.harness import (
     ROOT, Gunicorn, LocalCluster, RedisTarget, fresh_database, open_campaign, service_env, terminate,
-    users,
+    users, web_cpu_seconds,
 )
 from loadtest.run import scrape
 
@@ -191,7 +191,7 @@ def run(seconds, connections, only=ALL, with_ops_page=False):
     svc, env = prepare(DATABASE_URL, REDIS_URL)
     cluster = csvc = None
     # enough distinct users that (b) never wraps around at this machine's speed
-    new_users = max(60_000, 8_000 * seconds)
+    new_users = max(60_000, 12_000 * seconds)
     tmp = tempfile.mkdtemp(prefix="bench-")
     results = {}
     server = None
@@ -243,7 +243,10 @@ def run(seconds, connections, only=ALL, with_ops_page=False):
                 print(f"({key}) {title}: {seconds} s, {connections} connections"
                       + (", the operators' page open" if page else "") + " ...", flush=True)
                 before, used = outcomes(server), redis_usage(masters.get(key, {}))
+                cpu = web_cpu_seconds([server])
                 r = wrk(server.url, path, tokens[measured], seconds, connections)
+                # per request: steadier than req/s on a shared machine (wrk's CPU is not in it)
+                r["web_cpu_us"] = (web_cpu_seconds([server]) - cpu) * 1e6 / max(1, r["requests"])
                 time.sleep(0.5)  # answers in flight when wrk stopped reach the counters
                 r["redis"] = usage_delta(redis_usage(masters.get(key, {})), used)
             finally:
@@ -272,6 +275,8 @@ def run(seconds, connections, only=ALL, with_ops_page=False):
 
 def table(results, seconds, connections, with_ops_page=False):
     a = results["a"]["rps"] if "a" in results else float("nan")
+    # vs (a) by CPU: (a)'s CPU a request over the phase's, so that it reads like req/s against (a)
+    a_cpu = results["a"]["web_cpu_us"] if "a" in results else float("nan")
     page = ("; the operators' page open in headless chromium during b, c and d, polls: "
             + ", ".join(f"({k}) {r['ops_page_polls']}" for k, r in sorted(results.items())
                         if "ops_page_polls" in r)) if with_ops_page else ""
@@ -281,8 +286,9 @@ def table(results, seconds, connections, with_ops_page=False):
         "",
         f"Machine: {machine()}.",
         "",
-        "| phase | req/s | p50 ms | p99 ms | max ms | vs (a) | answers (server side) | socket errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+        "| phase | req/s | p50 ms | p99 ms | max ms | vs (a) | web CPU us a request (vs (a)) "
+        "| answers (server side) | socket errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for key in sorted(results):
         r = results[key]
@@ -292,7 +298,8 @@ def table(results, seconds, connections, with_ops_page=False):
         errors = r["connect"] + r["read"] + r["write"] + r["timeout"]
         lines.append(
             f"| ({key}) {r['title']} | {r['rps']:,.0f} | {r['p50_us'] / 1000:.1f} | "
-            f"{r['p99_us'] / 1000:.1f} | {r['max_us'] / 1000:.0f} | {r['rps'] / a:.2f} | {answers} | {errors} |"
+            f"{r['p99_us'] / 1000:.1f} | {r['max_us'] / 1000:.0f} | {r['rps'] / a:.2f} | "
+            f"{r['web_cpu_us']:.0f} ({a_cpu / r['web_cpu_us']:.2f}) | {answers} | {errors} |"
         )
     if "f" in results and "b" in results:
         lines += cluster_lines(results["b"], results["f"])

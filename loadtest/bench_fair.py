@@ -43,8 +43,8 @@ from coupon.fairness import NOTE_EVERY, SaleOrder
 from coupon.redis_state import issued_in_redis
 from loadtest.bench import bench_service, machine
 from loadtest.harness import (
-    ROOT, Gunicorn, LocalCluster, RedisServer, RedisTarget, cpu_seconds, fresh_database,
-    open_campaign, users,
+    ROOT, Gunicorn, LocalCluster, RedisServer, RedisTarget, fresh_database, open_campaign, users,
+    web_cpu_seconds,
 )
 
 DATABASE_URL = os.environ.get("BENCH_FAIR_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/coupon_benchfair")
@@ -421,12 +421,6 @@ def run_setting(svc, servers, users_count, stock, rate, fresh, label="run"):
             figures["flags"].append(f"a pooled connection idle {figures['max_idle_s']:.1f} s: "
                                     f"the server's keep-alive is {KEEPALIVE:g} s")
     return figures
-
-
-def web_cpu_seconds(servers):
-    """CPU seconds the servers' masters and workers have used so far."""
-    return sum(cpu_seconds(pid) or 0.0 for server in servers
-               for pid in (server.proc.pid, *server.worker_pids()))
 
 
 PART = re.compile(r'^coupon_issue_part_seconds_total\{part="(\w+)"\} (\S+)$', re.M)

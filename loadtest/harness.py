@@ -368,6 +368,12 @@ def cpu_seconds(pid, thread=None):
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICK  # utime, stime: fields 14 and 15 of stat
 
 
+def web_cpu_seconds(servers):
+    """CPU seconds the Gunicorn servers' masters and workers have used so far."""
+    return sum(cpu_seconds(pid) or 0.0 for server in servers
+               for pid in (server.proc.pid, *server.worker_pids()))
+
+
 def threads_cpu_seconds(pid):
     """{tid: CPU seconds so far} of every thread of a process."""
     try:
