@@ -1,17 +1,20 @@
 """User ids, tokens and ticket codes: no service needed (JWKS tokens: test_tokens.py)."""
 import base64
+import hmac
+import json
 import re
 import time
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from jwt import DecodeError, InvalidKeyError
+from jwt import DecodeError, InvalidKeyError, PyJWTError
 from jwt.algorithms import HMACAlgorithm
 from jwt.api_jws import PyJWS
 
 from coupon.errors import BadRequest, Unauthorized
-from coupon.signing import PreparedHMAC, SegmentsInC, Signer, check_user_id
+from coupon.signing import (HS_ALGS, HS_HASHES, PreparedHMAC, SegmentsInC, Signer, check_user_id,
+                            unverified_header)
 from tests.jwks_keys import forged, rsa_public_pem
 
 SECRET = "unit-test-secret"
@@ -120,7 +123,106 @@ def test_the_hs_key_is_checked_once_and_any_other_key_as_pyjwt_does(monkeypatch)
     signer = Signer(SECRET, 3600)
     token = signer.mint("alice")
     monkeypatch.setattr(HMACAlgorithm, "prepare_key", None)  # a check per decode would fail loudly
-    assert signer.verify(token)[0] == "alice"
+    assert signer.decoder.decode(token, signer.hs_key, algorithms=["HS256"])["sub"] == "alice"
     monkeypatch.undo()
     with pytest.raises(InvalidKeyError):
         PreparedHMAC(HMACAlgorithm.SHA256, signer.hs_key).prepare_key(rsa_public_pem())
+
+
+ISSUER, AUDIENCE = "https://idp.example", "coupon"
+NOW = int(time.time())  # every time below is at least 100 s from now, so no check sits on the edge
+times = st.sampled_from([NOW - 10_000, NOW - 100]) | st.sampled_from([NOW + 100, NOW + 10_000])
+claim_values = {
+    "exp": times | st.sampled_from([float(NOW + 100), str(NOW + 100), None, True, [NOW + 100]]),
+    "iat": times | st.sampled_from([float(NOW - 100), str(NOW - 100), None, False]),
+    "nbf": times | st.just(None),
+    "jti": st.sampled_from(["j1", 7]),
+    "sub": user_ids | st.sampled_from([7, None, ["alice"]]),
+    "iss": st.sampled_from([ISSUER, ISSUER + "/", 7, None, [ISSUER]]),
+    "aud": st.sampled_from([AUDIENCE, "other", "", [], [AUDIENCE], [AUDIENCE, "other"], ["other"],
+                            [AUDIENCE, 7], 7, None, {"aud": AUDIENCE}]),
+    "role": st.just("user"),
+}
+header_values = {
+    "alg": st.sampled_from([*HS_ALGS, "none", "RS256", "hs256", None]),
+    "typ": st.sampled_from(["JWT", "jwt", "at+jwt", 1]),
+    "kid": st.sampled_from(["k1", 1]),
+    "crit": st.sampled_from([["b64"], []]),
+    "b64": st.sampled_from([False, True]),
+}
+
+
+# what an IdP's usual token holds (a change of one or more claims: claim_values)
+everyday_claims = st.fixed_dictionaries(
+    {"exp": st.sampled_from([NOW + 100, NOW + 10_000]), "sub": user_ids},
+    optional={"iat": st.just(NOW - 100), "iss": st.just(ISSUER),
+              "aud": st.sampled_from([AUDIENCE, [AUDIENCE, "other"]])})
+
+
+def one_of(values):
+    """A dict of one of the keys of `values` (or none), with a value its strategy draws."""
+    return st.sampled_from([None, *values]).flatmap(
+        lambda key: st.just({}) if key is None else values[key].map(lambda value: {key: value}))
+
+
+def some_of(values):
+    """A dict of some of the keys of `values`, each with a value its strategy draws."""
+    return st.fixed_dictionaries({}, optional=values)
+
+
+def everyday_token(claims, header, key=None, tamper=""):
+    """A token signed as its header says (HS256 if no HS alg), then perhaps tampered with.
+
+    tamper "unusual": the header's segment is another encoding of the same bytes (signed as it is),
+    which PyJWT refuses (one encoding of each value)."""
+    encode = lambda data: base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=")  # noqa: E731
+    head = encode(header)
+    if tamper == "unusual" and len(head) % 4:  # the last character's unused low bits set
+        alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+        head = head[:-1] + alphabet[alphabet.index(head[-1]) | 1:][:1]
+    signed = head + b"." + encode(claims)
+    mac = hmac.digest(key or Signer(SECRET, 60).hs_key, signed, HS_HASHES.get(header.get("alg"), "sha256"))
+    token = (signed + b"." + base64.urlsafe_b64encode(mac).rstrip(b"=")).decode()
+    return {"": token, "unusual": token, "pad": token + "=", "dot": token + ".",
+            "flip": token[:-2] + "AA", "head": "=" + token}[tamper]
+
+
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # HS384/512, PyJWT's
+@settings(max_examples=2_000)  # ~3 s
+@given(claims=everyday_claims.flatmap(lambda c: (one_of(claim_values) | some_of(claim_values)).map(
+           lambda changed: {**c, **changed})),
+       header=st.fixed_dictionaries({"alg": st.sampled_from(HS_ALGS)}) | some_of(header_values),
+       asks=st.sampled_from([("", ""), (ISSUER, ""), ("", AUDIENCE), (ISSUER, AUDIENCE)]),
+       leeway=st.sampled_from([0, 1_000]), wrong_key=st.sampled_from([False, False, True]),
+       tamper=st.sampled_from(["", "", "", "", "unusual", "pad", "dot", "flip", "head"]))
+def test_an_everyday_hs_token_is_accepted_as_pyjwt_accepts_it_and_anything_else_is_left_to_pyjwt(
+        claims, header, asks, leeway, wrong_key, tamper):
+    issuer, audience = asks
+    signer = Signer(SECRET, 3600, issuer=issuer, audience=audience, leeway=leeway)
+    token = everyday_token(claims, header, b"another key" * 4 if wrong_key else None, tamper)
+    try:
+        expected = signer.decoder.decode(token, signer.hs_key, algorithms=HS_ALGS, issuer=issuer or None,
+                                         audience=audience or None, leeway=leeway)
+    except PyJWTError:
+        expected = None
+    try:
+        read = unverified_header(token)
+    except DecodeError:
+        return  # refused before a key is chosen, whichever way the token is checked
+    assert signer.everyday.claims(token, read) in (None, expected)
+    event("everyday" if signer.everyday.claims(token, read) else "left to PyJWT")
+
+
+@pytest.mark.parametrize("issuer, audience", [("", ""), (ISSUER, AUDIENCE)])
+def test_the_tokens_minted_here_and_an_idps_usual_ones_are_everyday(issuer, audience):
+    signer = Signer(SECRET, 3600, issuer=issuer, audience=audience)
+    minted = signer.mint("alice")
+    assert signer.everyday.claims(minted, unverified_header(minted))["sub"] == "alice"
+    usual = {"sub": "bob", "iat": NOW, "exp": NOW + 600, "iss": issuer, "aud": [audience, "other"]}
+    token = everyday_token(usual, {"alg": "HS256", "typ": "JWT"}, signer.hs_key)
+    assert signer.everyday.claims(token, unverified_header(token)) == usual
+    # an alg whose key is too short (HS512 wants 64 bytes: this one has 32) is PyJWT's, which warns
+    token = everyday_token(usual, {"alg": "HS512"}, signer.hs_key)
+    assert signer.everyday.claims(token, unverified_header(token)) is None
+    with pytest.warns(Warning, match="(?i)key"):
+        assert signer.verify(token)[0] == "bob"
