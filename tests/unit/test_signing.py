@@ -130,11 +130,35 @@ def test_the_hs_key_is_checked_once_and_any_other_key_as_pyjwt_does(monkeypatch)
 
 
 ISSUER, AUDIENCE = "https://idp.example", "coupon"
-NOW = int(time.time())  # every time below is at least 100 s from now, so no check sits on the edge
-times = st.sampled_from([NOW - 10_000, NOW - 100]) | st.sampled_from([NOW + 100, NOW + 10_000])
+
+
+class Since:
+    """A time `offset` seconds from when the test runs (as `kind`): strategies are built at import,
+    and a suite runs for minutes. Every one is at least 100 s from then: no check on the edge."""
+
+    def __init__(self, offset, kind=int):
+        self.offset, self.kind = offset, kind
+
+    def __repr__(self):
+        return f"Since({self.offset}, {self.kind.__name__})"
+
+    def at(self, now):
+        return self.kind(now + self.offset)
+
+
+def at_now(claims):
+    now = int(time.time())
+    return {name: value.at(now) if isinstance(value, Since) else value for name, value in claims.items()}
+
+
+def listed(value):
+    return [value]
+
+
+times = st.sampled_from([Since(-10_000), Since(-100), Since(100), Since(10_000)])
 claim_values = {
-    "exp": times | st.sampled_from([float(NOW + 100), str(NOW + 100), None, True, [NOW + 100]]),
-    "iat": times | st.sampled_from([float(NOW - 100), str(NOW - 100), None, False]),
+    "exp": times | st.sampled_from([Since(100, float), Since(100, str), None, True, Since(100, listed)]),
+    "iat": times | st.sampled_from([Since(-100, float), Since(-100, str), None, False]),
     "nbf": times | st.just(None),
     "jti": st.sampled_from(["j1", 7]),
     "sub": user_ids | st.sampled_from([7, None, ["alice"]]),
@@ -154,8 +178,8 @@ header_values = {
 
 # what an IdP's usual token holds (a change of one or more claims: claim_values)
 everyday_claims = st.fixed_dictionaries(
-    {"exp": st.sampled_from([NOW + 100, NOW + 10_000]), "sub": user_ids},
-    optional={"iat": st.just(NOW - 100), "iss": st.just(ISSUER),
+    {"exp": st.sampled_from([Since(100), Since(10_000)]), "sub": user_ids},
+    optional={"iat": st.just(Since(-100)), "iss": st.just(ISSUER),
               "aud": st.sampled_from([AUDIENCE, [AUDIENCE, "other"]])})
 
 
@@ -199,7 +223,7 @@ def test_an_everyday_hs_token_is_accepted_as_pyjwt_accepts_it_and_anything_else_
         claims, header, asks, leeway, wrong_key, tamper):
     issuer, audience = asks
     signer = Signer(SECRET, 3600, issuer=issuer, audience=audience, leeway=leeway)
-    token = everyday_token(claims, header, b"another key" * 4 if wrong_key else None, tamper)
+    token = everyday_token(at_now(claims), header, b"another key" * 4 if wrong_key else None, tamper)
     try:
         expected = signer.decoder.decode(token, signer.hs_key, algorithms=HS_ALGS, issuer=issuer or None,
                                          audience=audience or None, leeway=leeway)
@@ -218,7 +242,8 @@ def test_the_tokens_minted_here_and_an_idps_usual_ones_are_everyday(issuer, audi
     signer = Signer(SECRET, 3600, issuer=issuer, audience=audience)
     minted = signer.mint("alice")
     assert signer.everyday.claims(minted, unverified_header(minted))["sub"] == "alice"
-    usual = {"sub": "bob", "iat": NOW, "exp": NOW + 600, "iss": issuer, "aud": [audience, "other"]}
+    now = int(time.time())
+    usual = {"sub": "bob", "iat": now, "exp": now + 600, "iss": issuer, "aud": [audience, "other"]}
     token = everyday_token(usual, {"alg": "HS256", "typ": "JWT"}, signer.hs_key)
     assert signer.everyday.claims(token, unverified_header(token)) == usual
     # an alg whose key is too short (HS512 wants 64 bytes: this one has 32) is PyJWT's, which warns
@@ -226,3 +251,19 @@ def test_the_tokens_minted_here_and_an_idps_usual_ones_are_everyday(issuer, audi
     assert signer.everyday.claims(token, unverified_header(token)) is None
     with pytest.warns(Warning, match="(?i)key"):
         assert signer.verify(token)[0] == "bob"
+
+
+@pytest.mark.parametrize("changed", [
+    {"aud": [AUDIENCE, 7]}, {"aud": ""}, {"aud": []}, {"aud": ["other"]}, {"aud": {"aud": AUDIENCE}},
+    {"iss": [ISSUER]}, {"iss": ISSUER + "/"}, {"iat": Since(10_000)}, {"iat": None},
+    {"exp": Since(-100)}, {"exp": Since(100, str)}, {"exp": True}, {"sub": 7}, {"nbf": Since(10_000)},
+    {"jti": 7},
+])
+def test_a_near_miss_is_left_to_pyjwt_and_refused(changed):
+    signer = Signer(SECRET, 3600, issuer=ISSUER, audience=AUDIENCE)
+    claims = at_now({"sub": "bob", "iat": Since(-100), "exp": Since(600), "iss": ISSUER, "aud": AUDIENCE,
+                     **changed})
+    token = everyday_token(claims, {"alg": "HS256", "typ": "JWT"})
+    assert signer.everyday.claims(token, unverified_header(token)) is None
+    with pytest.raises(Unauthorized):
+        signer.verify(token)
