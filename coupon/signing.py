@@ -240,7 +240,8 @@ class Signer:
             key, algs = self.key_for(header)
             claims = self.everyday.claims(token, header) if key is self.hs_key else None
             if claims is None:
-                claims = self.decoder.decode(token, key, algorithms=algs, issuer=self.issuer or None,
+                claims = self.decoder.decode(token, key, algorithms=algs,
+                                             issuer=self.issuer or None,
                                              audience=self.audience or None, leeway=self.leeway)
         except jwt.PyJWTError as e:
             raise Unauthorized(failure(e)) from None
