@@ -15,7 +15,6 @@ from coupon.errors import BadRequest, Unauthorized
 from coupon.jwks import Keyring
 
 USER_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
-BASE64URL = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 BASE64URL_BYTES = re.compile(rb"[A-Za-z0-9_-]*")
 HS_ALGS = ("HS256", "HS384", "HS512")
 HS_HASHES = dict(zip(HS_ALGS, ("sha256", "sha384", "sha512")))
@@ -46,13 +45,12 @@ def unverified_header(token):
     """A token's header, to choose its key by; jwt.decode then checks the whole token.
 
     PyJWT's get_unverified_header decodes and checks all three parts, in Python a character at a
-    time: a third of a new user's token check."""
-    head = token.split(".", 1)[0]
-    if not BASE64URL.fullmatch(head):
-        raise jwt.DecodeError("Invalid header padding")
+    time: a third of a new user's token check. The header's segment is decoded by PyJWT's rules
+    (SegmentsInC), once: the everyday check (EverydayHS) takes it as PyJWT would read it."""
+    head = SegmentsInC._decode_base64url_segment(token.split(".", 1)[0].encode(), "header")
     try:
-        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
-    except (ValueError, binascii.Error):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        header = json.loads(head)
+    except (ValueError, RecursionError):  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
         raise jwt.DecodeError("Invalid header string") from None
     if not isinstance(header, dict):
         raise jwt.DecodeError("Invalid header string: must be a json object")
@@ -138,9 +136,8 @@ class EverydayHS:
         segments = signed.split(b".")
         if len(segments) != 3:
             return None
-        decode = SegmentsInC._decode_base64url_segment  # PyJWT's rules (and the header as read)
+        decode = SegmentsInC._decode_base64url_segment  # PyJWT's rules (unverified_header's too)
         try:
-            decode(segments[0], "header")
             claims = json.loads(decode(segments[1], "payload"))
             signature = decode(segments[2], "crypto")
         except (jwt.DecodeError, ValueError, RecursionError):
